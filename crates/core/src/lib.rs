@@ -1,0 +1,32 @@
+//! Switchboard's core: the cluster state, the rules about it, and placement. Pure and synchronous:
+//! no tokio, no clock (time is passed in), no I/O, seeded randomness.
+//!
+//! # Layout
+//! - [`model`]: hosts, pools, sessions, reservations, load reports, settings.
+//! - [`command`] and [`event`]: what can be asked, and what changed.
+//! - [`state`]: [`ClusterState`], whose [`ClusterState::apply`] is the only mutator, plus queries.
+//! - [`placement`]: resume, eligibility, the per-pool indexes and the reason attached to every
+//!   decision; [`placement::score`] holds the scoring formulas.
+//! - [`policy`]: placement policy identifiers (`rr`, `wrr`, `lc`, `wlc`, `sed`, `least-load`,
+//!   `two-choices`, `x2go-load`).
+//! - [`schedule`]: L4 schedulers for the director, with IPVS semantics.
+//! - [`config`]: conventions every config file shares (durations, `host:port`).
+//! - [`time`]: the core's notion of time.
+
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod model;
+pub mod placement;
+pub mod policy;
+pub mod state;
+pub mod time;
+
+pub use command::Command;
+pub use error::CoreError;
+pub use event::{Event, Placement, PlacementOutcome};
+pub use model::{AdminState, Health, HostSpec, LoadReport, PoolOptions, PoolSpec, SessionId, SessionState, Settings};
+pub use policy::Policy;
+pub use state::ClusterState;
+pub use time::Millis;

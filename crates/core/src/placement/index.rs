@@ -1,0 +1,216 @@
+//! Per-pool indexes of eligible hosts, kept up to date as hosts change, so that a decision never
+//! scans the pool.
+//!
+//! Eligible hosts sit in one of two tiers: `MAIN`, and `PENALIZED` (used only when `MAIN` is empty).
+//! What each tier holds depends on the policy:
+//! - ranked policies (`lc`, `wlc`, `sed`, `least-load`, `x2go-load`): a `BTreeSet` of [`RankKey`],
+//!   whose minimum is the decision;
+//! - `rr` and `wrr`: a `BTreeSet` of positions in the pool's configured order, walked from a cursor;
+//! - `two-choices`: a Fenwick tree of weights by position, for O(log n) weighted sampling.
+
+use super::score::Ratio;
+use crate::model::HostId;
+use crate::policy::Policy;
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+/// Tier of hosts without failure penalty.
+pub(crate) const MAIN: usize = 0;
+/// Tier of eligible hosts in failure penalty.
+pub(crate) const PENALIZED: usize = 1;
+
+/// Order of hosts under a ranked policy: rear tier last, then lower score, then heavier weight, then
+/// a random draw made when the host last changed (so equal hosts are chosen uniformly at random,
+/// reproducibly for a seed), then the id for totality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct RankKey {
+    pub tier: u8,
+    pub score: Ratio,
+    pub weight: Reverse<u32>,
+    pub tiebreak: u64,
+    pub host: HostId,
+}
+
+/// A pool's index; the variant follows the pool's policy.
+#[derive(Debug)]
+pub(crate) enum PoolIndex {
+    Ranked([BTreeSet<RankKey>; 2]),
+    Rotation {
+        tiers: [BTreeSet<u32>; 2],
+        /// Position of the last pick.
+        cursor: Option<u32>,
+        /// IPVS interleaved-WRR current weight.
+        cw: u64,
+        /// Whether the set of eligible weights changed since `mw`/`di` were computed.
+        dirty: bool,
+        /// gcd of the eligible weights.
+        di: u64,
+        /// max eligible weight − (di − 1).
+        mw: u64,
+    },
+    Sampled([Fenwick; 2]),
+}
+
+impl PoolIndex {
+    pub(crate) fn new(policy: Policy, members: usize) -> PoolIndex {
+        match policy {
+            Policy::RoundRobin | Policy::WeightedRoundRobin => PoolIndex::Rotation {
+                tiers: Default::default(),
+                cursor: None,
+                cw: 0,
+                dirty: true,
+                di: 1,
+                mw: 0,
+            },
+            Policy::TwoChoices => {
+                PoolIndex::Sampled([Fenwick::new(members), Fenwick::new(members)])
+            }
+            _ => PoolIndex::Ranked(Default::default()),
+        }
+    }
+}
+
+/// Where a member currently sits in its pool's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub tier: usize,
+    pub key: RankKey,
+}
+
+impl PoolIndex {
+    pub(crate) fn remove(&mut self, pos: u32, slot: &Slot) {
+        match self {
+            PoolIndex::Ranked(t) => {
+                t[slot.tier].remove(&slot.key);
+            }
+            PoolIndex::Rotation { tiers, dirty, .. } => {
+                tiers[slot.tier].remove(&pos);
+                *dirty = true;
+            }
+            PoolIndex::Sampled(t) => t[slot.tier].set(pos as usize, 0),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, pos: u32, slot: &Slot) {
+        match self {
+            PoolIndex::Ranked(t) => {
+                t[slot.tier].insert(slot.key);
+            }
+            PoolIndex::Rotation { tiers, dirty, .. } => {
+                tiers[slot.tier].insert(pos);
+                *dirty = true;
+            }
+            PoolIndex::Sampled(t) => t[slot.tier].set(pos as usize, u64::from(slot.key.weight.0)),
+        }
+    }
+
+    /// Number of hosts in a tier.
+    pub(crate) fn len(&self, tier: usize) -> usize {
+        match self {
+            PoolIndex::Ranked(t) => t[tier].len(),
+            PoolIndex::Rotation { tiers, .. } => tiers[tier].len(),
+            PoolIndex::Sampled(t) => t[tier].count,
+        }
+    }
+
+    /// The first tier that has any host.
+    pub(crate) fn usable_tier(&self) -> Option<usize> {
+        [MAIN, PENALIZED].into_iter().find(|&t| self.len(t) > 0)
+    }
+}
+
+/// Fenwick (binary indexed) tree of weights by position: O(log n) update and weighted draw.
+#[derive(Debug, Clone)]
+pub(crate) struct Fenwick {
+    tree: Vec<u64>,
+    values: Vec<u64>,
+    /// Positions with a non-zero value.
+    pub count: usize,
+}
+
+impl Fenwick {
+    pub(crate) fn new(n: usize) -> Fenwick {
+        Fenwick {
+            tree: vec![0; n + 1],
+            values: vec![0; n],
+            count: 0,
+        }
+    }
+
+    pub(crate) fn set(&mut self, pos: usize, value: u64) {
+        let Some(old) = self.values.get(pos).copied() else {
+            return;
+        };
+        if old == value {
+            return;
+        }
+        match (old == 0, value == 0) {
+            (true, false) => self.count += 1,
+            (false, true) => self.count -= 1,
+            _ => {}
+        }
+        self.values[pos] = value;
+        let mut i = pos + 1;
+        while i < self.tree.len() {
+            self.tree[i] = self.tree[i].wrapping_add(value).wrapping_sub(old);
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        let mut i = self.values.len();
+        let mut sum = 0u64;
+        while i > 0 {
+            sum = sum.wrapping_add(self.tree[i]);
+            i &= i - 1;
+        }
+        sum
+    }
+
+    /// The position whose cumulative range holds `target` (0 ≤ target < total).
+    pub(crate) fn find(&self, mut target: u64) -> Option<usize> {
+        let n = self.values.len();
+        if n == 0 {
+            return None;
+        }
+        let mut pos = 0usize;
+        let mut step = n.next_power_of_two();
+        while step > 0 {
+            let next = pos + step;
+            if next <= n && self.tree[next] <= target {
+                pos = next;
+                target -= self.tree[next];
+            }
+            step >>= 1;
+        }
+        (pos < n && self.values[pos] > 0).then_some(pos)
+    }
+}
+
+pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fenwick_draws_each_position_in_proportion_to_its_value() {
+        let mut f = Fenwick::new(5);
+        f.set(0, 3);
+        f.set(2, 1);
+        f.set(4, 6);
+        assert_eq!(f.total(), 10);
+        assert_eq!(f.count, 3);
+        let picks: Vec<usize> = (0..10).map(|t| f.find(t).unwrap()).collect();
+        assert_eq!(picks, vec![0, 0, 0, 2, 4, 4, 4, 4, 4, 4]);
+        f.set(4, 0);
+        assert_eq!(f.total(), 4);
+        assert_eq!(f.find(3), Some(2));
+        assert_eq!(f.count, 2);
+    }
+}

@@ -1,0 +1,1923 @@
+//! The cluster state and its only mutator, [`ClusterState::apply`].
+//!
+//! Every command first advances the state's clock to `now`, which fires due timers (reservation
+//! expiry, stale load reports, ended penalties), then does its own work. A refused command changes
+//! nothing: all checks run before the first mutation.
+//!
+//! # Invariants (checked by [`ClusterState::check_invariants`] in tests)
+//! - every live session is on exactly one host, and that host's session set holds it;
+//! - a host's reservation count equals the reservations that name it;
+//! - every pool member's place in the pool index matches the host's current eligibility;
+//! - a user's index lists exactly that user's sessions and reservations.
+
+use crate::command::Command;
+use crate::config::HostAddr;
+use crate::error::CoreError;
+use crate::event::{Event, Placement, PlacementOutcome, ReservationEnd};
+use crate::model::{
+    AdminState, DEFAULT_REPORT_INTERVAL, Health, HostId, HostSpec, LoadReport, MAX_NAME_LEN,
+    PoolId, PoolSpec, ReportedSession, ReservationRecord, ResumePreference,
+    SessionId, SessionRecord, SessionState, Settings, UserId,
+};
+use crate::placement::index::{self, MAIN, PENALIZED, PoolIndex, RankKey, Slot};
+use crate::placement::score::{self, ScoreInput};
+use crate::placement::{
+    Exclusion, ExclusionCounts, Explanation, HostExplanation, PlacementReason, ResumeCandidate,
+};
+use crate::policy::Policy;
+use crate::time::Millis;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+type StrMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
+/// Longest report interval an agent may announce.
+const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(3600);
+/// Session ids are at least `now_ms * ID_PER_MS`, so ids handed out before a restart (volatile
+/// reservations) are not handed out again after it, as long as the clock moves forward.
+const ID_PER_MS: u64 = 1000;
+
+/// The whole cluster as the broker knows it. Pure: no clock, no I/O, seeded randomness.
+#[derive(Debug)]
+pub struct ClusterState {
+    /// Cluster-wide placement settings.
+    settings: Settings,
+    /// Tie-breaking and sampling randomness, seeded from `settings.seed`.
+    rng: ChaCha8Rng,
+    /// Latest time seen; never goes backwards.
+    now: Millis,
+    /// Next session/reservation id.
+    next_id: u64,
+    /// Host table; removed hosts leave `None` so ids stay stable.
+    hosts: Vec<Option<HostEntry>>,
+    host_names: StrMap<HostId>,
+    /// Pool table; removed pools leave `None`.
+    pools: Vec<Option<PoolEntry>>,
+    pool_names: StrMap<PoolId>,
+    /// Live sessions.
+    sessions: FxHashMap<SessionId, SessionEntry>,
+    /// Live reservations.
+    reservations: FxHashMap<SessionId, ReservationEntry>,
+    /// Interned user names, indexed by `UserId`.
+    users: Vec<Arc<str>>,
+    user_ids: StrMap<UserId>,
+    /// Each user's live sessions and reservations (resume looks here first).
+    by_user: FxHashMap<UserId, SmallVec<[SessionId; 2]>>,
+    /// Due times, earliest first; stale entries are skipped by generation checks.
+    timers: BinaryHeap<Reverse<(Millis, Timer)>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    ReservationExpiry(SessionId),
+    ReportStale(HostId, u64),
+    PenaltyEnd(HostId, u64),
+}
+
+#[derive(Debug)]
+struct HostEntry {
+    name: Arc<str>,
+    spec: HostSpec,
+    address: Arc<HostAddr>,
+    admin: AdminState,
+    health: Health,
+    report_interval: Duration,
+    load: Option<LoadReport>,
+    last_report_at: Option<Millis>,
+    /// Bumped on every report; a stale timer only acts if it still matches.
+    report_gen: u64,
+    penalty_until: Option<Millis>,
+    penalty_gen: u64,
+    sessions: FxHashSet<SessionId>,
+    by_backend: StrMap<SessionId>,
+    reservations: u32,
+    /// Placements since the last load report (least-load's optimistic adjustment).
+    pending: u32,
+    /// (pool, position in that pool's member list).
+    pools: SmallVec<[(PoolId, u32); 2]>,
+    /// Random draw that orders this host among equals; redrawn whenever the host changes.
+    tiebreak: u64,
+}
+
+impl HostEntry {
+    fn occupancy(&self) -> u64 {
+        self.sessions.len() as u64 + u64::from(self.reservations)
+    }
+
+    fn stale_window(&self, intervals: u32) -> Duration {
+        self.report_interval.saturating_mul(intervals.max(1))
+    }
+
+    fn exclusion(&self, now: Millis, stale_after_intervals: u32) -> Option<Exclusion> {
+        match self.admin {
+            AdminState::Offline => return Some(Exclusion::Offline),
+            AdminState::Draining => return Some(Exclusion::Draining),
+            AdminState::Online => {}
+        }
+        match self.health {
+            Health::Unreachable => return Some(Exclusion::Unreachable),
+            Health::Unknown => return Some(Exclusion::HealthUnknown),
+            Health::Up => {}
+        }
+        if self.spec.agent {
+            let fresh = self
+                .last_report_at
+                .is_some_and(|t| now.since(t) <= self.stale_window(stale_after_intervals));
+            if !fresh {
+                return Some(Exclusion::Stale);
+            }
+        }
+        if self.spec.weight == 0 {
+            return Some(Exclusion::ZeroWeight);
+        }
+        if let Some(cap) = self.spec.max_sessions
+            && self.occupancy() >= u64::from(cap)
+        {
+            return Some(Exclusion::AtCap);
+        }
+        None
+    }
+
+    fn penalized(&self, now: Millis) -> bool {
+        self.penalty_until.is_some_and(|t| t > now)
+    }
+
+    /// Whether the user's sessions here may be offered for resume.
+    fn resumable(&self) -> bool {
+        self.admin != AdminState::Offline && self.health == Health::Up
+    }
+
+    fn in_pool(&self, pid: PoolId) -> bool {
+        self.pools.iter().any(|&(p, _)| p == pid)
+    }
+
+    fn score_input(&self, session_ref: u32) -> ScoreInput<'_> {
+        ScoreInput {
+            sessions: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+            reservations: self.reservations,
+            weight: self.spec.weight,
+            max_sessions: self.spec.max_sessions,
+            load: self.load.as_ref(),
+            pending: self.pending,
+            session_ref,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PoolEntry {
+    name: Arc<str>,
+    spec: PoolSpec,
+    members: Vec<Member>,
+    index: PoolIndex,
+    excluded: ExclusionCounts,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    host: HostId,
+    status: MemberStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberStatus {
+    /// Not yet placed in the index (only while a pool is being built).
+    New,
+    Excluded(Exclusion),
+    Eligible(Slot),
+}
+
+impl PoolEntry {
+    fn rank_key(&self, hid: HostId, host: &HostEntry) -> RankKey {
+        let (tier, score) = score::score(
+            self.spec.policy,
+            &host.score_input(self.spec.options.session_ref),
+        );
+        RankKey {
+            tier,
+            score,
+            weight: Reverse(host.spec.weight),
+            tiebreak: host.tiebreak,
+            host: hid,
+        }
+    }
+
+    /// Moves a member to where its host's current state puts it.
+    fn update_member(
+        &mut self,
+        pos: u32,
+        host: &HostEntry,
+        exclusion: Option<Exclusion>,
+        penalized: bool,
+    ) {
+        let Some(member) = self.members.get(pos as usize).copied() else {
+            return;
+        };
+        let new = match exclusion {
+            Some(c) => MemberStatus::Excluded(c),
+            None => MemberStatus::Eligible(Slot {
+                tier: if penalized { PENALIZED } else { MAIN },
+                key: self.rank_key(member.host, host),
+            }),
+        };
+        if new == member.status {
+            return;
+        }
+        let old_slot = match member.status {
+            MemberStatus::Excluded(c) => {
+                self.excluded.remove(c);
+                None
+            }
+            MemberStatus::Eligible(s) => {
+                if s.tier == PENALIZED {
+                    self.excluded.penalized = self.excluded.penalized.saturating_sub(1);
+                }
+                Some(s)
+            }
+            MemberStatus::New => None,
+        };
+        let new_slot = match new {
+            MemberStatus::Excluded(c) => {
+                self.excluded.add(c);
+                None
+            }
+            MemberStatus::Eligible(s) => {
+                if s.tier == PENALIZED {
+                    self.excluded.penalized += 1;
+                }
+                Some(s)
+            }
+            MemberStatus::New => None,
+        };
+        self.index.update(pos, old_slot.as_ref(), new_slot.as_ref());
+        self.members[pos as usize].status = new;
+    }
+
+    fn eligible_count(&self) -> u32 {
+        u32::try_from(self.index.len(MAIN) + self.index.len(PENALIZED)).unwrap_or(u32::MAX)
+    }
+
+    fn slot_at(&self, pos: u32) -> Option<Slot> {
+        match self.members.get(pos as usize)?.status {
+            MemberStatus::Eligible(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The host a new session goes to, and whether it came from the penalized tier.
+    fn choose(&mut self, rng: &mut ChaCha8Rng) -> Option<(HostId, bool)> {
+        let tier = self.index.usable_tier()?;
+        let policy = self.spec.policy;
+        let pos_host = |members: &[Member], p: u32| members.get(p as usize).map(|m| m.host);
+        let chosen = match &mut self.index {
+            PoolIndex::Ranked(sets) => sets[tier].first().map(|k| k.host),
+            PoolIndex::Rotation {
+                tiers,
+                cursor,
+                cw,
+                dirty,
+                di,
+                mw,
+            } => {
+                let set = &tiers[tier];
+                let first = *set.first()?;
+                let next_after = |c: Option<u32>| c.and_then(|c| set.range(c + 1..).next().copied());
+                let pos = if policy == Policy::RoundRobin {
+                    let p = next_after(*cursor).unwrap_or(first);
+                    *cursor = Some(p);
+                    p
+                } else {
+                    let weight_at = |p: u32| match self.members.get(p as usize).map(|m| m.status) {
+                        Some(MemberStatus::Eligible(s)) => u64::from(s.key.weight.0),
+                        _ => 0,
+                    };
+                    if *dirty {
+                        let (g, max) = set.iter().fold((0, 0), |(g, m), &p| {
+                            let w = weight_at(p);
+                            (index::gcd(g, w), m.max(w))
+                        });
+                        *di = g.max(1);
+                        *mw = max.saturating_sub(*di - 1);
+                        if *cw > *mw {
+                            *cw = *mw;
+                        }
+                        *dirty = false;
+                    }
+                    // IPVS interleaved WRR: walk from the cursor; each wrap lowers the current
+                    // weight by the gcd; the heaviest host always qualifies, so two passes suffice.
+                    let mut found = first;
+                    for _ in 0..=2 * set.len() + 1 {
+                        let p = match next_after(*cursor) {
+                            Some(p) => p,
+                            None => {
+                                *cw = cw.saturating_sub(*di);
+                                if *cw == 0 {
+                                    *cw = *mw;
+                                }
+                                first
+                            }
+                        };
+                        *cursor = Some(p);
+                        if weight_at(p) >= *cw {
+                            found = p;
+                            break;
+                        }
+                    }
+                    found
+                };
+                pos_host(&self.members, pos)
+            }
+            PoolIndex::Sampled(trees) => {
+                let tree = &trees[tier];
+                let total = tree.total();
+                if total == 0 {
+                    return None;
+                }
+                let a = tree.find(rng.next_u64() % total)?;
+                let b = tree.find(rng.next_u64() % total)?;
+                let ka = self.slot_at(a as u32)?.key;
+                let kb = self.slot_at(b as u32)?.key;
+                Some(if kb < ka { kb.host } else { ka.host })
+            }
+        }?;
+        Some((chosen, tier == PENALIZED))
+    }
+}
+
+impl PoolIndex {
+    /// Replaces a member's slot, doing nothing when the index would not change.
+    fn update(&mut self, pos: u32, old: Option<&Slot>, new: Option<&Slot>) {
+        let unchanged = match (old, new, &*self) {
+            (Some(o), Some(n), PoolIndex::Ranked(_)) => o == n,
+            (Some(o), Some(n), _) => o.tier == n.tier && o.key.weight == n.key.weight,
+            _ => false,
+        };
+        if unchanged && !matches!(self, PoolIndex::Sampled(_)) {
+            return;
+        }
+        if let Some(o) = old {
+            self.remove(pos, o);
+        }
+        if let Some(n) = new {
+            self.insert(pos, n);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SessionEntry {
+    user: UserId,
+    host: HostId,
+    pool: Option<PoolId>,
+    state: SessionState,
+    backend_id: Option<Arc<str>>,
+    client: Option<IpAddr>,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+struct ReservationEntry {
+    user: UserId,
+    host: HostId,
+    pool: PoolId,
+    client: Option<IpAddr>,
+    created_at: Millis,
+    expires_at: Millis,
+}
+
+/// A read-only view of one host, for queries.
+#[derive(Debug, Clone)]
+pub struct HostView<'a> {
+    /// Host name.
+    pub name: &'a Arc<str>,
+    /// Its configuration.
+    pub spec: &'a HostSpec,
+    /// Admin state.
+    pub admin: AdminState,
+    /// Health.
+    pub health: Health,
+    /// Live sessions.
+    pub sessions: u32,
+    /// Live reservations.
+    pub reservations: u32,
+    /// Latest load report.
+    pub load: Option<&'a LoadReport>,
+    /// When it arrived.
+    pub last_report_at: Option<Millis>,
+    /// Report interval the agent announced (or the default).
+    pub report_interval: Duration,
+    /// End of a failure penalty in force.
+    pub penalized_until: Option<Millis>,
+    /// Why it takes no new sessions now, if it does not.
+    pub exclusion: Option<Exclusion>,
+    /// Names of the pools it belongs to.
+    pub pools: Vec<Arc<str>>,
+}
+
+/// A read-only view of one pool, for queries.
+#[derive(Debug, Clone)]
+pub struct PoolView<'a> {
+    /// Pool name.
+    pub name: &'a Arc<str>,
+    /// Its definition.
+    pub spec: &'a PoolSpec,
+    /// Hosts that can take a new session now.
+    pub eligible: u32,
+    /// Hosts that cannot, by cause.
+    pub excluded: ExclusionCounts,
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), CoreError> {
+    if value.is_empty() {
+        return Err(CoreError::Invalid {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(CoreError::Invalid {
+            field,
+            reason: format!("longer than {MAX_NAME_LEN} bytes"),
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(CoreError::Invalid {
+            field,
+            reason: "contains control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+fn not_found(kind: &'static str, name: &str) -> CoreError {
+    CoreError::NotFound {
+        kind,
+        name: name.to_owned(),
+    }
+}
+
+impl ClusterState {
+    /// An empty cluster.
+    pub fn new(settings: Settings) -> ClusterState {
+        ClusterState {
+            rng: ChaCha8Rng::seed_from_u64(settings.seed),
+            settings,
+            now: Millis::ZERO,
+            next_id: 1,
+            hosts: Vec::new(),
+            host_names: StrMap::default(),
+            pools: Vec::new(),
+            pool_names: StrMap::default(),
+            sessions: FxHashMap::default(),
+            reservations: FxHashMap::default(),
+            users: Vec::new(),
+            user_ids: StrMap::default(),
+            by_user: FxHashMap::default(),
+            timers: BinaryHeap::new(),
+        }
+    }
+
+    /// Applies one command at time `now`. The only way to change the state.
+    pub fn apply(&mut self, command: Command, now: Millis) -> Result<Vec<Event>, CoreError> {
+        let mut events = Vec::new();
+        self.advance(now, &mut events);
+        let result = match command {
+            Command::AddHost(spec) => self.add_host(spec, &mut events),
+            Command::UpdateHost(spec) => self.update_host(spec, &mut events),
+            Command::RemoveHost { name, force } => self.remove_host(&name, force, &mut events),
+            Command::DefinePool(spec) => self.define_pool(spec, &mut events),
+            Command::RemovePool { name } => self.remove_pool(&name, &mut events),
+            Command::SetAdminState { host, state } => self.set_admin(&host, state, &mut events),
+            Command::SetWeight { host, weight } => self.set_weight(&host, weight, &mut events),
+            Command::UpdateSettings(settings) => {
+                self.update_settings(settings);
+                Ok(())
+            }
+            Command::ReportLoad { host, report } => self.report_load(&host, report, &mut events),
+            Command::ReportInventory { host, sessions } => {
+                self.report_inventory(&host, sessions, &mut events)
+            }
+            Command::ReportSession { host, session } => {
+                self.report_session(&host, session, &mut events)
+            }
+            Command::ReportSessionGone { host, backend_id } => {
+                self.report_session_gone(&host, &backend_id, &mut events)
+            }
+            Command::Reserve { user, pool, client } => {
+                self.reserve(&user, &pool, client, &mut events)
+            }
+            Command::Confirm {
+                id,
+                backend_id,
+                starting,
+            } => self.confirm(id, backend_id, starting, &mut events),
+            Command::Release { id } => self.release(id, &mut events),
+            Command::ReportStartFailed { id, reason: _ } => self.start_failed(id, &mut events),
+            Command::BeginEnding { id } => self.begin_ending(id, &mut events),
+            Command::EndSession { id } => self.end_session(id, &mut events),
+            Command::AgentConnected {
+                host,
+                report_interval,
+            } => self.agent_connected(&host, report_interval, &mut events),
+            Command::AgentLost { host } => self.host_lost(&host, true, &mut events),
+            Command::ReportProbe { host, ok } => self.report_probe(&host, ok, &mut events),
+            Command::RestoreSession(record) => self.restore_session(record),
+            Command::Tick => Ok(()),
+        };
+        result.map(|()| events)
+    }
+
+    // ----- time -----
+
+    fn advance(&mut self, now: Millis, events: &mut Vec<Event>) {
+        if now > self.now {
+            self.now = now;
+        }
+        while let Some(Reverse((due, timer))) = self.timers.peek().copied()
+            && due <= self.now
+        {
+            self.timers.pop();
+            match timer {
+                Timer::ReservationExpiry(id) => {
+                    if self
+                        .reservations
+                        .get(&id)
+                        .is_some_and(|r| r.expires_at <= self.now)
+                    {
+                        self.end_reservation(id, ReservationEnd::Expired, events);
+                    }
+                }
+                Timer::ReportStale(hid, generation) => {
+                    let Some(h) = self.host_ref(hid) else {
+                        continue;
+                    };
+                    if h.report_gen != generation {
+                        continue;
+                    }
+                    // The window may have grown since this timer was set: re-arm if still fresh.
+                    if let Some(t) = h.last_report_at {
+                        let due = t
+                            .after(h.stale_window(self.settings.stale_after_intervals))
+                            .after(Duration::from_millis(1));
+                        if due > self.now {
+                            self.timers
+                                .push(Reverse((due, Timer::ReportStale(hid, generation))));
+                        }
+                    }
+                    self.refresh_host(hid);
+                }
+                Timer::PenaltyEnd(hid, generation) => {
+                    if let Some(h) = self.host_mut(hid)
+                        && h.penalty_gen == generation
+                    {
+                        h.penalty_until = None;
+                        self.refresh_host(hid);
+                    }
+                }
+            }
+        }
+    }
+
+    fn alloc_id(&mut self) -> SessionId {
+        let id = self.next_id.max(self.now.0.saturating_mul(ID_PER_MS));
+        self.next_id = id + 1;
+        SessionId(id)
+    }
+
+    // ----- lookups -----
+
+    fn host_ref(&self, hid: HostId) -> Option<&HostEntry> {
+        self.hosts.get(hid.0 as usize)?.as_ref()
+    }
+
+    fn host_mut(&mut self, hid: HostId) -> Option<&mut HostEntry> {
+        self.hosts.get_mut(hid.0 as usize)?.as_mut()
+    }
+
+    fn host_id(&self, name: &str) -> Result<HostId, CoreError> {
+        self.host_names
+            .get(name)
+            .copied()
+            .ok_or_else(|| not_found("host", name))
+    }
+
+    fn pool_id(&self, name: &str) -> Result<PoolId, CoreError> {
+        self.pool_names
+            .get(name)
+            .copied()
+            .ok_or_else(|| not_found("pool", name))
+    }
+
+    fn pool_ref(&self, pid: PoolId) -> Option<&PoolEntry> {
+        self.pools.get(pid.0 as usize)?.as_ref()
+    }
+
+    fn host_name(&self, hid: HostId) -> Arc<str> {
+        self.host_ref(hid)
+            .map(|h| h.name.clone())
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    fn intern_user(&mut self, user: &str) -> UserId {
+        if let Some(&id) = self.user_ids.get(user) {
+            return id;
+        }
+        let id = UserId(u32::try_from(self.users.len()).unwrap_or(u32::MAX));
+        let name: Arc<str> = Arc::from(user);
+        self.users.push(name.clone());
+        self.user_ids.insert(name, id);
+        id
+    }
+
+    fn user_name(&self, uid: UserId) -> Arc<str> {
+        self.users
+            .get(uid.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    /// Re-ranks a host in every pool it belongs to after anything about it changed.
+    fn refresh_host(&mut self, hid: HostId) {
+        let tiebreak = self.rng.next_u64();
+        let now = self.now;
+        let intervals = self.settings.stale_after_intervals;
+        let Some(host) = self.hosts.get_mut(hid.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        host.tiebreak = tiebreak;
+        let host = &*host;
+        let exclusion = host.exclusion(now, intervals);
+        let penalized = host.penalized(now);
+        for &(pid, pos) in &host.pools {
+            if let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) {
+                pool.update_member(pos, host, exclusion, penalized);
+            }
+        }
+    }
+
+    // ----- hosts -----
+
+    fn validate_host_spec(spec: &HostSpec) -> Result<(), CoreError> {
+        check_name("host name", &spec.name)?;
+        if spec.max_sessions == Some(0) {
+            return Err(CoreError::Invalid {
+                field: "max_sessions",
+                reason: "must be at least 1 (use weight 0 or drain to stop new sessions)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn add_host(&mut self, spec: HostSpec, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        Self::validate_host_spec(&spec)?;
+        if self.host_names.contains_key(spec.name.as_str()) {
+            return Err(CoreError::AlreadyExists {
+                kind: "host",
+                name: spec.name,
+            });
+        }
+        let hid = HostId(u32::try_from(self.hosts.len()).map_err(|_| CoreError::Invalid {
+            field: "host",
+            reason: "too many hosts".into(),
+        })?);
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        let entry = HostEntry {
+            name: name.clone(),
+            address: Arc::new(spec.address.clone()),
+            admin: AdminState::Online,
+            health: spec.initial_health(),
+            report_interval: DEFAULT_REPORT_INTERVAL,
+            load: None,
+            last_report_at: None,
+            report_gen: 0,
+            penalty_until: None,
+            penalty_gen: 0,
+            sessions: FxHashSet::default(),
+            by_backend: StrMap::default(),
+            reservations: 0,
+            pending: 0,
+            pools: SmallVec::new(),
+            tiebreak: 0,
+            spec: spec.clone(),
+        };
+        self.hosts.push(Some(entry));
+        self.host_names.insert(name, hid);
+        events.push(Event::HostAdded(spec));
+        Ok(())
+    }
+
+    fn update_host(&mut self, spec: HostSpec, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        Self::validate_host_spec(&spec)?;
+        let hid = self.host_id(&spec.name)?;
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", &spec.name));
+        };
+        let mut health_change = None;
+        if (h.spec.agent, h.spec.probe) != (spec.agent, spec.probe) {
+            let health = spec.initial_health();
+            if health != h.health {
+                h.health = health;
+                health_change = Some(health);
+            }
+            h.load = None;
+            h.last_report_at = None;
+        }
+        h.address = Arc::new(spec.address.clone());
+        h.spec = spec.clone();
+        let name = h.name.clone();
+        events.push(Event::HostUpdated(spec));
+        if let Some(health) = health_change {
+            events.push(Event::HealthChanged { host: name, health });
+        }
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    fn remove_host(
+        &mut self,
+        name: &str,
+        force: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let live = self.host_ref(hid).map_or(0, |h| h.sessions.len());
+        if live > 0 && !force {
+            return Err(CoreError::HostHasSessions {
+                host: name.to_owned(),
+                sessions: live,
+            });
+        }
+        let session_ids: Vec<SessionId> = self
+            .host_ref(hid)
+            .map(|h| h.sessions.iter().copied().collect())
+            .unwrap_or_default();
+        for id in session_ids {
+            self.remove_session(id, events);
+        }
+        let reservation_ids: Vec<SessionId> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.host == hid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in reservation_ids {
+            self.end_reservation(id, ReservationEnd::Withdrawn, events);
+        }
+        let pools: Vec<PoolId> = self
+            .host_ref(hid)
+            .map(|h| h.pools.iter().map(|&(p, _)| p).collect())
+            .unwrap_or_default();
+        let host_name = self.host_name(hid);
+        self.hosts[hid.0 as usize] = None;
+        self.host_names.remove(name);
+        for pid in pools {
+            if let Some(mut spec) = self.pool_ref(pid).map(|p| p.spec.clone()) {
+                spec.hosts.retain(|h| h != name);
+                self.install_pool(pid, spec);
+            }
+        }
+        events.push(Event::HostRemoved { name: host_name });
+        Ok(())
+    }
+
+    fn set_admin(
+        &mut self,
+        name: &str,
+        state: AdminState,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
+        if h.admin == state {
+            return Ok(());
+        }
+        h.admin = state;
+        events.push(Event::AdminStateChanged {
+            host: h.name.clone(),
+            state,
+        });
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    fn set_weight(
+        &mut self,
+        name: &str,
+        weight: u32,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
+        if h.spec.weight == weight {
+            return Ok(());
+        }
+        h.spec.weight = weight;
+        events.push(Event::WeightChanged {
+            host: h.name.clone(),
+            weight,
+        });
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    fn update_settings(&mut self, settings: Settings) {
+        self.settings = settings;
+        for i in 0..self.hosts.len() {
+            if self.hosts[i].is_some() {
+                self.refresh_host(HostId(i as u32));
+            }
+        }
+    }
+
+    fn set_health(&mut self, hid: HostId, health: Health, events: &mut Vec<Event>) {
+        if let Some(h) = self.host_mut(hid)
+            && h.health != health
+        {
+            h.health = health;
+            events.push(Event::HealthChanged {
+                host: h.name.clone(),
+                health,
+            });
+        }
+    }
+
+    fn penalize(&mut self, hid: HostId, events: &mut Vec<Event>) {
+        let until = self.now.after(self.settings.failure_penalty.0);
+        if let Some(h) = self.host_mut(hid) {
+            h.penalty_gen += 1;
+            h.penalty_until = Some(until);
+            let generation = h.penalty_gen;
+            events.push(Event::HostPenalized {
+                host: h.name.clone(),
+                until,
+            });
+            self.timers
+                .push(Reverse((until, Timer::PenaltyEnd(hid, generation))));
+        }
+    }
+
+    fn report_load(
+        &mut self,
+        name: &str,
+        report: LoadReport,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        report.validate().map_err(|reason| CoreError::Invalid {
+            field: "load report",
+            reason,
+        })?;
+        let now = self.now;
+        let intervals = self.settings.stale_after_intervals;
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
+        if !h.spec.agent {
+            return Err(CoreError::Invalid {
+                field: "load report",
+                reason: format!("host {name:?} is configured without an agent"),
+            });
+        }
+        h.load = Some(report);
+        h.last_report_at = Some(now);
+        h.pending = 0;
+        h.report_gen += 1;
+        let due = now
+            .after(h.stale_window(intervals))
+            .after(Duration::from_millis(1));
+        let timer = Timer::ReportStale(hid, h.report_gen);
+        events.push(Event::LoadReported {
+            host: h.name.clone(),
+        });
+        self.timers.push(Reverse((due, timer)));
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    fn agent_connected(
+        &mut self,
+        name: &str,
+        interval: Duration,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        if interval.is_zero() || interval > MAX_REPORT_INTERVAL {
+            return Err(CoreError::Invalid {
+                field: "report interval",
+                reason: format!("must be above 0 and at most 1h (got {interval:?})"),
+            });
+        }
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
+        if !h.spec.agent {
+            return Err(CoreError::Invalid {
+                field: "agent",
+                reason: format!("host {name:?} is configured without an agent"),
+            });
+        }
+        h.report_interval = interval;
+        self.set_health(hid, Health::Up, events);
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    /// The host became unreachable: no new placements there, its sessions go `unknown`.
+    fn host_lost(
+        &mut self,
+        name: &str,
+        agent: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let Some(h) = self.host_ref(hid) else {
+            return Err(not_found("host", name));
+        };
+        if h.spec.agent != agent {
+            return Err(CoreError::Invalid {
+                field: if agent { "agent" } else { "probe" },
+                reason: format!(
+                    "host {name:?} is configured {} an agent",
+                    if h.spec.agent { "with" } else { "without" }
+                ),
+            });
+        }
+        let ids: Vec<SessionId> = h.sessions.iter().copied().collect();
+        self.set_health(hid, Health::Unreachable, events);
+        for id in ids {
+            self.set_session_state(id, SessionState::Unknown, events);
+        }
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    fn report_probe(
+        &mut self,
+        name: &str,
+        ok: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        if !ok {
+            self.host_lost(name, false, events)?;
+            self.penalize(hid, events);
+            self.refresh_host(hid);
+            return Ok(());
+        }
+        if self.host_ref(hid).is_some_and(|h| h.spec.agent) {
+            return Err(CoreError::Invalid {
+                field: "probe",
+                reason: format!("host {name:?} is configured with an agent"),
+            });
+        }
+        self.set_health(hid, Health::Up, events);
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    // ----- pools -----
+
+    fn define_pool(&mut self, spec: PoolSpec, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        check_name("pool name", &spec.name)?;
+        let mut seen = std::collections::HashSet::new();
+        for h in &spec.hosts {
+            self.host_id(h)?;
+            if !seen.insert(h.as_str()) {
+                return Err(CoreError::Invalid {
+                    field: "pool hosts",
+                    reason: format!("host {h:?} is listed twice in pool {:?}", spec.name),
+                });
+            }
+        }
+        if spec.options.session_ref == 0 {
+            return Err(CoreError::Invalid {
+                field: "session_ref",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let pid = match self.pool_names.get(spec.name.as_str()) {
+            Some(&pid) => pid,
+            None => {
+                let pid = PoolId(u32::try_from(self.pools.len()).unwrap_or(u32::MAX));
+                self.pools.push(None);
+                self.pool_names.insert(Arc::from(spec.name.as_str()), pid);
+                pid
+            }
+        };
+        self.install_pool(pid, spec.clone());
+        events.push(Event::PoolDefined(spec));
+        Ok(())
+    }
+
+    /// (Re)builds a pool's members and index from its spec. Host names must exist.
+    fn install_pool(&mut self, pid: PoolId, spec: PoolSpec) {
+        // Detach the previous membership.
+        if let Some(old) = self.pools.get(pid.0 as usize).and_then(Option::as_ref) {
+            let old_hosts: Vec<HostId> = old.members.iter().map(|m| m.host).collect();
+            for hid in old_hosts {
+                if let Some(h) = self.host_mut(hid) {
+                    h.pools.retain(|&mut (p, _)| p != pid);
+                }
+            }
+        }
+        let members: Vec<Member> = spec
+            .hosts
+            .iter()
+            .filter_map(|n| self.host_names.get(n.as_str()).copied())
+            .map(|host| Member {
+                host,
+                status: MemberStatus::New,
+            })
+            .collect();
+        for (pos, m) in members.iter().enumerate() {
+            if let Some(h) = self.host_mut(m.host) {
+                h.pools.push((pid, pos as u32));
+            }
+        }
+        let entry = PoolEntry {
+            name: Arc::from(spec.name.as_str()),
+            index: PoolIndex::new(spec.policy, members.len()),
+            excluded: ExclusionCounts::default(),
+            members: members.clone(),
+            spec,
+        };
+        self.pools[pid.0 as usize] = Some(entry);
+        for m in members {
+            self.refresh_host(m.host);
+        }
+    }
+
+    fn remove_pool(&mut self, name: &str, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        let pid = self.pool_id(name)?;
+        let hosts: Vec<HostId> = self
+            .pool_ref(pid)
+            .map(|p| p.members.iter().map(|m| m.host).collect())
+            .unwrap_or_default();
+        for hid in hosts {
+            if let Some(h) = self.host_mut(hid) {
+                h.pools.retain(|&mut (p, _)| p != pid);
+            }
+        }
+        let reservation_ids: Vec<SessionId> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.pool == pid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in reservation_ids {
+            self.end_reservation(id, ReservationEnd::Withdrawn, events);
+        }
+        for s in self.sessions.values_mut() {
+            if s.pool == Some(pid) {
+                s.pool = None;
+            }
+        }
+        self.pools[pid.0 as usize] = None;
+        let name: Arc<str> = self
+            .pool_names
+            .remove_entry(name)
+            .map(|(k, _)| k)
+            .unwrap_or_else(|| Arc::from(name));
+        events.push(Event::PoolRemoved { name });
+        Ok(())
+    }
+
+    // ----- placement -----
+
+    /// The user's reservation or session that a placement in this pool would hand back.
+    fn resume_candidate(&self, uid: UserId, pid: PoolId, prefer: ResumePreference) -> Option<(SessionId, Option<SessionState>)> {
+        let ids = self.by_user.get(&uid)?;
+        let mut best: Option<(u8, Millis, SessionId, SessionState)> = None;
+        for &id in ids {
+            if let Some(r) = self.reservations.get(&id) {
+                if r.pool == pid && self.host_ref(r.host).is_some_and(HostEntry::resumable) {
+                    return Some((id, None));
+                }
+                continue;
+            }
+            let Some(s) = self.sessions.get(&id) else {
+                continue;
+            };
+            let Some(h) = self.host_ref(s.host) else {
+                continue;
+            };
+            if !h.in_pool(pid) || !h.resumable() {
+                continue;
+            }
+            let rank = match (s.state, prefer) {
+                (SessionState::Disconnected, ResumePreference::Disconnected)
+                | (SessionState::Running, ResumePreference::Running) => 0,
+                (SessionState::Running, ResumePreference::Disconnected)
+                | (SessionState::Disconnected, ResumePreference::Running) => 1,
+                (SessionState::Starting, _) => 2,
+                _ => continue,
+            };
+            // Lower rank first; among equals the most recently active, then the lowest id.
+            let better = match best {
+                None => true,
+                Some((br, bt, bid, _)) => {
+                    (rank, Reverse(s.updated_at), id) < (br, Reverse(bt), bid)
+                }
+            };
+            if better {
+                best = Some((rank, s.updated_at, id, s.state));
+            }
+        }
+        best.map(|(_, _, id, state)| (id, Some(state)))
+    }
+
+    fn reason(&self, pool: &PoolEntry, resumed: bool, used_penalized: bool) -> PlacementReason {
+        PlacementReason {
+            policy: pool.spec.policy,
+            eligible: pool.eligible_count(),
+            used_penalized,
+            excluded: pool.excluded,
+            resumed,
+        }
+    }
+
+    fn reserve(
+        &mut self,
+        user: &str,
+        pool_name: &str,
+        client: Option<IpAddr>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        check_name("user", user)?;
+        let pid = self.pool_id(pool_name)?;
+        let Some(pool) = self.pool_ref(pid) else {
+            return Err(not_found("pool", pool_name));
+        };
+        let pool_arc = pool.name.clone();
+        if let Some(&uid) = self.user_ids.get(user)
+            && let Some((id, state)) =
+                self.resume_candidate(uid, pid, pool.spec.options.resume_prefer)
+        {
+            let (host, outcome, expires_at) = match state {
+                None => {
+                    let r = &self.reservations[&id];
+                    (r.host, PlacementOutcome::ExistingReservation, Some(r.expires_at))
+                }
+                Some(st) => (self.sessions[&id].host, PlacementOutcome::Resumed(st), None),
+            };
+            let h = self.host_ref(host).ok_or_else(|| not_found("host", ""))?;
+            events.push(Event::Placed(Placement {
+                id,
+                user: self.user_name(uid),
+                pool: pool_arc,
+                host: h.name.clone(),
+                address: h.address.clone(),
+                outcome,
+                expires_at,
+                reason: self.reason(pool, matches!(state, Some(_)), false),
+            }));
+            return Ok(());
+        }
+        let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) else {
+            return Err(not_found("pool", pool_name));
+        };
+        let Some((hid, used_penalized)) = pool.choose(&mut self.rng) else {
+            return Err(CoreError::NoHostAvailable {
+                pool: pool_name.to_owned(),
+                excluded: pool.excluded,
+            });
+        };
+        let reason = PlacementReason {
+            policy: pool.spec.policy,
+            eligible: pool.eligible_count(),
+            used_penalized,
+            excluded: pool.excluded,
+            resumed: false,
+        };
+        let uid = self.intern_user(user);
+        let id = self.alloc_id();
+        let expires_at = self.now.after(self.settings.reservation_ttl.0);
+        self.reservations.insert(
+            id,
+            ReservationEntry {
+                user: uid,
+                host: hid,
+                pool: pid,
+                client,
+                created_at: self.now,
+                expires_at,
+            },
+        );
+        self.by_user.entry(uid).or_default().push(id);
+        self.timers
+            .push(Reverse((expires_at, Timer::ReservationExpiry(id))));
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", ""));
+        };
+        h.reservations += 1;
+        h.pending = h.pending.saturating_add(1);
+        let (host, address) = (h.name.clone(), h.address.clone());
+        self.refresh_host(hid);
+        events.push(Event::Placed(Placement {
+            id,
+            user: self.user_name(uid),
+            pool: pool_arc,
+            host,
+            address,
+            outcome: PlacementOutcome::Reserved,
+            expires_at: Some(expires_at),
+            reason,
+        }));
+        Ok(())
+    }
+
+    fn unlink_user(&mut self, uid: UserId, id: SessionId) {
+        if let Some(list) = self.by_user.get_mut(&uid) {
+            list.retain(|x| *x != id);
+            if list.is_empty() {
+                self.by_user.remove(&uid);
+            }
+        }
+    }
+
+    /// Drops a reservation and gives its capacity back.
+    fn end_reservation(&mut self, id: SessionId, cause: ReservationEnd, events: &mut Vec<Event>) {
+        let Some(r) = self.reservations.remove(&id) else {
+            return;
+        };
+        if cause != ReservationEnd::Confirmed {
+            self.unlink_user(r.user, id);
+        }
+        if let Some(h) = self.host_mut(r.host) {
+            h.reservations = h.reservations.saturating_sub(1);
+            events.push(Event::ReservationEnded {
+                id,
+                host: h.name.clone(),
+                cause,
+            });
+        }
+        self.refresh_host(r.host);
+    }
+
+    fn confirm(
+        &mut self,
+        id: SessionId,
+        backend_id: Option<String>,
+        starting: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        if self.sessions.contains_key(&id) {
+            return Ok(()); // already confirmed: confirming is idempotent
+        }
+        let Some(r) = self.reservations.get(&id).cloned() else {
+            return Err(CoreError::IdNotFound {
+                kind: "reservation",
+                id,
+            });
+        };
+        let backend: Option<Arc<str>> = match backend_id {
+            Some(b) => {
+                check_name("backend id", &b)?;
+                if self
+                    .host_ref(r.host)
+                    .is_some_and(|h| h.by_backend.contains_key(b.as_str()))
+                {
+                    return Err(CoreError::Invalid {
+                        field: "backend id",
+                        reason: format!("{b:?} is already a session on this host"),
+                    });
+                }
+                Some(Arc::from(b))
+            }
+            None => None,
+        };
+        self.end_reservation(id, ReservationEnd::Confirmed, events);
+        let state = if starting {
+            SessionState::Starting
+        } else {
+            SessionState::Running
+        };
+        let entry = SessionEntry {
+            user: r.user,
+            host: r.host,
+            pool: Some(r.pool),
+            state,
+            backend_id: backend,
+            client: r.client,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        self.insert_session(id, entry, events, false);
+        Ok(())
+    }
+
+    fn release(&mut self, id: SessionId, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        if !self.reservations.contains_key(&id) {
+            return Err(CoreError::IdNotFound {
+                kind: "reservation",
+                id,
+            });
+        }
+        self.end_reservation(id, ReservationEnd::Released, events);
+        Ok(())
+    }
+
+    fn start_failed(&mut self, id: SessionId, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        let Some(hid) = self.reservations.get(&id).map(|r| r.host) else {
+            return Err(CoreError::IdNotFound {
+                kind: "reservation",
+                id,
+            });
+        };
+        self.end_reservation(id, ReservationEnd::StartFailed, events);
+        self.penalize(hid, events);
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    // ----- sessions -----
+
+    /// Adds a live session; `silent` skips the event (restoring what the store already holds).
+    fn insert_session(
+        &mut self,
+        id: SessionId,
+        entry: SessionEntry,
+        events: &mut Vec<Event>,
+        silent: bool,
+    ) {
+        let hid = entry.host;
+        let uid = entry.user;
+        if let Some(h) = self.host_mut(hid) {
+            h.sessions.insert(id);
+            if let Some(b) = &entry.backend_id {
+                h.by_backend.insert(b.clone(), id);
+            }
+        }
+        let list = self.by_user.entry(uid).or_default();
+        if !list.contains(&id) {
+            list.push(id);
+        }
+        let record = self.record(id, &entry);
+        self.sessions.insert(id, entry);
+        if !silent {
+            events.push(Event::SessionStarted(record));
+        }
+        self.refresh_host(hid);
+    }
+
+    fn remove_session(&mut self, id: SessionId, events: &mut Vec<Event>) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.unlink_user(s.user, id);
+        if let Some(h) = self.host_mut(s.host) {
+            h.sessions.remove(&id);
+            if let Some(b) = &s.backend_id {
+                h.by_backend.remove(b);
+            }
+            events.push(Event::SessionEnded {
+                id,
+                host: h.name.clone(),
+                at: self.now,
+            });
+        }
+        self.refresh_host(s.host);
+    }
+
+    fn set_session_state(&mut self, id: SessionId, state: SessionState, events: &mut Vec<Event>) {
+        let now = self.now;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.state == state {
+            return;
+        }
+        s.state = state;
+        s.updated_at = now;
+        let hid = s.host;
+        events.push(Event::SessionStateChanged {
+            id,
+            host: self.host_name(hid),
+            state,
+            at: now,
+        });
+    }
+
+    fn begin_ending(&mut self, id: SessionId, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        if !self.sessions.contains_key(&id) {
+            return Err(CoreError::IdNotFound { kind: "session", id });
+        }
+        self.set_session_state(id, SessionState::Ending, events);
+        Ok(())
+    }
+
+    fn end_session(&mut self, id: SessionId, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        if !self.sessions.contains_key(&id) {
+            return Err(CoreError::IdNotFound { kind: "session", id });
+        }
+        self.remove_session(id, events);
+        Ok(())
+    }
+
+    /// Applies one reported session: update a known one, confirm the user's reservation on this
+    /// host, or adopt it.
+    fn apply_reported(&mut self, hid: HostId, rs: ReportedSession, events: &mut Vec<Event>) {
+        let known = self
+            .host_ref(hid)
+            .and_then(|h| h.by_backend.get(rs.backend_id.as_str()).copied());
+        if let Some(id) = known {
+            let current = self.sessions.get(&id).map(|s| s.state);
+            // A session being terminated stays `ending` until it is gone.
+            if current != Some(SessionState::Ending) {
+                self.set_session_state(id, rs.state.into(), events);
+            }
+            return;
+        }
+        let uid = self.intern_user(&rs.user);
+        let reservation = self.by_user.get(&uid).and_then(|ids| {
+            ids.iter()
+                .copied()
+                .filter(|id| self.reservations.get(id).is_some_and(|r| r.host == hid))
+                .min_by_key(|id| self.reservations[id].created_at)
+        });
+        let (id, pool, client) = match reservation {
+            Some(id) => {
+                let (pool, client) = {
+                    let r = &self.reservations[&id];
+                    (Some(r.pool), r.client)
+                };
+                self.end_reservation(id, ReservationEnd::Confirmed, events);
+                (id, pool, client)
+            }
+            None => (self.alloc_id(), None, None),
+        };
+        let entry = SessionEntry {
+            user: uid,
+            host: hid,
+            pool,
+            state: rs.state.into(),
+            backend_id: Some(Arc::from(rs.backend_id)),
+            client,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        self.insert_session(id, entry, events, false);
+    }
+
+    fn check_reported(rs: &ReportedSession) -> Result<(), CoreError> {
+        check_name("backend id", &rs.backend_id)?;
+        check_name("user", &rs.user)
+    }
+
+    fn report_inventory(
+        &mut self,
+        name: &str,
+        reported: Vec<ReportedSession>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let mut seen = std::collections::HashSet::new();
+        for rs in &reported {
+            Self::check_reported(rs)?;
+            if !seen.insert(rs.backend_id.as_str()) {
+                return Err(CoreError::Invalid {
+                    field: "inventory",
+                    reason: format!("backend id {:?} is reported twice", rs.backend_id),
+                });
+            }
+        }
+        let missing: Vec<SessionId> = self
+            .host_ref(hid)
+            .map(|h| {
+                h.sessions
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        self.sessions[id]
+                            .backend_id
+                            .as_deref()
+                            .is_none_or(|b| !seen.contains(b))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        drop(seen);
+        for id in missing {
+            self.remove_session(id, events);
+        }
+        for rs in reported {
+            self.apply_reported(hid, rs, events);
+        }
+        Ok(())
+    }
+
+    fn report_session(
+        &mut self,
+        name: &str,
+        rs: ReportedSession,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        Self::check_reported(&rs)?;
+        self.apply_reported(hid, rs, events);
+        Ok(())
+    }
+
+    fn report_session_gone(
+        &mut self,
+        name: &str,
+        backend_id: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        if let Some(id) = self
+            .host_ref(hid)
+            .and_then(|h| h.by_backend.get(backend_id).copied())
+        {
+            self.remove_session(id, events);
+        }
+        Ok(())
+    }
+
+    fn restore_session(&mut self, rec: SessionRecord) -> Result<(), CoreError> {
+        check_name("user", &rec.user)?;
+        let hid = self.host_id(&rec.host)?;
+        if !rec.state.is_live() {
+            return Err(CoreError::Invalid {
+                field: "session state",
+                reason: "an ended session cannot be restored".into(),
+            });
+        }
+        if self.sessions.contains_key(&rec.id) || self.reservations.contains_key(&rec.id) {
+            return Err(CoreError::Invalid {
+                field: "session id",
+                reason: format!("{} exists already", rec.id),
+            });
+        }
+        if let Some(b) = &rec.backend_id
+            && self
+                .host_ref(hid)
+                .is_some_and(|h| h.by_backend.contains_key(&**b))
+        {
+            return Err(CoreError::Invalid {
+                field: "backend id",
+                reason: format!("{b:?} is already a session on host {:?}", rec.host),
+            });
+        }
+        let pool = rec
+            .pool
+            .as_deref()
+            .and_then(|p| self.pool_names.get(p).copied());
+        let uid = self.intern_user(&rec.user);
+        self.next_id = self.next_id.max(rec.id.0.saturating_add(1));
+        let entry = SessionEntry {
+            user: uid,
+            host: hid,
+            pool,
+            state: rec.state,
+            backend_id: rec.backend_id,
+            client: rec.client,
+            created_at: rec.created_at,
+            updated_at: rec.updated_at,
+        };
+        let mut ignored = Vec::new();
+        self.insert_session(rec.id, entry, &mut ignored, true);
+        Ok(())
+    }
+
+    fn record(&self, id: SessionId, s: &SessionEntry) -> SessionRecord {
+        SessionRecord {
+            id,
+            user: self.user_name(s.user),
+            host: self.host_name(s.host),
+            pool: s
+                .pool
+                .and_then(|p| self.pool_ref(p))
+                .map(|p| p.name.clone()),
+            state: s.state,
+            backend_id: s.backend_id.clone(),
+            client: s.client,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+
+    fn reservation_record(&self, id: SessionId, r: &ReservationEntry) -> ReservationRecord {
+        ReservationRecord {
+            id,
+            user: self.user_name(r.user),
+            host: self.host_name(r.host),
+            pool: self
+                .pool_ref(r.pool)
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| Arc::from("")),
+            client: r.client,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+        }
+    }
+
+    // ----- queries -----
+
+    /// Latest time the state has seen.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// Cluster-wide placement settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn view<'a>(&'a self, h: &'a HostEntry) -> HostView<'a> {
+        HostView {
+            name: &h.name,
+            spec: &h.spec,
+            admin: h.admin,
+            health: h.health,
+            sessions: u32::try_from(h.sessions.len()).unwrap_or(u32::MAX),
+            reservations: h.reservations,
+            load: h.load.as_ref(),
+            last_report_at: h.last_report_at,
+            report_interval: h.report_interval,
+            penalized_until: h.penalty_until.filter(|t| *t > self.now),
+            exclusion: h.exclusion(self.now, self.settings.stale_after_intervals),
+            pools: h
+                .pools
+                .iter()
+                .filter_map(|&(p, _)| self.pool_ref(p).map(|p| p.name.clone()))
+                .collect(),
+        }
+    }
+
+    /// One host by name.
+    pub fn host(&self, name: &str) -> Option<HostView<'_>> {
+        let hid = self.host_names.get(name)?;
+        self.host_ref(*hid).map(|h| self.view(h))
+    }
+
+    /// Every host, in the order they were added.
+    pub fn hosts(&self) -> impl Iterator<Item = HostView<'_>> {
+        self.hosts.iter().flatten().map(|h| self.view(h))
+    }
+
+    /// Number of hosts.
+    pub fn host_count(&self) -> usize {
+        self.host_names.len()
+    }
+
+    fn pool_view<'a>(&self, p: &'a PoolEntry) -> PoolView<'a> {
+        PoolView {
+            name: &p.name,
+            spec: &p.spec,
+            eligible: p.eligible_count(),
+            excluded: p.excluded,
+        }
+    }
+
+    /// One pool by name.
+    pub fn pool(&self, name: &str) -> Option<PoolView<'_>> {
+        let pid = self.pool_names.get(name)?;
+        self.pool_ref(*pid).map(|p| self.pool_view(p))
+    }
+
+    /// Every pool, in the order they were defined.
+    pub fn pools(&self) -> impl Iterator<Item = PoolView<'_>> {
+        self.pools.iter().flatten().map(|p| self.pool_view(p))
+    }
+
+    /// One live session.
+    pub fn session(&self, id: SessionId) -> Option<SessionRecord> {
+        self.sessions.get(&id).map(|s| self.record(id, s))
+    }
+
+    /// Every live session, in no particular order.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionRecord> + '_ {
+        self.sessions.iter().map(|(id, s)| self.record(*id, s))
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A user's live sessions, in id order.
+    pub fn sessions_of_user(&self, user: &str) -> Vec<SessionRecord> {
+        let Some(uid) = self.user_ids.get(user) else {
+            return Vec::new();
+        };
+        let mut out: Vec<SessionRecord> = self
+            .by_user
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.session(*id))
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// The live sessions on a host, in id order.
+    pub fn sessions_on_host(&self, host: &str) -> Vec<SessionRecord> {
+        let Some(h) = self.host_names.get(host).and_then(|&hid| self.host_ref(hid)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<SessionRecord> =
+            h.sessions.iter().filter_map(|id| self.session(*id)).collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// One live reservation.
+    pub fn reservation(&self, id: SessionId) -> Option<ReservationRecord> {
+        self.reservations
+            .get(&id)
+            .map(|r| self.reservation_record(id, r))
+    }
+
+    /// Every live reservation, in id order.
+    pub fn reservations(&self) -> Vec<ReservationRecord> {
+        let mut out: Vec<ReservationRecord> = self
+            .reservations
+            .iter()
+            .map(|(id, r)| self.reservation_record(*id, r))
+            .collect();
+        out.sort_by_key(|r| r.id);
+        out
+    }
+
+    /// Number of live reservations.
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Dry-run of a placement for `user` in `pool` on the current state: what would be resumed,
+    /// and every host with its score or the reason it is excluded. Changes nothing.
+    pub fn explain(&self, user: &str, pool: &str) -> Result<Explanation, CoreError> {
+        let pid = self.pool_id(pool)?;
+        let p = self.pool_ref(pid).ok_or_else(|| not_found("pool", pool))?;
+        let resume = self.user_ids.get(user).and_then(|&uid| {
+            self.resume_candidate(uid, pid, p.spec.options.resume_prefer)
+                .map(|(id, state)| ResumeCandidate {
+                    id,
+                    host: self.host_name(
+                        self.sessions
+                            .get(&id)
+                            .map(|s| s.host)
+                            .or_else(|| self.reservations.get(&id).map(|r| r.host))
+                            .unwrap_or(HostId(u32::MAX)),
+                    ),
+                    state,
+                })
+        });
+        let ranked = matches!(p.index, PoolIndex::Ranked(_) | PoolIndex::Sampled(_));
+        let mut rows: Vec<(u8, usize, Option<RankKey>, HostExplanation)> = p
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(pos, m)| {
+                let h = self.host_ref(m.host)?;
+                let (excluded, penalized, key) = match m.status {
+                    MemberStatus::Eligible(s) => (None, s.tier == PENALIZED, Some(s.key)),
+                    MemberStatus::Excluded(c) => (Some(c), false, None),
+                    MemberStatus::New => (None, false, None),
+                };
+                let group = match (excluded, penalized) {
+                    (None, false) => 0,
+                    (None, true) => 1,
+                    (Some(_), _) => 2,
+                };
+                Some((
+                    group,
+                    pos,
+                    key,
+                    HostExplanation {
+                        host: h.name.clone(),
+                        score: key.filter(|_| ranked).map(|k| k.score.to_f64()),
+                        excluded,
+                        penalized,
+                        sessions: u32::try_from(h.sessions.len()).unwrap_or(u32::MAX),
+                        reservations: h.reservations,
+                        weight: h.spec.weight,
+                    },
+                ))
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                if ranked && matches!(p.index, PoolIndex::Ranked(_)) {
+                    a.2.cmp(&b.2)
+                } else {
+                    a.1.cmp(&b.1)
+                }
+            })
+        });
+        Ok(Explanation {
+            pool: p.name.clone(),
+            policy: p.spec.policy,
+            resume,
+            hosts: rows.into_iter().map(|r| r.3).collect(),
+        })
+    }
+
+    /// Checks the internal invariants listed in the module doc; `Err` names the first broken one.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (id, s) in &self.sessions {
+            let h = self
+                .host_ref(s.host)
+                .ok_or_else(|| format!("session {id} on a missing host"))?;
+            if !h.sessions.contains(id) {
+                return Err(format!("session {id} missing from its host's set"));
+            }
+            if let Some(b) = &s.backend_id
+                && h.by_backend.get(&**b) != Some(id)
+            {
+                return Err(format!("session {id} missing from its host's backend index"));
+            }
+            if !self.by_user.get(&s.user).is_some_and(|l| l.contains(id)) {
+                return Err(format!("session {id} missing from its user's index"));
+            }
+        }
+        let mut on_hosts = 0usize;
+        for (i, h) in self.hosts.iter().enumerate() {
+            let Some(h) = h else { continue };
+            on_hosts += h.sessions.len();
+            let res = self
+                .reservations
+                .values()
+                .filter(|r| r.host.0 as usize == i)
+                .count();
+            if res != h.reservations as usize {
+                return Err(format!(
+                    "host {} counts {} reservations, {} exist",
+                    h.name, h.reservations, res
+                ));
+            }
+            for id in &h.sessions {
+                if self.sessions.get(id).map(|s| s.host.0 as usize) != Some(i) {
+                    return Err(format!("host {} lists session {id} it does not hold", h.name));
+                }
+            }
+            let exclusion = h.exclusion(self.now, self.settings.stale_after_intervals);
+            for &(pid, pos) in &h.pools {
+                let p = self
+                    .pool_ref(pid)
+                    .ok_or_else(|| format!("host {} in a missing pool", h.name))?;
+                let status = p.members.get(pos as usize).map(|m| m.status);
+                let ok = match (exclusion, status) {
+                    (Some(c), Some(MemberStatus::Excluded(d))) => c == d,
+                    (None, Some(MemberStatus::Eligible(s))) => {
+                        (s.tier == PENALIZED) == h.penalized(self.now)
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return Err(format!(
+                        "host {} is {:?} in pool {} but should be {:?}",
+                        h.name, status, p.name, exclusion
+                    ));
+                }
+            }
+        }
+        if on_hosts != self.sessions.len() {
+            return Err(format!(
+                "{} sessions on hosts, {} sessions exist",
+                on_hosts,
+                self.sessions.len()
+            ));
+        }
+        for (uid, ids) in &self.by_user {
+            for id in ids {
+                let owner = self
+                    .sessions
+                    .get(id)
+                    .map(|s| s.user)
+                    .or_else(|| self.reservations.get(id).map(|r| r.user));
+                if owner != Some(*uid) {
+                    return Err(format!("user index lists {id} for the wrong user"));
+                }
+            }
+        }
+        for p in self.pools.iter().flatten() {
+            let mut counts = ExclusionCounts::default();
+            for m in &p.members {
+                match m.status {
+                    MemberStatus::Excluded(c) => counts.add(c),
+                    MemberStatus::Eligible(s) if s.tier == PENALIZED => counts.penalized += 1,
+                    _ => {}
+                }
+            }
+            if counts != p.excluded {
+                return Err(format!("pool {} exclusion counts drifted", p.name));
+            }
+        }
+        Ok(())
+    }
+}
