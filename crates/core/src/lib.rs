@@ -20,6 +20,7 @@ pub mod event;
 pub mod model;
 pub mod placement;
 pub mod policy;
+pub mod schedule;
 pub mod state;
 pub mod time;
 

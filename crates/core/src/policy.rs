@@ -13,7 +13,9 @@ pub enum Policy {
     WeightedRoundRobin,
     /// `lc`: fewest sessions plus reservations; weight only switches a host on/off.
     LeastSessions,
-    /// `wlc`: fewest (sessions + reservations) / weight. The default.
+    /// `wlc`: fewest (sessions + reservations) / weight, with a quota rule that keeps a storm of
+    /// requests within one session of each host's weighted share (see [`crate::placement`]). The
+    /// default.
     #[default]
     WeightedLeastSessions,
     /// `sed`: shortest expected delay, (sessions + reservations + 1) / weight.

@@ -171,7 +171,7 @@ impl HostEntry {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PoolEntry {
     name: Arc<str>,
     spec: PoolSpec,
@@ -206,6 +206,7 @@ impl PoolEntry {
             weight: Reverse(host.spec.weight),
             tiebreak: host.tiebreak,
             host: hid,
+            occupancy: host.occupancy(),
         }
     }
 
@@ -277,7 +278,24 @@ impl PoolEntry {
         let policy = self.spec.policy;
         let pos_host = |members: &[Member], p: u32| members.get(p as usize).map(|m| m.host);
         let chosen = match &mut self.index {
-            PoolIndex::Ranked(sets) => sets[tier].first().map(|k| k.host),
+            PoolIndex::Ranked {
+                sets,
+                occupancy,
+                weight,
+            } if policy == Policy::WeightedLeastSessions => {
+                // Balinski–Young quota method: the best (c+1)/w among hosts still under their
+                // weighted share of the next session, c < (T+1)·w/W. Plain c/w ranking (Adams'
+                // method) starves heavy hosts at the start of a storm; this keeps every host
+                // within one session of its share. Some host always qualifies (the shortfalls
+                // sum to 1), and in practice it is the first or second one looked at.
+                let (t, w_total) = (u128::from(occupancy[tier]) + 1, u128::from(weight[tier]));
+                let set = &sets[tier];
+                set.iter()
+                    .find(|k| u128::from(k.occupancy) * w_total < t * u128::from(k.weight.0))
+                    .or_else(|| set.first())
+                    .map(|k| k.host)
+            }
+            PoolIndex::Ranked { sets, .. } => sets[tier].first().map(|k| k.host),
             PoolIndex::Rotation {
                 tiers,
                 cursor,
@@ -355,7 +373,7 @@ impl PoolIndex {
     /// Replaces a member's slot, doing nothing when the index would not change.
     fn update(&mut self, pos: u32, old: Option<&Slot>, new: Option<&Slot>) {
         let unchanged = match (old, new, &*self) {
-            (Some(o), Some(n), PoolIndex::Ranked(_)) => o == n,
+            (Some(o), Some(n), PoolIndex::Ranked { .. }) => o == n,
             (Some(o), Some(n), _) => o.tier == n.tier && o.key.weight == n.key.weight,
             _ => false,
         };
@@ -1777,7 +1795,7 @@ impl ClusterState {
                     state,
                 })
         });
-        let ranked = matches!(p.index, PoolIndex::Ranked(_) | PoolIndex::Sampled(_));
+        let ranked = matches!(p.index, PoolIndex::Ranked { .. } | PoolIndex::Sampled(_));
         let mut rows: Vec<(u8, usize, Option<RankKey>, HostExplanation)> = p
             .members
             .iter()
@@ -1812,17 +1830,23 @@ impl ClusterState {
             .collect();
         rows.sort_by(|a, b| {
             a.0.cmp(&b.0).then_with(|| {
-                if ranked && matches!(p.index, PoolIndex::Ranked(_)) {
+                if ranked && matches!(p.index, PoolIndex::Ranked { .. }) {
                     a.2.cmp(&b.2)
                 } else {
                     a.1.cmp(&b.1)
                 }
             })
         });
+        // What a real request would choose now, from copies so nothing moves.
+        let next = p
+            .clone()
+            .choose(&mut self.rng.clone())
+            .map(|(hid, _)| self.host_name(hid));
         Ok(Explanation {
             pool: p.name.clone(),
             policy: p.spec.policy,
             resume,
+            next,
             hosts: rows.into_iter().map(|r| r.3).collect(),
         })
     }

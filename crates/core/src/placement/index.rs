@@ -29,12 +29,20 @@ pub(crate) struct RankKey {
     pub weight: Reverse<u32>,
     pub tiebreak: u64,
     pub host: HostId,
+    /// Sessions plus reservations (after `host`, so it never affects the order).
+    pub occupancy: u64,
 }
 
 /// A pool's index; the variant follows the pool's policy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum PoolIndex {
-    Ranked([BTreeSet<RankKey>; 2]),
+    Ranked {
+        sets: [BTreeSet<RankKey>; 2],
+        /// Sessions plus reservations of each tier's hosts (the quota rule of `wlc` needs it).
+        occupancy: [u64; 2],
+        /// Total weight of each tier's hosts.
+        weight: [u64; 2],
+    },
     Rotation {
         tiers: [BTreeSet<u32>; 2],
         /// Position of the last pick.
@@ -65,7 +73,11 @@ impl PoolIndex {
             Policy::TwoChoices => {
                 PoolIndex::Sampled([Fenwick::new(members), Fenwick::new(members)])
             }
-            _ => PoolIndex::Ranked(Default::default()),
+            _ => PoolIndex::Ranked {
+                sets: Default::default(),
+                occupancy: [0; 2],
+                weight: [0; 2],
+            },
         }
     }
 }
@@ -80,8 +92,15 @@ pub(crate) struct Slot {
 impl PoolIndex {
     pub(crate) fn remove(&mut self, pos: u32, slot: &Slot) {
         match self {
-            PoolIndex::Ranked(t) => {
-                t[slot.tier].remove(&slot.key);
+            PoolIndex::Ranked {
+                sets,
+                occupancy,
+                weight,
+            } => {
+                if sets[slot.tier].remove(&slot.key) {
+                    occupancy[slot.tier] -= slot.key.occupancy;
+                    weight[slot.tier] -= u64::from(slot.key.weight.0);
+                }
             }
             PoolIndex::Rotation { tiers, dirty, .. } => {
                 tiers[slot.tier].remove(&pos);
@@ -93,8 +112,15 @@ impl PoolIndex {
 
     pub(crate) fn insert(&mut self, pos: u32, slot: &Slot) {
         match self {
-            PoolIndex::Ranked(t) => {
-                t[slot.tier].insert(slot.key);
+            PoolIndex::Ranked {
+                sets,
+                occupancy,
+                weight,
+            } => {
+                if sets[slot.tier].insert(slot.key) {
+                    occupancy[slot.tier] += slot.key.occupancy;
+                    weight[slot.tier] += u64::from(slot.key.weight.0);
+                }
             }
             PoolIndex::Rotation { tiers, dirty, .. } => {
                 tiers[slot.tier].insert(pos);
@@ -107,7 +133,7 @@ impl PoolIndex {
     /// Number of hosts in a tier.
     pub(crate) fn len(&self, tier: usize) -> usize {
         match self {
-            PoolIndex::Ranked(t) => t[tier].len(),
+            PoolIndex::Ranked { sets, .. } => sets[tier].len(),
             PoolIndex::Rotation { tiers, .. } => tiers[tier].len(),
             PoolIndex::Sampled(t) => t[tier].count,
         }

@@ -14,6 +14,16 @@
 //! 4. **Policy** ([`crate::policy::Policy`]) ranks the eligible hosts. Equal scores prefer the heavier
 //!    host, then a seeded random draw, never the name.
 //!
+//! # `wlc` and login storms
+//! Ranking by (sessions + reservations) / weight alone is Adams' apportionment method: every host
+//! gets one session before any gets two, so in a storm heavy hosts fall behind their share (with
+//! weights 200:50×7, 292 requests gave the heavy host 105 where its share is 106.2). `wlc` therefore
+//! ranks by (sessions + reservations + 1) / weight among the hosts whose occupancy is still below
+//! their weighted share of the next session, `c < (T+1)·w/W` over the eligible hosts: the
+//! Balinski–Young quota method. From any balanced start, N simultaneous requests leave every host
+//! within one session of its share; in steady state it picks the host with the least sessions per
+//! weight, as `wlc` always has.
+//!
 //! # Speed
 //! Every pool keeps an index of its eligible hosts that is updated when a host changes, so a
 //! decision costs O(log n) for the ranked policies (a `BTreeSet` minimum), amortised O(log n) for
@@ -168,6 +178,8 @@ pub struct Explanation {
     pub policy: Policy,
     /// What a real request by this user would resume, if anything: (id, host, state).
     pub resume: Option<ResumeCandidate>,
+    /// The host a new session would go to now (ignoring resume), if any.
+    pub next: Option<Arc<str>>,
     /// Every host, eligible ones first in decision order (for ranked policies), then excluded ones.
     pub hosts: Vec<HostExplanation>,
 }

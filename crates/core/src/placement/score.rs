@@ -123,8 +123,8 @@ pub(crate) fn score(policy: Policy, h: &ScoreInput<'_>) -> (u8, Ratio) {
             ),
             None => (1, Ratio::new(h.occupancy(), w)),
         },
-        Policy::WeightedLeastSessions
-        | Policy::TwoChoices
+        Policy::WeightedLeastSessions => (0, Ratio::new(h.occupancy() + 1, w)),
+        Policy::TwoChoices
         | Policy::RoundRobin
         | Policy::WeightedRoundRobin => (0, Ratio::new(h.occupancy(), w)),
     }

@@ -1,0 +1,301 @@
+//! Session lifecycle, inventory reconciliation, hosts and pools coming and going.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use switchboard_core::event::ReservationEnd;
+use switchboard_core::model::{ReportedState, SessionRecord};
+use switchboard_core::{
+    AdminState, Command, CoreError, Event, Millis, Policy, SessionId, SessionState,
+};
+
+fn agent_cluster() -> Cluster {
+    let mut c = Cluster::new();
+    let mut spec = host("a1", 0);
+    spec.agent = true;
+    c.apply(Command::AddHost(spec));
+    c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
+    c.connect_agent("a1");
+    c.load("a1", report(0.1, 0.1, 0.9));
+    c
+}
+
+#[test]
+fn confirm_turns_a_reservation_into_a_running_session_with_the_same_id() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::WeightedLeastSessions, &[100]);
+    let p = c.reserve("alice", "p");
+    let events = c.apply(Command::Confirm {
+        id: p.id,
+        backend_id: Some("alice-50-1".into()),
+        starting: false,
+    });
+    assert!(events.iter().any(|e| matches!(e, Event::SessionStarted(s) if s.id == p.id)));
+    assert!(events.iter().any(|e| matches!(e,
+        Event::ReservationEnded { cause: ReservationEnd::Confirmed, .. })));
+    let s = c.state.session(p.id).unwrap();
+    assert_eq!(s.state, SessionState::Running);
+    assert_eq!(s.pool.as_deref(), Some("p"));
+    assert_eq!(c.state.reservation_count(), 0);
+    // Confirming again is harmless.
+    assert!(c.apply(Command::Confirm { id: p.id, backend_id: None, starting: false }).is_empty());
+}
+
+#[test]
+fn confirm_of_an_unknown_or_expired_reservation_is_refused() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::WeightedLeastSessions, &[100]);
+    let p = c.reserve("alice", "p");
+    c.advance(Duration::from_secs(61));
+    let e = c
+        .try_apply(Command::Confirm { id: p.id, backend_id: None, starting: false })
+        .unwrap_err();
+    assert!(matches!(e, CoreError::IdNotFound { kind: "reservation", .. }), "{e}");
+    assert_eq!(c.state.session_count(), 0);
+}
+
+#[test]
+fn release_gives_capacity_back() {
+    let mut c = Cluster::new();
+    let mut spec = host("one", 0);
+    spec.max_sessions = Some(1);
+    c.apply(Command::AddHost(spec));
+    c.define_pool("p", Policy::WeightedLeastSessions, &["one".into()]);
+    let p = c.reserve("a", "p");
+    assert!(c.try_reserve("b", "p").is_err());
+    c.apply(Command::Release { id: p.id });
+    c.reserve("b", "p");
+}
+
+#[test]
+fn inventory_adopts_unknown_sessions_and_ends_missing_ones() {
+    let mut c = agent_cluster();
+    c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![
+            reported("s-1", "alice", ReportedState::Running),
+            reported("s-2", "bob", ReportedState::Disconnected),
+        ],
+    });
+    assert_eq!(c.sessions_on("a1"), 2);
+    let bob = c.state.sessions_of_user("bob");
+    assert_eq!(bob[0].state, SessionState::Disconnected);
+    assert_eq!(bob[0].pool, None);
+    let events = c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![reported("s-2", "bob", ReportedState::Running)],
+    });
+    assert!(events.iter().any(|e| matches!(e, Event::SessionEnded { .. })));
+    assert_eq!(c.sessions_on("a1"), 1);
+    assert!(c.state.sessions_of_user("alice").is_empty());
+    assert_eq!(c.state.sessions_of_user("bob")[0].state, SessionState::Running);
+}
+
+#[test]
+fn inventory_confirms_the_users_reservation_on_that_host() {
+    let mut c = agent_cluster();
+    let p = c.reserve("alice", "p");
+    c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![reported("s-9", "alice", ReportedState::Running)],
+    });
+    let s = c.state.session(p.id).expect("reservation confirmed under its id");
+    assert_eq!(s.backend_id.as_deref(), Some("s-9"));
+    assert_eq!(s.pool.as_deref(), Some("p"));
+    assert_eq!(c.state.reservation_count(), 0);
+}
+
+#[test]
+fn inventory_leaves_other_users_reservations_alone() {
+    let mut c = agent_cluster();
+    c.reserve("alice", "p");
+    c.apply(Command::ReportInventory { host: "a1".into(), sessions: vec![] });
+    assert_eq!(c.state.reservation_count(), 1);
+    c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![reported("s-1", "bob", ReportedState::Running)],
+    });
+    assert_eq!(c.state.reservation_count(), 1);
+}
+
+#[test]
+fn inventory_restores_unknown_sessions_after_the_agent_returns() {
+    let mut c = agent_cluster();
+    c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![reported("s-1", "alice", ReportedState::Disconnected)],
+    });
+    c.apply(Command::AgentLost { host: "a1".into() });
+    assert_eq!(c.state.sessions_of_user("alice")[0].state, SessionState::Unknown);
+    c.connect_agent("a1");
+    c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![reported("s-1", "alice", ReportedState::Disconnected)],
+    });
+    assert_eq!(c.state.sessions_of_user("alice")[0].state, SessionState::Disconnected);
+}
+
+#[test]
+fn duplicate_backend_ids_in_an_inventory_are_refused_whole() {
+    let mut c = agent_cluster();
+    let e = c
+        .try_apply(Command::ReportInventory {
+            host: "a1".into(),
+            sessions: vec![
+                reported("s-1", "alice", ReportedState::Running),
+                reported("s-1", "bob", ReportedState::Running),
+            ],
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    assert_eq!(c.state.session_count(), 0);
+}
+
+#[test]
+fn ending_sessions_stay_ending_until_gone() {
+    let mut c = agent_cluster();
+    c.apply(Command::ReportSession {
+        host: "a1".into(),
+        session: reported("s-1", "alice", ReportedState::Running),
+    });
+    let id = c.state.sessions_of_user("alice")[0].id;
+    c.apply(Command::BeginEnding { id });
+    c.apply(Command::ReportSession {
+        host: "a1".into(),
+        session: reported("s-1", "alice", ReportedState::Running),
+    });
+    assert_eq!(c.state.session(id).unwrap().state, SessionState::Ending);
+    c.apply(Command::ReportSessionGone { host: "a1".into(), backend_id: "s-1".into() });
+    assert!(c.state.session(id).is_none());
+}
+
+#[test]
+fn end_session_frees_capacity_and_unknown_ids_are_refused() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::WeightedLeastSessions, &[100]);
+    let (id, _) = c.start("alice", "p");
+    c.apply(Command::EndSession { id });
+    assert_eq!(c.sessions_on("h00"), 0);
+    assert!(matches!(
+        c.try_apply(Command::EndSession { id }),
+        Err(CoreError::IdNotFound { .. })
+    ));
+}
+
+#[test]
+fn removing_a_host_with_sessions_needs_force() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::WeightedLeastSessions, &[100, 100]);
+    let (_, host) = c.start("alice", "p");
+    let e = c
+        .try_apply(Command::RemoveHost { name: host.clone(), force: false })
+        .unwrap_err();
+    assert!(matches!(e, CoreError::HostHasSessions { sessions: 1, .. }), "{e}");
+    c.apply(Command::RemoveHost { name: host.clone(), force: true });
+    assert!(c.state.host(&host).is_none());
+    assert_eq!(c.state.session_count(), 0);
+    assert_eq!(c.state.pool("p").unwrap().spec.hosts.len(), 1);
+    // The pool keeps placing on what is left.
+    c.reserve("bob", "p");
+}
+
+#[test]
+fn redefining_a_pool_changes_its_policy_and_members() {
+    let mut c = Cluster::new();
+    let hosts = c.pool_with_weights(Policy::WeightedLeastSessions, &[100, 100, 100]);
+    c.define_pool("p", Policy::RoundRobin, &hosts[..2]);
+    let v = c.state.pool("p").unwrap();
+    assert_eq!(v.spec.policy, Policy::RoundRobin);
+    assert_eq!(v.eligible, 2);
+    for i in 0..6 {
+        assert_ne!(&*c.reserve(&format!("u{i}"), "p").host, "h02");
+    }
+}
+
+#[test]
+fn a_host_may_belong_to_several_pools_and_counts_once() {
+    let mut c = Cluster::new();
+    let hosts = c.pool_with_weights(Policy::WeightedLeastSessions, &[100, 100]);
+    c.define_pool("q", Policy::LeastSessions, &hosts);
+    for i in 0..10 {
+        c.start(&format!("p{i}"), "p");
+        c.start(&format!("q{i}"), "q");
+    }
+    assert_eq!(c.sessions_on("h00") + c.sessions_on("h01"), 20);
+    assert_eq!(c.sessions_on("h00"), 10);
+}
+
+#[test]
+fn restored_sessions_come_back_whole_and_ids_move_past_them() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::WeightedLeastSessions, &[100]);
+    let rec = SessionRecord {
+        id: SessionId(5_000_000_000_000_000),
+        user: "alice".into(),
+        host: "h00".into(),
+        pool: Some("p".into()),
+        state: SessionState::Disconnected,
+        backend_id: Some("x-1".into()),
+        client: Some("127.0.0.9".parse().unwrap()),
+        created_at: Millis(10),
+        updated_at: Millis(20),
+    };
+    assert!(c.apply(Command::RestoreSession(rec.clone())).is_empty());
+    assert_eq!(c.state.session(rec.id).unwrap(), rec);
+    let p = c.reserve("alice", "p");
+    assert_eq!(p.id, rec.id, "the restored session is resumed");
+    let q = c.reserve("bob", "p");
+    assert!(q.id.0 > rec.id.0);
+}
+
+#[test]
+fn events_say_which_changes_must_be_durable() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::WeightedLeastSessions, &[100]);
+    let p = c.reserve("alice", "p");
+    let reserve_events = c.apply(Command::Tick);
+    assert!(reserve_events.iter().all(|e| !e.is_durable()));
+    let confirm = c.apply(Command::Confirm { id: p.id, backend_id: None, starting: false });
+    assert!(confirm.iter().any(Event::is_durable));
+    let drain = c.apply(Command::SetAdminState { host: "h00".into(), state: AdminState::Draining });
+    assert!(drain.iter().all(Event::is_durable) && !drain.is_empty());
+}
+
+#[test]
+fn bad_load_reports_are_refused() {
+    let mut c = agent_cluster();
+    let mut r = report(0.1, 0.1, 0.9);
+    r.load_avg[0] = f64::NAN;
+    let e = c
+        .try_apply(Command::ReportLoad { host: "a1".into(), report: r })
+        .unwrap_err();
+    assert!(e.to_string().contains("load1"), "{e}");
+    let mut r = report(0.1, 0.1, 0.9);
+    r.mem_available_kib = r.mem_total_kib + 1;
+    assert!(c.try_apply(Command::ReportLoad { host: "a1".into(), report: r }).is_err());
+}
+
+#[test]
+fn agentless_hosts_refuse_agent_reports() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::WeightedLeastSessions, &[100]);
+    assert!(c
+        .try_apply(Command::ReportLoad { host: "h00".into(), report: report(0.1, 0.1, 0.9) })
+        .is_err());
+    assert!(c
+        .try_apply(Command::AgentConnected {
+            host: "h00".into(),
+            report_interval: Duration::from_secs(3)
+        })
+        .is_err());
+}
+
+#[test]
+fn commands_serialize_for_logs_and_replay() {
+    let c = Command::Reserve { user: "alice".into(), pool: "p".into(), client: None };
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(json, r#"{"command":"reserve","user":"alice","pool":"p","client":null}"#);
+    let back: Command = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, c);
+}
