@@ -21,7 +21,9 @@ pub const MAX_HOST_NAME_LEN: usize = 253;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigValueError {
     /// A duration that is neither a humantime string nor a whole number of seconds.
-    #[error("invalid duration {value:?}: {reason} (write e.g. \"60s\", \"5m\", \"72h\", or a number of seconds)")]
+    #[error(
+        "invalid duration {value:?}: {reason} (write e.g. \"60s\", \"5m\", \"72h\", or a number of seconds)"
+    )]
     Duration {
         /// The text as written.
         value: String,
@@ -177,7 +179,10 @@ impl HostAddr {
     }
 
     /// Parses `host:port`, or a bare `host` taking `default_port` (X2Go profiles allow that).
-    pub fn parse_with_default_port(text: &str, default_port: u16) -> Result<Self, ConfigValueError> {
+    pub fn parse_with_default_port(
+        text: &str,
+        default_port: u16,
+    ) -> Result<Self, ConfigValueError> {
         parse_addr(text, Some(default_port))
     }
 
@@ -281,14 +286,17 @@ fn parse_host(h: &str) -> Result<Host, String> {
         return Err("empty host name".to_owned());
     }
     if h.len() > MAX_HOST_NAME_LEN {
-        return Err(format!("host name longer than {MAX_HOST_NAME_LEN} characters"));
+        return Err(format!(
+            "host name longer than {MAX_HOST_NAME_LEN} characters"
+        ));
     }
     let valid_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     let name = h.strip_suffix('.').unwrap_or(h);
     if !name.split('.').all(valid_label) {
@@ -306,7 +314,10 @@ mod tests {
     #[test]
     fn durations_accept_humantime_and_bare_seconds() {
         assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("72h").unwrap(), Duration::from_secs(72 * 3600));
+        assert_eq!(
+            parse_duration("72h").unwrap(),
+            Duration::from_secs(72 * 3600)
+        );
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
@@ -332,7 +343,9 @@ mod tests {
         let t: T = toml::from_str("a = \"5m\"\nb = 30\n").unwrap();
         assert_eq!(t.a.0, Duration::from_secs(300));
         assert_eq!(t.b, Duration::from_secs(30));
-        let e = toml::from_str::<T>("a = -1\nb = 1\n").unwrap_err().to_string();
+        let e = toml::from_str::<T>("a = -1\nb = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("negative"), "{e}");
     }
 

@@ -31,7 +31,9 @@ pub enum CoreError {
         name: String,
     },
     /// Removing a host that still has live sessions, without force.
-    #[error("host {host:?} still has {sessions} live session(s); drain it first or remove with force")]
+    #[error(
+        "host {host:?} still has {sessions} live session(s); drain it first or remove with force"
+    )]
     HostHasSessions {
         /// The host.
         host: String,

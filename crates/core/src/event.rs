@@ -1,7 +1,9 @@
 //! Events: what applying a command changed. The broker persists the durable ones before it replies.
 
 use crate::config::HostAddr;
-use crate::model::{AdminState, Health, HostSpec, PoolSpec, SessionId, SessionRecord, SessionState};
+use crate::model::{
+    AdminState, Health, HostSpec, PoolSpec, SessionId, SessionRecord, SessionState,
+};
 use crate::placement::PlacementReason;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};

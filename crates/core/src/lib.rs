@@ -22,12 +22,16 @@ pub mod placement;
 pub mod policy;
 pub mod schedule;
 pub mod state;
+mod table;
 pub mod time;
 
 pub use command::Command;
 pub use error::CoreError;
 pub use event::{Event, Placement, PlacementOutcome};
-pub use model::{AdminState, Health, HostSpec, LoadReport, PoolOptions, PoolSpec, SessionId, SessionState, Settings};
+pub use model::{
+    AdminState, Health, HostSpec, LoadReport, PoolOptions, PoolSpec, SessionId, SessionState,
+    Settings,
+};
 pub use policy::Policy;
 pub use state::ClusterState;
 pub use time::Millis;

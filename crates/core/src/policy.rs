@@ -66,7 +66,9 @@ impl fmt::Display for Policy {
 
 /// A policy name that is not one of the identifiers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown placement policy {0:?}; expected one of rr, wrr, lc, wlc, sed, least-load, two-choices, x2go-load")]
+#[error(
+    "unknown placement policy {0:?}; expected one of rr, wrr, lc, wlc, sed, least-load, two-choices, x2go-load"
+)]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {

@@ -16,8 +16,8 @@ use crate::error::CoreError;
 use crate::event::{Event, Placement, PlacementOutcome, ReservationEnd};
 use crate::model::{
     AdminState, DEFAULT_REPORT_INTERVAL, Health, HostId, HostSpec, LoadReport, MAX_NAME_LEN,
-    PoolId, PoolSpec, ReportedSession, ReservationRecord, ResumePreference,
-    SessionId, SessionRecord, SessionState, Settings, UserId,
+    PoolId, PoolSpec, ReportedSession, ReservationRecord, ResumePreference, SessionId,
+    SessionRecord, SessionState, Settings, UserId,
 };
 use crate::placement::index::{self, MAIN, PENALIZED, PoolIndex, RankKey, Slot};
 use crate::placement::score::{self, ScoreInput};
@@ -25,10 +25,11 @@ use crate::placement::{
     Exclusion, ExclusionCounts, Explanation, HostExplanation, PlacementReason, ResumeCandidate,
 };
 use crate::policy::Policy;
+use crate::table::{IdTable, UserTable};
 use crate::time::Millis;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -62,14 +63,11 @@ pub struct ClusterState {
     pools: Vec<Option<PoolEntry>>,
     pool_names: StrMap<PoolId>,
     /// Live sessions.
-    sessions: FxHashMap<SessionId, SessionEntry>,
+    sessions: IdTable<SessionEntry>,
     /// Live reservations.
-    reservations: FxHashMap<SessionId, ReservationEntry>,
-    /// Interned user names, indexed by `UserId`.
-    users: Vec<Arc<str>>,
-    user_ids: StrMap<UserId>,
-    /// Each user's live sessions and reservations (resume looks here first).
-    by_user: FxHashMap<UserId, SmallVec<[SessionId; 2]>>,
+    reservations: IdTable<ReservationEntry>,
+    /// Interned user names with each user's live sessions and reservations (resume looks here).
+    users: UserTable,
     /// Due times, earliest first; stale entries are skipped by generation checks.
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
 }
@@ -77,7 +75,7 @@ pub struct ClusterState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     ReservationExpiry(SessionId),
-    ReportStale(HostId, u64),
+    ReportStale(HostId),
     PenaltyEnd(HostId, u64),
 }
 
@@ -91,8 +89,9 @@ struct HostEntry {
     report_interval: Duration,
     load: Option<LoadReport>,
     last_report_at: Option<Millis>,
-    /// Bumped on every report; a stale timer only acts if it still matches.
-    report_gen: u64,
+    /// Whether a stale-report timer is pending for this host. One timer per host is kept and
+    /// re-armed when it fires early, instead of one per report.
+    stale_timer: bool,
     penalty_until: Option<Millis>,
     penalty_gen: u64,
     sessions: FxHashSet<SessionId>,
@@ -102,8 +101,6 @@ struct HostEntry {
     pending: u32,
     /// (pool, position in that pool's member list).
     pools: SmallVec<[(PoolId, u32); 2]>,
-    /// Random draw that orders this host among equals; redrawn whenever the host changes.
-    tiebreak: u64,
 }
 
 impl HostEntry {
@@ -184,6 +181,9 @@ struct PoolEntry {
 struct Member {
     host: HostId,
     status: MemberStatus,
+    /// Random draw that orders this host among equals in this pool; redrawn whenever its rank
+    /// changes, so equal hosts are picked uniformly at random (reproducibly for a seed).
+    tiebreak: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +195,7 @@ enum MemberStatus {
 }
 
 impl PoolEntry {
-    fn rank_key(&self, hid: HostId, host: &HostEntry) -> RankKey {
+    fn rank_key(&self, hid: HostId, host: &HostEntry, tiebreak: u64) -> RankKey {
         let (tier, score) = score::score(
             self.spec.policy,
             &host.score_input(self.spec.options.session_ref),
@@ -204,7 +204,7 @@ impl PoolEntry {
             tier,
             score,
             weight: Reverse(host.spec.weight),
-            tiebreak: host.tiebreak,
+            tiebreak,
             host: hid,
             occupancy: host.occupancy(),
         }
@@ -217,19 +217,24 @@ impl PoolEntry {
         host: &HostEntry,
         exclusion: Option<Exclusion>,
         penalized: bool,
+        rng: &mut ChaCha8Rng,
     ) {
         let Some(member) = self.members.get(pos as usize).copied() else {
             return;
         };
-        let new = match exclusion {
+        let mut new = match exclusion {
             Some(c) => MemberStatus::Excluded(c),
             None => MemberStatus::Eligible(Slot {
                 tier: if penalized { PENALIZED } else { MAIN },
-                key: self.rank_key(member.host, host),
+                key: self.rank_key(member.host, host, member.tiebreak),
             }),
         };
         if new == member.status {
             return;
+        }
+        if let MemberStatus::Eligible(slot) = &mut new {
+            slot.key.tiebreak = rng.next_u64();
+            self.members[pos as usize].tiebreak = slot.key.tiebreak;
         }
         let old_slot = match member.status {
             MemberStatus::Excluded(c) => {
@@ -290,8 +295,7 @@ impl PoolEntry {
                 // sum to 1), and in practice it is the first or second one looked at.
                 let (t, w_total) = (u128::from(occupancy[tier]) + 1, u128::from(weight[tier]));
                 let set = &sets[tier];
-                set.iter()
-                    .find(|k| u128::from(k.occupancy) * w_total < t * u128::from(k.weight.0))
+                set.find_first(|k| u128::from(k.occupancy) * w_total < t * u128::from(k.weight.0))
                     .or_else(|| set.first())
                     .map(|k| k.host)
             }
@@ -306,7 +310,8 @@ impl PoolEntry {
             } => {
                 let set = &tiers[tier];
                 let first = *set.first()?;
-                let next_after = |c: Option<u32>| c.and_then(|c| set.range(c + 1..).next().copied());
+                let next_after =
+                    |c: Option<u32>| c.and_then(|c| set.range(c + 1..).next().copied());
                 let pos = if policy == Policy::RoundRobin {
                     let p = next_after(*cursor).unwrap_or(first);
                     *cursor = Some(p);
@@ -494,11 +499,9 @@ impl ClusterState {
             host_names: StrMap::default(),
             pools: Vec::new(),
             pool_names: StrMap::default(),
-            sessions: FxHashMap::default(),
-            reservations: FxHashMap::default(),
-            users: Vec::new(),
-            user_ids: StrMap::default(),
-            by_user: FxHashMap::default(),
+            sessions: IdTable::default(),
+            reservations: IdTable::default(),
+            users: UserTable::default(),
             timers: BinaryHeap::new(),
         }
     }
@@ -573,21 +576,22 @@ impl ClusterState {
                         self.end_reservation(id, ReservationEnd::Expired, events);
                     }
                 }
-                Timer::ReportStale(hid, generation) => {
-                    let Some(h) = self.host_ref(hid) else {
+                Timer::ReportStale(hid) => {
+                    let intervals = self.settings.stale_after_intervals;
+                    let now = self.now;
+                    let Some(h) = self.host_mut(hid) else {
                         continue;
                     };
-                    if h.report_gen != generation {
-                        continue;
-                    }
-                    // The window may have grown since this timer was set: re-arm if still fresh.
+                    h.stale_timer = false;
+                    // A newer report (or a longer window) moved the deadline: wait for it.
                     if let Some(t) = h.last_report_at {
                         let due = t
-                            .after(h.stale_window(self.settings.stale_after_intervals))
+                            .after(h.stale_window(intervals))
                             .after(Duration::from_millis(1));
-                        if due > self.now {
-                            self.timers
-                                .push(Reverse((due, Timer::ReportStale(hid, generation))));
+                        if due > now {
+                            h.stale_timer = true;
+                            self.timers.push(Reverse((due, Timer::ReportStale(hid))));
+                            continue;
                         }
                     }
                     self.refresh_host(hid);
@@ -645,38 +649,28 @@ impl ClusterState {
     }
 
     fn intern_user(&mut self, user: &str) -> UserId {
-        if let Some(&id) = self.user_ids.get(user) {
-            return id;
-        }
-        let id = UserId(u32::try_from(self.users.len()).unwrap_or(u32::MAX));
-        let name: Arc<str> = Arc::from(user);
-        self.users.push(name.clone());
-        self.user_ids.insert(name, id);
-        id
+        self.users.intern(user)
     }
 
     fn user_name(&self, uid: UserId) -> Arc<str> {
         self.users
-            .get(uid.0 as usize)
+            .name(uid)
             .cloned()
             .unwrap_or_else(|| Arc::from(""))
     }
 
     /// Re-ranks a host in every pool it belongs to after anything about it changed.
     fn refresh_host(&mut self, hid: HostId) {
-        let tiebreak = self.rng.next_u64();
         let now = self.now;
         let intervals = self.settings.stale_after_intervals;
-        let Some(host) = self.hosts.get_mut(hid.0 as usize).and_then(Option::as_mut) else {
+        let Some(host) = self.hosts.get(hid.0 as usize).and_then(Option::as_ref) else {
             return;
         };
-        host.tiebreak = tiebreak;
-        let host = &*host;
         let exclusion = host.exclusion(now, intervals);
         let penalized = host.penalized(now);
         for &(pid, pos) in &host.pools {
             if let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) {
-                pool.update_member(pos, host, exclusion, penalized);
+                pool.update_member(pos, host, exclusion, penalized, &mut self.rng);
             }
         }
     }
@@ -702,10 +696,12 @@ impl ClusterState {
                 name: spec.name,
             });
         }
-        let hid = HostId(u32::try_from(self.hosts.len()).map_err(|_| CoreError::Invalid {
-            field: "host",
-            reason: "too many hosts".into(),
-        })?);
+        let hid = HostId(
+            u32::try_from(self.hosts.len()).map_err(|_| CoreError::Invalid {
+                field: "host",
+                reason: "too many hosts".into(),
+            })?,
+        );
         let name: Arc<str> = Arc::from(spec.name.as_str());
         let entry = HostEntry {
             name: name.clone(),
@@ -715,7 +711,7 @@ impl ClusterState {
             report_interval: DEFAULT_REPORT_INTERVAL,
             load: None,
             last_report_at: None,
-            report_gen: 0,
+            stale_timer: false,
             penalty_until: None,
             penalty_gen: 0,
             sessions: FxHashSet::default(),
@@ -723,7 +719,6 @@ impl ClusterState {
             reservations: 0,
             pending: 0,
             pools: SmallVec::new(),
-            tiebreak: 0,
             spec: spec.clone(),
         };
         self.hosts.push(Some(entry));
@@ -852,10 +847,21 @@ impl ClusterState {
 
     fn update_settings(&mut self, settings: Settings) {
         self.settings = settings;
+        let intervals = self.settings.stale_after_intervals;
         for i in 0..self.hosts.len() {
-            if self.hosts[i].is_some() {
-                self.refresh_host(HostId(i as u32));
+            let hid = HostId(i as u32);
+            // The staleness window may have shrunk: give every reporting host a timer at its new
+            // deadline (a timer that fires early re-arms itself).
+            if let Some(h) = self.host_mut(hid)
+                && let Some(t) = h.last_report_at
+            {
+                h.stale_timer = true;
+                let due = t
+                    .after(h.stale_window(intervals))
+                    .after(Duration::from_millis(1));
+                self.timers.push(Reverse((due, Timer::ReportStale(hid))));
             }
+            self.refresh_host(hid);
         }
     }
 
@@ -911,15 +917,17 @@ impl ClusterState {
         h.load = Some(report);
         h.last_report_at = Some(now);
         h.pending = 0;
-        h.report_gen += 1;
+        let arm = !h.stale_timer;
+        h.stale_timer = true;
         let due = now
             .after(h.stale_window(intervals))
             .after(Duration::from_millis(1));
-        let timer = Timer::ReportStale(hid, h.report_gen);
         events.push(Event::LoadReported {
             host: h.name.clone(),
         });
-        self.timers.push(Reverse((due, timer)));
+        if arm {
+            self.timers.push(Reverse((due, Timer::ReportStale(hid))));
+        }
         self.refresh_host(hid);
         Ok(())
     }
@@ -1057,6 +1065,7 @@ impl ClusterState {
             .map(|host| Member {
                 host,
                 status: MemberStatus::New,
+                tiebreak: 0,
             })
             .collect();
         for (pos, m) in members.iter().enumerate() {
@@ -1115,8 +1124,13 @@ impl ClusterState {
     // ----- placement -----
 
     /// The user's reservation or session that a placement in this pool would hand back.
-    fn resume_candidate(&self, uid: UserId, pid: PoolId, prefer: ResumePreference) -> Option<(SessionId, Option<SessionState>)> {
-        let ids = self.by_user.get(&uid)?;
+    fn resume_candidate(
+        &self,
+        uid: UserId,
+        pid: PoolId,
+        prefer: ResumePreference,
+    ) -> Option<(SessionId, Option<SessionState>)> {
+        let ids = self.users.items(uid);
         let mut best: Option<(u8, Millis, SessionId, SessionState)> = None;
         for &id in ids {
             if let Some(r) = self.reservations.get(&id) {
@@ -1179,14 +1193,19 @@ impl ClusterState {
             return Err(not_found("pool", pool_name));
         };
         let pool_arc = pool.name.clone();
-        if let Some(&uid) = self.user_ids.get(user)
+        let known_user = self.users.get(user);
+        if let Some(uid) = known_user
             && let Some((id, state)) =
                 self.resume_candidate(uid, pid, pool.spec.options.resume_prefer)
         {
             let (host, outcome, expires_at) = match state {
                 None => {
                     let r = &self.reservations[&id];
-                    (r.host, PlacementOutcome::ExistingReservation, Some(r.expires_at))
+                    (
+                        r.host,
+                        PlacementOutcome::ExistingReservation,
+                        Some(r.expires_at),
+                    )
                 }
                 Some(st) => (self.sessions[&id].host, PlacementOutcome::Resumed(st), None),
             };
@@ -1199,7 +1218,7 @@ impl ClusterState {
                 address: h.address.clone(),
                 outcome,
                 expires_at,
-                reason: self.reason(pool, matches!(state, Some(_)), false),
+                reason: self.reason(pool, state.is_some(), false),
             }));
             return Ok(());
         }
@@ -1219,7 +1238,10 @@ impl ClusterState {
             excluded: pool.excluded,
             resumed: false,
         };
-        let uid = self.intern_user(user);
+        let uid = match known_user {
+            Some(uid) => uid,
+            None => self.intern_user(user),
+        };
         let id = self.alloc_id();
         let expires_at = self.now.after(self.settings.reservation_ttl.0);
         self.reservations.insert(
@@ -1233,7 +1255,9 @@ impl ClusterState {
                 expires_at,
             },
         );
-        self.by_user.entry(uid).or_default().push(id);
+        if let Some(items) = self.users.items_mut(uid) {
+            items.push(id);
+        }
         self.timers
             .push(Reverse((expires_at, Timer::ReservationExpiry(id))));
         let Some(h) = self.host_mut(hid) else {
@@ -1257,11 +1281,8 @@ impl ClusterState {
     }
 
     fn unlink_user(&mut self, uid: UserId, id: SessionId) {
-        if let Some(list) = self.by_user.get_mut(&uid) {
+        if let Some(list) = self.users.items_mut(uid) {
             list.retain(|x| *x != id);
-            if list.is_empty() {
-                self.by_user.remove(&uid);
-            }
         }
     }
 
@@ -1378,8 +1399,9 @@ impl ClusterState {
                 h.by_backend.insert(b.clone(), id);
             }
         }
-        let list = self.by_user.entry(uid).or_default();
-        if !list.contains(&id) {
+        if let Some(list) = self.users.items_mut(uid)
+            && !list.contains(&id)
+        {
             list.push(id);
         }
         let record = self.record(id, &entry);
@@ -1430,7 +1452,10 @@ impl ClusterState {
 
     fn begin_ending(&mut self, id: SessionId, events: &mut Vec<Event>) -> Result<(), CoreError> {
         if !self.sessions.contains_key(&id) {
-            return Err(CoreError::IdNotFound { kind: "session", id });
+            return Err(CoreError::IdNotFound {
+                kind: "session",
+                id,
+            });
         }
         self.set_session_state(id, SessionState::Ending, events);
         Ok(())
@@ -1438,7 +1463,10 @@ impl ClusterState {
 
     fn end_session(&mut self, id: SessionId, events: &mut Vec<Event>) -> Result<(), CoreError> {
         if !self.sessions.contains_key(&id) {
-            return Err(CoreError::IdNotFound { kind: "session", id });
+            return Err(CoreError::IdNotFound {
+                kind: "session",
+                id,
+            });
         }
         self.remove_session(id, events);
         Ok(())
@@ -1459,12 +1487,13 @@ impl ClusterState {
             return;
         }
         let uid = self.intern_user(&rs.user);
-        let reservation = self.by_user.get(&uid).and_then(|ids| {
-            ids.iter()
-                .copied()
-                .filter(|id| self.reservations.get(id).is_some_and(|r| r.host == hid))
-                .min_by_key(|id| self.reservations[id].created_at)
-        });
+        let reservation = self
+            .users
+            .items(uid)
+            .iter()
+            .copied()
+            .filter(|id| self.reservations.get(id).is_some_and(|r| r.host == hid))
+            .min_by_key(|id| self.reservations[id].created_at);
         let (id, pool, client) = match reservation {
             Some(id) => {
                 let (pool, client) = {
@@ -1728,14 +1757,13 @@ impl ClusterState {
 
     /// A user's live sessions, in id order.
     pub fn sessions_of_user(&self, user: &str) -> Vec<SessionRecord> {
-        let Some(uid) = self.user_ids.get(user) else {
+        let Some(uid) = self.users.get(user) else {
             return Vec::new();
         };
         let mut out: Vec<SessionRecord> = self
-            .by_user
-            .get(uid)
-            .into_iter()
-            .flatten()
+            .users
+            .items(uid)
+            .iter()
             .filter_map(|id| self.session(*id))
             .collect();
         out.sort_by_key(|s| s.id);
@@ -1744,11 +1772,18 @@ impl ClusterState {
 
     /// The live sessions on a host, in id order.
     pub fn sessions_on_host(&self, host: &str) -> Vec<SessionRecord> {
-        let Some(h) = self.host_names.get(host).and_then(|&hid| self.host_ref(hid)) else {
+        let Some(h) = self
+            .host_names
+            .get(host)
+            .and_then(|&hid| self.host_ref(hid))
+        else {
             return Vec::new();
         };
-        let mut out: Vec<SessionRecord> =
-            h.sessions.iter().filter_map(|id| self.session(*id)).collect();
+        let mut out: Vec<SessionRecord> = h
+            .sessions
+            .iter()
+            .filter_map(|id| self.session(*id))
+            .collect();
         out.sort_by_key(|s| s.id);
         out
     }
@@ -1781,7 +1816,7 @@ impl ClusterState {
     pub fn explain(&self, user: &str, pool: &str) -> Result<Explanation, CoreError> {
         let pid = self.pool_id(pool)?;
         let p = self.pool_ref(pid).ok_or_else(|| not_found("pool", pool))?;
-        let resume = self.user_ids.get(user).and_then(|&uid| {
+        let resume = self.users.get(user).and_then(|uid| {
             self.resume_candidate(uid, pid, p.spec.options.resume_prefer)
                 .map(|(id, state)| ResumeCandidate {
                     id,
@@ -1853,7 +1888,7 @@ impl ClusterState {
 
     /// Checks the internal invariants listed in the module doc; `Err` names the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (id, s) in &self.sessions {
+        for (id, s) in self.sessions.iter() {
             let h = self
                 .host_ref(s.host)
                 .ok_or_else(|| format!("session {id} on a missing host"))?;
@@ -1863,9 +1898,11 @@ impl ClusterState {
             if let Some(b) = &s.backend_id
                 && h.by_backend.get(&**b) != Some(id)
             {
-                return Err(format!("session {id} missing from its host's backend index"));
+                return Err(format!(
+                    "session {id} missing from its host's backend index"
+                ));
             }
-            if !self.by_user.get(&s.user).is_some_and(|l| l.contains(id)) {
+            if !self.users.items(s.user).contains(id) {
                 return Err(format!("session {id} missing from its user's index"));
             }
         }
@@ -1886,7 +1923,10 @@ impl ClusterState {
             }
             for id in &h.sessions {
                 if self.sessions.get(id).map(|s| s.host.0 as usize) != Some(i) {
-                    return Err(format!("host {} lists session {id} it does not hold", h.name));
+                    return Err(format!(
+                        "host {} lists session {id} it does not hold",
+                        h.name
+                    ));
                 }
             }
             let exclusion = h.exclusion(self.now, self.settings.stale_after_intervals);
@@ -1917,14 +1957,14 @@ impl ClusterState {
                 self.sessions.len()
             ));
         }
-        for (uid, ids) in &self.by_user {
-            for id in ids {
+        for (uid, entry) in self.users.iter() {
+            for id in &entry.items {
                 let owner = self
                     .sessions
                     .get(id)
                     .map(|s| s.user)
                     .or_else(|| self.reservations.get(id).map(|r| r.user));
-                if owner != Some(*uid) {
+                if owner != Some(uid) {
                     return Err(format!("user index lists {id} for the wrong user"));
                 }
             }

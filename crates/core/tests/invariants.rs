@@ -1,4 +1,5 @@
 //! Property tests: invariants that hold over random command sequences.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod support;
 
@@ -106,7 +107,11 @@ fn run(seed: u64, policy: Policy, hosts: &[HostGen], ops: &[Op]) -> Vec<Event> {
                 client: None,
             },
             Op::Confirm(i) => match nth(&reservations, *i) {
-                Some(id) => Command::Confirm { id, backend_id: None, starting: false },
+                Some(id) => Command::Confirm {
+                    id,
+                    backend_id: None,
+                    starting: false,
+                },
                 None => continue,
             },
             Op::Release(i) => match nth(&reservations, *i) {
@@ -114,7 +119,10 @@ fn run(seed: u64, policy: Policy, hosts: &[HostGen], ops: &[Op]) -> Vec<Event> {
                 None => continue,
             },
             Op::StartFailed(i) => match nth(&reservations, *i) {
-                Some(id) => Command::ReportStartFailed { id, reason: "test".into() },
+                Some(id) => Command::ReportStartFailed {
+                    id,
+                    reason: "test".into(),
+                },
                 None => continue,
             },
             Op::End(i) => match nth(&sessions, *i) {
@@ -127,10 +135,16 @@ fn run(seed: u64, policy: Policy, hosts: &[HostGen], ops: &[Op]) -> Vec<Event> {
             },
             Op::Admin(i, s) => Command::SetAdminState {
                 host: h(*i),
-                state: [AdminState::Online, AdminState::Draining, AdminState::Offline]
-                    [*s as usize],
+                state: [
+                    AdminState::Online,
+                    AdminState::Draining,
+                    AdminState::Offline,
+                ][*s as usize],
             },
-            Op::Weight(i, w) => Command::SetWeight { host: h(*i), weight: *w },
+            Op::Weight(i, w) => Command::SetWeight {
+                host: h(*i),
+                weight: *w,
+            },
             Op::Load(i) => Command::ReportLoad {
                 host: h(*i),
                 report: report(f64::from(*i % 5), 0.3, 0.6),
@@ -140,7 +154,10 @@ fn run(seed: u64, policy: Policy, hosts: &[HostGen], ops: &[Op]) -> Vec<Event> {
                 report_interval: Duration::from_secs(3),
             },
             Op::AgentLost(i) => Command::AgentLost { host: h(*i) },
-            Op::Probe(i, ok) => Command::ReportProbe { host: h(*i), ok: *ok },
+            Op::Probe(i, ok) => Command::ReportProbe {
+                host: h(*i),
+                ok: *ok,
+            },
             Op::Inventory(i, list) => Command::ReportInventory {
                 host: h(*i),
                 sessions: {

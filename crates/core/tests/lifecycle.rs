@@ -1,4 +1,5 @@
 //! Session lifecycle, inventory reconciliation, hosts and pools coming and going.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod support;
 
@@ -31,15 +32,31 @@ fn confirm_turns_a_reservation_into_a_running_session_with_the_same_id() {
         backend_id: Some("alice-50-1".into()),
         starting: false,
     });
-    assert!(events.iter().any(|e| matches!(e, Event::SessionStarted(s) if s.id == p.id)));
-    assert!(events.iter().any(|e| matches!(e,
-        Event::ReservationEnded { cause: ReservationEnd::Confirmed, .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::SessionStarted(s) if s.id == p.id))
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::ReservationEnded {
+            cause: ReservationEnd::Confirmed,
+            ..
+        }
+    )));
     let s = c.state.session(p.id).unwrap();
     assert_eq!(s.state, SessionState::Running);
     assert_eq!(s.pool.as_deref(), Some("p"));
     assert_eq!(c.state.reservation_count(), 0);
     // Confirming again is harmless.
-    assert!(c.apply(Command::Confirm { id: p.id, backend_id: None, starting: false }).is_empty());
+    assert!(
+        c.apply(Command::Confirm {
+            id: p.id,
+            backend_id: None,
+            starting: false
+        })
+        .is_empty()
+    );
 }
 
 #[test]
@@ -49,9 +66,22 @@ fn confirm_of_an_unknown_or_expired_reservation_is_refused() {
     let p = c.reserve("alice", "p");
     c.advance(Duration::from_secs(61));
     let e = c
-        .try_apply(Command::Confirm { id: p.id, backend_id: None, starting: false })
+        .try_apply(Command::Confirm {
+            id: p.id,
+            backend_id: None,
+            starting: false,
+        })
         .unwrap_err();
-    assert!(matches!(e, CoreError::IdNotFound { kind: "reservation", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CoreError::IdNotFound {
+                kind: "reservation",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(c.state.session_count(), 0);
 }
 
@@ -86,10 +116,17 @@ fn inventory_adopts_unknown_sessions_and_ends_missing_ones() {
         host: "a1".into(),
         sessions: vec![reported("s-2", "bob", ReportedState::Running)],
     });
-    assert!(events.iter().any(|e| matches!(e, Event::SessionEnded { .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::SessionEnded { .. }))
+    );
     assert_eq!(c.sessions_on("a1"), 1);
     assert!(c.state.sessions_of_user("alice").is_empty());
-    assert_eq!(c.state.sessions_of_user("bob")[0].state, SessionState::Running);
+    assert_eq!(
+        c.state.sessions_of_user("bob")[0].state,
+        SessionState::Running
+    );
 }
 
 #[test]
@@ -100,7 +137,10 @@ fn inventory_confirms_the_users_reservation_on_that_host() {
         host: "a1".into(),
         sessions: vec![reported("s-9", "alice", ReportedState::Running)],
     });
-    let s = c.state.session(p.id).expect("reservation confirmed under its id");
+    let s = c
+        .state
+        .session(p.id)
+        .expect("reservation confirmed under its id");
     assert_eq!(s.backend_id.as_deref(), Some("s-9"));
     assert_eq!(s.pool.as_deref(), Some("p"));
     assert_eq!(c.state.reservation_count(), 0);
@@ -110,7 +150,10 @@ fn inventory_confirms_the_users_reservation_on_that_host() {
 fn inventory_leaves_other_users_reservations_alone() {
     let mut c = agent_cluster();
     c.reserve("alice", "p");
-    c.apply(Command::ReportInventory { host: "a1".into(), sessions: vec![] });
+    c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![],
+    });
     assert_eq!(c.state.reservation_count(), 1);
     c.apply(Command::ReportInventory {
         host: "a1".into(),
@@ -127,13 +170,19 @@ fn inventory_restores_unknown_sessions_after_the_agent_returns() {
         sessions: vec![reported("s-1", "alice", ReportedState::Disconnected)],
     });
     c.apply(Command::AgentLost { host: "a1".into() });
-    assert_eq!(c.state.sessions_of_user("alice")[0].state, SessionState::Unknown);
+    assert_eq!(
+        c.state.sessions_of_user("alice")[0].state,
+        SessionState::Unknown
+    );
     c.connect_agent("a1");
     c.apply(Command::ReportInventory {
         host: "a1".into(),
         sessions: vec![reported("s-1", "alice", ReportedState::Disconnected)],
     });
-    assert_eq!(c.state.sessions_of_user("alice")[0].state, SessionState::Disconnected);
+    assert_eq!(
+        c.state.sessions_of_user("alice")[0].state,
+        SessionState::Disconnected
+    );
 }
 
 #[test]
@@ -166,7 +215,10 @@ fn ending_sessions_stay_ending_until_gone() {
         session: reported("s-1", "alice", ReportedState::Running),
     });
     assert_eq!(c.state.session(id).unwrap().state, SessionState::Ending);
-    c.apply(Command::ReportSessionGone { host: "a1".into(), backend_id: "s-1".into() });
+    c.apply(Command::ReportSessionGone {
+        host: "a1".into(),
+        backend_id: "s-1".into(),
+    });
     assert!(c.state.session(id).is_none());
 }
 
@@ -189,10 +241,19 @@ fn removing_a_host_with_sessions_needs_force() {
     c.pool_with_weights(Policy::WeightedLeastSessions, &[100, 100]);
     let (_, host) = c.start("alice", "p");
     let e = c
-        .try_apply(Command::RemoveHost { name: host.clone(), force: false })
+        .try_apply(Command::RemoveHost {
+            name: host.clone(),
+            force: false,
+        })
         .unwrap_err();
-    assert!(matches!(e, CoreError::HostHasSessions { sessions: 1, .. }), "{e}");
-    c.apply(Command::RemoveHost { name: host.clone(), force: true });
+    assert!(
+        matches!(e, CoreError::HostHasSessions { sessions: 1, .. }),
+        "{e}"
+    );
+    c.apply(Command::RemoveHost {
+        name: host.clone(),
+        force: true,
+    });
     assert!(c.state.host(&host).is_none());
     assert_eq!(c.state.session_count(), 0);
     assert_eq!(c.state.pool("p").unwrap().spec.hosts.len(), 1);
@@ -256,9 +317,16 @@ fn events_say_which_changes_must_be_durable() {
     let p = c.reserve("alice", "p");
     let reserve_events = c.apply(Command::Tick);
     assert!(reserve_events.iter().all(|e| !e.is_durable()));
-    let confirm = c.apply(Command::Confirm { id: p.id, backend_id: None, starting: false });
+    let confirm = c.apply(Command::Confirm {
+        id: p.id,
+        backend_id: None,
+        starting: false,
+    });
     assert!(confirm.iter().any(Event::is_durable));
-    let drain = c.apply(Command::SetAdminState { host: "h00".into(), state: AdminState::Draining });
+    let drain = c.apply(Command::SetAdminState {
+        host: "h00".into(),
+        state: AdminState::Draining,
+    });
     assert!(drain.iter().all(Event::is_durable) && !drain.is_empty());
 }
 
@@ -268,34 +336,55 @@ fn bad_load_reports_are_refused() {
     let mut r = report(0.1, 0.1, 0.9);
     r.load_avg[0] = f64::NAN;
     let e = c
-        .try_apply(Command::ReportLoad { host: "a1".into(), report: r })
+        .try_apply(Command::ReportLoad {
+            host: "a1".into(),
+            report: r,
+        })
         .unwrap_err();
     assert!(e.to_string().contains("load1"), "{e}");
     let mut r = report(0.1, 0.1, 0.9);
     r.mem_available_kib = r.mem_total_kib + 1;
-    assert!(c.try_apply(Command::ReportLoad { host: "a1".into(), report: r }).is_err());
+    assert!(
+        c.try_apply(Command::ReportLoad {
+            host: "a1".into(),
+            report: r
+        })
+        .is_err()
+    );
 }
 
 #[test]
 fn agentless_hosts_refuse_agent_reports() {
     let mut c = Cluster::new();
     c.pool_with_weights(Policy::WeightedLeastSessions, &[100]);
-    assert!(c
-        .try_apply(Command::ReportLoad { host: "h00".into(), report: report(0.1, 0.1, 0.9) })
-        .is_err());
-    assert!(c
-        .try_apply(Command::AgentConnected {
+    assert!(
+        c.try_apply(Command::ReportLoad {
+            host: "h00".into(),
+            report: report(0.1, 0.1, 0.9)
+        })
+        .is_err()
+    );
+    assert!(
+        c.try_apply(Command::AgentConnected {
             host: "h00".into(),
             report_interval: Duration::from_secs(3)
         })
-        .is_err());
+        .is_err()
+    );
 }
 
 #[test]
 fn commands_serialize_for_logs_and_replay() {
-    let c = Command::Reserve { user: "alice".into(), pool: "p".into(), client: None };
+    let c = Command::Reserve {
+        user: "alice".into(),
+        pool: "p".into(),
+        client: None,
+    };
     let json = serde_json::to_string(&c).unwrap();
-    assert_eq!(json, r#"{"command":"reserve","user":"alice","pool":"p","client":null}"#);
+    assert_eq!(
+        json,
+        r#"{"command":"reserve","user":"alice","pool":"p","client":null}"#
+    );
     let back: Command = serde_json::from_str(&json).unwrap();
     assert_eq!(back, c);
 }

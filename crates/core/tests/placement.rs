@@ -1,4 +1,5 @@
 //! Placement behaviour, one rule per test.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod support;
 
@@ -52,7 +53,9 @@ fn weighted_round_robin_interleaves_like_ipvs() {
     let seq: Vec<String> = (0..18)
         .map(|i| c.reserve(&format!("u{i}"), "p").host.to_string())
         .collect();
-    let cycle = ["h00", "h00", "h01", "h00", "h01", "h02", "h00", "h01", "h02"];
+    let cycle = [
+        "h00", "h00", "h01", "h00", "h01", "h02", "h00", "h01", "h02",
+    ];
     let expected: Vec<&str> = cycle.iter().chain(cycle.iter()).copied().collect();
     assert_eq!(seq, expected);
 }
@@ -113,7 +116,10 @@ fn drained_host_receives_no_new_sessions_but_resumes_its_own() {
     let again = c.reserve("alice", "p");
     assert_eq!(again.id, id);
     assert_eq!(&*again.host, host.as_str());
-    assert_eq!(again.outcome, PlacementOutcome::Resumed(SessionState::Running));
+    assert_eq!(
+        again.outcome,
+        PlacementOutcome::Resumed(SessionState::Running)
+    );
 }
 
 #[test]
@@ -150,7 +156,10 @@ fn resume_prefers_a_disconnected_session_over_a_running_one() {
         ],
     });
     let p = c.reserve("alice", "q");
-    assert_eq!(p.outcome, PlacementOutcome::Resumed(SessionState::Disconnected));
+    assert_eq!(
+        p.outcome,
+        PlacementOutcome::Resumed(SessionState::Disconnected)
+    );
     let s = c.state.session(p.id).unwrap();
     assert_eq!(s.backend_id.as_deref(), Some("x-2"));
 }
@@ -233,7 +242,7 @@ fn expired_reservation_is_not_a_failure() {
     c.advance(Duration::from_secs(61));
     let h = c.state.host("h00").unwrap();
     assert_eq!(h.penalized_until, None);
-    assert_eq!(c.reserve("b", "p").reason.used_penalized, false);
+    assert!(!c.reserve("b", "p").reason.used_penalized);
 }
 
 #[test]
@@ -243,7 +252,11 @@ fn host_cap_is_never_exceeded() {
     spec.max_sessions = Some(3);
     c.apply(Command::AddHost(spec));
     c.apply(Command::AddHost(host("open", 1)));
-    c.define_pool("p", Policy::WeightedLeastSessions, &["capped".into(), "open".into()]);
+    c.define_pool(
+        "p",
+        Policy::WeightedLeastSessions,
+        &["capped".into(), "open".into()],
+    );
     for i in 0..30 {
         c.start(&format!("u{i}"), "p");
     }
@@ -328,7 +341,11 @@ fn agentless_probed_host_waits_for_a_good_probe_and_failed_probes_penalize() {
     b.probe = true;
     c.apply(Command::AddHost(a));
     c.apply(Command::AddHost(b));
-    c.define_pool("p", Policy::WeightedLeastSessions, &["a".into(), "b".into()]);
+    c.define_pool(
+        "p",
+        Policy::WeightedLeastSessions,
+        &["a".into(), "b".into()],
+    );
     assert!(c.try_reserve("u", "p").is_err());
     c.apply(Command::ReportProbe {
         host: "a".into(),
@@ -494,10 +511,51 @@ fn unknown_pool_and_bad_names_are_refused_without_change() {
         c.try_reserve("u", "nope"),
         Err(CoreError::NotFound { kind: "pool", .. })
     ));
-    assert!(matches!(c.try_reserve("", "p"), Err(CoreError::Invalid { .. })));
+    assert!(matches!(
+        c.try_reserve("", "p"),
+        Err(CoreError::Invalid { .. })
+    ));
     assert!(matches!(
         c.try_reserve("a\nb", "p"),
         Err(CoreError::Invalid { .. })
     ));
     assert_eq!(c.state.reservation_count(), 0);
+}
+
+#[test]
+fn shorter_staleness_setting_applies_to_reports_already_received() {
+    let mut c = Cluster::new();
+    let mut spec = host("a1", 0);
+    spec.agent = true;
+    c.apply(Command::AddHost(spec));
+    c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
+    c.connect_agent("a1");
+    c.load("a1", report(0.5, 0.1, 0.8));
+    c.apply(Command::UpdateSettings(switchboard_core::Settings {
+        stale_after_intervals: 1,
+        ..switchboard_core::Settings::default()
+    }));
+    c.advance(Duration::from_millis(3001));
+    let e = c.try_reserve("u", "p").unwrap_err();
+    assert!(e.to_string().contains("stale=1"), "{e}");
+}
+
+#[test]
+fn frequent_reports_keep_a_host_fresh() {
+    let mut c = Cluster::new();
+    let mut spec = host("a1", 0);
+    spec.agent = true;
+    c.apply(Command::AddHost(spec));
+    c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
+    c.connect_agent("a1");
+    for _ in 0..20 {
+        c.load("a1", report(0.5, 0.1, 0.8));
+        c.advance(Duration::from_secs(2));
+        assert_eq!(c.state.host("a1").unwrap().exclusion, None);
+    }
+    c.advance(Duration::from_secs(8));
+    assert_eq!(
+        c.state.host("a1").unwrap().exclusion,
+        Some(Exclusion::Stale)
+    );
 }

@@ -131,7 +131,12 @@ impl fmt::Display for ExclusionCounts {
             }
         }
         if self.penalized > 0 {
-            write!(f, "{}penalized={}", if first { "" } else { " " }, self.penalized)?;
+            write!(
+                f,
+                "{}penalized={}",
+                if first { "" } else { " " },
+                self.penalized
+            )?;
             first = false;
         }
         if first {

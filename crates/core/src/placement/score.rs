@@ -124,9 +124,9 @@ pub(crate) fn score(policy: Policy, h: &ScoreInput<'_>) -> (u8, Ratio) {
             None => (1, Ratio::new(h.occupancy(), w)),
         },
         Policy::WeightedLeastSessions => (0, Ratio::new(h.occupancy() + 1, w)),
-        Policy::TwoChoices
-        | Policy::RoundRobin
-        | Policy::WeightedRoundRobin => (0, Ratio::new(h.occupancy(), w)),
+        Policy::TwoChoices | Policy::RoundRobin | Policy::WeightedRoundRobin => {
+            (0, Ratio::new(h.occupancy(), w))
+        }
     }
 }
 
@@ -224,7 +224,9 @@ mod tests {
             mem_available_kib: 2_000_000,
             ..idle.clone()
         };
-        assert!(least_load_micro(&input(Some(&idle), 10)) < least_load_micro(&input(Some(&busy), 10)));
+        assert!(
+            least_load_micro(&input(Some(&idle), 10)) < least_load_micro(&input(Some(&busy), 10))
+        );
     }
 
     #[test]
