@@ -283,23 +283,27 @@ impl PoolEntry {
         let policy = self.spec.policy;
         let pos_host = |members: &[Member], p: u32| members.get(p as usize).map(|m| m.host);
         let chosen = match &mut self.index {
-            PoolIndex::Ranked {
-                sets,
+            PoolIndex::Quota {
+                classes,
                 occupancy,
                 weight,
-            } if policy == Policy::WeightedLeastSessions => {
+                ..
+            } => {
                 // Balinski–Young quota method: the best (c+1)/w among hosts still under their
                 // weighted share of the next session, c < (T+1)·w/W. Plain c/w ranking (Adams'
                 // method) starves heavy hosts at the start of a storm; this keeps every host
                 // within one session of its share. Some host always qualifies (the shortfalls
-                // sum to 1), and in practice it is the first or second one looked at.
+                // sum to 1). Within a weight class the least occupied host is both the best and
+                // the most likely to qualify, so only each class's first host is looked at.
                 let (t, w_total) = (u128::from(occupancy[tier]) + 1, u128::from(weight[tier]));
-                let set = &sets[tier];
-                set.find_first(|k| u128::from(k.occupancy) * w_total < t * u128::from(k.weight.0))
-                    .or_else(|| set.first())
+                classes[tier]
+                    .values()
+                    .filter_map(|class| class.first())
+                    .filter(|k| u128::from(k.occupancy) * w_total < t * u128::from(k.weight.0))
+                    .min()
                     .map(|k| k.host)
             }
-            PoolIndex::Ranked { sets, .. } => sets[tier].first().map(|k| k.host),
+            PoolIndex::Ranked(sets) => sets[tier].first().map(|k| k.host),
             PoolIndex::Rotation {
                 tiers,
                 cursor,
@@ -378,7 +382,7 @@ impl PoolIndex {
     /// Replaces a member's slot, doing nothing when the index would not change.
     fn update(&mut self, pos: u32, old: Option<&Slot>, new: Option<&Slot>) {
         let unchanged = match (old, new, &*self) {
-            (Some(o), Some(n), PoolIndex::Ranked { .. }) => o == n,
+            (Some(o), Some(n), PoolIndex::Ranked(_) | PoolIndex::Quota { .. }) => o == n,
             (Some(o), Some(n), _) => o.tier == n.tier && o.key.weight == n.key.weight,
             _ => false,
         };
@@ -1830,7 +1834,7 @@ impl ClusterState {
                     state,
                 })
         });
-        let ranked = matches!(p.index, PoolIndex::Ranked { .. } | PoolIndex::Sampled(_));
+        let ranked = !matches!(p.index, PoolIndex::Rotation { .. });
         let mut rows: Vec<(u8, usize, Option<RankKey>, HostExplanation)> = p
             .members
             .iter()
@@ -1865,7 +1869,7 @@ impl ClusterState {
             .collect();
         rows.sort_by(|a, b| {
             a.0.cmp(&b.0).then_with(|| {
-                if ranked && matches!(p.index, PoolIndex::Ranked { .. }) {
+                if matches!(p.index, PoolIndex::Ranked(_) | PoolIndex::Quota { .. }) {
                     a.2.cmp(&b.2)
                 } else {
                     a.1.cmp(&b.1)

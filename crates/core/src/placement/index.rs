@@ -3,7 +3,11 @@
 //!
 //! Eligible hosts sit in one of two tiers: `MAIN`, and `PENALIZED` (used only when `MAIN` is empty).
 //! What each tier holds depends on the policy:
-//! - ranked policies (`lc`, `wlc`, `sed`, `least-load`, `x2go-load`): a [`MinTree`] of [`RankKey`]
+//! - `wlc`: per weight class, a `BTreeSet` of [`RankKey`] (within a class the order is by
+//!   occupancy), plus the tier's total occupancy and weight for the quota rule; a decision looks at
+//!   the least-loaded host of each class, so it costs O(classes · log n) — pools have a handful of
+//!   distinct weights;
+//! - other ranked policies (`lc`, `sed`, `least-load`, `x2go-load`): a [`MinTree`] of [`RankKey`]
 //!   by position, whose minimum is the decision (a tournament tree: one O(log n) path update when a
 //!   host changes, which is several times cheaper than a `BTreeSet` remove plus insert);
 //! - `rr` and `wrr`: a `BTreeSet` of positions in the pool's configured order, walked from a cursor;
@@ -13,7 +17,7 @@ use super::score::Ratio;
 use crate::model::HostId;
 use crate::policy::Policy;
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Tier of hosts without failure penalty.
 pub(crate) const MAIN: usize = 0;
@@ -37,9 +41,13 @@ pub(crate) struct RankKey {
 /// A pool's index; the variant follows the pool's policy.
 #[derive(Debug, Clone)]
 pub(crate) enum PoolIndex {
-    Ranked {
-        sets: [MinTree; 2],
-        /// Sessions plus reservations of each tier's hosts (the quota rule of `wlc` needs it).
+    Ranked([MinTree; 2]),
+    Quota {
+        /// Per tier: weight → that class's hosts, least occupied first.
+        classes: [BTreeMap<u32, BTreeSet<RankKey>>; 2],
+        /// Hosts per tier.
+        count: [usize; 2],
+        /// Sessions plus reservations of each tier's hosts.
         occupancy: [u64; 2],
         /// Total weight of each tier's hosts.
         weight: [u64; 2],
@@ -74,11 +82,13 @@ impl PoolIndex {
             Policy::TwoChoices => {
                 PoolIndex::Sampled([Fenwick::new(members), Fenwick::new(members)])
             }
-            _ => PoolIndex::Ranked {
-                sets: [MinTree::new(members), MinTree::new(members)],
+            Policy::WeightedLeastSessions => PoolIndex::Quota {
+                classes: Default::default(),
+                count: [0; 2],
                 occupancy: [0; 2],
                 weight: [0; 2],
             },
+            _ => PoolIndex::Ranked([MinTree::new(members), MinTree::new(members)]),
         }
     }
 }
@@ -93,14 +103,26 @@ pub(crate) struct Slot {
 impl PoolIndex {
     pub(crate) fn remove(&mut self, pos: u32, slot: &Slot) {
         match self {
-            PoolIndex::Ranked {
-                sets,
+            PoolIndex::Ranked(sets) => {
+                sets[slot.tier].set(pos as usize, None);
+            }
+            PoolIndex::Quota {
+                classes,
+                count,
                 occupancy,
                 weight,
             } => {
-                if sets[slot.tier].set(pos as usize, None) {
-                    occupancy[slot.tier] -= slot.key.occupancy;
-                    weight[slot.tier] -= u64::from(slot.key.weight.0);
+                let w = slot.key.weight.0;
+                let t = slot.tier;
+                if let Some(class) = classes[t].get_mut(&w)
+                    && class.remove(&slot.key)
+                {
+                    if class.is_empty() {
+                        classes[t].remove(&w);
+                    }
+                    count[t] -= 1;
+                    occupancy[t] -= slot.key.occupancy;
+                    weight[t] -= u64::from(w);
                 }
             }
             PoolIndex::Rotation { tiers, dirty, .. } => {
@@ -113,14 +135,21 @@ impl PoolIndex {
 
     pub(crate) fn insert(&mut self, pos: u32, slot: &Slot) {
         match self {
-            PoolIndex::Ranked {
-                sets,
+            PoolIndex::Ranked(sets) => {
+                sets[slot.tier].set(pos as usize, Some(slot.key));
+            }
+            PoolIndex::Quota {
+                classes,
+                count,
                 occupancy,
                 weight,
             } => {
-                if sets[slot.tier].set(pos as usize, Some(slot.key)) {
-                    occupancy[slot.tier] += slot.key.occupancy;
-                    weight[slot.tier] += u64::from(slot.key.weight.0);
+                let w = slot.key.weight.0;
+                let t = slot.tier;
+                if classes[t].entry(w).or_default().insert(slot.key) {
+                    count[t] += 1;
+                    occupancy[t] += slot.key.occupancy;
+                    weight[t] += u64::from(w);
                 }
             }
             PoolIndex::Rotation { tiers, dirty, .. } => {
@@ -134,7 +163,8 @@ impl PoolIndex {
     /// Number of hosts in a tier.
     pub(crate) fn len(&self, tier: usize) -> usize {
         match self {
-            PoolIndex::Ranked { sets, .. } => sets[tier].len(),
+            PoolIndex::Ranked(sets) => sets[tier].len(),
+            PoolIndex::Quota { count, .. } => count[tier],
             PoolIndex::Rotation { tiers, .. } => tiers[tier].len(),
             PoolIndex::Sampled(t) => t[tier].count,
         }
@@ -206,29 +236,6 @@ impl MinTree {
 
     pub(crate) fn first(&self) -> Option<RankKey> {
         self.nodes.get(1).copied().flatten()
-    }
-
-    /// The least key that satisfies `accept`, visiting keys in increasing order (best-first), so
-    /// the cost grows with the number of keys rejected, not with the size of the tree.
-    pub(crate) fn find_first(&self, mut accept: impl FnMut(&RankKey) -> bool) -> Option<RankKey> {
-        let mut frontier = std::collections::BinaryHeap::new();
-        if let Some(k) = self.first() {
-            frontier.push(Reverse((k, 1usize)));
-        }
-        while let Some(Reverse((k, i))) = frontier.pop() {
-            if i >= self.leaves {
-                if accept(&k) {
-                    return Some(k);
-                }
-                continue;
-            }
-            for c in [2 * i, 2 * i + 1] {
-                if let Some(ck) = self.nodes[c] {
-                    frontier.push(Reverse((ck, c)));
-                }
-            }
-        }
-        None
     }
 
     /// Every key, in increasing order.
@@ -350,25 +357,6 @@ mod tests {
         assert_eq!(t.len(), 4);
         let order: Vec<u64> = t.sorted().iter().map(|k| k.occupancy).collect();
         assert_eq!(order, vec![5, 7, 9, 10]);
-    }
-
-    #[test]
-    fn min_tree_finds_the_least_accepted_key_in_order() {
-        let mut t = MinTree::new(100);
-        for pos in 0..100 {
-            t.set(pos, Some(key((pos as u64 * 37) % 101, pos as u32)));
-        }
-        let mut seen = Vec::new();
-        let found = t.find_first(|k| {
-            seen.push(k.occupancy);
-            k.occupancy >= 50
-        });
-        assert_eq!(found.map(|k| k.occupancy), Some(50));
-        assert!(
-            seen.windows(2).all(|w| w[0] <= w[1]),
-            "visited in order: {seen:?}"
-        );
-        assert_eq!(t.find_first(|_| false), None);
     }
 
     #[test]
