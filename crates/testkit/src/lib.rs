@@ -1,3 +1,7 @@
-//! Shared test harness: start a broker and agents in-process, certificates, fixtures, a fake clock.
+//! Shared test harness: stores on both backends, fixtures.
 //!
-//! Nothing is here yet beyond what the core tests need; the daemon issues fill it.
+//! # Layout
+//! - [`store`]: a fresh SQLite store in a temp dir, and a fresh PostgreSQL database on the server
+//!   the test script started (`SWITCHBOARD_TEST_POSTGRES_URL`).
+
+pub mod store;
