@@ -1,4 +1,176 @@
-//! The Switchboard broker: the engine that owns the core state, the HTTP routers (REST API, X2Go,
-//! dashboard), the agent listener, the management socket and metrics.
+//! The Switchboard broker: the cluster master.
 //!
-//! Nothing is here yet; the broker issue fills it.
+//! # Layout
+//! - [`config`]: the TOML configuration, validated into [`config::Config`].
+//! - [`engine`]: the single task that owns the cluster state, commits to the store before it
+//!   replies, and publishes snapshots.
+//! - [`api`]: the REST API, health, readiness and metrics endpoints.
+//! - [`tokens`]: API bearer tokens (a file of hashes).
+//! - [`probe`]: TCP probes of agentless hosts.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! [`Broker::start`] binds and starts everything and returns the bound address; [`run`] does the
+//! same and waits for shutdown. The `switchboard` binary only wires these.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod probe;
+pub mod tokens;
+
+use config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use switchboard_store::{SqlStore, Store};
+use tokio_util::sync::CancellationToken;
+
+/// Why the broker could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] switchboard_store::StoreError),
+    /// The tokens file is malformed.
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A configured feature this build does not have.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    /// Where the HTTP listener is bound.
+    pub http_addr: SocketAddr,
+    /// The engine, for embedding callers and tests.
+    pub engine: engine::EngineHandle,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    engine_task: tokio::task::JoinHandle<()>,
+    store: Arc<SqlStore>,
+}
+
+impl Broker {
+    /// Opens the store, loads the state, binds the HTTP listener and starts serving.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Broker, BrokerError> {
+        if config.http_tls.is_some() {
+            return Err(BrokerError::Unsupported(
+                "http.tls_cert/tls_key: HTTPS is not available in this build yet; keep the broker \
+                 on 127.0.0.1 behind a TLS-terminating proxy until it is"
+                    .into(),
+            ));
+        }
+        // Install the metrics recorder before anything records.
+        let _ = metrics::handle();
+        let store = Arc::new(SqlStore::connect(&config.store_url).await?);
+        let tokens = tokens::Tokens::load(&config.tokens_file)?;
+        if tokens.is_empty() {
+            tracing::warn!(file = %config.tokens_file.display(), "no API tokens: every /api/v1 call will be refused; add one with `switchboard token add`");
+        }
+        tokens.clone().watch(shutdown.child_token());
+        let (engine, engine_task) =
+            engine::start(store.clone(), &config, shutdown.child_token()).await?;
+        probe::spawn(engine.clone(), &config, shutdown.child_token());
+        let ready_store = store.clone();
+        let app = api::App {
+            engine: engine.clone(),
+            tokens,
+            ready: Arc::new(move || {
+                let s = ready_store.clone();
+                Box::pin(async move { s.ping().await.is_ok() })
+            }),
+            public_metrics: config.public_metrics,
+        };
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| BrokerError::Bind {
+                addr: config.http_listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(BrokerError::Http)?;
+        let router = api::router(app);
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        });
+        tracing::info!(http = %http_addr, store = %redact(&config.store_url), "broker started");
+        Ok(Broker {
+            http_addr,
+            engine,
+            shutdown,
+            server,
+            engine_task,
+            store,
+        })
+    }
+
+    /// Stops serving and waits until everything has finished.
+    pub async fn stop(self) -> Result<(), BrokerError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the broker has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        let served = self.server.await;
+        let _ = self.engine_task.await;
+        self.store.close().await;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BrokerError::Http(e)),
+            Err(e) => Err(BrokerError::Http(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// A store URL with any password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Runs a broker until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BrokerError> {
+    Broker::start(config, shutdown).await?.wait().await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            super::redact("postgres://sb:hunter2@127.0.0.1:5432/sb"),
+            "postgres://sb:***@127.0.0.1:5432/sb"
+        );
+        assert_eq!(
+            super::redact("sqlite:///var/lib/x.db"),
+            "sqlite:///var/lib/x.db"
+        );
+    }
+}

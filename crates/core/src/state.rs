@@ -68,6 +68,8 @@ pub struct ClusterState {
     reservations: IdTable<ReservationEntry>,
     /// Interned user names with each user's live sessions and reservations (resume looks here).
     users: UserTable,
+    /// Live sessions by state, indexed by `state_index`.
+    by_state: [usize; 6],
     /// Due times, earliest first; stale entries are skipped by generation checks.
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
 }
@@ -462,6 +464,17 @@ pub struct PoolView<'a> {
     pub excluded: ExclusionCounts,
 }
 
+fn state_index(s: SessionState) -> usize {
+    match s {
+        SessionState::Starting => 0,
+        SessionState::Running => 1,
+        SessionState::Disconnected => 2,
+        SessionState::Ending => 3,
+        SessionState::Ended => 4,
+        SessionState::Unknown => 5,
+    }
+}
+
 fn check_name(field: &'static str, value: &str) -> Result<(), CoreError> {
     if value.is_empty() {
         return Err(CoreError::Invalid {
@@ -506,6 +519,7 @@ impl ClusterState {
             sessions: IdTable::default(),
             reservations: IdTable::default(),
             users: UserTable::default(),
+            by_state: [0; 6],
             timers: BinaryHeap::new(),
         }
     }
@@ -1409,6 +1423,7 @@ impl ClusterState {
             list.push(id);
         }
         let record = self.record(id, &entry);
+        self.by_state[state_index(entry.state)] += 1;
         self.sessions.insert(id, entry);
         if !silent {
             events.push(Event::SessionStarted(record));
@@ -1420,6 +1435,7 @@ impl ClusterState {
         let Some(s) = self.sessions.remove(&id) else {
             return;
         };
+        self.by_state[state_index(s.state)] -= 1;
         self.unlink_user(s.user, id);
         if let Some(h) = self.host_mut(s.host) {
             h.sessions.remove(&id);
@@ -1443,6 +1459,8 @@ impl ClusterState {
         if s.state == state {
             return;
         }
+        self.by_state[state_index(s.state)] -= 1;
+        self.by_state[state_index(state)] += 1;
         s.state = state;
         s.updated_at = now;
         let hid = s.host;
@@ -1759,6 +1777,19 @@ impl ClusterState {
         self.sessions.len()
     }
 
+    /// Live sessions by state (every state but `ended`), kept as sessions change, so metrics cost
+    /// nothing per session.
+    pub fn session_counts(&self) -> [(SessionState, usize); 5] {
+        [
+            SessionState::Starting,
+            SessionState::Running,
+            SessionState::Disconnected,
+            SessionState::Ending,
+            SessionState::Unknown,
+        ]
+        .map(|st| (st, self.by_state[state_index(st)]))
+    }
+
     /// A user's live sessions, in id order.
     pub fn sessions_of_user(&self, user: &str) -> Vec<SessionRecord> {
         let Some(uid) = self.users.get(user) else {
@@ -1953,6 +1984,16 @@ impl ClusterState {
                     ));
                 }
             }
+        }
+        let mut by_state = [0usize; 6];
+        for s in self.sessions.values() {
+            by_state[state_index(s.state)] += 1;
+        }
+        if by_state != self.by_state {
+            return Err(format!(
+                "session counts by state drifted: {:?} vs {by_state:?}",
+                self.by_state
+            ));
         }
         if on_hosts != self.sessions.len() {
             return Err(format!(

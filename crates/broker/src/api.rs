@@ -1,0 +1,957 @@
+//! The REST API under `/api/v1`, plus `/healthz`, `/readyz`, `/metrics` and
+//! `/api/v1/openapi.json`.
+//!
+//! JSON in and out. Errors are `{"error": {"code": "…", "message": "…"}}` with the matching status;
+//! a refused request changes nothing. Every `/api/v1` call needs a bearer token from the tokens
+//! file; read-only tokens may only read. The OpenAPI document is generated from the same handler
+//! annotations that register the routes (utoipa-axum), so the two cannot drift apart.
+
+use crate::engine::{EngineError, EngineHandle, HostInfo, PoolInfo};
+use crate::tokens::{Access, Tokens};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use switchboard_core::model::{ReservationRecord, SessionRecord, SessionState};
+use switchboard_core::{AdminState, Command, CoreError, Event, PlacementOutcome, SessionId};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Default page size of list endpoints.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page size.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Checks that the store answers (for `/readyz`).
+pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct App {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// Accepted bearer tokens.
+    pub tokens: Arc<Tokens>,
+    /// Store check for readiness.
+    pub ready: ReadyCheck,
+    /// Whether `/metrics` answers non-loopback clients.
+    pub public_metrics: bool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("tokens", &self.tokens.len())
+            .field("public_metrics", &self.public_metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API error: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+/// The error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code (`not_found`, `bad_request`, `unauthorized`, …).
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Core(c) => {
+                let (status, code) = match &c {
+                    CoreError::NotFound { .. } | CoreError::IdNotFound { .. } => {
+                        (StatusCode::NOT_FOUND, "not_found")
+                    }
+                    CoreError::NoHostAvailable { .. } => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no_host_available")
+                    }
+                    CoreError::AlreadyExists { .. } | CoreError::HostHasSessions { .. } => {
+                        (StatusCode::CONFLICT, "conflict")
+                    }
+                    CoreError::BadTransition { .. } => (StatusCode::CONFLICT, "bad_transition"),
+                    CoreError::Invalid { .. } | CoreError::WrongHost { .. } => {
+                        (StatusCode::BAD_REQUEST, "bad_request")
+                    }
+                };
+                ApiError::new(status, code, c.to_string())
+            }
+            EngineError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the store is unavailable, nothing was changed: {m}"),
+            ),
+            EngineError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the broker is shutting down",
+            ),
+        }
+    }
+}
+
+/// A request body, or why it could not be read (too large: 413).
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn body_bytes(body: Body) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(
+            status,
+            code,
+            format!("{} (bodies are limited to {MAX_BODY} bytes)", e.body_text()),
+        )
+    })
+}
+
+/// Parses a JSON body strictly: unknown fields and malformed JSON are 400s.
+fn parse_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Query string parser that reports errors as JSON.
+fn query<T: for<'de> Deserialize<'de>>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+    raw.parse::<u64>()
+        .map(SessionId)
+        .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a session id")))
+}
+
+// ----- shapes -----
+
+/// Paging parameters of list endpoints.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// Items per page, 1–1000 (default 100).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_LIMIT} (got {n})"
+        ))),
+    }
+}
+
+/// A page of hosts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostPage {
+    /// Hosts, by name.
+    pub items: Vec<HostInfo>,
+    /// Cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of pools.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolPage {
+    /// Pools, by name.
+    pub items: Vec<PoolInfo>,
+    /// Cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A session or reservation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionInfo {
+    /// Switchboard's id.
+    pub id: u64,
+    /// Owner.
+    pub user: String,
+    /// Host.
+    pub host: String,
+    /// Pool it was placed through.
+    pub pool: Option<String>,
+    /// `reserved`, `starting`, `running`, `disconnected`, `ending`, `unknown` or `ended`.
+    pub state: String,
+    /// The backend's own id.
+    pub backend_id: Option<String>,
+    /// Client address that asked for it.
+    pub client_addr: Option<String>,
+    /// When it was created (ms since the epoch).
+    pub created_at: u64,
+    /// When it last changed (ms since the epoch).
+    pub updated_at: u64,
+    /// For reservations: when it lapses unless confirmed (ms since the epoch).
+    pub expires_at: Option<u64>,
+}
+
+impl From<SessionRecord> for SessionInfo {
+    fn from(s: SessionRecord) -> SessionInfo {
+        SessionInfo {
+            id: s.id.0,
+            user: s.user.to_string(),
+            host: s.host.to_string(),
+            pool: s.pool.map(|p| p.to_string()),
+            state: s.state.as_str().to_owned(),
+            backend_id: s.backend_id.map(|b| b.to_string()),
+            client_addr: s.client.map(|c| c.to_string()),
+            created_at: s.created_at.0,
+            updated_at: s.updated_at.0,
+            expires_at: None,
+        }
+    }
+}
+
+impl From<ReservationRecord> for SessionInfo {
+    fn from(r: ReservationRecord) -> SessionInfo {
+        SessionInfo {
+            id: r.id.0,
+            user: r.user.to_string(),
+            host: r.host.to_string(),
+            pool: Some(r.pool.to_string()),
+            state: "reserved".to_owned(),
+            backend_id: None,
+            client_addr: r.client.map(|c| c.to_string()),
+            created_at: r.created_at.0,
+            updated_at: r.created_at.0,
+            expires_at: Some(r.expires_at.0),
+        }
+    }
+}
+
+/// A page of sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPage {
+    /// Sessions, by id.
+    pub items: Vec<SessionInfo>,
+    /// Cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /sessions` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceRequest {
+    /// Who asks.
+    pub user: String,
+    /// Which pool.
+    pub pool: String,
+    /// The client's address, when known.
+    #[schema(value_type = Option<String>, example = "127.0.0.9")]
+    pub client_addr: Option<IpAddr>,
+}
+
+/// A placement.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlaceResponse {
+    /// Session id (resumed) or reservation id (new; confirm it with this id).
+    pub id: u64,
+    /// Chosen host.
+    pub host: String,
+    /// Where the client connects.
+    pub address: String,
+    /// Port the client connects to.
+    pub port: u16,
+    /// Whether this is the user's existing session.
+    pub resumed: bool,
+    /// `reserved`, or the resumed session's state.
+    pub state: String,
+    /// For reservations: when it lapses unless confirmed (ms since the epoch).
+    pub expires_at: Option<u64>,
+    /// Why this host: policy, eligible hosts, exclusions.
+    pub reason: String,
+}
+
+/// `POST /sessions/{id}/confirm` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfirmRequest {
+    /// The backend's own id for the session.
+    pub backend_id: Option<String>,
+    /// `true` while the backend is still starting it.
+    pub starting: bool,
+}
+
+/// `PUT /hosts/{name}/weight` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightRequest {
+    /// New weight (0 = no new sessions).
+    pub weight: u32,
+}
+
+/// Filters of `GET /sessions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFilter {
+    /// Only this user's.
+    pub user: Option<String>,
+    /// Only on this host.
+    pub host: Option<String>,
+    /// Only placed through this pool.
+    pub pool: Option<String>,
+    /// Only in this state.
+    pub state: Option<String>,
+    /// Items per page, 1–1000 (default 100).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `DELETE /sessions/{id}` options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EndParams {
+    /// Seconds to wait for a graceful log-off before forcing (used with agents).
+    pub grace: Option<u64>,
+}
+
+/// `GET /placements/explain` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainParams {
+    /// User to explain for.
+    pub user: String,
+    /// Pool.
+    pub pool: String,
+}
+
+// ----- hosts and pools -----
+
+/// One host, from the engine itself so that a change just made is visible.
+async fn find_host(app: &App, name: &str) -> Result<HostInfo, ApiError> {
+    let n = name.to_owned();
+    app.engine
+        .query(move |s| s.host(&n).map(|h| crate::engine::host_info(&h)))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("host {name:?} not found"),
+            )
+        })
+}
+
+/// List hosts with admin state, health, weight, sessions and latest load.
+#[utoipa::path(get, path = "/api/v1/hosts", params(PageParams),
+    responses((status = 200, body = HostPage), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_hosts(
+    State(app): State<App>,
+    q: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HostPage>, ApiError> {
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    let snap = app.engine.snapshot();
+    let mut hosts: Vec<&HostInfo> = snap.hosts.iter().collect();
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let start = match &q.cursor {
+        Some(c) => hosts.partition_point(|h| h.name.as_str() <= c.as_str()),
+        None => 0,
+    };
+    let items: Vec<HostInfo> = hosts[start..]
+        .iter()
+        .take(limit)
+        .map(|h| (*h).clone())
+        .collect();
+    let next_cursor = (start + items.len() < hosts.len())
+        .then(|| items.last().map(|h| h.name.clone()))
+        .flatten();
+    Ok(Json(HostPage { items, next_cursor }))
+}
+
+/// One host.
+#[utoipa::path(get, path = "/api/v1/hosts/{name}", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = HostInfo), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Json<HostInfo>, ApiError> {
+    find_host(&app, &name).await.map(Json)
+}
+
+async fn set_admin(app: &App, name: String, state: AdminState) -> Result<Json<HostInfo>, ApiError> {
+    app.engine
+        .apply(Command::SetAdminState {
+            host: name.clone(),
+            state,
+        })
+        .await?;
+    find_host(app, &name).await.map(Json)
+}
+
+/// Drain a host: it resumes its sessions but takes no new ones.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/drain", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = HostInfo), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn drain_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Json<HostInfo>, ApiError> {
+    set_admin(&app, name, AdminState::Draining).await
+}
+
+/// Undo a drain: the host takes new sessions again.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/undrain", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = HostInfo), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn undrain_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Json<HostInfo>, ApiError> {
+    set_admin(&app, name, AdminState::Online).await
+}
+
+/// Take a host offline: no new sessions and no resumes.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/offline", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = HostInfo), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn offline_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Json<HostInfo>, ApiError> {
+    set_admin(&app, name, AdminState::Offline).await
+}
+
+/// Bring a host online.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/online", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = HostInfo), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn online_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Json<HostInfo>, ApiError> {
+    set_admin(&app, name, AdminState::Online).await
+}
+
+/// Set a host's weight (kept across restarts and reloads).
+#[utoipa::path(put, path = "/api/v1/hosts/{name}/weight", params(("name" = String, Path, description = "Host name")),
+    request_body = WeightRequest,
+    responses((status = 200, body = HostInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn set_weight(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<HostInfo>, ApiError> {
+    let req: WeightRequest = parse_body(&headers, &body_bytes(body)?)?;
+    app.engine
+        .apply(Command::SetWeight {
+            host: name.clone(),
+            weight: req.weight,
+        })
+        .await?;
+    find_host(&app, &name).await.map(Json)
+}
+
+/// List pools.
+#[utoipa::path(get, path = "/api/v1/pools", params(PageParams),
+    responses((status = 200, body = PoolPage)),
+    security(("bearer" = [])))]
+async fn list_pools(
+    State(app): State<App>,
+    q: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PoolPage>, ApiError> {
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    let snap = app.engine.snapshot();
+    let mut pools: Vec<&PoolInfo> = snap.pools.iter().collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let start = match &q.cursor {
+        Some(c) => pools.partition_point(|p| p.name.as_str() <= c.as_str()),
+        None => 0,
+    };
+    let items: Vec<PoolInfo> = pools[start..]
+        .iter()
+        .take(limit)
+        .map(|p| (*p).clone())
+        .collect();
+    let next_cursor = (start + items.len() < pools.len())
+        .then(|| items.last().map(|p| p.name.clone()))
+        .flatten();
+    Ok(Json(PoolPage { items, next_cursor }))
+}
+
+// ----- sessions -----
+
+/// Place a session: the user's live session in the pool if there is one, else a reservation on
+/// the best host. Asking again while the reservation lives returns the same one.
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = PlaceRequest,
+    responses((status = 200, body = PlaceResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn place(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PlaceResponse>, ApiError> {
+    let req: PlaceRequest = parse_body(&headers, &body_bytes(body)?)?;
+    let events = app
+        .engine
+        .apply(Command::Reserve {
+            user: req.user,
+            pool: req.pool,
+            client: req.client_addr,
+        })
+        .await?;
+    let p = events
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Placed(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "placement produced no decision",
+            )
+        })?;
+    tracing::info!(user = %p.user, pool = %p.pool, host = %p.host, id = p.id.0, reason = %p.reason, "placed");
+    let (resumed, state) = match p.outcome {
+        PlacementOutcome::Resumed(s) => (true, s.as_str().to_owned()),
+        PlacementOutcome::Reserved | PlacementOutcome::ExistingReservation => {
+            (false, "reserved".to_owned())
+        }
+    };
+    Ok(Json(PlaceResponse {
+        id: p.id.0,
+        host: p.host.to_string(),
+        address: p.address.host_str(),
+        port: p.address.port,
+        resumed,
+        state,
+        expires_at: p.expires_at.map(|t| t.0),
+        reason: p.reason.to_string(),
+    }))
+}
+
+async fn session_info(app: &App, id: SessionId) -> Result<SessionInfo, ApiError> {
+    app.engine
+        .query(move |s| {
+            s.session(id)
+                .map(SessionInfo::from)
+                .or_else(|| s.reservation(id).map(SessionInfo::from))
+        })
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("session {id} not found"),
+            )
+        })
+}
+
+/// Confirm a reservation: it becomes a running session (agents do this by reporting the session;
+/// agentless integrations call this). Confirming twice is harmless.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/confirm", params(("id" = u64, Path, description = "Reservation id")),
+    request_body(content = ConfirmRequest, description = "Optional"),
+    responses((status = 200, body = SessionInfo), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn confirm(
+    State(app): State<App>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let id = session_id(&raw)?;
+    let body = body_bytes(body)?;
+    let req: ConfirmRequest = if body.is_empty() {
+        ConfirmRequest::default()
+    } else {
+        parse_body(&headers, &body)?
+    };
+    app.engine
+        .apply(Command::Confirm {
+            id,
+            backend_id: req.backend_id,
+            starting: req.starting,
+        })
+        .await?;
+    session_info(&app, id).await.map(Json)
+}
+
+/// One session or reservation.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", params(("id" = u64, Path, description = "Session id")),
+    responses((status = 200, body = SessionInfo), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_session(
+    State(app): State<App>,
+    Path(raw): Path<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    session_info(&app, session_id(&raw)?).await.map(Json)
+}
+
+/// End a session (or give a reservation back).
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", params(("id" = u64, Path, description = "Session id"), EndParams),
+    responses((status = 200, body = SessionInfo), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn end_session(
+    State(app): State<App>,
+    Path(raw): Path<String>,
+    q: Result<Query<EndParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let _grace = query(q)?.grace;
+    let id = session_id(&raw)?;
+    let mut info = session_info(&app, id).await?;
+    let command = if info.state == "reserved" {
+        Command::Release { id }
+    } else {
+        Command::EndSession { id }
+    };
+    app.engine.apply(command).await?;
+    info.state = "ended".to_owned();
+    Ok(Json(info))
+}
+
+/// List live sessions, filtered, by id.
+#[utoipa::path(get, path = "/api/v1/sessions", params(SessionFilter),
+    responses((status = 200, body = SessionPage), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_sessions(
+    State(app): State<App>,
+    q: Result<Query<SessionFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SessionPage>, ApiError> {
+    let f = query(q)?;
+    let limit = page_limit(f.limit)?;
+    let after = match &f.cursor {
+        Some(c) => Some(session_id(c).map_err(|_| ApiError::bad_request("invalid cursor"))?),
+        None => None,
+    };
+    let state = match f.state.as_deref() {
+        None => None,
+        Some(s) => Some(parse_state(s)?),
+    };
+    let (user, host, pool) = (f.user, f.host, f.pool);
+    let (items, more) = app
+        .engine
+        .query(move |s| {
+            let keep = |r: &SessionRecord| {
+                after.is_none_or(|a| r.id > a)
+                    && state.is_none_or(|st| r.state == st)
+                    && host.as_deref().is_none_or(|h| &*r.host == h)
+                    && pool.as_deref().is_none_or(|p| r.pool.as_deref() == Some(p))
+                    && user.as_deref().is_none_or(|u| &*r.user == u)
+            };
+            // Use the user or host index when the filter names one; else scan.
+            let mut found: Vec<SessionRecord> = match (&user, &host) {
+                (Some(u), _) => s
+                    .sessions_of_user(u)
+                    .into_iter()
+                    .filter(|r| keep(r))
+                    .collect(),
+                (None, Some(h)) => s
+                    .sessions_on_host(h)
+                    .into_iter()
+                    .filter(|r| keep(r))
+                    .collect(),
+                (None, None) => {
+                    // Keep only the `limit + 1` smallest ids: a page never sorts the cluster.
+                    let mut heap = std::collections::BinaryHeap::new();
+                    for r in s.sessions().filter(|r| keep(r)) {
+                        heap.push(HeapById(r));
+                        if heap.len() > limit + 1 {
+                            heap.pop();
+                        }
+                    }
+                    heap.into_iter().map(|h| h.0).collect()
+                }
+            };
+            found.sort_by_key(|r| r.id);
+            let more = found.len() > limit;
+            found.truncate(limit);
+            (found, more)
+        })
+        .await?;
+    let next_cursor = more
+        .then(|| items.last().map(|r| r.id.0.to_string()))
+        .flatten();
+    Ok(Json(SessionPage {
+        items: items.into_iter().map(SessionInfo::from).collect(),
+        next_cursor,
+    }))
+}
+
+struct HeapById(SessionRecord);
+impl PartialEq for HeapById {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.id == o.0.id
+    }
+}
+impl Eq for HeapById {}
+impl PartialOrd for HeapById {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for HeapById {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&o.0.id)
+    }
+}
+
+fn parse_state(s: &str) -> Result<SessionState, ApiError> {
+    Ok(match s {
+        "starting" => SessionState::Starting,
+        "running" => SessionState::Running,
+        "disconnected" => SessionState::Disconnected,
+        "ending" => SessionState::Ending,
+        "unknown" => SessionState::Unknown,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown state {other:?}; use starting, running, disconnected, ending or unknown"
+            )));
+        }
+    })
+}
+
+/// Dry-run a placement: every host of the pool with its score or why it is excluded.
+#[utoipa::path(get, path = "/api/v1/placements/explain", params(ExplainParams),
+    responses((status = 200, description = "The explanation", body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn explain(
+    State(app): State<App>,
+    q: Result<Query<ExplainParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let p = query(q)?;
+    let e = app
+        .engine
+        .query(move |s| s.explain(&p.user, &p.pool))
+        .await?
+        .map_err(|e| ApiError::from(EngineError::Core(e)))?;
+    serde_json::to_value(e)
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+// ----- middleware -----
+
+/// Requires a known bearer token; read-only tokens may only read.
+async fn require_token(State(app): State<App>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = presented.and_then(|t| app.tokens.check(t)) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer TOKEN)",
+        )
+        .into_response();
+    };
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if token.access == Access::ReadOnly && !reads {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} is read-only", token.name),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Records latency by route.
+async fn record_http(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    crate::metrics::http(&route, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    let engine_ready = app.engine.snapshot().ready;
+    let store_ready = (app.ready)().await;
+    if engine_ready && store_ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the store is not answering",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if !app.public_metrics && !peer.ip().is_loopback() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "/metrics answers loopback clients only; set http.public_metrics = true to change that",
+        )
+        .into_response();
+    }
+    let body = crate::metrics::handle().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Switchboard API", description = "Session broker and load balancer for Linux remote-desktop and login clusters."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API routes and their OpenAPI document, from one registration.
+pub fn api_routes() -> (Router<App>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_hosts))
+        .routes(routes!(get_host))
+        .routes(routes!(drain_host))
+        .routes(routes!(undrain_host))
+        .routes(routes!(offline_host))
+        .routes(routes!(online_host))
+        .routes(routes!(set_weight))
+        .routes(routes!(list_pools))
+        .routes(routes!(place, list_sessions))
+        .routes(routes!(confirm))
+        .routes(routes!(get_session, end_session))
+        .routes(routes!(explain))
+        .split_for_parts()
+}
+
+/// The whole HTTP application.
+pub fn router(app: App) -> Router {
+    let (api, doc) = api_routes();
+    let doc = Arc::new(doc);
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        require_token,
+    ));
+    Router::new()
+        .merge(api)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json((*doc).clone()) }
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(record_http))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}

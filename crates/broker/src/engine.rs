@@ -1,0 +1,676 @@
+//! The engine: one task owns the cluster state.
+//!
+//! Frontends send it [`Command`]s with a reply slot through an [`EngineHandle`]. The engine takes
+//! whatever requests are queued (a batch), applies them in order, commits the durable events of
+//! the whole batch to the store in one transaction, and only then replies: a reply that says
+//! something exists means it is committed (group commit keeps this cheap under load). Readers get
+//! an immutable [`Snapshot`] of hosts and pools, republished at most every 100 ms under load and
+//! at once after operator changes; session queries run on the engine task.
+//!
+//! If a commit fails, every command of that batch gets `Unavailable` and the engine rebuilds its
+//! state from the configuration and the store as soon as the store answers again (retrying with
+//! backoff), so nothing acknowledged is lost and nothing unacknowledged is half there. Volatile
+//! state (reservations, load reports) is rebuilt by the agents.
+
+use crate::config::Config;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard_core::model::{SessionState, Settings};
+use switchboard_core::placement::Exclusion;
+use switchboard_core::{
+    AdminState, ClusterState, Command, CoreError, Event, Health, HostSpec, Millis, PoolSpec,
+};
+use switchboard_store::{Store, StoreError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Requests queued at most; senders wait when the engine is this far behind.
+const QUEUE: usize = 4096;
+/// Most requests applied in one batch (one store transaction).
+const MAX_BATCH: usize = 512;
+/// Snapshots are republished at most this often under load.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+/// Time passes for the core (reservation expiry, stale reports) at least this often.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The core refused the command (nothing changed).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The store could not commit; nothing of the command was kept.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+type Query = Box<dyn FnOnce(&ClusterState) + Send>;
+type Reply = oneshot::Sender<Result<Vec<Event>, EngineError>>;
+
+enum Request {
+    Apply {
+        command: Command,
+        reply: Reply,
+    },
+    Query(Query),
+    Reconfigure {
+        config: Box<Config>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+}
+
+/// Load figures of a host as the API shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct LoadInfo {
+    /// 1, 5, 15 minute load averages.
+    pub load_avg: [f64; 3],
+    /// CPU busy fraction 0–1.
+    pub cpu_utilisation: f64,
+    /// CPUs.
+    pub cpu_count: u32,
+    /// CPU clock, MHz.
+    pub cpu_mhz: f64,
+    /// MemTotal, KiB.
+    pub mem_total_kib: u64,
+    /// MemAvailable, KiB.
+    pub mem_available_kib: u64,
+    /// PSI cpu some avg10, percent.
+    pub psi_cpu_some_avg10: Option<f64>,
+    /// PSI memory some avg10, percent.
+    pub psi_memory_some_avg10: Option<f64>,
+    /// Sessions the host counts itself.
+    pub session_count: u32,
+    /// When the report arrived (ms since the epoch).
+    pub reported_at: Option<u64>,
+}
+
+/// One host as readers see it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct HostInfo {
+    /// Host name.
+    pub name: String,
+    /// Where clients connect.
+    pub address: String,
+    /// Client port.
+    pub port: u16,
+    /// Weight (0 = no new sessions).
+    pub weight: u32,
+    /// Session cap.
+    pub max_sessions: Option<u32>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `online`, `draining` or `offline`.
+    pub admin: String,
+    /// `up`, `unreachable` or `unknown`.
+    pub health: String,
+    /// Whether an agent reports for it.
+    pub agent: bool,
+    /// Whether the broker judges it by TCP probes (agentless hosts).
+    pub probe: bool,
+    /// Live sessions.
+    pub sessions: u32,
+    /// Reservations holding capacity.
+    pub reservations: u32,
+    /// Why it takes no new sessions now (`null` when it does).
+    pub excluded: Option<String>,
+    /// End of a failure penalty in force (ms since the epoch).
+    pub penalized_until: Option<u64>,
+    /// Latest load report.
+    pub load: Option<LoadInfo>,
+    /// Pools it belongs to.
+    pub pools: Vec<String>,
+}
+
+/// One pool as readers see it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PoolInfo {
+    /// Pool name.
+    pub name: String,
+    /// Placement policy identifier.
+    pub policy: String,
+    /// Member hosts in configured order.
+    pub hosts: Vec<String>,
+    /// Hosts that can take a new session now.
+    pub eligible: u32,
+    /// Hosts that cannot, by cause.
+    pub excluded: BTreeMap<String, u32>,
+}
+
+/// What readers see without asking the engine: hosts, pools and counts.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// When it was taken.
+    pub at: Millis,
+    /// Every host, in configured order.
+    pub hosts: Vec<HostInfo>,
+    /// Every pool.
+    pub pools: Vec<PoolInfo>,
+    /// Live sessions by state.
+    pub sessions_by_state: Vec<(SessionState, usize)>,
+    /// Live reservations.
+    pub reservations: usize,
+    /// Whether the engine is serving (false while it waits for the store).
+    pub ready: bool,
+}
+
+/// A host as readers see it.
+pub fn host_info(h: &switchboard_core::state::HostView<'_>) -> HostInfo {
+    HostInfo {
+        name: h.name.to_string(),
+        address: h.spec.address.host_str(),
+        port: h.spec.address.port,
+        weight: h.spec.weight,
+        max_sessions: h.spec.max_sessions,
+        labels: h.spec.labels.clone(),
+        admin: admin_str(h.admin).to_owned(),
+        health: health_str(h.health).to_owned(),
+        agent: h.spec.agent,
+        probe: h.spec.probe,
+        sessions: h.sessions,
+        reservations: h.reservations,
+        excluded: h.exclusion.map(|e| e.as_str().to_owned()),
+        penalized_until: h.penalized_until.map(|t| t.0),
+        load: h.load.map(|l| LoadInfo {
+            load_avg: l.load_avg,
+            cpu_utilisation: l.cpu_utilisation,
+            cpu_count: l.cpu_count,
+            cpu_mhz: l.cpu_mhz,
+            mem_total_kib: l.mem_total_kib,
+            mem_available_kib: l.mem_available_kib,
+            psi_cpu_some_avg10: l.psi_cpu_some_avg10,
+            psi_memory_some_avg10: l.psi_memory_some_avg10,
+            session_count: l.session_count,
+            reported_at: h.last_report_at.map(|t| t.0),
+        }),
+        pools: h.pools.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn snapshot_of(state: &ClusterState, ready: bool) -> Snapshot {
+    let hosts = state.hosts().map(|h| host_info(&h)).collect();
+    let pools = state
+        .pools()
+        .map(|p| PoolInfo {
+            name: p.name.to_string(),
+            policy: p.spec.policy.to_string(),
+            hosts: p.spec.hosts.clone(),
+            eligible: p.eligible,
+            excluded: Exclusion::ALL
+                .iter()
+                .filter(|c| p.excluded.get(**c) > 0)
+                .map(|c| (c.as_str().to_owned(), p.excluded.get(*c)))
+                .chain(
+                    (p.excluded.penalized > 0)
+                        .then(|| ("penalized".to_owned(), p.excluded.penalized)),
+                )
+                .collect(),
+        })
+        .collect();
+    Snapshot {
+        at: state.now(),
+        hosts,
+        pools,
+        sessions_by_state: state.session_counts().to_vec(),
+        reservations: state.reservation_count(),
+        ready,
+    }
+}
+
+/// `online`, `draining`, `offline`.
+pub fn admin_str(a: AdminState) -> &'static str {
+    match a {
+        AdminState::Online => "online",
+        AdminState::Draining => "draining",
+        AdminState::Offline => "offline",
+    }
+}
+
+/// `up`, `unreachable`, `unknown`.
+pub fn health_str(h: Health) -> &'static str {
+    match h {
+        Health::Up => "up",
+        Health::Unreachable => "unreachable",
+        Health::Unknown => "unknown",
+    }
+}
+
+/// How frontends talk to the engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Request>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Apply { command, .. } => write!(f, "Apply({command:?})"),
+            Request::Query(_) => f.write_str("Query"),
+            Request::Reconfigure { .. } => f.write_str("Reconfigure"),
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Applies a command; `Ok` means its durable effects are committed.
+    pub async fn apply(&self, command: Command) -> Result<Vec<Event>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Apply { command, reply })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Runs a read-only function on the engine's current state.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ClusterState) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let q: Query = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.tx
+            .send(Request::Query(q))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Replaces hosts, pools and placement settings with those of a new configuration.
+    pub async fn reconfigure(&self, config: Config) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Reconfigure {
+                config: Box::new(config),
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+}
+
+/// The configured part of the state (hosts, pools, settings), kept to rebuild after a store outage.
+#[derive(Debug, Clone)]
+struct Layout {
+    settings: Settings,
+    hosts: Vec<HostSpec>,
+    pools: Vec<PoolSpec>,
+}
+
+impl Layout {
+    fn of(config: &Config) -> Layout {
+        Layout {
+            settings: config.settings.clone(),
+            hosts: config.hosts.clone(),
+            pools: config.pools.clone(),
+        }
+    }
+}
+
+struct Engine<S: Store> {
+    state: ClusterState,
+    store: Arc<S>,
+    layout: Layout,
+    /// Hosts whose weight was set at run time: a reload keeps their weight.
+    weight_overrides: HashSet<String>,
+    rx: mpsc::Receiver<Request>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    last_publish: Instant,
+    dirty: bool,
+}
+
+/// Builds the state from the configuration and the store's durable records.
+async fn build_state<S: Store>(
+    store: &S,
+    layout: &Layout,
+) -> Result<(ClusterState, HashSet<String>), StoreError> {
+    let durable = store.load().await?;
+    let mut state = ClusterState::new(layout.settings.clone());
+    let now = Millis::now_wall();
+    for h in &layout.hosts {
+        if let Err(e) = state.apply(Command::AddHost(h.clone()), now) {
+            tracing::error!(host = %h.name, error = %e, "host from the configuration refused");
+        }
+    }
+    for p in &layout.pools {
+        if let Err(e) = state.apply(Command::DefinePool(p.clone()), now) {
+            tracing::error!(pool = %p.name, error = %e, "pool from the configuration refused");
+        }
+    }
+    let mut overrides = HashSet::new();
+    for h in durable.hosts {
+        if state.host(&h.name).is_none() {
+            tracing::warn!(host = %h.name, "stored state for a host that is no longer configured; ignored");
+            continue;
+        }
+        let _ = state.apply(
+            Command::SetAdminState {
+                host: h.name.clone(),
+                state: h.admin,
+            },
+            now,
+        );
+        if let Some(w) = h.weight {
+            let _ = state.apply(
+                Command::SetWeight {
+                    host: h.name.clone(),
+                    weight: w,
+                },
+                now,
+            );
+            overrides.insert(h.name);
+        }
+    }
+    let mut orphans = 0usize;
+    for s in durable.sessions {
+        if let Err(e) = state.apply(Command::RestoreSession(s), now) {
+            orphans += 1;
+            tracing::debug!(error = %e, "stored session not restored");
+        }
+    }
+    if orphans > 0 {
+        tracing::warn!(
+            sessions = orphans,
+            "stored sessions on hosts that are no longer configured were not restored (kept in the store)"
+        );
+    }
+    Ok((state, overrides))
+}
+
+/// Starts the engine task. Fails if the store cannot be read at start-up.
+pub async fn start<S: Store>(
+    store: Arc<S>,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let layout = Layout::of(config);
+    let started = Instant::now();
+    let (state, weight_overrides) = build_state(&*store, &layout).await?;
+    tracing::info!(
+        hosts = state.host_count(),
+        sessions = state.session_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state loaded"
+    );
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(snapshot_of(&state, true)));
+    let engine = Engine {
+        state,
+        store,
+        layout,
+        weight_overrides,
+        rx,
+        snapshots: snap_tx,
+        last_publish: Instant::now(),
+        dirty: false,
+    };
+    let task = tokio::spawn(engine.run(shutdown));
+    Ok((
+        EngineHandle {
+            tx,
+            snapshots: snap_rx,
+        },
+        task,
+    ))
+}
+
+/// Events after which readers must see the change at once (operators act on what they see).
+fn changes_hosts(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::HostAdded(_)
+            | Event::HostUpdated(_)
+            | Event::HostRemoved { .. }
+            | Event::PoolDefined(_)
+            | Event::PoolRemoved { .. }
+            | Event::AdminStateChanged { .. }
+            | Event::WeightChanged { .. }
+            | Event::HealthChanged { .. }
+    )
+}
+
+impl<S: Store> Engine<S> {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut publish = tokio::time::interval(SNAPSHOT_EVERY);
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    match self.state.apply(Command::Tick, Millis::now_wall()) {
+                        Ok(events) if !events.is_empty() => self.dirty = true,
+                        _ => {}
+                    }
+                    self.maybe_publish(false);
+                    continue;
+                }
+                _ = publish.tick() => {
+                    self.maybe_publish(false);
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+        self.publish(false);
+        tracing::info!("engine stopped");
+    }
+
+    async fn process(&mut self, batch: Vec<Request>) {
+        let mut durable: Vec<Event> = Vec::new();
+        let mut replies: Vec<(Reply, Vec<Event>)> = Vec::new();
+        let mut reconfigured: Vec<oneshot::Sender<Result<(), EngineError>>> = Vec::new();
+        let mut queries: Vec<Query> = Vec::new();
+        let mut urgent = false;
+        for req in batch {
+            match req {
+                Request::Apply { command, reply } => {
+                    let started = Instant::now();
+                    let is_placement = matches!(command, Command::Reserve { .. });
+                    let weight_host = match &command {
+                        Command::SetWeight { host, .. } => Some(host.clone()),
+                        _ => None,
+                    };
+                    match self.state.apply(command, Millis::now_wall()) {
+                        Ok(events) => {
+                            if is_placement {
+                                crate::metrics::placement(&events, started.elapsed());
+                            }
+                            if let Some(h) = weight_host {
+                                self.weight_overrides.insert(h);
+                            }
+                            urgent |= events.iter().any(changes_hosts);
+                            durable.extend(events.iter().filter(|e| e.is_durable()).cloned());
+                            self.dirty = true;
+                            replies.push((reply, events));
+                        }
+                        Err(e) => {
+                            if is_placement {
+                                crate::metrics::placement_failed(&e, started.elapsed());
+                            }
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
+                Request::Query(q) => queries.push(q),
+                Request::Reconfigure { config, reply } => {
+                    let events = self.reconfigure(&config);
+                    durable.extend(events.into_iter().filter(Event::is_durable));
+                    urgent = true;
+                    self.dirty = true;
+                    reconfigured.push(reply);
+                }
+            }
+        }
+        let committed = if durable.is_empty() {
+            Ok(())
+        } else {
+            let started = Instant::now();
+            let r = self.store.commit(&durable).await;
+            crate::metrics::commit(started.elapsed(), r.is_ok());
+            r
+        };
+        match committed {
+            Ok(()) => {
+                for (reply, events) in replies {
+                    let _ = reply.send(Ok(events));
+                }
+                for reply in reconfigured {
+                    let _ = reply.send(Ok(()));
+                }
+                for q in queries {
+                    q(&self.state);
+                }
+                self.maybe_publish(urgent);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed; refusing this batch and rebuilding from the store");
+                let msg = e.to_string();
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(EngineError::Unavailable(msg.clone())));
+                }
+                for reply in reconfigured {
+                    let _ = reply.send(Err(EngineError::Unavailable(msg.clone())));
+                }
+                self.recover().await;
+                for q in queries {
+                    q(&self.state);
+                }
+            }
+        }
+    }
+
+    /// Waits for the store and rebuilds the state from it. Requests queue meanwhile and are
+    /// answered once the store is back (or refused with `Unavailable` by their own commit).
+    async fn recover(&mut self) {
+        self.publish(false);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match build_state(&*self.store, &self.layout).await {
+                Ok((state, overrides)) => {
+                    self.state = state;
+                    self.weight_overrides = overrides;
+                    tracing::info!(
+                        sessions = self.state.session_count(),
+                        "store is back; state rebuilt"
+                    );
+                    self.publish(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "store still unavailable");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Moves hosts, pools and settings to a new configuration, keeping sessions and runtime
+    /// state. Returns the events.
+    fn reconfigure(&mut self, config: &Config) -> Vec<Event> {
+        let now = Millis::now_wall();
+        let mut events = Vec::new();
+        let mut run = |state: &mut ClusterState, c: Command| match state.apply(c, now) {
+            Ok(ev) => events.extend(ev),
+            Err(e) => tracing::warn!(error = %e, "configuration change not applied"),
+        };
+        let new = Layout::of(config);
+        run(
+            &mut self.state,
+            Command::UpdateSettings(new.settings.clone()),
+        );
+        let wanted: HashSet<&str> = new.hosts.iter().map(|h| h.name.as_str()).collect();
+        for h in &new.hosts {
+            let mut spec = h.clone();
+            match self.state.host(&h.name) {
+                None => run(&mut self.state, Command::AddHost(spec)),
+                Some(current) => {
+                    if self.weight_overrides.contains(&h.name) {
+                        spec.weight = current.spec.weight;
+                    }
+                    if *current.spec != spec {
+                        run(&mut self.state, Command::UpdateHost(spec));
+                    }
+                }
+            }
+        }
+        let wanted_pools: HashSet<&str> = new.pools.iter().map(|p| p.name.as_str()).collect();
+        let old_pools: Vec<String> = self.state.pools().map(|p| p.name.to_string()).collect();
+        for p in old_pools {
+            if !wanted_pools.contains(p.as_str()) {
+                run(&mut self.state, Command::RemovePool { name: p });
+            }
+        }
+        let old_hosts: Vec<(String, u32)> = self
+            .state
+            .hosts()
+            .map(|h| (h.name.to_string(), h.sessions))
+            .collect();
+        for (name, sessions) in old_hosts {
+            if wanted.contains(name.as_str()) {
+                continue;
+            }
+            if sessions > 0 {
+                tracing::warn!(host = %name, sessions, "host left the configuration but has live sessions: draining it, it is removed once empty and reloaded");
+                run(
+                    &mut self.state,
+                    Command::SetAdminState {
+                        host: name,
+                        state: AdminState::Draining,
+                    },
+                );
+            } else {
+                self.weight_overrides.remove(&name);
+                run(&mut self.state, Command::RemoveHost { name, force: false });
+            }
+        }
+        for p in &new.pools {
+            let same = self.state.pool(&p.name).is_some_and(|cur| cur.spec == p);
+            if !same {
+                run(&mut self.state, Command::DefinePool(p.clone()));
+            }
+        }
+        self.layout = new;
+        events
+    }
+
+    fn maybe_publish(&mut self, urgent: bool) {
+        if urgent || (self.dirty && self.last_publish.elapsed() >= SNAPSHOT_EVERY) {
+            self.publish(true);
+        }
+    }
+
+    fn publish(&mut self, ready: bool) {
+        let snap = snapshot_of(&self.state, ready);
+        crate::metrics::snapshot(&snap);
+        self.snapshots.send_replace(Arc::new(snap));
+        self.last_publish = Instant::now();
+        self.dirty = false;
+    }
+}

@@ -1,0 +1,113 @@
+//! Prometheus metrics at `/metrics`.
+//!
+//! Call sites use the `metrics` facade; one process-wide Prometheus recorder renders them.
+//! Gauges that describe the cluster (sessions by state and host, host load, reservations) are set
+//! from each published snapshot, so a scrape never walks the sessions.
+
+use crate::engine::Snapshot;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+use switchboard_core::{CoreError, Event, PlacementOutcome};
+
+/// Latency buckets in seconds: 10 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+
+/// The process-wide recorder (installed on first use).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Another recorder may already be installed (tests embedding several brokers); then
+        // this handle still renders what is recorded through it.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Records a placement decision.
+pub fn placement(events: &[Event], took: Duration) {
+    for e in events {
+        if let Event::Placed(p) = e {
+            let outcome = match p.outcome {
+                PlacementOutcome::Resumed(_) => "resumed",
+                PlacementOutcome::Reserved => "reserved",
+                PlacementOutcome::ExistingReservation => "existing_reservation",
+            };
+            counter!("switchboard_placements_total", "policy" => p.reason.policy.as_str(), "outcome" => outcome)
+                .increment(1);
+        }
+    }
+    histogram!("switchboard_placement_duration_seconds").record(took.as_secs_f64());
+}
+
+/// Records a refused placement.
+pub fn placement_failed(e: &CoreError, took: Duration) {
+    let outcome = match e {
+        CoreError::NoHostAvailable { .. } => "no_host",
+        _ => "refused",
+    };
+    counter!("switchboard_placements_total", "policy" => "none", "outcome" => outcome).increment(1);
+    histogram!("switchboard_placement_duration_seconds").record(took.as_secs_f64());
+}
+
+/// Records one store commit.
+pub fn commit(took: Duration, ok: bool) {
+    histogram!("switchboard_store_commit_duration_seconds").record(took.as_secs_f64());
+    if !ok {
+        counter!("switchboard_store_commit_failures_total").increment(1);
+    }
+}
+
+/// Records one HTTP request.
+pub fn http(route: &str, method: &str, status: u16, took: Duration) {
+    histogram!(
+        "switchboard_http_request_duration_seconds",
+        "route" => route.to_owned(),
+        "method" => method.to_owned(),
+        "status" => status.to_string()
+    )
+    .record(took.as_secs_f64());
+}
+
+/// Sets the cluster gauges from a snapshot.
+pub fn snapshot(s: &Snapshot) {
+    for (state, n) in &s.sessions_by_state {
+        gauge!("switchboard_sessions", "state" => state.as_str()).set(*n as f64);
+    }
+    gauge!("switchboard_reservations").set(s.reservations as f64);
+    gauge!("switchboard_ready").set(if s.ready { 1.0 } else { 0.0 });
+    let mut agents = 0u32;
+    for h in &s.hosts {
+        let host = h.name.clone();
+        gauge!("switchboard_host_sessions", "host" => host.clone()).set(f64::from(h.sessions));
+        gauge!("switchboard_host_reservations", "host" => host.clone())
+            .set(f64::from(h.reservations));
+        gauge!("switchboard_host_weight", "host" => host.clone()).set(f64::from(h.weight));
+        gauge!("switchboard_host_eligible", "host" => host.clone()).set(if h.excluded.is_none() {
+            1.0
+        } else {
+            0.0
+        });
+        if h.agent && h.health == "up" {
+            agents += 1;
+        }
+        if let Some(l) = &h.load {
+            gauge!("switchboard_host_load1", "host" => host.clone()).set(l.load_avg[0]);
+            gauge!("switchboard_host_cpu_utilisation", "host" => host.clone())
+                .set(l.cpu_utilisation);
+            if l.mem_total_kib > 0 {
+                gauge!("switchboard_host_memory_available_ratio", "host" => host)
+                    .set(l.mem_available_kib as f64 / l.mem_total_kib as f64);
+            }
+        }
+    }
+    gauge!("switchboard_agents_connected").set(f64::from(agents));
+}
