@@ -49,7 +49,8 @@ pub enum EngineError {
     ShuttingDown,
 }
 
-type Query = Box<dyn FnOnce(&ClusterState) + Send>;
+/// A read on the engine task; `None` means the state is being rebuilt (store unavailable).
+type Query = Box<dyn FnOnce(Option<&ClusterState>) + Send>;
 type Reply = oneshot::Sender<Result<Vec<Event>, EngineError>>;
 
 enum Request {
@@ -274,13 +275,15 @@ impl EngineHandle {
     ) -> Result<R, EngineError> {
         let (tx, rx) = oneshot::channel();
         let q: Query = Box::new(move |s| {
-            let _ = tx.send(f(s));
+            let _ = tx.send(s.map(f));
         });
         self.tx
             .send(Request::Query(q))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)
+        rx.await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .ok_or_else(|| EngineError::Unavailable("the broker is rebuilding its state".into()))
     }
 
     /// Replaces hosts, pools and placement settings with those of a new configuration.
@@ -427,6 +430,20 @@ pub async fn start<S: Store>(
     ))
 }
 
+/// Answers a request while the state is being rebuilt.
+fn refuse(r: Request) {
+    let why = || EngineError::Unavailable("the store is unavailable; retry shortly".into());
+    match r {
+        Request::Apply { reply, .. } => {
+            let _ = reply.send(Err(why()));
+        }
+        Request::Reconfigure { reply, .. } => {
+            let _ = reply.send(Err(why()));
+        }
+        Request::Query(q) => q(None),
+    }
+}
+
 /// Events after which readers must see the change at once (operators act on what they see).
 fn changes_hosts(e: &Event) -> bool {
     matches!(
@@ -505,9 +522,14 @@ impl<S: Store> Engine<S> {
                                 self.weight_overrides.insert(h);
                             }
                             urgent |= events.iter().any(changes_hosts);
-                            durable.extend(events.iter().filter(|e| e.is_durable()).cloned());
                             self.dirty = true;
-                            replies.push((reply, events));
+                            if events.iter().any(Event::is_durable) {
+                                durable.extend(events.iter().filter(|e| e.is_durable()).cloned());
+                                replies.push((reply, events));
+                            } else {
+                                // Nothing to commit (placements, load): answer at once.
+                                let _ = reply.send(Ok(events));
+                            }
                         }
                         Err(e) => {
                             if is_placement {
@@ -544,7 +566,7 @@ impl<S: Store> Engine<S> {
                     let _ = reply.send(Ok(()));
                 }
                 for q in queries {
-                    q(&self.state);
+                    q(Some(&self.state));
                 }
                 self.maybe_publish(urgent);
             }
@@ -557,18 +579,22 @@ impl<S: Store> Engine<S> {
                 for reply in reconfigured {
                     let _ = reply.send(Err(EngineError::Unavailable(msg.clone())));
                 }
-                self.recover().await;
                 for q in queries {
-                    q(&self.state);
+                    q(None);
                 }
+                self.recover().await;
             }
         }
     }
 
-    /// Waits for the store and rebuilds the state from it. Requests queue meanwhile and are
-    /// answered once the store is back (or refused with `Unavailable` by their own commit).
+    /// Waits for the store and rebuilds the state from it. The state in memory may hold the
+    /// failed batch's changes, so until the rebuild every request is refused with `Unavailable`
+    /// (readers of the snapshot keep the last one published, marked not ready).
     async fn recover(&mut self) {
-        self.publish(false);
+        let mut last = (*self.snapshots.borrow().clone()).clone();
+        last.ready = false;
+        crate::metrics::snapshot(&last);
+        self.snapshots.send_replace(Arc::new(last));
         let mut delay = Duration::from_millis(100);
         loop {
             match build_state(&*self.store, &self.layout).await {
@@ -584,7 +610,17 @@ impl<S: Store> Engine<S> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "store still unavailable");
-                    tokio::time::sleep(delay).await;
+                    let wake = tokio::time::sleep(delay);
+                    tokio::pin!(wake);
+                    loop {
+                        tokio::select! {
+                            _ = &mut wake => break,
+                            r = self.rx.recv() => match r {
+                                Some(r) => refuse(r),
+                                None => return,
+                            },
+                        }
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }

@@ -51,16 +51,37 @@ fn check_config_accepts_a_good_file_and_names_the_line_of_a_bad_one() {
         "[[pool]]\nname = \"p\"\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.2:22\"\n",
     )
     .unwrap();
-    let out = switchboard(&["broker", "--config", good.to_str().unwrap(), "--check-config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = switchboard(&[
+        "broker",
+        "--config",
+        good.to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 pools, 1 hosts"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[http]\nlisten = \"127.0.0.1:8080\"\nlisten_tls = true\n").unwrap();
-    let out = switchboard(&["broker", "--config", bad.to_str().unwrap(), "--check-config"]);
+    std::fs::write(
+        &bad,
+        "[http]\nlisten = \"127.0.0.1:8080\"\nlisten_tls = true\n",
+    )
+    .unwrap();
+    let out = switchboard(&[
+        "broker",
+        "--config",
+        bad.to_str().unwrap(),
+        "--check-config",
+    ]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml: line 3") && err.contains("listen_tls"), "{err}");
+    assert!(
+        err.contains("bad.toml: line 3") && err.contains("listen_tls"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -74,7 +95,10 @@ fn token_add_prints_a_token_once_and_stores_its_hash() {
     assert!(token.starts_with("sbt_"));
     let stored = std::fs::read_to_string(&file).unwrap();
     assert!(stored.contains("ops:ro:") && !stored.contains(&token));
-    assert_eq!(switchboard(&["token", "add", f, "ops"]).status.code(), Some(1));
+    assert_eq!(
+        switchboard(&["token", "add", f, "ops"]).status.code(),
+        Some(1)
+    );
     assert!(switchboard(&["token", "revoke", f, "ops"]).status.success());
     assert!(!std::fs::read_to_string(&file).unwrap().contains("ops:"));
 }

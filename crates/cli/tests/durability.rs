@@ -61,13 +61,25 @@ async fn wait_ready(client: &reqwest::Client, b: &mut Broker) {
 #[derive(Debug, Clone)]
 enum Op {
     /// A confirmed session for `user` (id known once placed).
-    Confirm { user: String, id: Option<u64> },
+    Confirm {
+        user: String,
+        id: Option<u64>,
+    },
     Admin(&'static str),
     Weight(u32),
 }
 
-async fn call(client: &reqwest::Client, token: &str, method: reqwest::Method, url: String, body: Option<Value>) -> Result<Value, ()> {
-    let mut req = client.request(method, url).bearer_auth(token).timeout(Duration::from_secs(10));
+async fn call(
+    client: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Result<Value, ()> {
+    let mut req = client
+        .request(method, url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10));
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -92,7 +104,10 @@ async fn client_stream(
     for i in 0..MUTATIONS / HOSTS {
         // Confirm, drain, reweigh, undrain: the host is online again before the next placement.
         let mut op = match i % 4 {
-            0 => Op::Confirm { user: format!("c{k}-u{i}"), id: None },
+            0 => Op::Confirm {
+                user: format!("c{k}-u{i}"),
+                id: None,
+            },
             1 => Op::Admin("drain"),
             2 => Op::Weight(((k * 31 + i * 7) % 250) as u32 + 1),
             _ => Op::Admin("undrain"),
@@ -100,16 +115,48 @@ async fn client_stream(
         let ok = match &mut op {
             Op::Confirm { user, id } => {
                 // The placement targets this client's pool, which holds only its host.
-                match call(&client, &token, reqwest::Method::POST, format!("{base}/api/v1/sessions"), Some(json!({"user": user, "pool": format!("p{k}")}))).await {
+                match call(
+                    &client,
+                    &token,
+                    reqwest::Method::POST,
+                    format!("{base}/api/v1/sessions"),
+                    Some(json!({"user": user, "pool": format!("p{k}")})),
+                )
+                .await
+                {
                     Ok(p) => {
                         *id = p["id"].as_u64();
-                        call(&client, &token, reqwest::Method::POST, format!("{base}/api/v1/sessions/{}/confirm", id.unwrap()), None).await.is_ok()
+                        call(
+                            &client,
+                            &token,
+                            reqwest::Method::POST,
+                            format!("{base}/api/v1/sessions/{}/confirm", id.unwrap()),
+                            None,
+                        )
+                        .await
+                        .is_ok()
                     }
                     Err(()) => false,
                 }
             }
-            Op::Admin(action) => call(&client, &token, reqwest::Method::POST, format!("{base}/api/v1/hosts/{host}/{action}"), None).await.is_ok(),
-            Op::Weight(w) => call(&client, &token, reqwest::Method::PUT, format!("{base}/api/v1/hosts/{host}/weight"), Some(json!({"weight": *w}))).await.is_ok(),
+            Op::Admin(action) => call(
+                &client,
+                &token,
+                reqwest::Method::POST,
+                format!("{base}/api/v1/hosts/{host}/{action}"),
+                None,
+            )
+            .await
+            .is_ok(),
+            Op::Weight(w) => call(
+                &client,
+                &token,
+                reqwest::Method::PUT,
+                format!("{base}/api/v1/hosts/{host}/weight"),
+                Some(json!({"weight": *w})),
+            )
+            .await
+            .is_ok(),
         };
         if !ok {
             return (done, Some(op));
@@ -147,11 +194,21 @@ async fn kill_mid_stream(kind: Kind) {
     let acked = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for k in 0..HOSTS {
-        tasks.push(tokio::spawn(client_stream(client.clone(), b.base.clone(), token.clone(), k, acked.clone())));
+        tasks.push(tokio::spawn(client_stream(
+            client.clone(),
+            b.base.clone(),
+            token.clone(),
+            k,
+            acked.clone(),
+        )));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked.load(Ordering::SeqCst) < KILL_AFTER {
-        assert!(Instant::now() < deadline, "stream too slow: {} acknowledged", acked.load(Ordering::SeqCst));
+        assert!(
+            Instant::now() < deadline,
+            "stream too slow: {} acknowledged",
+            acked.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     b.child.kill().unwrap(); // SIGKILL
@@ -161,7 +218,10 @@ async fn kill_mid_stream(kind: Kind) {
         results.push(t.await.unwrap());
     }
     let total: usize = results.iter().map(|(d, _)| d.len()).sum();
-    assert!(total >= KILL_AFTER && total < MUTATIONS, "{kind:?}: killed after {total}");
+    assert!(
+        (KILL_AFTER..MUTATIONS).contains(&total),
+        "{kind:?}: killed after {total}"
+    );
 
     let mut b = spawn(&config_path, port, &dir.path().join("second.log"));
     wait_ready(&client, &mut b).await;
@@ -198,8 +258,14 @@ async fn kill_mid_stream(kind: Kind) {
         }
         // The host shows its last acknowledged admin state and weight, or the one in flight.
         let (_, h) = get(format!("{}/api/v1/hosts/h{k}", b.base)).await;
-        let last_admin = done.iter().rev().find_map(|o| match o { Op::Admin(a) => Some(*a), _ => None });
-        let last_weight = done.iter().rev().find_map(|o| match o { Op::Weight(w) => Some(*w), _ => None });
+        let last_admin = done.iter().rev().find_map(|o| match o {
+            Op::Admin(a) => Some(*a),
+            _ => None,
+        });
+        let last_weight = done.iter().rev().find_map(|o| match o {
+            Op::Weight(w) => Some(*w),
+            _ => None,
+        });
         let admin_of = |a: &str| if a == "drain" { "draining" } else { "online" };
         let mut admin_ok = vec![last_admin.map_or("online", admin_of)];
         let mut weight_ok = vec![last_weight.unwrap_or(100)];
@@ -208,14 +274,25 @@ async fn kill_mid_stream(kind: Kind) {
             Some(Op::Weight(w)) => weight_ok.push(*w),
             _ => {}
         }
-        assert!(admin_ok.contains(&h["admin"].as_str().unwrap()), "{kind:?} h{k}: {} not in {admin_ok:?}", h["admin"]);
-        assert!(weight_ok.contains(&(h["weight"].as_u64().unwrap() as u32)), "{kind:?} h{k}: {} not in {weight_ok:?}", h["weight"]);
+        assert!(
+            admin_ok.contains(&h["admin"].as_str().unwrap()),
+            "{kind:?} h{k}: {} not in {admin_ok:?}",
+            h["admin"]
+        );
+        assert!(
+            weight_ok.contains(&(h["weight"].as_u64().unwrap() as u32)),
+            "{kind:?} h{k}: {} not in {weight_ok:?}",
+            h["weight"]
+        );
     }
     // No session appeared that nobody asked for.
     let (_, all) = get(format!("{}/api/v1/sessions?limit=1000", b.base)).await;
     for s in all["items"].as_array().unwrap() {
         let id = s["id"].as_u64().unwrap();
-        assert!(known_ids.contains(&id), "{kind:?}: session {id} was never acknowledged nor in flight");
+        assert!(
+            known_ids.contains(&id),
+            "{kind:?}: session {id} was never acknowledged nor in flight"
+        );
     }
     b.child.kill().unwrap();
     b.child.wait().unwrap();

@@ -292,6 +292,56 @@ fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRecord, StoreError
     })
 }
 
+/// Rows per multi-row INSERT (9 parameters each; well under SQLite's 32,766-parameter limit).
+const INSERT_ROWS: usize = 200;
+
+async fn insert_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    let mut sql = String::from(
+        "INSERT INTO sessions (id, user_name, host, pool, state, backend_id, client, created_at, \
+         updated_at) VALUES ",
+    );
+    for r in 0..events.len() {
+        let b = r * 9;
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${},${},${},${},${},${},${},${},${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9
+        ));
+    }
+    // Only placeholders were added to the text: the values are bound.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in events {
+        let Event::SessionStarted(s) = e else {
+            continue;
+        };
+        q = q
+            .bind(to_i64(s.id.0, "session id")?)
+            .bind(s.user.to_string())
+            .bind(s.host.to_string())
+            .bind(s.pool.as_deref().map(str::to_owned))
+            .bind(s.state.as_str())
+            .bind(s.backend_id.as_deref().map(str::to_owned))
+            .bind(s.client.map(|c| c.to_string()))
+            .bind(to_i64(s.created_at.0, "time")?)
+            .bind(to_i64(s.updated_at.0, "time")?);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
 impl Store for SqlStore {
     async fn load(&self) -> Result<Durable, StoreError> {
         let host_rows = sqlx::query("SELECT name, admin, weight FROM host_state ORDER BY name")
@@ -336,7 +386,22 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for e in events {
+        let mut i = 0;
+        while i < events.len() {
+            // A run of new sessions goes in as multi-row INSERTs: one statement instead of one
+            // per session (the statement count, not the fsync, dominates a confirm storm).
+            let run = events[i..]
+                .iter()
+                .take(INSERT_ROWS)
+                .take_while(|e| matches!(e, Event::SessionStarted(_)))
+                .count();
+            if run > 0 {
+                insert_sessions(&mut tx, &events[i..i + run]).await?;
+                i += run;
+                continue;
+            }
+            let e = &events[i];
+            i += 1;
             match e {
                 Event::AdminStateChanged { host, state } => {
                     sqlx::query(
@@ -365,24 +430,6 @@ impl Store for SqlStore {
                         .bind(&**name)
                         .execute(&mut *tx)
                         .await?;
-                }
-                Event::SessionStarted(s) => {
-                    sqlx::query(
-                        "INSERT INTO sessions (id, user_name, host, pool, state, backend_id, \
-                         client, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(to_i64(s.id.0, "session id")?)
-                    .bind(&*s.user)
-                    .bind(&*s.host)
-                    .bind(s.pool.as_deref())
-                    .bind(s.state.as_str())
-                    .bind(s.backend_id.as_deref())
-                    .bind(s.client.map(|c| c.to_string()))
-                    .bind(to_i64(s.created_at.0, "time")?)
-                    .bind(to_i64(s.updated_at.0, "time")?)
-                    .execute(&mut *tx)
-                    .await?;
                 }
                 Event::SessionStateChanged { id, state, at, .. } => {
                     sqlx::query("UPDATE sessions SET state = $1, updated_at = $2 WHERE id = $3")

@@ -174,3 +174,44 @@ async fn unknown_url_schemes_are_refused_with_a_hint() {
     assert!(matches!(e, StoreError::BadUrl(_)));
     assert!(e.to_string().contains("sqlite://PATH"), "{e}");
 }
+
+#[tokio::test]
+async fn large_batches_mixing_new_sessions_and_changes_apply_in_order() {
+    for kind in BOTH {
+        let t = fresh(kind).await;
+        let mut batch = Vec::new();
+        for i in 0..450u64 {
+            batch.push(Event::SessionStarted(session(
+                i + 1,
+                &format!("u{i}"),
+                "h1",
+            )));
+        }
+        // Changes to sessions started earlier in the same batch, then more new sessions.
+        batch.push(Event::SessionEnded {
+            id: SessionId(3),
+            host: "h1".into(),
+            at: Millis(5),
+        });
+        batch.push(Event::SessionStateChanged {
+            id: SessionId(450),
+            host: "h1".into(),
+            state: SessionState::Disconnected,
+            at: Millis(6),
+        });
+        for i in 450..460u64 {
+            batch.push(Event::SessionStarted(session(
+                i + 1,
+                &format!("u{i}"),
+                "h2",
+            )));
+        }
+        t.store.commit(&batch).await.unwrap();
+        let d = t.store.load().await.unwrap();
+        assert_eq!(d.sessions.len(), 459, "{kind:?}");
+        let s450 = d.sessions.iter().find(|s| s.id == SessionId(450)).unwrap();
+        assert_eq!(s450.state, SessionState::Disconnected, "{kind:?}");
+        assert!(d.sessions.iter().all(|s| s.id != SessionId(3)), "{kind:?}");
+        assert_eq!(d.sessions.iter().filter(|s| &*s.host == "h2").count(), 10);
+    }
+}
