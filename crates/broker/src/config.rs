@@ -533,6 +533,16 @@ max_sessions = 40
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/broker.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.hosts.len(), 2);
+        assert_eq!(c.pools[1].policy, Policy::RoundRobin);
+        assert!(c.hosts[0].probe);
+    }
+
+    #[test]
     fn an_empty_file_is_a_valid_broker_with_no_pools() {
         let c = Config::parse("", "b.toml").unwrap();
         assert!(c.pools.is_empty());

@@ -1,0 +1,125 @@
+//! SIGHUP reloads the configuration of the real `switchboard broker`; a bad file keeps the
+//! running one. SIGTERM stops it cleanly.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use switchboard_broker::tokens::{self, Access};
+
+fn config(store: &str, port: u16, tokens: &str, hosts: &[&str]) -> String {
+    let mut s = format!(
+        "[store]\nurl = {store:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {tokens:?}\n[[pool]]\nname = \"p\"\n"
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        s.push_str(&format!(
+            "[[pool.host]]\nname = {h:?}\naddress = \"127.0.0.{}:22\"\n",
+            i + 2
+        ));
+    }
+    s
+}
+
+async fn host_names(client: &reqwest::Client, base: &str, token: &str) -> Option<Vec<String>> {
+    let r = client
+        .get(format!("{base}/api/v1/hosts"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    let v: Value = r.json().await.ok()?;
+    Some(
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_owned())
+            .collect(),
+    )
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("sb.db").display());
+    let tokens_file = dir.path().join("tokens");
+    let token = tokens::add(&tokens_file, "admin", Access::ReadWrite).unwrap();
+    let tf = tokens_file.display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, config(&store, port, &tf, &["a", "b"])).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["broker", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_for("start", async || {
+        host_names(&client, &base, &token).await.is_some()
+    })
+    .await;
+    assert_eq!(
+        host_names(&client, &base, &token).await.unwrap(),
+        ["a", "b"]
+    );
+
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    std::fs::write(&path, config(&store, port, &tf, &["a", "b", "c"])).unwrap();
+    hup(child.id());
+    wait_for("reload", async || {
+        host_names(&client, &base, &token)
+            .await
+            .is_some_and(|h| h == ["a", "b", "c"])
+    })
+    .await;
+
+    std::fs::write(&path, "[[pool]]\nname = \"p\"\nbogus = 1\n").unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload must not stop the broker"
+    );
+    assert_eq!(
+        host_names(&client, &base, &token).await.unwrap(),
+        ["a", "b", "c"]
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "broker did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
