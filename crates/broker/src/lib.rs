@@ -17,6 +17,7 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod probe;
+pub mod tls;
 pub mod tokens;
 
 use config::Config;
@@ -42,9 +43,9 @@ pub enum BrokerError {
         /// The cause.
         source: std::io::Error,
     },
-    /// A configured feature this build does not have.
-    #[error("{0}")]
-    Unsupported(String),
+    /// The HTTPS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
@@ -66,13 +67,10 @@ pub struct Broker {
 impl Broker {
     /// Opens the store, loads the state, binds the HTTP listener and starts serving.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Broker, BrokerError> {
-        if config.http_tls.is_some() {
-            return Err(BrokerError::Unsupported(
-                "http.tls_cert/tls_key: HTTPS is not available in this build yet; keep the broker \
-                 on 127.0.0.1 behind a TLS-terminating proxy until it is"
-                    .into(),
-            ));
-        }
+        let tls = match &config.http_tls {
+            Some((cert, key)) => Some(tls::server_config(cert, key)?),
+            None => None,
+        };
         // Install the metrics recorder before anything records.
         let _ = metrics::handle();
         let store = Arc::new(SqlStore::connect(&config.store_url).await?);
@@ -103,15 +101,21 @@ impl Broker {
         let http_addr = listener.local_addr().map_err(BrokerError::Http)?;
         let router = api::router(app);
         let stop = shutdown.clone();
+        let https = tls.is_some();
         let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+            match tls {
+                Some(tls) => tls::serve(listener, router, tls, stop).await,
+                None => {
+                    axum::serve(
+                        listener,
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                }
+            }
         });
-        tracing::info!(http = %http_addr, store = %redact(&config.store_url), "broker started");
+        tracing::info!(http = %http_addr, https, store = %redact(&config.store_url), "broker started");
         Ok(Broker {
             http_addr,
             engine,
