@@ -56,7 +56,7 @@ async fn run(kind: Kind) {
         dir.path().join("tokens").display().to_string()
     ));
     let config = Config::parse(&text, "bench.toml").unwrap();
-    let client = reqwest::Client::new();
+    let client = switchboard_testkit::http_client();
     let started = Instant::now();
     let broker = Broker::start(config, CancellationToken::new())
         .await

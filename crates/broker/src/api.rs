@@ -9,20 +9,23 @@
 use crate::engine::{EngineError, EngineHandle, HostInfo, PoolInfo};
 use crate::tokens::{Access, Tokens};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State,
+};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 use switchboard_core::model::{ReservationRecord, SessionRecord, SessionState};
-use switchboard_core::{AdminState, Command, CoreError, Event, PlacementOutcome, SessionId};
+use switchboard_core::{
+    AdminState, Command, CoreError, Event, Millis, PlacementOutcome, SessionId,
+};
+use switchboard_store::{AuditRecord, SqlStore, Store};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -34,9 +37,6 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// Largest page size.
 pub const MAX_LIMIT: usize = 1000;
 
-/// Checks that the store answers (for `/readyz`).
-pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct App {
@@ -44,10 +44,64 @@ pub struct App {
     pub engine: EngineHandle,
     /// Accepted bearer tokens.
     pub tokens: Arc<Tokens>,
-    /// Store check for readiness.
-    pub ready: ReadyCheck,
+    /// The store, for readiness and the audit log.
+    pub store: Arc<SqlStore>,
     /// Whether `/metrics` answers non-loopback clients.
     pub public_metrics: bool,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Arc<Vec<IpAddr>>,
+}
+
+/// Who made a request: the name of the token it carried.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// The address a request came from: the peer, or, when the peer is a trusted proxy, the last
+/// address in X-Forwarded-For that is not a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|a| !trusted.contains(a))
+        .unwrap_or(peer)
+}
+
+/// Appends an operator action to the audit log (a failure to write it is logged, not hidden).
+async fn audit(
+    app: &App,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    result: &Result<(), ApiError>,
+) {
+    let mut id = [0u8; 16];
+    let _ = getrandom::fill(&mut id);
+    let record = AuditRecord {
+        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        at: Millis::now_wall(),
+        actor: actor.0.clone(),
+        surface: "api".into(),
+        action: action.into(),
+        target: target.into(),
+        result: match result {
+            Ok(()) => "ok".into(),
+            Err(e) => format!("{}: {}", e.code, e.message),
+        },
+    };
+    tracing::info!(actor = %record.actor, action, target, result = %record.result, "operator action");
+    if let Err(e) = app.store.append_audit(&record).await {
+        tracing::error!(error = %e, action, target, "audit record not written");
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -449,13 +503,24 @@ async fn get_host(
     find_host(&app, &name).await.map(Json)
 }
 
-async fn set_admin(app: &App, name: String, state: AdminState) -> Result<Json<HostInfo>, ApiError> {
-    app.engine
+async fn set_admin(
+    app: &App,
+    actor: &Actor,
+    action: &str,
+    name: String,
+    state: AdminState,
+) -> Result<Json<HostInfo>, ApiError> {
+    let r = app
+        .engine
         .apply(Command::SetAdminState {
             host: name.clone(),
             state,
         })
-        .await?;
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from);
+    audit(app, actor, action, &name, &r).await;
+    r?;
     find_host(app, &name).await.map(Json)
 }
 
@@ -465,9 +530,10 @@ async fn set_admin(app: &App, name: String, state: AdminState) -> Result<Json<Ho
     security(("bearer" = [])))]
 async fn drain_host(
     State(app): State<App>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, name, AdminState::Draining).await
+    set_admin(&app, &actor, "drain", name, AdminState::Draining).await
 }
 
 /// Undo a drain: the host takes new sessions again.
@@ -476,9 +542,10 @@ async fn drain_host(
     security(("bearer" = [])))]
 async fn undrain_host(
     State(app): State<App>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, name, AdminState::Online).await
+    set_admin(&app, &actor, "undrain", name, AdminState::Online).await
 }
 
 /// Take a host offline: no new sessions and no resumes.
@@ -487,9 +554,10 @@ async fn undrain_host(
     security(("bearer" = [])))]
 async fn offline_host(
     State(app): State<App>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, name, AdminState::Offline).await
+    set_admin(&app, &actor, "offline", name, AdminState::Offline).await
 }
 
 /// Bring a host online.
@@ -498,9 +566,10 @@ async fn offline_host(
     security(("bearer" = [])))]
 async fn online_host(
     State(app): State<App>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, name, AdminState::Online).await
+    set_admin(&app, &actor, "online", name, AdminState::Online).await
 }
 
 /// Set a host's weight (kept across restarts and reloads).
@@ -510,17 +579,23 @@ async fn online_host(
     security(("bearer" = [])))]
 async fn set_weight(
     State(app): State<App>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<HostInfo>, ApiError> {
     let req: WeightRequest = parse_body(&headers, &body_bytes(body)?)?;
-    app.engine
+    let r = app
+        .engine
         .apply(Command::SetWeight {
             host: name.clone(),
             weight: req.weight,
         })
-        .await?;
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from);
+    audit(&app, &actor, &format!("weight {}", req.weight), &name, &r).await;
+    r?;
     find_host(&app, &name).await.map(Json)
 }
 
@@ -562,16 +637,21 @@ async fn list_pools(
     security(("bearer" = [])))]
 async fn place(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PlaceResponse>, ApiError> {
     let req: PlaceRequest = parse_body(&headers, &body_bytes(body)?)?;
+    // Without an explicit client address, the caller's own (through trusted proxies) is used.
+    let client = req
+        .client_addr
+        .unwrap_or_else(|| client_ip(peer.ip(), &headers, &app.trusted_proxies));
     let events = app
         .engine
         .apply(Command::Reserve {
             user: req.user,
             pool: req.pool,
-            client: req.client_addr,
+            client: Some(client),
         })
         .await?;
     let p = events
@@ -669,6 +749,7 @@ async fn get_session(
     security(("bearer" = [])))]
 async fn end_session(
     State(app): State<App>,
+    Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
     q: Result<Query<EndParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionInfo>, ApiError> {
@@ -680,7 +761,15 @@ async fn end_session(
     } else {
         Command::EndSession { id }
     };
-    app.engine.apply(command).await?;
+    let r = app
+        .engine
+        .apply(command)
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from);
+    let target = format!("{id} ({} on {})", info.user, info.host);
+    audit(&app, &actor, "end session", &target, &r).await;
+    r?;
     info.state = "ended".to_owned();
     Ok(Json(info))
 }
@@ -805,6 +894,66 @@ async fn explain(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
+/// Audit parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Newest records to return, 1–1000 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// One audit record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditInfo {
+    /// When (ms since the epoch).
+    pub at: u64,
+    /// Who (token name).
+    pub actor: String,
+    /// From which surface.
+    pub surface: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// How it went.
+    pub result: String,
+}
+
+/// The newest operator actions, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditParams),
+    responses((status = 200, body = Vec<AuditInfo>), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn audit_log(
+    State(app): State<App>,
+    q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditInfo>>, ApiError> {
+    let limit = page_limit(query(q)?.limit)?;
+    let records = app
+        .store
+        .audit(u32::try_from(limit).unwrap_or(100))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| AuditInfo {
+                at: r.at.0,
+                actor: r.actor,
+                surface: r.surface,
+                action: r.action,
+                target: r.target,
+                result: r.result,
+            })
+            .collect(),
+    ))
+}
+
 // ----- middleware -----
 
 /// Requires a known bearer token; read-only tokens may only read.
@@ -832,6 +981,8 @@ async fn require_token(State(app): State<App>, req: Request, next: Next) -> Resp
         )
         .into_response();
     }
+    let mut req = req;
+    req.extensions_mut().insert(Actor(token.name));
     next.run(req).await
 }
 
@@ -854,7 +1005,7 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(app): State<App>) -> Response {
     let engine_ready = app.engine.snapshot().ready;
-    let store_ready = (app.ready)().await;
+    let store_ready = app.store.ping().await.is_ok();
     if engine_ready && store_ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -867,8 +1018,12 @@ async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !app.public_metrics && !peer.ip().is_loopback() {
+async fn metrics(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !app.public_metrics && !client_ip(peer.ip(), &headers, &app.trusted_proxies).is_loopback() {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -926,6 +1081,7 @@ pub fn api_routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(confirm))
         .routes(routes!(get_session, end_session))
         .routes(routes!(explain))
+        .routes(routes!(audit_log))
         .split_for_parts()
 }
 

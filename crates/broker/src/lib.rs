@@ -23,7 +23,7 @@ pub mod tokens;
 use config::Config;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use switchboard_store::{SqlStore, Store};
+use switchboard_store::SqlStore;
 use tokio_util::sync::CancellationToken;
 
 /// Why the broker could not start or stopped.
@@ -82,15 +82,12 @@ impl Broker {
         let (engine, engine_task) =
             engine::start(store.clone(), &config, shutdown.child_token()).await?;
         probe::spawn(engine.clone(), &config, shutdown.child_token());
-        let ready_store = store.clone();
         let app = api::App {
             engine: engine.clone(),
             tokens,
-            ready: Arc::new(move || {
-                let s = ready_store.clone();
-                Box::pin(async move { s.ping().await.is_ok() })
-            }),
+            store: store.clone(),
             public_metrics: config.public_metrics,
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         };
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await

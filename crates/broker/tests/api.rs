@@ -459,6 +459,7 @@ async fn openapi_documents_every_route_and_only_real_ones() {
         ("delete", "/api/v1/sessions/{id}"),
         ("post", "/api/v1/sessions/{id}/confirm"),
         ("get", "/api/v1/placements/explain"),
+        ("get", "/api/v1/audit"),
     ];
     let mut documented = Vec::new();
     for (path, item) in paths {
@@ -580,4 +581,48 @@ async fn reload_adds_and_removes_hosts_keeping_sessions_and_runtime_weights() {
     );
     b.ok("GET", &format!("/api/v1/sessions/{}", p["id"]), None)
         .await;
+}
+
+#[tokio::test]
+async fn operator_actions_are_audited_with_who_what_and_result() {
+    for kind in BOTH {
+        let b = TestBroker::start(kind, &three_hosts()).await;
+        b.ok("POST", "/api/v1/hosts/h1/drain", None).await;
+        b.ok(
+            "PUT",
+            "/api/v1/hosts/h2/weight",
+            Some(json!({"weight": 50})),
+        )
+        .await;
+        let _ = b.call("POST", "/api/v1/hosts/nope/offline", None).await;
+        let log = b.ok("GET", "/api/v1/audit?limit=10", None).await;
+        let log = log.as_array().unwrap();
+        assert_eq!(log.len(), 3, "{kind:?}: {log:?}");
+        assert_eq!(log[2]["action"], "drain");
+        assert_eq!(log[2]["target"], "h1");
+        assert_eq!(log[2]["actor"], "admin");
+        assert_eq!(log[2]["surface"], "api");
+        assert_eq!(log[2]["result"], "ok");
+        assert_eq!(log[1]["action"], "weight 50");
+        assert!(
+            log[0]["result"].as_str().unwrap().starts_with("not_found"),
+            "{log:?}"
+        );
+    }
+}
+
+#[test]
+fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    use axum::http::HeaderMap;
+    use switchboard_broker::api::client_ip;
+    let proxy: std::net::IpAddr = "127.0.0.5".parse().unwrap();
+    let mut h = HeaderMap::new();
+    h.insert("x-forwarded-for", "203.0.113.7, 127.0.0.5".parse().unwrap());
+    let peer_untrusted: std::net::IpAddr = "127.0.0.6".parse().unwrap();
+    assert_eq!(client_ip(peer_untrusted, &h, &[proxy]), peer_untrusted);
+    assert_eq!(
+        client_ip(proxy, &h, &[proxy]),
+        "203.0.113.7".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(client_ip(proxy, &HeaderMap::new(), &[proxy]), proxy);
 }

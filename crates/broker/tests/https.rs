@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn the_api_is_served_over_https_when_a_certificate_is_configured() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    switchboard_testkit::install_crypto();
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let (cert_path, key_path) = (dir.path().join("broker.crt"), dir.path().join("broker.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
@@ -24,9 +25,12 @@ async fn the_api_is_served_over_https_when_a_certificate_is_configured() {
         key_path.display().to_string(),
         tokens_file.display().to_string()
     );
-    let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), CancellationToken::new())
-        .await
-        .unwrap();
+    let broker = Broker::start(
+        Config::parse(&text, "t.toml").unwrap(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     let port = broker.http_addr.port();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
@@ -43,7 +47,7 @@ async fn the_api_is_served_over_https_when_a_certificate_is_configured() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["name"], "h1");
     // Plain HTTP on the HTTPS port gets nothing useful.
-    let plain = reqwest::Client::new()
+    let plain = switchboard_testkit::http_client()
         .get(format!("http://127.0.0.1:{port}/healthz"))
         .timeout(Duration::from_secs(5))
         .send()
@@ -64,9 +68,12 @@ async fn a_bad_certificate_stops_the_start_with_the_file_named() {
         bogus.display().to_string(),
         dir.path().join("tokens").display().to_string()
     );
-    let e = Broker::start(Config::parse(&text, "t.toml").unwrap(), CancellationToken::new())
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = Broker::start(
+        Config::parse(&text, "t.toml").unwrap(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("bogus.pem"), "{e}");
 }

@@ -187,7 +187,7 @@ async fn kill_mid_stream(kind: Kind) {
     }
     let config_path = dir.path().join("broker.toml");
     std::fs::write(&config_path, config).unwrap();
-    let client = reqwest::Client::new();
+    let client = switchboard_testkit::http_client();
     let mut b = spawn(&config_path, port, &dir.path().join("first.log"));
     wait_ready(&client, &mut b).await;
 

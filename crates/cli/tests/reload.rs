@@ -66,7 +66,7 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = switchboard_testkit::http_client();
     wait_for("start", async || {
         host_names(&client, &base, &token).await.is_some()
     })

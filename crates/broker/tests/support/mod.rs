@@ -51,7 +51,7 @@ impl TestBroker {
             tokens_file,
             extra: extra.to_owned(),
             _store_dir: store_dir,
-            client: reqwest::Client::new(),
+            client: switchboard_testkit::http_client(),
         };
         t.boot().await;
         t
