@@ -28,6 +28,14 @@ struct Broker {
     base: String,
 }
 
+impl Drop for Broker {
+    /// A failing test must not leave a broker running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn(config: &std::path::Path, port: u16, log: &std::path::Path) -> Broker {
     let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["broker", "--config", config.to_str().unwrap()])

@@ -45,6 +45,15 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Kills the broker if the test fails half-way.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,12 +68,15 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
         .port();
     let path = dir.path().join("broker.toml");
     std::fs::write(&path, config(&store, port, &tf, &["a", "b"])).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["broker", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["broker", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let base = format!("http://127.0.0.1:{port}");
     let client = switchboard_testkit::http_client();
     wait_for("start", async || {

@@ -177,6 +177,10 @@ struct PoolEntry {
     members: Vec<Member>,
     index: PoolIndex,
     excluded: ExclusionCounts,
+    /// Members whose load report changed their score but not their eligibility. Re-ranking them
+    /// waits until the pool is next asked to decide or explain: reports arrive far more often
+    /// than decisions, and only the latest report of a host matters then.
+    stale_ranks: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +190,8 @@ struct Member {
     /// Random draw that orders this host among equals in this pool; redrawn whenever its rank
     /// changes, so equal hosts are picked uniformly at random (reproducibly for a seed).
     tiebreak: u64,
+    /// Its load changed and its rank has not been recomputed yet (see `PoolEntry::stale_ranks`).
+    dirty: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +272,26 @@ impl PoolEntry {
         };
         self.index.update(pos, old_slot.as_ref(), new_slot.as_ref());
         self.members[pos as usize].status = new;
+    }
+
+    /// Re-ranks the members whose load changed since the last decision.
+    fn rerank(
+        &mut self,
+        hosts: &[Option<HostEntry>],
+        now: Millis,
+        intervals: u32,
+        rng: &mut ChaCha8Rng,
+    ) {
+        for pos in std::mem::take(&mut self.stale_ranks) {
+            let Some(m) = self.members.get_mut(pos as usize) else {
+                continue;
+            };
+            m.dirty = false;
+            let hid = m.host;
+            if let Some(h) = hosts.get(hid.0 as usize).and_then(Option::as_ref) {
+                self.update_member(pos, h, h.exclusion(now, intervals), h.penalized(now), rng);
+            }
+        }
     }
 
     fn eligible_count(&self) -> u32 {
@@ -693,6 +719,38 @@ impl ClusterState {
         }
     }
 
+    /// After a load report: hosts whose eligibility did not change only get their rank marked
+    /// stale in load-ranked pools (it is recomputed before the next decision there).
+    fn refresh_after_report(&mut self, hid: HostId) {
+        let now = self.now;
+        let intervals = self.settings.stale_after_intervals;
+        let Some(host) = self.hosts.get(hid.0 as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let exclusion = host.exclusion(now, intervals);
+        let penalized = host.penalized(now);
+        let tier = if penalized { PENALIZED } else { MAIN };
+        for &(pid, pos) in &host.pools {
+            let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let load_ranked = matches!(pool.spec.policy, Policy::LeastLoad | Policy::X2goLoad);
+            let same_place = exclusion.is_none()
+                && matches!(pool.members.get(pos as usize).map(|m| m.status),
+                    Some(MemberStatus::Eligible(slot)) if slot.tier == tier);
+            if load_ranked && same_place {
+                if let Some(m) = pool.members.get_mut(pos as usize)
+                    && !m.dirty
+                {
+                    m.dirty = true;
+                    pool.stale_ranks.push(pos);
+                }
+            } else {
+                pool.update_member(pos, host, exclusion, penalized, &mut self.rng);
+            }
+        }
+    }
+
     // ----- hosts -----
 
     fn validate_host_spec(spec: &HostSpec) -> Result<(), CoreError> {
@@ -946,7 +1004,7 @@ impl ClusterState {
         if arm {
             self.timers.push(Reverse((due, Timer::ReportStale(hid))));
         }
-        self.refresh_host(hid);
+        self.refresh_after_report(hid);
         Ok(())
     }
 
@@ -1084,6 +1142,7 @@ impl ClusterState {
                 host,
                 status: MemberStatus::New,
                 tiebreak: 0,
+                dirty: false,
             })
             .collect();
         for (pos, m) in members.iter().enumerate() {
@@ -1096,6 +1155,7 @@ impl ClusterState {
             index: PoolIndex::new(spec.policy, members.len()),
             excluded: ExclusionCounts::default(),
             members: members.clone(),
+            stale_ranks: Vec::new(),
             spec,
         };
         self.pools[pid.0 as usize] = Some(entry);
@@ -1243,6 +1303,12 @@ impl ClusterState {
         let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) else {
             return Err(not_found("pool", pool_name));
         };
+        pool.rerank(
+            &self.hosts,
+            self.now,
+            self.settings.stale_after_intervals,
+            &mut self.rng,
+        );
         let Some((hid, used_penalized)) = pool.choose(&mut self.rng) else {
             return Err(CoreError::NoHostAvailable {
                 pool: pool_name.to_owned(),
@@ -1850,7 +1916,18 @@ impl ClusterState {
     /// and every host with its score or the reason it is excluded. Changes nothing.
     pub fn explain(&self, user: &str, pool: &str) -> Result<Explanation, CoreError> {
         let pid = self.pool_id(pool)?;
-        let p = self.pool_ref(pid).ok_or_else(|| not_found("pool", pool))?;
+        let mut p = self
+            .pool_ref(pid)
+            .ok_or_else(|| not_found("pool", pool))?
+            .clone();
+        // Work on a copy so nothing moves: ranks made current, then the would-be decision.
+        let mut rng = self.rng.clone();
+        p.rerank(
+            &self.hosts,
+            self.now,
+            self.settings.stale_after_intervals,
+            &mut rng,
+        );
         let resume = self.users.get(user).and_then(|uid| {
             self.resume_candidate(uid, pid, p.spec.options.resume_prefer)
                 .map(|(id, state)| ResumeCandidate {
@@ -1910,7 +1987,7 @@ impl ClusterState {
         // What a real request would choose now, from copies so nothing moves.
         let next = p
             .clone()
-            .choose(&mut self.rng.clone())
+            .choose(&mut rng)
             .map(|(hid, _)| self.host_name(hid));
         Ok(Explanation {
             pool: p.name.clone(),

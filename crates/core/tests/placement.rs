@@ -559,3 +559,31 @@ fn frequent_reports_keep_a_host_fresh() {
         Some(Exclusion::Stale)
     );
 }
+
+#[test]
+fn least_load_decides_on_the_latest_reports() {
+    let mut c = Cluster::new();
+    let hosts = names("n", 2);
+    for (i, h) in hosts.iter().enumerate() {
+        let mut s = host(h, i as u32);
+        s.agent = true;
+        c.apply(Command::AddHost(s));
+        c.connect_agent(h);
+    }
+    c.define_pool("p", Policy::LeastLoad, &hosts);
+    c.load("n00", report(0.1, 0.05, 0.9));
+    c.load("n01", report(3.0, 0.90, 0.2));
+    assert_eq!(&*c.reserve("u0", "p").host, "n00");
+    // The load flips; several reports arrive before the next decision.
+    for _ in 0..3 {
+        c.load("n00", report(3.5, 0.95, 0.1));
+        c.load("n01", report(0.1, 0.05, 0.9));
+    }
+    assert_eq!(&*c.reserve("u1", "p").host, "n01");
+    let e = c.state.explain("u2", "p").unwrap();
+    assert_eq!(
+        e.hosts[0].host.as_ref(),
+        "n01",
+        "explain ranks on the latest reports too"
+    );
+}
