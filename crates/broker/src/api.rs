@@ -861,18 +861,13 @@ impl Ord for HeapById {
 }
 
 fn parse_state(s: &str) -> Result<SessionState, ApiError> {
-    Ok(match s {
-        "starting" => SessionState::Starting,
-        "running" => SessionState::Running,
-        "disconnected" => SessionState::Disconnected,
-        "ending" => SessionState::Ending,
-        "unknown" => SessionState::Unknown,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown state {other:?}; use starting, running, disconnected, ending or unknown"
-            )));
-        }
-    })
+    match s.parse() {
+        Ok(SessionState::Ended) => Err(ApiError::bad_request(
+            "ended sessions are not listed here; only live ones are",
+        )),
+        Ok(state) => Ok(state),
+        Err(e) => Err(ApiError::bad_request(e)),
+    }
 }
 
 /// Dry-run a placement: every host of the pool with its score or why it is excluded.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use switchboard_core::model::{SessionState, Settings};
 use switchboard_core::placement::Exclusion;
 use switchboard_core::{
-    AdminState, ClusterState, Command, CoreError, Event, Health, HostSpec, Millis, PoolSpec,
+    AdminState, ClusterState, Command, CoreError, Event, HostSpec, Millis, PoolSpec,
 };
 use switchboard_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -168,8 +168,8 @@ pub fn host_info(h: &switchboard_core::state::HostView<'_>) -> HostInfo {
         weight: h.spec.weight,
         max_sessions: h.spec.max_sessions,
         labels: h.spec.labels.clone(),
-        admin: admin_str(h.admin).to_owned(),
-        health: health_str(h.health).to_owned(),
+        admin: h.admin.as_str().to_owned(),
+        health: h.health.as_str().to_owned(),
         agent: h.spec.agent,
         probe: h.spec.probe,
         sessions: h.sessions,
@@ -219,24 +219,6 @@ fn snapshot_of(state: &ClusterState, ready: bool) -> Snapshot {
         sessions_by_state: state.session_counts().to_vec(),
         reservations: state.reservation_count(),
         ready,
-    }
-}
-
-/// `online`, `draining`, `offline`.
-pub fn admin_str(a: AdminState) -> &'static str {
-    match a {
-        AdminState::Online => "online",
-        AdminState::Draining => "draining",
-        AdminState::Offline => "offline",
-    }
-}
-
-/// `up`, `unreachable`, `unknown`.
-pub fn health_str(h: Health) -> &'static str {
-    match h {
-        Health::Up => "up",
-        Health::Unreachable => "unreachable",
-        Health::Unknown => "unknown",
     }
 }
 

@@ -64,6 +64,31 @@ pub enum AdminState {
     Offline,
 }
 
+impl AdminState {
+    /// The lowercase identifier used in APIs, the store and configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Online => "online",
+            AdminState::Draining => "draining",
+            AdminState::Offline => "offline",
+        }
+    }
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "online" => Ok(AdminState::Online),
+            "draining" => Ok(AdminState::Draining),
+            "offline" => Ok(AdminState::Offline),
+            other => Err(format!(
+                "unknown admin state {other:?}; use online, draining or offline"
+            )),
+        }
+    }
+}
+
 /// What the broker knows of a host's reachability.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +101,17 @@ pub enum Health {
     /// Not heard of yet (agent never connected, never probed).
     #[default]
     Unknown,
+}
+
+impl Health {
+    /// The lowercase identifier used in APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Unreachable => "unreachable",
+            Health::Unknown => "unknown",
+        }
+    }
 }
 
 /// The lifecycle of a session: `starting → running ⇄ disconnected → ending → ended`, and `unknown`
@@ -113,6 +149,26 @@ impl SessionState {
             SessionState::Ended => "ended",
             SessionState::Unknown => "unknown",
         }
+    }
+}
+
+impl std::str::FromStr for SessionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "starting" => SessionState::Starting,
+            "running" => SessionState::Running,
+            "disconnected" => SessionState::Disconnected,
+            "ending" => SessionState::Ending,
+            "ended" => SessionState::Ended,
+            "unknown" => SessionState::Unknown,
+            other => {
+                return Err(format!(
+                    "unknown session state {other:?}; use starting, running, disconnected, \
+                     ending, ended or unknown"
+                ));
+            }
+        })
     }
 }
 

@@ -208,40 +208,17 @@ impl SqlStore {
     }
 }
 
-fn admin_str(a: AdminState) -> &'static str {
-    match a {
-        AdminState::Online => "online",
-        AdminState::Draining => "draining",
-        AdminState::Offline => "offline",
-    }
-}
-
 fn parse_admin(s: &str) -> Result<AdminState, StoreError> {
-    match s {
-        "online" => Ok(AdminState::Online),
-        "draining" => Ok(AdminState::Draining),
-        "offline" => Ok(AdminState::Offline),
-        other => Err(StoreError::Corrupt {
-            what: "host admin state",
-            detail: other.to_owned(),
-        }),
-    }
+    s.parse().map_err(|detail| StoreError::Corrupt {
+        what: "host admin state",
+        detail,
+    })
 }
 
 fn parse_state(s: &str) -> Result<SessionState, StoreError> {
-    Ok(match s {
-        "starting" => SessionState::Starting,
-        "running" => SessionState::Running,
-        "disconnected" => SessionState::Disconnected,
-        "ending" => SessionState::Ending,
-        "ended" => SessionState::Ended,
-        "unknown" => SessionState::Unknown,
-        other => {
-            return Err(StoreError::Corrupt {
-                what: "session state",
-                detail: other.to_owned(),
-            });
-        }
+    s.parse().map_err(|detail| StoreError::Corrupt {
+        what: "session state",
+        detail,
     })
 }
 
@@ -409,7 +386,7 @@ impl Store for SqlStore {
                          ON CONFLICT (name) DO UPDATE SET admin = $2, updated_at = $3",
                     )
                     .bind(&**host)
-                    .bind(admin_str(*state))
+                    .bind(state.as_str())
                     .bind(to_i64(Millis::now_wall().0, "time")?)
                     .execute(&mut *tx)
                     .await?;
