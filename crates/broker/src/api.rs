@@ -722,14 +722,23 @@ async fn confirm(
     } else {
         parse_body(&headers, &body)?
     };
-    app.engine
+    let events = app
+        .engine
         .apply(Command::Confirm {
             id,
             backend_id: req.backend_id,
             starting: req.starting,
         })
         .await?;
-    session_info(&app, id).await.map(Json)
+    // The committed record is in the events; only a repeated confirm needs to look it up.
+    let started = events.into_iter().find_map(|e| match e {
+        Event::SessionStarted(s) => Some(SessionInfo::from(s)),
+        _ => None,
+    });
+    match started {
+        Some(info) => Ok(Json(info)),
+        None => session_info(&app, id).await.map(Json),
+    }
 }
 
 /// One session or reservation.
