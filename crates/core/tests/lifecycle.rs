@@ -13,9 +13,7 @@ use switchboard_core::{
 
 fn agent_cluster() -> Cluster {
     let mut c = Cluster::new();
-    let mut spec = host("a1", 0);
-    spec.agent = true;
-    c.apply(Command::AddHost(spec));
+    c.add_agent_host("a1", 0);
     c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
     c.connect_agent("a1");
     c.load("a1", report(0.1, 0.1, 0.9));

@@ -142,9 +142,7 @@ fn offline_host_neither_resumes_nor_takes_new_sessions() {
 fn resume_prefers_a_disconnected_session_over_a_running_one() {
     let mut c = Cluster::new();
     c.pool_with_weights(Policy::WeightedLeastSessions, &[100, 100]);
-    let mut spec = host("solo", 9);
-    spec.agent = true;
-    c.apply(Command::AddHost(spec));
+    c.add_agent_host("solo", 9);
     c.connect_agent("solo");
     c.load("solo", report(0.1, 0.1, 0.9));
     c.define_pool("q", Policy::WeightedLeastSessions, &["solo".to_string()]);
@@ -167,9 +165,7 @@ fn resume_prefers_a_disconnected_session_over_a_running_one() {
 #[test]
 fn resume_prefers_running_when_the_pool_says_so() {
     let mut c = Cluster::new();
-    let mut spec = host("solo", 9);
-    spec.agent = true;
-    c.apply(Command::AddHost(spec));
+    c.add_agent_host("solo", 9);
     c.connect_agent("solo");
     c.load("solo", report(0.1, 0.1, 0.9));
     c.apply(Command::DefinePool(PoolSpec {
@@ -294,9 +290,7 @@ fn failed_start_penalizes_the_host_unless_nothing_else_is_eligible() {
 #[test]
 fn agent_host_needs_a_fresh_load_report() {
     let mut c = Cluster::new();
-    let mut spec = host("a1", 0);
-    spec.agent = true;
-    c.apply(Command::AddHost(spec));
+    c.add_agent_host("a1", 0);
     c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
     let e = c.try_reserve("u", "p").unwrap_err();
     assert!(e.to_string().contains("health_unknown=1"), "{e}");
@@ -318,9 +312,7 @@ fn agent_host_needs_a_fresh_load_report() {
 #[test]
 fn lost_agent_makes_sessions_unknown_and_excludes_the_host() {
     let mut c = Cluster::new();
-    let mut spec = host("a1", 0);
-    spec.agent = true;
-    c.apply(Command::AddHost(spec));
+    c.add_agent_host("a1", 0);
     c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
     c.connect_agent("a1");
     c.load("a1", report(0.5, 0.1, 0.8));
@@ -373,9 +365,7 @@ fn least_load_prefers_the_idlest_host_and_adjusts_after_each_placement() {
     let mut c = Cluster::new();
     let hosts = names("n", 2);
     for (i, h) in hosts.iter().enumerate() {
-        let mut s = host(h, i as u32);
-        s.agent = true;
-        c.apply(Command::AddHost(s));
+        c.add_agent_host(h, i as u32);
         c.connect_agent(h);
     }
     c.define_pool("p", Policy::LeastLoad, &hosts);
@@ -404,9 +394,7 @@ fn x2go_load_ranks_by_load_factor() {
     let mut c = Cluster::new();
     let hosts = names("x", 2);
     for (i, h) in hosts.iter().enumerate() {
-        let mut s = host(h, i as u32);
-        s.agent = true;
-        c.apply(Command::AddHost(s));
+        c.add_agent_host(h, i as u32);
         c.connect_agent(h);
     }
     c.define_pool("p", Policy::X2goLoad, &hosts);
@@ -525,9 +513,7 @@ fn unknown_pool_and_bad_names_are_refused_without_change() {
 #[test]
 fn shorter_staleness_setting_applies_to_reports_already_received() {
     let mut c = Cluster::new();
-    let mut spec = host("a1", 0);
-    spec.agent = true;
-    c.apply(Command::AddHost(spec));
+    c.add_agent_host("a1", 0);
     c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
     c.connect_agent("a1");
     c.load("a1", report(0.5, 0.1, 0.8));
@@ -543,9 +529,7 @@ fn shorter_staleness_setting_applies_to_reports_already_received() {
 #[test]
 fn frequent_reports_keep_a_host_fresh() {
     let mut c = Cluster::new();
-    let mut spec = host("a1", 0);
-    spec.agent = true;
-    c.apply(Command::AddHost(spec));
+    c.add_agent_host("a1", 0);
     c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
     c.connect_agent("a1");
     for _ in 0..20 {
@@ -565,9 +549,7 @@ fn least_load_decides_on_the_latest_reports() {
     let mut c = Cluster::new();
     let hosts = names("n", 2);
     for (i, h) in hosts.iter().enumerate() {
-        let mut s = host(h, i as u32);
-        s.agent = true;
-        c.apply(Command::AddHost(s));
+        c.add_agent_host(h, i as u32);
         c.connect_agent(h);
     }
     c.define_pool("p", Policy::LeastLoad, &hosts);

@@ -141,6 +141,13 @@ impl Cluster {
         (p.id, p.host.to_string())
     }
 
+    /// Adds a host that has an agent (not yet connected), at 127.0.0.(n+2):22.
+    pub fn add_agent_host(&mut self, name: &str, n: u32) {
+        let mut spec = host(name, n);
+        spec.agent = true;
+        self.apply(Command::AddHost(spec));
+    }
+
     pub fn load(&mut self, host: &str, r: LoadReport) {
         self.apply(Command::ReportLoad {
             host: host.into(),
