@@ -1,0 +1,302 @@
+//! Agent ↔ broker messages and their framing.
+//!
+//! A link carries frames: a 4-byte big-endian length, then that many bytes of one JSON message.
+//! A frame longer than [`MAX_FRAME`] is refused from its length header, before anything is
+//! allocated for it, and the link is closed with that reason. The first message each way is the
+//! hello ([`AgentMessage::Hello`], [`BrokerMessage::Welcome`]), which carries
+//! [`PROTOCOL_VERSION`]; a peer that speaks another version is refused.
+//!
+//! Messages are serde enums tagged by `type`, so the format is plain JSON that non-Rust agents can
+//! speak too. An unknown message type is an error; unknown fields are ignored, so adding an
+//! optional field does not need a new protocol version.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+use switchboard_core::model::{LoadReport, ReportedSession};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+/// Version of this protocol; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts (1 MiB).
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// What an agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// First message: who the agent is and how often it reports.
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The host's name as the agent knows it.
+        host: String,
+        /// How often load reports will come, in milliseconds.
+        report_interval_ms: u64,
+        /// The agent's software version, for operators.
+        agent_version: String,
+    },
+    /// A load report.
+    Load(LoadReport),
+    /// Every session on the host (sent after the hello, and whenever the agent resynchronises).
+    Inventory {
+        /// The sessions.
+        sessions: Vec<ReportedSession>,
+    },
+    /// One session appeared or changed state.
+    SessionChanged(ReportedSession),
+    /// One session is gone.
+    SessionGone {
+        /// The backend's id for it.
+        backend_id: String,
+    },
+    /// The outcome of a broker command.
+    CommandResult {
+        /// The command's id.
+        id: u64,
+        /// Whether it was carried out.
+        ok: bool,
+        /// What happened, for logs and the audit.
+        message: String,
+    },
+    /// Still here (sent when nothing else was sent for a while).
+    Heartbeat,
+}
+
+/// What the broker sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BrokerMessage {
+    /// Answer to the hello: the link is accepted.
+    Welcome {
+        /// The broker's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// How often the broker expects to hear from the agent, in milliseconds.
+        heartbeat_ms: u64,
+    },
+    /// The link is refused (bad credential, unknown host, other version); the broker closes it.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Do something to a session or user.
+    Command {
+        /// Correlates the [`AgentMessage::CommandResult`].
+        id: u64,
+        /// What to do.
+        action: Action,
+    },
+    /// Still here.
+    Heartbeat,
+}
+
+/// A command for an agent. Agents refuse commands for sessions or users they do not know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Graceful end of a session.
+    Terminate {
+        /// The backend's id for the session.
+        backend_id: String,
+    },
+    /// Immediate end of a session.
+    Kill {
+        /// The backend's id for the session.
+        backend_id: String,
+    },
+    /// Detach the client, keep the session.
+    Disconnect {
+        /// The backend's id for the session.
+        backend_id: String,
+    },
+    /// Terminate, then kill after the grace period.
+    Logoff {
+        /// The backend's id for the session.
+        backend_id: String,
+        /// Milliseconds between terminate and kill.
+        grace_ms: u64,
+    },
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The connection failed, or a length header announced more than [`MAX_FRAME`].
+    #[error("link error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame that is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Frames messages of type `In` in and `Out` out (an agent uses `Codec<BrokerMessage,
+/// AgentMessage>`, the broker the reverse).
+#[derive(Debug)]
+pub struct Codec<In, Out> {
+    frames: LengthDelimitedCodec,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> Default for Codec<In, Out> {
+    fn default() -> Self {
+        Codec {
+            frames: LengthDelimitedCodec::builder()
+                .max_frame_length(MAX_FRAME)
+                .length_field_length(4)
+                .new_codec(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In: for<'de> Deserialize<'de>, Out> Decoder for Codec<In, Out> {
+    type Item = In;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        match self.frames.decode(src)? {
+            Some(frame) => Ok(Some(serde_json::from_slice(&frame)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let json = serde_json::to_vec(&item)?;
+        self.frames.encode(Bytes::from(json), dst)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use switchboard_core::model::ReportedState;
+
+    type BrokerSide = Codec<AgentMessage, BrokerMessage>;
+    type AgentSide = Codec<BrokerMessage, AgentMessage>;
+
+    fn through_the_wire(m: AgentMessage) -> AgentMessage {
+        let mut buf = BytesMut::new();
+        AgentSide::default().encode(m, &mut buf).unwrap();
+        BrokerSide::default().decode(&mut buf).unwrap().unwrap()
+    }
+
+    #[test]
+    fn every_agent_message_survives_the_wire() {
+        let msgs = vec![
+            AgentMessage::Hello {
+                version: PROTOCOL_VERSION,
+                host: "x2go1".into(),
+                report_interval_ms: 3000,
+                agent_version: "0.1.0".into(),
+            },
+            AgentMessage::Load(LoadReport {
+                load_avg: [0.5, 0.4, 0.3],
+                cpu_count: 8,
+                ..LoadReport::default()
+            }),
+            AgentMessage::Inventory {
+                sessions: vec![ReportedSession {
+                    backend_id: "alice-50-1763771234_stDXFCE_dp24".into(),
+                    user: "alice".into(),
+                    state: ReportedState::Disconnected,
+                }],
+            },
+            AgentMessage::SessionGone {
+                backend_id: "b".into(),
+            },
+            AgentMessage::CommandResult {
+                id: 7,
+                ok: false,
+                message: "no such session".into(),
+            },
+            AgentMessage::Heartbeat,
+        ];
+        for m in msgs {
+            assert_eq!(through_the_wire(m.clone()), m);
+        }
+    }
+
+    #[test]
+    fn the_format_is_plain_tagged_json() {
+        let json = serde_json::to_string(&BrokerMessage::Command {
+            id: 3,
+            action: Action::Logoff {
+                backend_id: "s1".into(),
+                grace_ms: 60_000,
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"command","id":3,"action":{"action":"logoff","backend_id":"s1","grace_ms":60000}}"#
+        );
+    }
+
+    #[test]
+    fn a_frame_over_one_mebibyte_is_refused_from_its_header() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        buf.extend_from_slice(b"{}");
+        let e = BrokerSide::default().decode(&mut buf).unwrap_err();
+        assert!(matches!(e, FrameError::Io(_)), "{e}");
+    }
+
+    #[test]
+    fn partial_frames_wait_for_the_rest() {
+        let mut full = BytesMut::new();
+        AgentSide::default()
+            .encode(AgentMessage::Heartbeat, &mut full)
+            .unwrap();
+        let mut codec = BrokerSide::default();
+        let mut buf = BytesMut::from(&full[..full.len() - 1]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&full[full.len() - 1..]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(AgentMessage::Heartbeat)
+        );
+    }
+
+    #[test]
+    fn malformed_and_unknown_messages_are_errors() {
+        for body in [
+            &b"not json"[..],
+            br#"{"type":"launch_missiles"}"#,
+            br#"{"type":"load"}"#,
+        ] {
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            buf.extend_from_slice(body);
+            let e = BrokerSide::default().decode(&mut buf).unwrap_err();
+            assert!(matches!(e, FrameError::Malformed(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let body = br#"{"type":"heartbeat","added_in_a_later_minor":1}"#;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        buf.extend_from_slice(body);
+        assert_eq!(
+            BrokerSide::default().decode(&mut buf).unwrap(),
+            Some(AgentMessage::Heartbeat)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(data in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            let mut buf = BytesMut::from(&data[..]);
+            let mut codec = BrokerSide::default();
+            // Decode until the input is used up or an error ends the link.
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
+        }
+    }
+}
