@@ -273,6 +273,30 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
+/// One page of `all` in name order, after the cursor (the last name of the previous page).
+fn page_by_name<T: Clone>(
+    all: &[T],
+    name: impl Fn(&T) -> &String,
+    q: &PageParams,
+    limit: usize,
+) -> (Vec<T>, Option<String>) {
+    let mut sorted: Vec<&T> = all.iter().collect();
+    sorted.sort_by(|a, b| name(a).cmp(name(b)));
+    let start = match &q.cursor {
+        Some(c) => sorted.partition_point(|t| name(t) <= c),
+        None => 0,
+    };
+    let items: Vec<T> = sorted[start..]
+        .iter()
+        .take(limit)
+        .map(|t| (*t).clone())
+        .collect();
+    let next = (start + items.len() < sorted.len())
+        .then(|| items.last().map(|t| name(t).clone()))
+        .flatten();
+    (items, next)
+}
+
 /// A page of hosts.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HostPage {
@@ -474,21 +498,7 @@ async fn list_hosts(
 ) -> Result<Json<HostPage>, ApiError> {
     let q = query(q)?;
     let limit = page_limit(q.limit)?;
-    let snap = app.engine.snapshot();
-    let mut hosts: Vec<&HostInfo> = snap.hosts.iter().collect();
-    hosts.sort_by(|a, b| a.name.cmp(&b.name));
-    let start = match &q.cursor {
-        Some(c) => hosts.partition_point(|h| h.name.as_str() <= c.as_str()),
-        None => 0,
-    };
-    let items: Vec<HostInfo> = hosts[start..]
-        .iter()
-        .take(limit)
-        .map(|h| (*h).clone())
-        .collect();
-    let next_cursor = (start + items.len() < hosts.len())
-        .then(|| items.last().map(|h| h.name.clone()))
-        .flatten();
+    let (items, next_cursor) = page_by_name(&app.engine.snapshot().hosts, |h| &h.name, &q, limit);
     Ok(Json(HostPage { items, next_cursor }))
 }
 
@@ -609,21 +619,7 @@ async fn list_pools(
 ) -> Result<Json<PoolPage>, ApiError> {
     let q = query(q)?;
     let limit = page_limit(q.limit)?;
-    let snap = app.engine.snapshot();
-    let mut pools: Vec<&PoolInfo> = snap.pools.iter().collect();
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
-    let start = match &q.cursor {
-        Some(c) => pools.partition_point(|p| p.name.as_str() <= c.as_str()),
-        None => 0,
-    };
-    let items: Vec<PoolInfo> = pools[start..]
-        .iter()
-        .take(limit)
-        .map(|p| (*p).clone())
-        .collect();
-    let next_cursor = (start + items.len() < pools.len())
-        .then(|| items.last().map(|p| p.name.clone()))
-        .flatten();
+    let (items, next_cursor) = page_by_name(&app.engine.snapshot().pools, |p| &p.name, &q, limit);
     Ok(Json(PoolPage { items, next_cursor }))
 }
 

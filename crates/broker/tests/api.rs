@@ -86,16 +86,7 @@ async fn acknowledged_changes_survive_a_restart() {
         let mut b = TestBroker::start(kind, &three_hosts()).await;
         let mut ids = Vec::new();
         for u in ["alice", "bob", "carol"] {
-            let p = b
-                .ok(
-                    "POST",
-                    "/api/v1/sessions",
-                    Some(json!({"user": u, "pool": "desktops"})),
-                )
-                .await;
-            let id = p["id"].as_u64().unwrap();
-            b.ok("POST", &format!("/api/v1/sessions/{id}/confirm"), None)
-                .await;
+            let (id, _) = b.start_session(u, "desktops").await;
             ids.push(id);
         }
         b.ok("POST", "/api/v1/hosts/h1/drain", None).await;

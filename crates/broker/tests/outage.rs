@@ -29,16 +29,7 @@ async fn store_outage_gives_503_and_the_broker_recovers_when_it_returns() {
         &pools_toml("desktops", &[("h1", 100), ("h2", 100)]),
     )
     .await;
-    let p = b
-        .ok(
-            "POST",
-            "/api/v1/sessions",
-            Some(json!({"user": "alice", "pool": "desktops"})),
-        )
-        .await;
-    let alice = p["id"].as_u64().unwrap();
-    b.ok("POST", &format!("/api/v1/sessions/{alice}/confirm"), None)
-        .await;
+    let (alice, _) = b.start_session("alice", "desktops").await;
 
     let db = b.store_url.rsplit('/').next().unwrap().to_owned();
     admin(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")).await;

@@ -116,6 +116,23 @@ impl TestBroker {
     }
 }
 
+impl TestBroker {
+    /// Places and confirms a session for `user`; returns (id, host).
+    pub async fn start_session(&self, user: &str, pool: &str) -> (u64, String) {
+        let p = self
+            .ok(
+                "POST",
+                "/api/v1/sessions",
+                Some(serde_json::json!({"user": user, "pool": pool})),
+            )
+            .await;
+        let id = p["id"].as_u64().unwrap();
+        self.ok("POST", &format!("/api/v1/sessions/{id}/confirm"), None)
+            .await;
+        (id, p["host"].as_str().unwrap().to_owned())
+    }
+}
+
 /// Asserts a JSON error with this status and code.
 pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "{}", got.1);
