@@ -1,4 +1,6 @@
 //! The Switchboard agent: load sampling, session discovery, command execution and the link to the
 //! broker, plus a simulation mode.
-//!
-//! Nothing is here yet; the agent issue fills it.
+
+pub mod authkeys;
+pub mod load;
+pub mod sources;

@@ -86,6 +86,8 @@ pub struct LoadInfo {
     pub psi_memory_some_avg10: Option<f64>,
     /// Sessions the host counts itself.
     pub session_count: u32,
+    /// Distinct users logged in on the host.
+    pub users: u32,
     /// When the report arrived (ms since the epoch).
     pub reported_at: Option<u64>,
 }
@@ -186,6 +188,7 @@ pub fn host_info(h: &switchboard_core::state::HostView<'_>) -> HostInfo {
             psi_cpu_some_avg10: l.psi_cpu_some_avg10,
             psi_memory_some_avg10: l.psi_memory_some_avg10,
             session_count: l.session_count,
+            users: l.users,
             reported_at: h.last_report_at.map(|t| t.0),
         }),
         pools: h.pools.iter().map(|p| p.to_string()).collect(),

@@ -47,6 +47,7 @@ fn load(i: usize) -> LoadReport {
         psi_cpu_some_avg10: Some(1.0),
         psi_memory_some_avg10: None,
         session_count: 100,
+        users: 100,
     }
 }
 

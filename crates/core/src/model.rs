@@ -242,6 +242,9 @@ pub struct LoadReport {
     pub psi_memory_some_avg10: Option<f64>,
     /// Sessions the host counts itself (its own view, for operators; placement counts the broker's).
     pub session_count: u32,
+    /// Distinct users logged in on the host (any kind of login, not only Switchboard's sessions).
+    #[serde(default)]
+    pub users: u32,
 }
 
 impl LoadReport {
@@ -399,6 +402,9 @@ pub struct ReportedSession {
     pub user: String,
     /// Running or disconnected (a host never reports the other states).
     pub state: ReportedState,
+    /// Seconds since the user last did anything in it, where the source knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
 }
 
 /// The states a host can report a session in.

@@ -116,6 +116,23 @@ pub enum Action {
         /// Milliseconds between terminate and kill.
         grace_ms: u64,
     },
+    /// Add a public key line to a user's X2Go authorized-keys file, valid until `expires_at_ms`
+    /// (for the X2Go frontend's autologin). The agent removes expired lines.
+    AddKey {
+        /// The user whose file it is.
+        user: String,
+        /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+        key: String,
+        /// Milliseconds since the epoch after which the line is removed.
+        expires_at_ms: u64,
+    },
+    /// Remove a public key line added by [`Action::AddKey`].
+    RemoveKey {
+        /// The user whose file it is.
+        user: String,
+        /// The key line as it was added.
+        key: String,
+    },
 }
 
 /// Why a frame could not be read or written.
@@ -205,6 +222,7 @@ mod tests {
                     backend_id: "alice-50-1763771234_stDXFCE_dp24".into(),
                     user: "alice".into(),
                     state: ReportedState::Disconnected,
+                    idle_secs: Some(120),
                 }],
             },
             AgentMessage::SessionGone {

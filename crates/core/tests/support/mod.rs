@@ -46,6 +46,7 @@ pub fn reported(backend: &str, user: &str, state: ReportedState) -> ReportedSess
         backend_id: backend.into(),
         user: user.into(),
         state,
+        idle_secs: None,
     }
 }
 
