@@ -38,6 +38,7 @@ pub fn report(load1: f64, util: f64, avail_frac: f64) -> LoadReport {
         psi_cpu_some_avg10: None,
         psi_memory_some_avg10: None,
         session_count: 0,
+        users: 0,
     }
 }
 
