@@ -189,6 +189,9 @@ pub struct PoolSection {
     pub resume_prefer: Option<ResumePreference>,
     /// `least-load` session reference for hosts without a cap.
     pub session_ref: Option<u32>,
+    /// Whether the pool's hosts run `switchboard agent` (default true). Agentless hosts are
+    /// placeable at once, judged only by an optional TCP probe.
+    pub agent: Option<bool>,
     /// `[[pool.host]]` tables.
     #[serde(default)]
     pub host: Vec<HostSection>,
@@ -209,6 +212,8 @@ pub struct HostSection {
     /// Probe the address with TCP to judge health (agentless hosts).
     #[serde(default)]
     pub probe: bool,
+    /// Overrides the pool's `agent` for this host.
+    pub agent: Option<bool>,
     /// Free-form labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -366,13 +371,21 @@ impl FileConfig {
                         h.name
                     ));
                 }
+                let agent = h.agent.or(p.agent).unwrap_or(true);
+                if agent && h.probe {
+                    return Err(format!(
+                        "{here}, host {:?}: key `probe` is for agentless hosts; set `agent = false` \
+                         on the pool or the host, or drop `probe` (an agent's link is its health check)",
+                        h.name
+                    ));
+                }
                 let spec = HostSpec {
                     name: h.name.clone(),
                     address: h.address,
                     weight: h.weight.unwrap_or(DEFAULT_WEIGHT),
                     max_sessions: h.max_sessions,
                     labels: h.labels,
-                    agent: false,
+                    agent,
                     probe: h.probe,
                 };
                 match host_pool.get(&h.name) {
@@ -380,8 +393,8 @@ impl FileConfig {
                         if hosts[*idx] != spec {
                             return Err(format!(
                                 "{here}, host {:?}: also defined in pool {other:?} with different \
-                                 settings; a host's address, weight, cap, probe and labels must \
-                                 agree wherever it is listed",
+                                 settings; a host's address, weight, cap, agent, probe and \
+                                 labels must agree wherever it is listed",
                                 h.name
                             ));
                         }

@@ -362,6 +362,11 @@ async fn build_state<S: Store>(
             overrides.insert(h.name);
         }
     }
+    for (host, hash) in durable.credentials {
+        if let Err(e) = state.apply(Command::IssueCredential { host, hash }, now) {
+            tracing::warn!(error = %e, "stored agent credential not restored");
+        }
+    }
     let mut orphans = 0usize;
     for s in durable.sessions {
         if let Err(e) = state.apply(Command::RestoreSession(s), now) {

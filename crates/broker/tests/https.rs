@@ -19,7 +19,7 @@ async fn the_api_is_served_over_https_when_a_certificate_is_configured() {
     let tokens_file = dir.path().join("tokens");
     let token = tokens::add(&tokens_file, "admin", Access::ReadWrite).unwrap();
     let text = format!(
-        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n[api]\ntokens_file = {:?}\n[[pool]]\nname = \"p\"\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.2:22\"\n",
+        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n[api]\ntokens_file = {:?}\n[[pool]]\nname = \"p\"\nagent = false\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.2:22\"\n",
         dir.path().join("sb.db").display(),
         cert_path.display().to_string(),
         key_path.display().to_string(),

@@ -18,7 +18,7 @@ async fn probes_bring_listening_hosts_up_and_keep_closed_ones_out() {
         .unwrap()
         .port();
     let extra = format!(
-        "[probe]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n[[pool]]\nname = \"p\"\n\
+        "[probe]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n[[pool]]\nname = \"p\"\nagent = false\n\
          [[pool.host]]\nname = \"up\"\naddress = \"127.0.0.1:{open_port}\"\nprobe = true\n\
          [[pool.host]]\nname = \"down\"\naddress = \"127.0.0.1:{closed_port}\"\nprobe = true\n"
     );

@@ -48,7 +48,7 @@ fn check_config_accepts_a_good_file_and_names_the_line_of_a_bad_one() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[[pool]]\nname = \"p\"\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.2:22\"\n",
+        "[[pool]]\nname = \"p\"\nagent = false\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.2:22\"\n",
     )
     .unwrap();
     let out = switchboard(&[

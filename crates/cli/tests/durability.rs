@@ -189,7 +189,7 @@ async fn kill_mid_stream(kind: Kind) {
     // writer and "the last acknowledged value" is well defined.
     for k in 0..HOSTS {
         config.push_str(&format!(
-            "[[pool]]\nname = \"p{k}\"\n[[pool.host]]\nname = \"h{k}\"\naddress = \"127.0.0.{}:22\"\n",
+            "[[pool]]\nname = \"p{k}\"\nagent = false\n[[pool.host]]\nname = \"h{k}\"\naddress = \"127.0.0.{}:22\"\n",
             k + 2
         ));
     }

@@ -9,7 +9,7 @@ use switchboard_broker::tokens::{self, Access};
 
 fn config(store: &str, port: u16, tokens: &str, hosts: &[&str]) -> String {
     let mut s = format!(
-        "[store]\nurl = {store:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {tokens:?}\n[[pool]]\nname = \"p\"\n"
+        "[store]\nurl = {store:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {tokens:?}\n[[pool]]\nname = \"p\"\nagent = false\n"
     );
     for (i, h) in hosts.iter().enumerate() {
         s.push_str(&format!(

@@ -139,4 +139,17 @@ pub enum Command {
     RestoreSession(SessionRecord),
     /// Advance time only: expire reservations, notice stale reports and ended penalties.
     Tick,
+    /// Record a new agent credential for a host, replacing any earlier one. Only the hash is
+    /// kept; the host must be configured with an agent.
+    IssueCredential {
+        /// The host.
+        host: String,
+        /// SHA-256 of the secret, lowercase hex.
+        hash: String,
+    },
+    /// Forget a host's agent credential: its agent can no longer connect.
+    RevokeCredential {
+        /// The host.
+        host: String,
+    },
 }

@@ -95,6 +95,18 @@ pub enum Event {
         /// When.
         at: Millis,
     },
+    /// A host's agent credential was issued (or replaced).
+    CredentialIssued {
+        /// The host.
+        host: Arc<str>,
+        /// SHA-256 of the secret, lowercase hex.
+        hash: Arc<str>,
+    },
+    /// A host's agent credential was revoked.
+    CredentialRevoked {
+        /// The host.
+        host: Arc<str>,
+    },
 }
 
 impl Event {
@@ -113,7 +125,9 @@ impl Event {
             | Event::WeightChanged { .. }
             | Event::SessionStarted(_)
             | Event::SessionStateChanged { .. }
-            | Event::SessionEnded { .. } => true,
+            | Event::SessionEnded { .. }
+            | Event::CredentialIssued { .. }
+            | Event::CredentialRevoked { .. } => true,
             Event::HealthChanged { .. }
             | Event::HostPenalized { .. }
             | Event::LoadReported { .. }

@@ -72,6 +72,9 @@ pub struct ClusterState {
     by_state: [usize; 6],
     /// Due times, earliest first; stale entries are skipped by generation checks.
     timers: BinaryHeap<Reverse<(Millis, Timer)>>,
+    /// Agent credential hashes by host name. Kept apart from the host table: a host that leaves
+    /// the configuration and comes back keeps its credential, as the store does.
+    credentials: StrMap<Arc<str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -547,6 +550,7 @@ impl ClusterState {
             users: UserTable::default(),
             by_state: [0; 6],
             timers: BinaryHeap::new(),
+            credentials: StrMap::default(),
         }
     }
 
@@ -596,6 +600,10 @@ impl ClusterState {
             Command::ReportProbe { host, ok } => self.report_probe(&host, ok, &mut events),
             Command::RestoreSession(record) => self.restore_session(record),
             Command::Tick => Ok(()),
+            Command::IssueCredential { host, hash } => {
+                self.issue_credential(&host, hash, &mut events)
+            }
+            Command::RevokeCredential { host } => self.revoke_credential(&host, &mut events),
         };
         result.map(|()| events)
     }
@@ -1034,6 +1042,47 @@ impl ClusterState {
         self.set_health(hid, Health::Up, events);
         self.refresh_host(hid);
         Ok(())
+    }
+
+    fn issue_credential(
+        &mut self,
+        name: &str,
+        hash: String,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let Some(h) = self.host_ref(hid) else {
+            return Err(not_found("host", name));
+        };
+        if !h.spec.agent {
+            return Err(CoreError::Invalid {
+                field: "agent",
+                reason: format!(
+                    "host {name:?} is configured without an agent (agent = false); it needs no credential"
+                ),
+            });
+        }
+        if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(CoreError::Invalid {
+                field: "credential",
+                reason: "the hash must be 64 lowercase hex digits (SHA-256)".into(),
+            });
+        }
+        let host = h.name.clone();
+        let hash: Arc<str> = Arc::from(hash);
+        self.credentials.insert(host.clone(), hash.clone());
+        events.push(Event::CredentialIssued { host, hash });
+        Ok(())
+    }
+
+    fn revoke_credential(&mut self, name: &str, events: &mut Vec<Event>) -> Result<(), CoreError> {
+        match self.credentials.remove_entry(name) {
+            Some((host, _)) => {
+                events.push(Event::CredentialRevoked { host });
+                Ok(())
+            }
+            None => Err(not_found("credential for host", name)),
+        }
     }
 
     /// The host became unreachable: no new placements there, its sessions go `unknown`.
@@ -1790,6 +1839,36 @@ impl ClusterState {
                 .filter_map(|&(p, _)| self.pool_ref(p).map(|p| p.name.clone()))
                 .collect(),
         }
+    }
+
+    /// The configured host a machine calling itself `name` is, matching short and fully
+    /// qualified names tolerantly: an exact match first, then `name`'s short form (`x2go1` for
+    /// `x2go1.example.org`), then the one configured host whose short form is `name`. `None`
+    /// when nothing or more than one host matches.
+    pub fn resolve_host_name(&self, name: &str) -> Option<Arc<str>> {
+        if let Some((k, _)) = self.host_names.get_key_value(name) {
+            return Some(k.clone());
+        }
+        let short = |n: &str| n.split('.').next().unwrap_or(n).to_ascii_lowercase();
+        let wanted = short(name);
+        if wanted.is_empty() {
+            return None;
+        }
+        let mut found = None;
+        for k in self.host_names.keys() {
+            if short(k) == wanted {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(k.clone());
+            }
+        }
+        found
+    }
+
+    /// The SHA-256 hash of a host's agent credential, if one was issued.
+    pub fn credential(&self, host: &str) -> Option<&str> {
+        self.credentials.get(host).map(|h| &**h)
     }
 
     /// One host by name.

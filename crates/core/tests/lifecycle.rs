@@ -386,3 +386,53 @@ fn commands_serialize_for_logs_and_replay() {
     let back: Command = serde_json::from_str(&json).unwrap();
     assert_eq!(back, c);
 }
+
+#[test]
+fn credentials_are_issued_only_for_agent_hosts_and_revoked_once() {
+    let mut c = Cluster::new();
+    c.add_agent_host("x2go1.example.org", 0);
+    c.apply(Command::AddHost(host("plain", 1)));
+    let hash = "0f".repeat(32);
+    let ev = c.apply(Command::IssueCredential {
+        host: "x2go1.example.org".into(),
+        hash: hash.clone(),
+    });
+    assert!(matches!(&ev[..], [Event::CredentialIssued { .. }]));
+    assert!(ev[0].is_durable());
+    assert_eq!(c.state.credential("x2go1.example.org"), Some(hash.as_str()));
+    // Tolerant name matching: the agent may call itself by its short name.
+    assert_eq!(
+        c.state.resolve_host_name("x2go1").as_deref(),
+        Some("x2go1.example.org")
+    );
+    assert_eq!(
+        c.state.resolve_host_name("X2GO1.other.domain").as_deref(),
+        Some("x2go1.example.org")
+    );
+    assert_eq!(c.state.resolve_host_name("x2go9"), None);
+    // Agentless hosts need none; malformed hashes are refused.
+    let e = c
+        .try_apply(Command::IssueCredential {
+            host: "plain".into(),
+            hash: hash.clone(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("without an agent"), "{e}");
+    let e = c
+        .try_apply(Command::IssueCredential {
+            host: "x2go1.example.org".into(),
+            hash: "secret".into(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("64 lowercase hex"), "{e}");
+    c.apply(Command::RevokeCredential {
+        host: "x2go1.example.org".into(),
+    });
+    assert_eq!(c.state.credential("x2go1.example.org"), None);
+    assert!(
+        c.try_apply(Command::RevokeCredential {
+            host: "x2go1.example.org".into(),
+        })
+        .is_err()
+    );
+}

@@ -21,6 +21,18 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame either side accepts (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 
+/// A secret string: serialised as is, shown as `***` by `Debug`, so logging a message never
+/// logs a credential.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// What an agent sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -35,6 +47,9 @@ pub enum AgentMessage {
         report_interval_ms: u64,
         /// The agent's software version, for operators.
         agent_version: String,
+        /// The host's credential, as `switchboard ctl enroll` or the API printed it. The broker
+        /// keeps only its SHA-256 and never logs it.
+        credential: Secret,
     },
     /// A load report.
     Load(LoadReport),
@@ -211,6 +226,7 @@ mod tests {
                 host: "x2go1".into(),
                 report_interval_ms: 3000,
                 agent_version: "0.1.0".into(),
+                credential: Secret("sb1_secret".into()),
             },
             AgentMessage::Load(LoadReport {
                 load_avg: [0.5, 0.4, 0.3],
@@ -306,6 +322,21 @@ mod tests {
             BrokerSide::default().decode(&mut buf).unwrap(),
             Some(AgentMessage::Heartbeat)
         );
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let hello = AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+            host: "x2go1".into(),
+            report_interval_ms: 3000,
+            agent_version: "0.1.0".into(),
+            credential: Secret("sb1_topsecret".into()),
+        };
+        let shown = format!("{hello:?}");
+        assert!(!shown.contains("topsecret"), "{shown}");
+        let json = serde_json::to_string(&hello).unwrap();
+        assert!(json.contains(r#""credential":"sb1_topsecret""#), "{json}");
     }
 
     proptest::proptest! {

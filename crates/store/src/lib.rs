@@ -70,6 +70,8 @@ pub struct Durable {
     pub hosts: Vec<HostState>,
     /// Live sessions (not ended).
     pub sessions: Vec<SessionRecord>,
+    /// Agent credentials: (host, SHA-256 of the secret).
+    pub credentials: Vec<(String, String)>,
 }
 
 /// One operator action or policy decision, for the audit log.
@@ -355,7 +357,27 @@ impl Store for SqlStore {
             .iter()
             .map(session_from_row)
             .collect::<Result<_, _>>()?;
-        Ok(Durable { hosts, sessions })
+        let rows = sqlx::query("SELECT host, hash FROM credentials ORDER BY host")
+            .fetch_all(&self.pool)
+            .await?;
+        let credentials = rows
+            .iter()
+            .map(|row| {
+                let corrupt = |e: sqlx::Error| StoreError::Corrupt {
+                    what: "credential",
+                    detail: e.to_string(),
+                };
+                Ok((
+                    row.try_get("host").map_err(corrupt)?,
+                    row.try_get("hash").map_err(corrupt)?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Durable {
+            hosts,
+            sessions,
+            credentials,
+        })
     }
 
     async fn commit(&self, events: &[Event]) -> Result<(), StoreError> {
@@ -425,6 +447,23 @@ impl Store for SqlStore {
                     .bind(to_i64(id.0, "session id")?)
                     .execute(&mut *tx)
                     .await?;
+                }
+                Event::CredentialIssued { host, hash } => {
+                    sqlx::query(
+                        "INSERT INTO credentials (host, hash, issued_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (host) DO UPDATE SET hash = $2, issued_at = $3",
+                    )
+                    .bind(&**host)
+                    .bind(&**hash)
+                    .bind(to_i64(Millis::now_wall().0, "time")?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Event::CredentialRevoked { host } => {
+                    sqlx::query("DELETE FROM credentials WHERE host = $1")
+                        .bind(&**host)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 // Hosts and pools come from the configuration; volatile events are not stored.
                 _ => {}

@@ -215,3 +215,48 @@ async fn large_batches_mixing_new_sessions_and_changes_apply_in_order() {
         assert_eq!(d.sessions.iter().filter(|s| &*s.host == "h2").count(), 10);
     }
 }
+
+#[tokio::test]
+async fn credentials_are_replaced_and_revoked_and_only_hashes_are_kept() {
+    let h1 = "a".repeat(64);
+    let h2 = "b".repeat(64);
+    for kind in BOTH {
+        let t = fresh(kind).await;
+        let s = &t.store;
+        s.commit(&[
+            Event::CredentialIssued {
+                host: "x2go1".into(),
+                hash: h1.as_str().into(),
+            },
+            Event::CredentialIssued {
+                host: "x2go2".into(),
+                hash: h1.as_str().into(),
+            },
+        ])
+        .await
+        .unwrap();
+        s.commit(&[Event::CredentialIssued {
+            host: "x2go1".into(),
+            hash: h2.as_str().into(),
+        }])
+        .await
+        .unwrap();
+        let d = s.load().await.unwrap();
+        assert_eq!(
+            d.credentials,
+            vec![("x2go1".into(), h2.clone()), ("x2go2".into(), h1.clone())],
+            "{kind:?}"
+        );
+        s.commit(&[Event::CredentialRevoked {
+            host: "x2go2".into(),
+        }])
+        .await
+        .unwrap();
+        let d = s.load().await.unwrap();
+        assert_eq!(
+            d.credentials,
+            vec![("x2go1".into(), h2.clone())],
+            "{kind:?}"
+        );
+    }
+}

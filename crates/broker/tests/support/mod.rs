@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Pools of agentless hosts at 127.0.0.x, as a broker config tail.
 pub fn pools_toml(pool: &str, hosts: &[(&str, u32)]) -> String {
-    let mut s = format!("[[pool]]\nname = {pool:?}\n");
+    let mut s = format!("[[pool]]\nname = {pool:?}\nagent = false\n");
     for (i, (h, w)) in hosts.iter().enumerate() {
         s.push_str(&format!(
             "[[pool.host]]\nname = {h:?}\naddress = \"127.0.0.{}:22\"\nweight = {w}\n",
