@@ -31,7 +31,7 @@ run_backend() {
     echo "[http]"; echo "listen = \"127.0.0.1:$port\""
     echo "[api]"; echo "tokens_file = \"$WORK/tokens\""
     echo "[placement]"; echo "reservation_ttl = \"1h\""
-    echo "[[pool]]"; echo "name = \"bench\""
+    echo "[[pool]]"; echo "name = \"bench\""; echo "agent = false"
     for h in $(seq 0 999); do
       echo "[[pool.host]]"; echo "name = \"h$h\""; echo "address = \"127.0.$((h / 250)).$((h % 250 + 2)):22\""
     done

@@ -6,6 +6,7 @@
 //! file; read-only tokens may only read. The OpenAPI document is generated from the same handler
 //! annotations that register the routes (utoipa-axum), so the two cannot drift apart.
 
+use crate::agents::CommandError;
 use crate::engine::{EngineError, EngineHandle, HostInfo, PoolInfo};
 use crate::tokens::{Access, Tokens};
 use axum::body::Bytes;
@@ -25,6 +26,7 @@ use switchboard_core::model::{ReservationRecord, SessionRecord, SessionState};
 use switchboard_core::{
     AdminState, Command, CoreError, Event, Millis, PlacementOutcome, SessionId,
 };
+use switchboard_proto::agent::Action;
 use switchboard_store::{AuditRecord, SqlStore, Store};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -42,6 +44,8 @@ pub const MAX_LIMIT: usize = 1000;
 pub struct App {
     /// The engine.
     pub engine: EngineHandle,
+    /// Links to agents (commands such as terminate go through them).
+    pub agents: crate::agents::AgentHub,
     /// Accepted bearer tokens.
     pub tokens: Arc<Tokens>,
     /// The store, for readiness and the audit log.
@@ -114,7 +118,7 @@ impl std::fmt::Debug for App {
 }
 
 /// An API error: status, stable code, human message.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
@@ -748,19 +752,63 @@ async fn get_session(
     session_info(&app, session_id(&raw)?).await.map(Json)
 }
 
-/// End a session (or give a reservation back).
+/// End a session (or give a reservation back). A session on an agent host is terminated through
+/// its agent (logged off with `grace`, in seconds, when given): the answer is 202 with state
+/// `ending`, and the session ends when the agent reports it gone. Other sessions end at once (200).
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", params(("id" = u64, Path, description = "Session id"), EndParams),
-    responses((status = 200, body = SessionInfo), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = SessionInfo), (status = 202, body = SessionInfo), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn end_session(
     State(app): State<App>,
     Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
     q: Result<Query<EndParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<SessionInfo>, ApiError> {
-    let _grace = query(q)?.grace;
+) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
+    let grace = query(q)?.grace;
     let id = session_id(&raw)?;
     let mut info = session_info(&app, id).await?;
+    let target = format!("{id} ({} on {})", info.user, info.host);
+    // A session on an agent host with a backend id ends through its agent: the agent terminates
+    // it (or logs it off with a grace period), and its report that the session is gone ends it.
+    let via_agent = if info.state == "reserved" {
+        None
+    } else {
+        app.engine
+            .query(move |s| {
+                let r = s.session(id)?;
+                let agent = s.host(&r.host).is_some_and(|h| h.spec.agent);
+                r.backend_id.clone().filter(|_| agent)
+            })
+            .await
+            .map_err(ApiError::from)?
+    };
+    if let Some(backend_id) = via_agent {
+        let backend_id = backend_id.to_string();
+        let action = match grace {
+            Some(g) => Action::Logoff {
+                backend_id,
+                grace_ms: g.saturating_mul(1000),
+            },
+            None => Action::Terminate { backend_id },
+        };
+        let r = match app
+            .agents
+            .command(&info.host, action, AGENT_COMMAND_TIMEOUT)
+            .await
+        {
+            Ok(_) => match app.engine.apply(Command::BeginEnding { id }).await {
+                // Already gone: the agent's report came first.
+                Ok(_) | Err(EngineError::Core(CoreError::IdNotFound { .. })) => Ok(()),
+                Err(e) => Err(ApiError::from(e)),
+            },
+            Err(e) => Err(agent_error(e)),
+        };
+        audit(&app, &actor, "end session", &target, &r).await;
+        r?;
+        info.state = "ending".to_owned();
+        return Ok((StatusCode::ACCEPTED, Json(info)));
+    }
     let command = if info.state == "reserved" {
         Command::Release { id }
     } else {
@@ -772,11 +820,75 @@ async fn end_session(
         .await
         .map(|_| ())
         .map_err(ApiError::from);
-    let target = format!("{id} ({} on {})", info.user, info.host);
     audit(&app, &actor, "end session", &target, &r).await;
     r?;
     info.state = "ended".to_owned();
-    Ok(Json(info))
+    Ok((StatusCode::OK, Json(info)))
+}
+
+/// How long the API waits for an agent to carry out a command.
+const AGENT_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn agent_error(e: CommandError) -> ApiError {
+    match e {
+        CommandError::NotConnected(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agent_unavailable",
+            e.to_string(),
+        ),
+        CommandError::Timeout(..) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", e.to_string())
+        }
+        CommandError::Lost(_) | CommandError::Failed { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", e.to_string())
+        }
+    }
+}
+
+/// A newly issued agent credential.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialInfo {
+    /// The host it is for.
+    pub host: String,
+    /// The credential. Shown only now: the broker keeps only its hash. Put it in the agent's
+    /// credential file (mode 0600).
+    pub credential: String,
+}
+
+/// Issue an agent credential for a host, replacing (and disconnecting) any earlier one.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/credentials", params(("name" = String, Path, description = "Host name")),
+    responses((status = 201, body = CredentialInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn enroll_host(
+    State(app): State<App>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<CredentialInfo>), ApiError> {
+    let r = app.agents.enroll(&name).await.map_err(ApiError::from);
+    let outcome = r.as_ref().map(|_| ()).map_err(Clone::clone);
+    audit(&app, &actor, "enroll", &name, &outcome).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(CredentialInfo {
+            host: name,
+            credential: r?,
+        }),
+    ))
+}
+
+/// Revoke a host's agent credential and drop its link.
+#[utoipa::path(delete, path = "/api/v1/hosts/{name}/credentials", params(("name" = String, Path, description = "Host name")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn revoke_host(
+    State(app): State<App>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let r = app.agents.revoke(&name).await.map_err(ApiError::from);
+    audit(&app, &actor, "revoke", &name, &r).await;
+    r?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// List live sessions, filtered, by id.
@@ -1082,6 +1194,7 @@ pub fn api_routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_session, end_session))
         .routes(routes!(explain))
         .routes(routes!(audit_log))
+        .routes(routes!(enroll_host, revoke_host))
         .split_for_parts()
 }
 

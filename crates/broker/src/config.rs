@@ -123,12 +123,18 @@ pub struct HttpSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsSection {
-    /// Listen address for agent links (default 127.0.0.1:7443).
+    /// Listen address for agent links (default 127.0.0.1:7443). The listener runs when this
+    /// is set or when any configured host has an agent.
     pub listen: Option<String>,
-    /// PEM certificate chain.
+    /// PEM certificate chain. Without `tls_cert` and `tls_key` the broker makes a private CA
+    /// and a certificate in `DATA_DIR/tls` on first start (agents pin `agent-ca.crt`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.
     pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or addresses for the generated certificate (beyond localhost, loopback
+    /// and this machine's host name): the names agents use to reach the broker.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// `[management]`.
@@ -238,6 +244,12 @@ pub struct Config {
     pub public_metrics: bool,
     /// Agent listener.
     pub agent_listen: SocketAddr,
+    /// Whether `[agents] listen` was given (the listener then runs even without agent hosts).
+    pub agent_listen_set: bool,
+    /// Agent listener certificate and key, if configured (else generated in the data dir).
+    pub agent_tls: Option<(PathBuf, PathBuf)>,
+    /// Extra names for a generated agent listener certificate.
+    pub agent_names: Vec<String>,
     /// Management socket path.
     pub management_socket: PathBuf,
     /// Tokens file.
@@ -322,6 +334,11 @@ impl FileConfig {
                 .as_deref()
                 .unwrap_or(DEFAULT_AGENT_LISTEN),
         )?;
+        let agent_tls = match (self.agents.tls_cert, self.agents.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("keys `agents.tls_cert` and `agents.tls_key` go together".into()),
+        };
         let default_policy = self.placement.policy.unwrap_or_default();
         let defaults = Settings::default();
         let settings = Settings {
@@ -440,6 +457,9 @@ impl FileConfig {
             trusted_proxies: self.http.trusted_proxies,
             public_metrics: self.http.public_metrics,
             agent_listen,
+            agent_listen_set: self.agents.listen.is_some(),
+            agent_tls,
+            agent_names: self.agents.names,
             settings,
             probe_interval: self
                 .probe
@@ -538,6 +558,11 @@ max_sessions = 40
                 "different settings",
             ),
             ("[http]\ntls_cert = \"/x\"\n", "go together"),
+            ("[agents]\ntls_key = \"/x\"\n", "go together"),
+            (
+                "[[pool]]\nname=\"p\"\n[[pool.host]]\nname=\"a\"\naddress=\"127.0.0.2:22\"\nprobe = true\n",
+                "agent = false",
+            ),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text, "b.toml").unwrap_err().to_string();

@@ -57,6 +57,8 @@ enum Request {
     Apply {
         command: Command,
         reply: Reply,
+        /// When an agent's report arrived (for the report-to-snapshot latency metric).
+        received: Option<Instant>,
     },
     Query(Query),
     Reconfigure {
@@ -247,7 +249,30 @@ impl EngineHandle {
     pub async fn apply(&self, command: Command) -> Result<Vec<Event>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Apply { command, reply })
+            .send(Request::Apply {
+                command,
+                reply,
+                received: None,
+            })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Applies an agent's report that arrived at `received`; the time until a snapshot shows it
+    /// is recorded as `switchboard_report_to_snapshot_seconds`.
+    pub async fn report(
+        &self,
+        command: Command,
+        received: Instant,
+    ) -> Result<Vec<Event>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Apply {
+                command,
+                reply,
+                received: Some(received),
+            })
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
@@ -308,6 +333,9 @@ impl Layout {
     }
 }
 
+/// How often cluster gauges are refreshed from snapshots.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
 struct Engine<S: Store> {
     state: ClusterState,
     store: Arc<S>,
@@ -318,6 +346,10 @@ struct Engine<S: Store> {
     snapshots: watch::Sender<Arc<Snapshot>>,
     last_publish: Instant,
     dirty: bool,
+    /// Arrival times of agent reports applied since the last snapshot.
+    unpublished: Vec<Instant>,
+    /// When the snapshot's metrics were last recorded.
+    last_metrics: Instant,
 }
 
 /// Builds the state from the configuration and the store's durable records.
@@ -409,6 +441,8 @@ pub async fn start<S: Store>(
         snapshots: snap_tx,
         last_publish: Instant::now(),
         dirty: false,
+        unpublished: Vec::new(),
+        last_metrics: Instant::now() - METRICS_EVERY,
     };
     let task = tokio::spawn(engine.run(shutdown));
     Ok((
@@ -496,7 +530,14 @@ impl<S: Store> Engine<S> {
         let mut urgent = false;
         for req in batch {
             match req {
-                Request::Apply { command, reply } => {
+                Request::Apply {
+                    command,
+                    reply,
+                    received,
+                } => {
+                    if let Some(t) = received {
+                        self.unpublished.push(t);
+                    }
                     let started = Instant::now();
                     let is_placement = matches!(command, Command::Reserve { .. });
                     let weight_host = match &command {
@@ -694,9 +735,15 @@ impl<S: Store> Engine<S> {
 
     fn publish(&mut self, ready: bool) {
         let snap = snapshot_of(&self.state, ready);
-        crate::metrics::snapshot(&snap);
+        // Per-host gauges cost a map lookup each; scrapes come every few seconds, so once a
+        // second is plenty even when snapshots go out every 100 ms.
+        if !ready || self.last_metrics.elapsed() >= METRICS_EVERY {
+            crate::metrics::snapshot(&snap);
+            self.last_metrics = Instant::now();
+        }
         self.snapshots.send_replace(Arc::new(snap));
         self.last_publish = Instant::now();
         self.dirty = false;
+        crate::metrics::reports_published(&mut self.unpublished, self.last_publish);
     }
 }

@@ -6,16 +6,20 @@
 //!   replies, and publishes snapshots.
 //! - [`api`]: the REST API, health, readiness and metrics endpoints.
 //! - [`tokens`]: API bearer tokens (a file of hashes).
+//! - [`agents`]: the agent listener, liveness and commands to agents.
+//! - [`pki`]: the agent listener's certificates (a private CA made on first start).
 //! - [`probe`]: TCP probes of agentless hosts.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`Broker::start`] binds and starts everything and returns the bound address; [`run`] does the
 //! same and waits for shutdown. The `switchboard` binary only wires these.
 
+pub mod agents;
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod pki;
 pub mod probe;
 pub mod tls;
 pub mod tokens;
@@ -46,6 +50,9 @@ pub enum BrokerError {
     /// The HTTPS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The agent listener's certificates could not be made.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
@@ -58,6 +65,12 @@ pub struct Broker {
     pub http_addr: SocketAddr,
     /// The engine, for embedding callers and tests.
     pub engine: engine::EngineHandle,
+    /// Links to agents.
+    pub agents: agents::AgentHub,
+    /// Where the agent listener is bound, if it runs.
+    pub agent_addr: Option<SocketAddr>,
+    /// The CA certificate agents pin, when the broker made its own.
+    pub agent_ca: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     engine_task: tokio::task::JoinHandle<()>,
@@ -82,7 +95,42 @@ impl Broker {
         let (engine, engine_task) =
             engine::start(store.clone(), &config, shutdown.child_token()).await?;
         probe::spawn(engine.clone(), &config, shutdown.child_token());
+        let hub = agents::AgentHub::new(engine.clone(), config.settings.stale_after_intervals);
+        let agent_hosts: Vec<String> = config
+            .hosts
+            .iter()
+            .filter(|h| h.agent)
+            .map(|h| h.name.clone())
+            .collect();
+        let (agent_addr, agent_ca) = if config.agent_listen_set || !agent_hosts.is_empty() {
+            let (cert, key, ca) = match &config.agent_tls {
+                Some((c, k)) => (c.clone(), k.clone(), None),
+                None => {
+                    let p = pki::ensure(
+                        &config.data_dir.join("tls"),
+                        &pki::default_names(&config.agent_names),
+                    )?;
+                    (p.cert, p.key, Some(p.ca_cert))
+                }
+            };
+            let mut tls = (*tls::server_config(&cert, &key)?).clone();
+            tls.alpn_protocols.clear();
+            let listener = tokio::net::TcpListener::bind(config.agent_listen)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: config.agent_listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(BrokerError::Http)?;
+            hub.expect(agent_hosts);
+            hub.spawn_listener(listener, Arc::new(tls), shutdown.child_token());
+            hub.spawn_watchdog(shutdown.child_token());
+            (Some(addr), ca)
+        } else {
+            (None, None)
+        };
         let app = api::App {
+            agents: hub.clone(),
             engine: engine.clone(),
             tokens,
             store: store.clone(),
@@ -112,10 +160,13 @@ impl Broker {
                 }
             }
         });
-        tracing::info!(http = %http_addr, https, store = %redact(&config.store_url), "broker started");
+        tracing::info!(http = %http_addr, https, agents = ?agent_addr, store = %redact(&config.store_url), "broker started");
         Ok(Broker {
             http_addr,
             engine,
+            agents: hub,
+            agent_addr,
+            agent_ca,
             shutdown,
             server,
             engine_task,

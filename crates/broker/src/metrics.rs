@@ -16,12 +16,33 @@ const BUCKETS: &[f64] = &[
     0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
 ];
 
+/// Buckets for the report-to-snapshot latency (target: p99 within 200 ms).
+const REPORT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// Records, for each agent report applied since the last snapshot, the time from its arrival to
+/// `published` (when a snapshot showing it went out), and forgets them.
+pub fn reports_published(arrived: &mut Vec<std::time::Instant>, published: std::time::Instant) {
+    if arrived.is_empty() {
+        return;
+    }
+    let h = histogram!("switchboard_report_to_snapshot_seconds");
+    for t in arrived.drain(..) {
+        h.record(published.saturating_duration_since(t).as_secs_f64());
+    }
+}
+
 /// The process-wide recorder (installed on first use).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .set_buckets_for_metric(
+                Matcher::Full("switchboard_report_to_snapshot_seconds".into()),
+                REPORT_BUCKETS,
+            )
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS))
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();

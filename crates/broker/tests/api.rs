@@ -451,6 +451,8 @@ async fn openapi_documents_every_route_and_only_real_ones() {
         ("post", "/api/v1/sessions/{id}/confirm"),
         ("get", "/api/v1/placements/explain"),
         ("get", "/api/v1/audit"),
+        ("post", "/api/v1/hosts/{name}/credentials"),
+        ("delete", "/api/v1/hosts/{name}/credentials"),
     ];
     let mut documented = Vec::new();
     for (path, item) in paths {

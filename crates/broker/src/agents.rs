@@ -1,0 +1,677 @@
+//! The agent listener: one TLS link per session host, carrying length-delimited JSON frames.
+//!
+//! A link starts with the agent's hello (protocol version, host name, report interval and the
+//! host's credential). The broker matches the name tolerantly against its configured hosts,
+//! checks the credential's SHA-256 against the enrolled one in constant time, answers with a
+//! welcome and tells the engine the agent is connected. From then on the agent's load reports,
+//! inventories and session changes become engine commands, in the order they arrive, and the
+//! broker sends commands ([`AgentHub::command`]) and heartbeats.
+//!
+//! Liveness: a host whose agent has not been heard from for `stale_after_intervals` of its
+//! report intervals (default 3) becomes unreachable: no new placements there, its sessions go
+//! `unknown` (kept, not ended) until the agent is back. After a broker start the clock starts
+//! at the start, with the default interval, so hosts whose agents never come back are marked too.
+//!
+//! Rejected agents (unknown host, wrong or revoked credential, other protocol version) get a
+//! `refused` message with the reason, are logged, and are slowed down per source address: each
+//! failure from an address doubles the wait before its next refusal, up to 10 s.
+
+use crate::engine::{EngineError, EngineHandle};
+use futures_util::{SinkExt, StreamExt};
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use switchboard_core::Command;
+use switchboard_proto::agent::{
+    Action, AgentMessage, BrokerMessage, Codec, FrameError, PROTOCOL_VERSION,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Longest the TLS handshake plus the hello may take.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Report intervals an agent may announce.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// See [`MIN_INTERVAL`].
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+/// Interval assumed for a host whose agent has not said hello since the broker started.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3);
+/// Longest wait before refusing an address that keeps failing.
+pub const MAX_PENALTY: Duration = Duration::from_secs(10);
+/// Least time between the broker's heartbeats on a link.
+pub const MIN_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often liveness is checked.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// Messages queued towards one agent before senders wait.
+const OUT_QUEUE: usize = 64;
+/// Source addresses remembered for slowing down failures.
+const MAX_PENALTY_ENTRIES: usize = 65_536;
+
+/// Why a command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No live link to that host.
+    #[error("the agent on {0} is not connected")]
+    NotConnected(String),
+    /// The link went away before the agent answered.
+    #[error("the link to {0} was lost before the agent answered")]
+    Lost(String),
+    /// No answer in time.
+    #[error("the agent on {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    /// The agent answered that it could not do it.
+    #[error("the agent on {host} refused or failed: {message}")]
+    Failed {
+        /// The host.
+        host: String,
+        /// The agent's message.
+        message: String,
+    },
+}
+
+/// Links to agents, shared by the listener, the API and the watchdog. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AgentHub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: EngineHandle,
+    missed: u32,
+    links: Mutex<HashMap<Arc<str>, Link>>,
+    penalties: Mutex<HashMap<IpAddr, Penalty>>,
+    next_conn: AtomicU64,
+    next_command: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Link {
+    /// The live connection, if any.
+    live: Option<LiveLink>,
+    last_seen: Instant,
+    interval: Duration,
+    /// The engine was told the host is unreachable since it was last heard from.
+    lost: bool,
+}
+
+#[derive(Debug)]
+struct LiveLink {
+    conn: u64,
+    tx: mpsc::Sender<BrokerMessage>,
+    close: CancellationToken,
+    pending: HashMap<u64, oneshot::Sender<(bool, String)>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    failures: u32,
+    last: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A new agent credential: `sba_` and 43 base64url characters (256 bits of randomness).
+pub fn new_credential() -> Result<String, String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness available: {e}"))?;
+    Ok(format!(
+        "sba_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// Constant-time comparison of two equally long strings (hex hashes).
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl AgentHub {
+    /// A hub whose hosts become unreachable after `missed` silent report intervals.
+    pub fn new(engine: EngineHandle, missed: u32) -> AgentHub {
+        AgentHub {
+            inner: Arc::new(Inner {
+                engine,
+                missed: missed.max(1),
+                links: Mutex::new(HashMap::new()),
+                penalties: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(1),
+                next_command: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Starts the liveness clock for hosts that have agents but no link yet (at start-up and
+    /// after a reload added hosts).
+    pub fn expect(&self, hosts: impl IntoIterator<Item = String>) {
+        let now = Instant::now();
+        let mut links = lock(&self.inner.links);
+        for h in hosts {
+            links.entry(Arc::from(h)).or_insert(Link {
+                live: None,
+                last_seen: now,
+                interval: DEFAULT_INTERVAL,
+                lost: false,
+            });
+        }
+    }
+
+    /// Issues a new credential for a configured agent host (replacing and disconnecting any
+    /// earlier one) and returns it: the only time it is shown. The store keeps its hash.
+    pub async fn enroll(&self, host: &str) -> Result<String, EngineError> {
+        let secret = new_credential().map_err(EngineError::Unavailable)?;
+        self.inner
+            .engine
+            .apply(Command::IssueCredential {
+                host: host.to_owned(),
+                hash: crate::tokens::hash(&secret),
+            })
+            .await?;
+        self.disconnect(host);
+        Ok(secret)
+    }
+
+    /// Revokes a host's credential and drops its link.
+    pub async fn revoke(&self, host: &str) -> Result<(), EngineError> {
+        self.inner
+            .engine
+            .apply(Command::RevokeCredential {
+                host: host.to_owned(),
+            })
+            .await?;
+        self.disconnect(host);
+        Ok(())
+    }
+
+    /// Whether the host's agent has a live link.
+    pub fn is_connected(&self, host: &str) -> bool {
+        lock(&self.inner.links)
+            .get(host)
+            .is_some_and(|l| l.live.is_some())
+    }
+
+    /// Number of live links.
+    pub fn connected(&self) -> usize {
+        lock(&self.inner.links)
+            .values()
+            .filter(|l| l.live.is_some())
+            .count()
+    }
+
+    /// Closes the host's link (its credential was revoked or replaced). Returns whether there
+    /// was one.
+    pub fn disconnect(&self, host: &str) -> bool {
+        let links = lock(&self.inner.links);
+        match links.get(host).and_then(|l| l.live.as_ref()) {
+            Some(live) => {
+                live.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a command to a host's agent and waits for its result, at most `timeout`.
+    pub async fn command(
+        &self,
+        host: &str,
+        action: Action,
+        timeout: Duration,
+    ) -> Result<String, CommandError> {
+        let id = self.inner.next_command.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        let tx = {
+            let mut links = lock(&self.inner.links);
+            let live = links
+                .get_mut(host)
+                .and_then(|l| l.live.as_mut())
+                .ok_or_else(|| CommandError::NotConnected(host.to_owned()))?;
+            live.pending.insert(id, reply);
+            live.tx.clone()
+        };
+        let sent = tokio::time::timeout(timeout, tx.send(BrokerMessage::Command { id, action }));
+        match sent.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(CommandError::Lost(host.to_owned())),
+            Err(_) => {
+                self.forget_command(host, id);
+                return Err(CommandError::Timeout(host.to_owned(), timeout));
+            }
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok((true, message))) => Ok(message),
+            Ok(Ok((false, message))) => Err(CommandError::Failed {
+                host: host.to_owned(),
+                message,
+            }),
+            Ok(Err(_)) => Err(CommandError::Lost(host.to_owned())),
+            Err(_) => {
+                self.forget_command(host, id);
+                Err(CommandError::Timeout(host.to_owned(), timeout))
+            }
+        }
+    }
+
+    fn forget_command(&self, host: &str, id: u64) {
+        if let Some(live) = lock(&self.inner.links)
+            .get_mut(host)
+            .and_then(|l| l.live.as_mut())
+        {
+            live.pending.remove(&id);
+        }
+    }
+
+    /// Accepts agent links on `listener` until `shutdown`.
+    pub fn spawn_listener(
+        &self,
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        let acceptor = TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "agent listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let hub = hub.clone();
+                let acceptor = acceptor.clone();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    hub.serve(tcp, peer, acceptor, stop).await;
+                });
+            }
+        })
+    }
+
+    /// Marks hosts unreachable once their agents have been silent too long, until `shutdown`.
+    pub fn spawn_watchdog(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let now = Instant::now();
+                let lost: Vec<Arc<str>> = {
+                    let mut links = lock(&hub.inner.links);
+                    let missed = hub.inner.missed;
+                    links
+                        .iter_mut()
+                        .filter(|(_, l)| {
+                            !l.lost && now.duration_since(l.last_seen) > l.interval * missed
+                        })
+                        .map(|(h, l)| {
+                            l.lost = true;
+                            // A link that carries nothing is dead: the agent reconnects.
+                            if let Some(live) = &l.live {
+                                live.close.cancel();
+                            }
+                            h.clone()
+                        })
+                        .collect()
+                };
+                for host in lost {
+                    tracing::warn!(host = %host, "agent silent too long: host unreachable, its sessions unknown");
+                    metrics::counter!("switchboard_agent_lost_total").increment(1);
+                    let engine = hub.inner.engine.clone();
+                    tokio::spawn(async move {
+                        match engine
+                            .apply(Command::AgentLost {
+                                host: host.to_string(),
+                            })
+                            .await
+                        {
+                            Ok(_) | Err(EngineError::ShuttingDown) => {}
+                            Err(e) => {
+                                tracing::debug!(host = %host, error = %e, "host not marked unreachable")
+                            }
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    async fn penalise(&self, ip: IpAddr) {
+        let delay = {
+            let mut p = lock(&self.inner.penalties);
+            let now = Instant::now();
+            if p.len() >= MAX_PENALTY_ENTRIES {
+                p.retain(|_, v| now.duration_since(v.last) < Duration::from_secs(600));
+            }
+            let e = p.entry(ip).or_insert(Penalty {
+                failures: 0,
+                last: now,
+            });
+            if now.duration_since(e.last) > Duration::from_secs(600) {
+                e.failures = 0;
+            }
+            e.failures = e.failures.saturating_add(1);
+            e.last = now;
+            let shift = e.failures.saturating_sub(1).min(10);
+            (Duration::from_millis(100) * (1u32 << shift)).min(MAX_PENALTY)
+        };
+        metrics::counter!("switchboard_agent_rejected_total").increment(1);
+        tokio::time::sleep(delay).await;
+    }
+
+    fn forgive(&self, ip: IpAddr) {
+        lock(&self.inner.penalties).remove(&ip);
+    }
+
+    async fn serve(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        acceptor: TlsAcceptor,
+        shutdown: CancellationToken,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let setup = async {
+            let tls = acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            let mut framed = Framed::new(tls, Codec::<AgentMessage, BrokerMessage>::default());
+            match framed.next().await {
+                Some(Ok(hello)) => Ok((framed, hello)),
+                Some(Err(e)) => Err(format!("bad hello: {e}")),
+                None => Err("closed before the hello".to_owned()),
+            }
+        };
+        let (mut framed, hello) = match tokio::time::timeout(HELLO_TIMEOUT, setup).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::info!(peer = %peer, reason = %e, "agent link failed before the hello");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(peer = %peer, "agent link: no hello within {HELLO_TIMEOUT:?}");
+                return;
+            }
+        };
+        let (host, interval) = match self.admit(hello).await {
+            Ok(x) => x,
+            Err(reason) => {
+                tracing::warn!(peer = %peer, reason = %reason, "agent refused");
+                self.penalise(peer.ip()).await;
+                let _ = framed.send(BrokerMessage::Refused { reason }).await;
+                let _ = framed.close().await;
+                return;
+            }
+        };
+        self.forgive(peer.ip());
+        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        // The broker's heartbeats only prove it is alive (a restart closes links outright), so
+        // they need not come every report interval: with thousands of agents that would double
+        // the traffic.
+        let heartbeat = interval.max(MIN_HEARTBEAT);
+        let close = shutdown.child_token();
+        let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
+        {
+            let mut links = lock(&self.inner.links);
+            let link = links.entry(host.clone()).or_insert(Link {
+                live: None,
+                last_seen: Instant::now(),
+                interval,
+                lost: false,
+            });
+            if let Some(old) = link.live.take() {
+                // The newer link wins (the agent restarted, or the old link is half dead).
+                old.close.cancel();
+            }
+            link.live = Some(LiveLink {
+                conn,
+                tx,
+                close: close.clone(),
+                pending: HashMap::new(),
+            });
+            link.last_seen = Instant::now();
+            link.interval = interval;
+            link.lost = false;
+        }
+        if let Err(e) = self
+            .inner
+            .engine
+            .apply(Command::AgentConnected {
+                host: host.to_string(),
+                report_interval: interval,
+            })
+            .await
+        {
+            tracing::warn!(host = %host, error = %e, "agent link not registered");
+            let _ = framed
+                .send(BrokerMessage::Refused {
+                    reason: e.to_string(),
+                })
+                .await;
+            self.unlink(&host, conn);
+            return;
+        }
+        if framed
+            .send(BrokerMessage::Welcome {
+                version: PROTOCOL_VERSION,
+                heartbeat_ms: u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX),
+            })
+            .await
+            .is_err()
+        {
+            self.unlink(&host, conn);
+            return;
+        }
+        tracing::info!(host = %host, peer = %peer, interval_ms = interval.as_millis() as u64, "agent connected");
+        let (mut sink, mut stream) = framed.split();
+        // Writer: commands and heartbeats towards the agent.
+        let writer_close = close.clone();
+        let writer = tokio::spawn(async move {
+            let mut beat = tokio::time::interval(heartbeat);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let msg = tokio::select! {
+                    _ = writer_close.cancelled() => break,
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                    _ = beat.tick() => BrokerMessage::Heartbeat,
+                };
+                if sink.send(msg).await.is_err() {
+                    writer_close.cancel();
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let why = loop {
+            let frame = tokio::select! {
+                _ = close.cancelled() => break "closed by the broker".to_owned(),
+                f = stream.next() => f,
+            };
+            match frame {
+                None => break "the agent closed the link".to_owned(),
+                Some(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    break format!(
+                        "frame over the {} byte limit ({e})",
+                        switchboard_proto::agent::MAX_FRAME
+                    );
+                }
+                Some(Err(e)) => break e.to_string(),
+                Some(Ok(msg)) => {
+                    let received = Instant::now();
+                    self.touch(&host, conn);
+                    if let Err(e) = self.handle(&host, conn, msg, received).await {
+                        break e;
+                    }
+                }
+            }
+        };
+        close.cancel();
+        let _ = writer.await;
+        self.unlink(&host, conn);
+        tracing::info!(host = %host, peer = %peer, reason = %why, "agent link closed");
+    }
+
+    /// Checks a hello; returns the configured host name and the report interval.
+    async fn admit(&self, hello: AgentMessage) -> Result<(Arc<str>, Duration), String> {
+        let AgentMessage::Hello {
+            version,
+            host,
+            report_interval_ms,
+            agent_version: _,
+            credential,
+        } = hello
+        else {
+            return Err("the first message must be a hello".into());
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {version} is not supported (this broker speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        let interval = Duration::from_millis(report_interval_ms);
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+            return Err(format!(
+                "report interval {report_interval_ms} ms is outside 500–60000 ms"
+            ));
+        }
+        let asked = host.clone();
+        let found = self
+            .inner
+            .engine
+            .query(move |s| {
+                let name = s.resolve_host_name(&asked)?;
+                let agent = s.host(&name).is_some_and(|h| h.spec.agent);
+                let hash = s.credential(&name).map(str::to_owned);
+                Some((name, agent, hash))
+            })
+            .await
+            .map_err(|e| format!("the broker cannot check credentials now: {e}"))?;
+        let Some((name, agent, hash)) = found else {
+            return Err(format!(
+                "host {host:?} is not in the broker's configuration (or its short name is ambiguous)"
+            ));
+        };
+        if !agent {
+            return Err(format!("host {name:?} is configured without an agent"));
+        }
+        let Some(hash) = hash else {
+            return Err(format!(
+                "no credential is enrolled for host {name:?}; issue one with `switchboard ctl enroll {name}` or POST /api/v1/hosts/{name}/credentials"
+            ));
+        };
+        if !same(&crate::tokens::hash(&credential.0), &hash) {
+            return Err(format!("credential rejected for host {name:?}"));
+        }
+        Ok((name, interval))
+    }
+
+    fn touch(&self, host: &str, conn: u64) {
+        if let Some(l) = lock(&self.inner.links).get_mut(host)
+            && l.live.as_ref().is_some_and(|v| v.conn == conn)
+        {
+            l.last_seen = Instant::now();
+        }
+    }
+
+    fn unlink(&self, host: &str, conn: u64) {
+        let mut links = lock(&self.inner.links);
+        if let Some(l) = links.get_mut(host)
+            && l.live.as_ref().is_some_and(|v| v.conn == conn)
+        {
+            // Pending commands fail with `Lost` as their senders drop.
+            l.live = None;
+        }
+    }
+
+    /// Turns one agent message into engine commands. An error ends the link.
+    async fn handle(
+        &self,
+        host: &Arc<str>,
+        conn: u64,
+        msg: AgentMessage,
+        received: Instant,
+    ) -> Result<(), String> {
+        let command = match msg {
+            AgentMessage::Hello { .. } => return Err("a second hello on one link".into()),
+            AgentMessage::Heartbeat => return Ok(()),
+            AgentMessage::CommandResult { id, ok, message } => {
+                let waiter = lock(&self.inner.links)
+                    .get_mut(&**host)
+                    .and_then(|l| l.live.as_mut())
+                    .filter(|v| v.conn == conn)
+                    .and_then(|v| v.pending.remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send((ok, message));
+                }
+                return Ok(());
+            }
+            AgentMessage::Load(report) => Command::ReportLoad {
+                host: host.to_string(),
+                report,
+            },
+            AgentMessage::Inventory { sessions } => Command::ReportInventory {
+                host: host.to_string(),
+                sessions,
+            },
+            AgentMessage::SessionChanged(session) => Command::ReportSession {
+                host: host.to_string(),
+                session,
+            },
+            AgentMessage::SessionGone { backend_id } => Command::ReportSessionGone {
+                host: host.to_string(),
+                backend_id,
+            },
+        };
+        metrics::counter!("switchboard_agent_messages_total").increment(1);
+        let applied = match command {
+            Command::ReportLoad { .. } => self.inner.engine.report(command, received).await,
+            _ => self.inner.engine.apply(command).await,
+        };
+        match applied {
+            Ok(_) => Ok(()),
+            Err(EngineError::ShuttingDown) => Err("the broker is shutting down".into()),
+            Err(e) => {
+                // A bad report is dropped, not fatal: the next one replaces it.
+                tracing::debug!(host = %host, error = %e, "agent report not applied");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn hash_comparison_needs_equal_strings() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "abcd"));
+    }
+}
