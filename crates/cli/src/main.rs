@@ -40,16 +40,24 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// All-in-one on this machine: the broker with SQLite in a data directory and the REST API on
-    /// 127.0.0.1, with a generated admin token. Prints where to look. (The local agent, dashboard
-    /// and X2Go frontend join it in later releases.)
+    /// All-in-one on this machine: the broker with SQLite in a data directory, the REST API on
+    /// 127.0.0.1 with a generated admin token, and a local agent for this machine (its own CA,
+    /// broker certificate and agent credential are made in the data directory). Prints where to
+    /// look. (The dashboard and X2Go frontend join it in later releases.)
     Up {
-        /// Where the database and the admin token live (created if missing).
+        /// Where the database, certificates and the admin token live (created if missing).
         #[arg(long, default_value = "./switchboard-data")]
         data_dir: PathBuf,
         /// HTTP listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Agent listener address.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        agents_listen: String,
+        /// Also run N simulated hosts (pool `sim`, hosts sim-00001… at 127.x addresses) with
+        /// synthetic load and sessions.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        simulate: usize,
     },
     /// The cluster master: state, placement, REST API and metrics, with a durable store (SQLite
     /// or PostgreSQL). SIGHUP reloads the configuration; SIGTERM stops it.
@@ -66,12 +74,24 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-    /// Runs on every session host: reports load and sessions, carries out the broker's commands.
-    /// [Not available yet.]
+    /// Runs on every session host: keeps a TLS link to the broker, reports load (from /proc) and
+    /// the sessions its sources see (x2go, logind, xpra, a site command), and carries out the
+    /// broker's commands (terminate, kill, disconnect, log off). Never needs setuid; see
+    /// docs/agent-privileges.md for the narrow grants each source needs.
     Agent {
-        /// Agent configuration file.
+        /// Agent configuration file (TOML; see examples/agent.toml).
         #[arg(long, default_value = "/etc/switchboard/agent.toml")]
         config: PathBuf,
+        /// Validate the configuration and exit (0 if valid, 64 if not).
+        #[arg(long)]
+        check_config: bool,
+        /// Run N simulated hosts instead (sim-00001…, for demos and scale tests): the file's
+        /// `credential_file` then holds one `NAME CREDENTIAL` line per simulated host.
+        #[arg(long, value_name = "N")]
+        simulate: Option<usize>,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// L4 load balancer for ssh and desktop protocols (userspace proxy or kernel IPVS rules).
     /// [Not available yet; its schedulers exist in switchboard-core.]
@@ -189,16 +209,31 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
         let shutdown = CancellationToken::new();
         let broker = switchboard_broker::Broker::start(config, shutdown.clone()).await?;
         let engine = broker.engine.clone();
+        let agents = broker.agents.clone();
+        let listening = broker.agent_addr.is_some();
         let path = config_path.to_owned();
         signals(
             shutdown,
             Some(Box::new(move || {
                 let engine = engine.clone();
+                let agents = agents.clone();
                 let path = path.clone();
                 tokio::spawn(async move {
                     match Config::load(&path) {
-                        Ok(c) => match engine.reconfigure(c).await {
-                            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+                        Ok(c) => match engine.reconfigure(c.clone()).await {
+                            Ok(()) => {
+                                let agent_hosts: Vec<String> = c
+                                    .hosts
+                                    .iter()
+                                    .filter(|h| h.agent)
+                                    .map(|h| h.name.clone())
+                                    .collect();
+                                if !listening && !agent_hosts.is_empty() {
+                                    tracing::warn!("hosts with agents were added, but the agent listener was not started with the broker; restart the broker to accept their links");
+                                }
+                                agents.expect(agent_hosts);
+                                tracing::info!(file = %path.display(), "configuration reloaded");
+                            }
                             Err(e) => tracing::error!(error = %e, "configuration not applied"),
                         },
                         Err(e) => tracing::error!(error = %e, "configuration not reloaded; keeping the running one"),
@@ -211,15 +246,160 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
     })
 }
 
-fn short_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().split('.').next().unwrap_or("localhost").to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+use switchboard_agent::config::{AgentConfig, short_hostname};
+
+fn agent(config_path: &Path, check: bool, simulate: Option<usize>, seed: u64) -> Result<ExitCode> {
+    let path = config_path.display().to_string();
+    let text = match std::fs::read_to_string(config_path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchboard: invalid configuration: {path}: {e}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+    let raw = match AgentConfig::parse(&text, &path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchboard: invalid configuration: {e}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+    let credential_file = raw.credential_file.clone();
+    let (credential, table) = match simulate {
+        None => match switchboard_agent::config::read_credential(&credential_file) {
+            Ok(c) => (c, Vec::new()),
+            Err(e) => {
+                eprintln!("switchboard: invalid configuration: {path}: key `credential_file`: {e}");
+                return Ok(ExitCode::from(EX_CONFIG));
+            }
+        },
+        Some(n) => match read_credential_table(&credential_file, n) {
+            Ok(t) => (String::new(), t),
+            Err(e) => {
+                eprintln!("switchboard: invalid configuration: {path}: key `credential_file`: {e}");
+                return Ok(ExitCode::from(EX_CONFIG));
+            }
+        },
+    };
+    let config = match raw.validate(credential) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: invalid configuration: {path}: {e}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+    if let Err(e) = switchboard_agent::link::client_tls(&config.ca) {
+        eprintln!("switchboard: invalid configuration: {path}: key `ca`: {e}");
+        return Ok(ExitCode::from(EX_CONFIG));
+    }
+    if check {
+        println!(
+            "{path}: ok (host {}, broker {}, {} sources, report every {:?})",
+            config.host,
+            config.broker,
+            config.sources.len(),
+            config.report_interval
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    install_crypto();
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        signals(shutdown.clone(), None)?;
+        match simulate {
+            None => {
+                switchboard_agent::host::spawn(config, shutdown.clone())?;
+            }
+            Some(n) => {
+                let link = switchboard_agent::link::LinkParams {
+                    broker: config.broker.clone(),
+                    server_name: switchboard_agent::link::server_name(&config.server_name)?,
+                    tls: switchboard_agent::link::client_tls(&config.ca)?,
+                    host: String::new(),
+                    credential: String::new(),
+                    interval: config.report_interval,
+                    quiet: true,
+                };
+                tracing::info!(hosts = n, broker = %config.broker, "simulating hosts");
+                switchboard_agent::sim::spawn(
+                    table,
+                    switchboard_agent::sim::SimOptions {
+                        link,
+                        seed,
+                        start_rate: 0.05,
+                    },
+                    shutdown.clone(),
+                );
+            }
+        }
+        shutdown.cancelled().await;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
-fn up(data_dir: &Path, listen: &str) -> Result<ExitCode> {
+/// `NAME CREDENTIAL` lines for simulated hosts; exactly the first `n` simulated names.
+fn read_credential_table(
+    path: &Path,
+    n: usize,
+) -> Result<Vec<switchboard_agent::sim::SimHost>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{}: readable by group or others; chmod 600 it",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut table = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, cred)) = line.split_once(char::is_whitespace) else {
+            return Err(format!(
+                "{}: line {}: expected `NAME CREDENTIAL`",
+                path.display(),
+                i + 1
+            ));
+        };
+        table.insert(name.to_owned(), cred.trim().to_owned());
+    }
+    (0..n)
+        .map(|i| {
+            let name = switchboard_agent::sim::host_name(i);
+            match table.remove(&name) {
+                Some(credential) => Ok(switchboard_agent::sim::SimHost { name, credential }),
+                None => Err(format!("{}: no credential for {name}", path.display())),
+            }
+        })
+        .collect()
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Session sources for `switchboard up`'s local agent: those this machine has.
+fn local_sources() -> Vec<switchboard_agent::sources::SourceConfig> {
+    let mut out = Vec::new();
+    let mut add = |kind: &str| match toml::from_str(&format!("kind = {kind:?}")) {
+        Ok(c) => out.push(c),
+        Err(e) => tracing::warn!(kind, error = %e, "session source not available"),
+    };
+    if Path::new("/usr/bin/x2golistsessions_root").exists()
+        || Path::new("/usr/sbin/x2golistsessions_root").exists()
+    {
+        add("x2go");
+    }
+    if Path::new("/run/systemd/system").exists() {
+        add("logind");
+    }
+    out
+}
+
+fn up(data_dir: &Path, listen: &str, agents_listen: &str, simulate: usize) -> Result<ExitCode> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -238,12 +418,14 @@ fn up(data_dir: &Path, listen: &str) -> Result<ExitCode> {
         new_token = Some(token);
     }
     let host = short_hostname();
-    let text = format!(
+    let mut text = format!(
         r#"data_dir = {dir:?}
 [store]
 url = "sqlite://{db}"
 [http]
 listen = {listen:?}
+[agents]
+listen = {agents_listen:?}
 [api]
 tokens_file = {tokens:?}
 [[pool]]
@@ -256,14 +438,88 @@ address = "127.0.0.1:22"
         db = data_dir.join("switchboard.db").display(),
         tokens = tokens_file.display().to_string(),
     );
+    if simulate > 0 {
+        text.push_str("[[pool]]\nname = \"sim\"\npolicy = \"least-load\"\n");
+        for i in 0..simulate {
+            text.push_str(&format!(
+                "[[pool.host]]\nname = {:?}\naddress = {:?}\n",
+                switchboard_agent::sim::host_name(i),
+                switchboard_agent::sim::host_address(i)
+            ));
+        }
+    }
     let config = match Config::parse(&text, "switchboard up") {
         Ok(c) => c,
         Err(e) => bail!("{e}"),
     };
+    install_crypto();
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         let broker = switchboard_broker::Broker::start(config, shutdown.clone()).await?;
         let url = format!("http://{}", broker.http_addr);
+        let (Some(agent_addr), Some(ca)) = (broker.agent_addr, broker.agent_ca.clone()) else {
+            bail!("the agent listener did not start");
+        };
+        // The local agent: its credential lives in the data directory; a new one is issued when
+        // the file is missing or the broker no longer knows it.
+        let cred_path = data_dir.join("agent.credential");
+        let known = std::fs::read_to_string(&cred_path).ok().map(|c| c.trim().to_owned());
+        let wanted = host.clone();
+        let stored = broker
+            .engine
+            .query(move |s| s.credential(&wanted).map(str::to_owned))
+            .await?;
+        let credential = match (known, stored) {
+            (Some(c), Some(h)) if switchboard_broker::tokens::hash(&c) == h => c,
+            _ => {
+                let c = broker.agents.enroll(&host).await?;
+                let _ = std::fs::remove_file(&cred_path);
+                write_secret(&cred_path, &format!("{c}\n"))?;
+                c
+            }
+        };
+        let agent_config = AgentConfig {
+            broker: agent_addr.to_string(),
+            server_name: "localhost".into(),
+            ca: ca.clone(),
+            credential,
+            host: host.clone(),
+            report_interval: switchboard_agent::config::DEFAULT_INTERVAL,
+            sources: local_sources(),
+        };
+        let sources = agent_config
+            .sources
+            .iter()
+            .map(|s| s.kind())
+            .collect::<Vec<_>>()
+            .join(", ");
+        switchboard_agent::host::spawn(agent_config, shutdown.clone())?;
+        if simulate > 0 {
+            let mut hosts = Vec::with_capacity(simulate);
+            for i in 0..simulate {
+                let name = switchboard_agent::sim::host_name(i);
+                let credential = broker.agents.enroll(&name).await?;
+                hosts.push(switchboard_agent::sim::SimHost { name, credential });
+            }
+            let link = switchboard_agent::link::LinkParams {
+                broker: agent_addr.to_string(),
+                server_name: switchboard_agent::link::server_name("localhost")?,
+                tls: switchboard_agent::link::client_tls(&ca)?,
+                host: String::new(),
+                credential: String::new(),
+                interval: switchboard_agent::config::DEFAULT_INTERVAL,
+                quiet: true,
+            };
+            switchboard_agent::sim::spawn(
+                hosts,
+                switchboard_agent::sim::SimOptions {
+                    link,
+                    seed: 1,
+                    start_rate: 0.05,
+                },
+                shutdown.clone(),
+            );
+        }
         println!("Switchboard is up (Ctrl-C stops it).");
         println!(
             "  REST API  {url}/api/v1/   (bearer token in {})",
@@ -276,6 +532,14 @@ address = "127.0.0.1:22"
         println!("  Metrics   {url}/metrics");
         println!("  Data      {} (SQLite)", data_dir.display());
         println!("  Pool      desktops = this machine ({host}, 127.0.0.1:22)");
+        println!(
+            "  Agent     local agent linked over TLS to {agent_addr} (sources: {}; CA {})",
+            if sources.is_empty() { "none found" } else { &sources },
+            ca.display()
+        );
+        if simulate > 0 {
+            println!("  Simulated pool `sim`: {simulate} hosts (sim-00001…) with synthetic load and sessions");
+        }
         println!(
             "  Try       curl -s -H \"Authorization: Bearer $(cat {})\" {url}/api/v1/hosts",
             token_path.display()
@@ -301,7 +565,12 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Up { data_dir, listen } => up(&data_dir, &listen),
+        Command::Up {
+            data_dir,
+            listen,
+            agents_listen,
+            simulate,
+        } => up(&data_dir, &listen, &agents_listen, simulate),
         Command::Broker {
             config,
             check_config,
@@ -333,7 +602,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agent { .. } => unavailable("agent"),
+        Command::Agent {
+            config,
+            check_config,
+            simulate,
+            seed,
+        } => agent(&config, check_config, simulate, seed),
         Command::Director { .. } => unavailable("director"),
         Command::Ctl { .. } => unavailable("ctl"),
     }

@@ -25,7 +25,7 @@ fn help_lists_every_subcommand() {
 
 #[test]
 fn unfinished_subcommands_say_so_and_fail() {
-    for sub in ["agent", "director", "ctl"] {
+    for sub in ["director", "ctl"] {
         let out = switchboard(&[sub]);
         assert_eq!(out.status.code(), Some(69), "{sub}");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -101,4 +101,61 @@ fn token_add_prints_a_token_once_and_stores_its_hash() {
     );
     assert!(switchboard(&["token", "revoke", f, "ops"]).status.success());
     assert!(!std::fs::read_to_string(&file).unwrap().contains("ops:"));
+}
+
+#[test]
+fn agent_check_config_validates_the_file_the_credential_and_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA the agent can pin, made the way the broker makes its own.
+    let pki = switchboard_broker::pki::ensure(&d.join("tls"), &["localhost".to_owned()]).unwrap();
+    let cred = d.join("agent.credential");
+    std::fs::write(&cred, "sba_test\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let good = d.join("agent.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "broker = \"127.0.0.1:7443\"\nserver_name = \"localhost\"\nca = {:?}\ncredential_file = {:?}\nhost = \"h1\"\n[[source]]\nkind = \"logind\"\n",
+            pki.ca_cert.display().to_string(),
+            cred.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = switchboard(&[
+        "agent",
+        "--config",
+        good.to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (host h1"));
+
+    // A readable-by-all credential file is refused, naming the key.
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = switchboard(&[
+        "agent",
+        "--config",
+        good.to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credential_file"));
+
+    // Unknown keys name the line.
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, "broker = \"127.0.0.1:7443\"\ncolour = \"blue\"\n").unwrap();
+    let out = switchboard(&["agent", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("colour"), "{err}");
+
+    // A missing file is a configuration error too.
+    let out = switchboard(&["agent", "--config", d.join("nope.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
 }

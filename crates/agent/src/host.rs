@@ -1,0 +1,253 @@
+//! The agent on a real host: samples load, looks at its session sources every report interval,
+//! and carries out the broker's commands through the source that reported the session.
+//!
+//! A source whose listing fails keeps its last known sessions (a failed `loginctl` call must not
+//! tell the broker that everyone logged out) and the failure is logged once until it recovers.
+
+use crate::config::AgentConfig;
+use crate::link::{self, Executor, Feeds, Inventory, LinkParams, LinkState};
+use crate::load::LoadSampler;
+use crate::sources::{SessionAct, Source};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_core::model::ReportedSession;
+use switchboard_proto::agent::Action;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// TLS settings or the server name are unusable.
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+}
+
+/// Sessions with the index of the source that reported each.
+#[derive(Debug, Default, Clone)]
+struct Owned {
+    sessions: Inventory,
+    owner: HashMap<String, usize>,
+}
+
+struct HostExecutor {
+    sources: Arc<Vec<Source>>,
+    owned: Arc<Mutex<Owned>>,
+    poke: Arc<Notify>,
+}
+
+impl HostExecutor {
+    fn find(&self, backend_id: &str) -> Result<(ReportedSession, usize), String> {
+        let o = self
+            .owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (o.sessions.get(backend_id), o.owner.get(backend_id)) {
+            (Some(s), Some(&i)) => Ok((s.clone(), i)),
+            _ => Err(format!("no session {backend_id:?} on this host")),
+        }
+    }
+
+    async fn act(&self, act: SessionAct, backend_id: &str) -> Result<String, String> {
+        let (session, i) = self.find(backend_id)?;
+        let r = self.sources[i]
+            .act(act, &session)
+            .await
+            .map_err(|e| e.to_string());
+        // Look again now, so the broker hears of the change before the next interval.
+        self.poke.notify_one();
+        r
+    }
+
+    async fn still_there(&self, backend_id: &str) -> bool {
+        let Ok((_, i)) = self.find(backend_id) else {
+            return false;
+        };
+        match self.sources[i].list().await {
+            Ok(list) => list.iter().any(|s| s.backend_id == backend_id),
+            // Cannot tell: assume it is, so the kill is tried (it fails harmlessly if not).
+            Err(_) => true,
+        }
+    }
+}
+
+impl Executor for HostExecutor {
+    fn execute(
+        &self,
+        action: Action,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(async move {
+            match action {
+                Action::Terminate { backend_id } => {
+                    self.act(SessionAct::Terminate, &backend_id).await
+                }
+                Action::Kill { backend_id } => self.act(SessionAct::Kill, &backend_id).await,
+                Action::Disconnect { backend_id } => {
+                    self.act(SessionAct::Disconnect, &backend_id).await
+                }
+                Action::Logoff {
+                    backend_id,
+                    grace_ms,
+                } => {
+                    let done = self.act(SessionAct::Terminate, &backend_id).await?;
+                    let me = HostExecutor {
+                        sources: self.sources.clone(),
+                        owned: self.owned.clone(),
+                        poke: self.poke.clone(),
+                    };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+                        if me.still_there(&backend_id).await {
+                            match me.act(SessionAct::Kill, &backend_id).await {
+                                Ok(m) => {
+                                    tracing::info!(session = %backend_id, message = %m, "log-off grace over: killed")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(session = %backend_id, error = %e, "log-off grace over: kill failed")
+                                }
+                            }
+                        }
+                    });
+                    Ok(format!("{done}; killed after {grace_ms} ms if still there"))
+                }
+                Action::AddKey {
+                    user,
+                    key,
+                    expires_at_ms,
+                } => crate::authkeys::apply(
+                    &user,
+                    crate::authkeys::KeyOp::Add { key, expires_at_ms },
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Action::RemoveKey { user, key } => {
+                    crate::authkeys::apply(&user, crate::authkeys::KeyOp::Remove { key })
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+    }
+}
+
+/// Looks at every source, keeping a failed source's last sessions. Returns the new inventory
+/// and owners.
+async fn collect(sources: &[Source], previous: &Owned, failing: &mut [bool]) -> Owned {
+    let mut out = Owned::default();
+    for (i, src) in sources.iter().enumerate() {
+        let listed = match src.list().await {
+            Ok(list) => {
+                if failing[i] {
+                    tracing::info!(source = src.kind(), "session source works again");
+                    failing[i] = false;
+                }
+                list
+            }
+            Err(e) => {
+                if !failing[i] {
+                    tracing::warn!(source = src.kind(), error = %e, "session source failed; keeping its last known sessions");
+                    failing[i] = true;
+                }
+                previous
+                    .owner
+                    .iter()
+                    .filter(|(_, o)| **o == i)
+                    .filter_map(|(id, _)| previous.sessions.get(id).cloned())
+                    .collect()
+            }
+        };
+        for s in listed {
+            if out.owner.contains_key(&s.backend_id) {
+                tracing::debug!(session = %s.backend_id, "reported by two sources; the first wins");
+                continue;
+            }
+            out.owner.insert(s.backend_id.clone(), i);
+            out.sessions.insert(s.backend_id.clone(), s);
+        }
+    }
+    out
+}
+
+/// Runs the agent for one real host until `shutdown`. Returns the link state receiver.
+pub fn spawn(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<watch::Receiver<LinkState>, AgentError> {
+    let params = LinkParams {
+        broker: config.broker.clone(),
+        server_name: link::server_name(&config.server_name)?,
+        tls: link::client_tls(&config.ca)?,
+        host: config.host.clone(),
+        credential: config.credential.clone(),
+        interval: config.report_interval,
+        quiet: false,
+    };
+    let sources: Arc<Vec<Source>> = Arc::new(config.sources.into_iter().map(Source::new).collect());
+    let owned = Arc::new(Mutex::new(Owned::default()));
+    let poke = Arc::new(Notify::new());
+    let (load_tx, load_rx) = watch::channel(None);
+    let (sessions_tx, sessions_rx) = watch::channel(Arc::new(Inventory::new()));
+    let (state_tx, state_rx) = watch::channel(LinkState::Down("starting".into()));
+    let interval = config.report_interval;
+    {
+        let sources = sources.clone();
+        let owned = owned.clone();
+        let poke = poke.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut sampler = LoadSampler::new();
+            let mut failing = vec![false; sources.len()];
+            let mut load_failing = false;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let poked = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => false,
+                    _ = poke.notified() => true,
+                };
+                let previous = owned
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                let now = collect(&sources, &previous, &mut failing).await;
+                let count = u32::try_from(now.sessions.len()).unwrap_or(u32::MAX);
+                if **sessions_tx.borrow() != now.sessions {
+                    sessions_tx.send_replace(Arc::new(now.sessions.clone()));
+                }
+                *owned
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                if poked {
+                    continue;
+                }
+                match sampler.sample(count) {
+                    Ok(r) => {
+                        load_failing = false;
+                        load_tx.send_replace(Some(r));
+                    }
+                    Err(e) => {
+                        if !load_failing {
+                            tracing::warn!(error = %e, "cannot read the host's load");
+                            load_failing = true;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let exec = Arc::new(HostExecutor {
+        sources,
+        owned,
+        poke,
+    });
+    let feeds = Feeds {
+        load: load_rx,
+        sessions: sessions_rx,
+    };
+    tokio::spawn(link::run(params, feeds, exec, state_tx, shutdown));
+    Ok(state_rx)
+}

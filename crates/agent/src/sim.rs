@@ -1,0 +1,272 @@
+//! Simulation: many virtual hosts in one process, each with its own link to the broker, seeded
+//! synthetic load, and sessions that start and end. For demos and scale tests.
+//!
+//! A simulated host's load drifts as a random walk; each report interval a session starts with
+//! a small probability (more when the host is empty), running sessions disconnect, come back or
+//! end. Commands act on the simulated sessions (terminate and kill end them, disconnect detaches
+//! them), so the broker sees the same round-trips as with real hosts. The same seed gives the
+//! same hosts and the same sequence of events per host.
+
+use crate::link::{self, Executor, Feeds, Inventory, LinkParams, LinkState};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_core::model::{LoadReport, ReportedSession, ReportedState};
+use switchboard_proto::agent::Action;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the `i`-th simulated host (0-based): `sim-00001`, `sim-00002`, ….
+pub fn host_name(i: usize) -> String {
+    format!("sim-{:05}", i + 1)
+}
+
+/// Client address of the `i`-th simulated host: in 127.0.0.0/8, never 127.0.0.1, port 22.
+pub fn host_address(i: usize) -> String {
+    let n = i + 2;
+    format!(
+        "127.{}.{}.{}:22",
+        (n >> 16) & 0xff,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
+}
+
+/// One simulated host to run.
+#[derive(Debug, Clone)]
+pub struct SimHost {
+    /// Its name (as configured in the broker's pool).
+    pub name: String,
+    /// Its credential.
+    pub credential: String,
+}
+
+/// What all simulated hosts share.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Template for each link; `host` and `credential` are replaced per host.
+    pub link: LinkParams,
+    /// Seed of the synthetic load and sessions.
+    pub seed: u64,
+    /// Chance per interval that an idle host starts a session (busier hosts start fewer).
+    pub start_rate: f64,
+}
+
+struct SimState {
+    rng: ChaCha8Rng,
+    load: f64,
+    sessions: Inventory,
+    next: u64,
+    name: String,
+    start_rate: f64,
+}
+
+impl SimState {
+    fn step(&mut self) {
+        // Load: a bounded random walk around the number of sessions.
+        let target = self.sessions.len() as f64 * 0.4;
+        let noise = (self.rng.next_u64() % 1000) as f64 / 1000.0 - 0.5;
+        self.load = (self.load + (target - self.load) * 0.2 + noise * 0.3).clamp(0.0, 64.0);
+        let roll = |rng: &mut ChaCha8Rng| (rng.next_u64() % 1_000_000) as f64 / 1_000_000.0;
+        let ids: Vec<String> = self.sessions.keys().cloned().collect();
+        for id in ids {
+            let r = roll(&mut self.rng);
+            if r < 0.01 {
+                self.sessions.remove(&id);
+            } else if r < 0.03
+                && let Some(s) = self.sessions.get_mut(&id)
+            {
+                s.state = match s.state {
+                    ReportedState::Running => ReportedState::Disconnected,
+                    ReportedState::Disconnected => ReportedState::Running,
+                };
+            }
+        }
+        let busy = 1.0 + self.sessions.len() as f64;
+        if roll(&mut self.rng) < self.start_rate / busy {
+            self.next += 1;
+            let user = format!("simuser{}", self.rng.next_u64() % 10_000);
+            let id = format!("{}-{}", self.name, self.next);
+            self.sessions.insert(
+                id.clone(),
+                ReportedSession {
+                    backend_id: id,
+                    user,
+                    state: ReportedState::Running,
+                    idle_secs: Some(self.rng.next_u64() % 600),
+                },
+            );
+        }
+    }
+
+    fn report(&self) -> LoadReport {
+        let sessions = u32::try_from(self.sessions.len()).unwrap_or(u32::MAX);
+        LoadReport {
+            load_avg: [self.load, self.load * 0.9, self.load * 0.8],
+            cpu_utilisation: (self.load / 8.0).min(1.0),
+            cpu_count: 8,
+            cpu_mhz: 2400.0,
+            mem_total_kib: 32 * 1024 * 1024,
+            mem_available_kib: (32 * 1024 * 1024u64)
+                .saturating_sub(u64::from(sessions) * 1024 * 1024),
+            psi_cpu_some_avg10: Some((self.load * 2.0).min(100.0)),
+            psi_memory_some_avg10: Some(0.0),
+            session_count: sessions,
+            users: sessions,
+        }
+    }
+}
+
+struct SimExecutor {
+    state: Arc<Mutex<SimState>>,
+    sessions: watch::Sender<Arc<Inventory>>,
+}
+
+impl SimExecutor {
+    fn publish(&self, s: &SimState) {
+        self.sessions.send_replace(Arc::new(s.sessions.clone()));
+    }
+}
+
+impl Executor for SimExecutor {
+    fn execute(
+        &self,
+        action: Action,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(async move {
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let result = match action {
+                Action::Terminate { backend_id }
+                | Action::Kill { backend_id }
+                | Action::Logoff { backend_id, .. } => match s.sessions.remove(&backend_id) {
+                    Some(_) => Ok(format!("ended simulated session {backend_id}")),
+                    None => Err(format!("no session {backend_id:?} on this host")),
+                },
+                Action::Disconnect { backend_id } => match s.sessions.get_mut(&backend_id) {
+                    Some(x) => {
+                        x.state = ReportedState::Disconnected;
+                        Ok(format!("disconnected simulated session {backend_id}"))
+                    }
+                    None => Err(format!("no session {backend_id:?} on this host")),
+                },
+                Action::AddKey { user, .. } | Action::RemoveKey { user, .. } => {
+                    Ok(format!("simulated key change for {user}"))
+                }
+            };
+            if result.is_ok() {
+                self.publish(&s);
+            }
+            result
+        })
+    }
+}
+
+/// Runs every host in `hosts` until `shutdown`. Returns each host's link state receiver.
+pub fn spawn(
+    hosts: Vec<SimHost>,
+    opts: SimOptions,
+    shutdown: CancellationToken,
+) -> Vec<(String, watch::Receiver<LinkState>)> {
+    let interval = opts.link.interval;
+    let mut out = Vec::with_capacity(hosts.len());
+    for (i, h) in hosts.into_iter().enumerate() {
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(opts.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // Spread the hosts' report times over the interval.
+        let phase = Duration::from_nanos(
+            rng.next_u64() % u64::try_from(interval.as_nanos()).unwrap_or(1).max(1),
+        );
+        let state = Arc::new(Mutex::new(SimState {
+            rng,
+            load: 0.0,
+            sessions: Inventory::new(),
+            next: 0,
+            name: h.name.clone(),
+            start_rate: opts.start_rate,
+        }));
+        let (load_tx, load_rx) = watch::channel(None);
+        let (sessions_tx, sessions_rx) = watch::channel(Arc::new(Inventory::new()));
+        let (state_tx, state_rx) = watch::channel(LinkState::Down("starting".into()));
+        let exec = Arc::new(SimExecutor {
+            state: state.clone(),
+            sessions: sessions_tx.clone(),
+        });
+        let mut params = opts.link.clone();
+        params.host = h.name.clone();
+        params.credential = h.credential;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(phase) => {}
+            }
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let (report, inventory) = {
+                    let mut s = state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    s.step();
+                    (s.report(), s.sessions.clone())
+                };
+                if **sessions_tx.borrow() != inventory {
+                    sessions_tx.send_replace(Arc::new(inventory));
+                }
+                load_tx.send_replace(Some(report));
+            }
+        });
+        let feeds = Feeds {
+            load: load_rx,
+            sessions: sessions_rx,
+        };
+        tokio::spawn(link::run(params, feeds, exec, state_tx, shutdown.clone()));
+        out.push((h.name, state_rx));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_addresses_are_loopback_and_never_127_0_0_1() {
+        assert_eq!(host_address(0), "127.0.0.2:22");
+        assert_eq!(host_address(253), "127.0.0.255:22");
+        assert_eq!(host_address(254), "127.0.1.0:22");
+        assert_eq!(host_address(99_999), "127.1.134.161:22");
+        assert_eq!(host_name(0), "sim-00001");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_hosts() {
+        let run = |seed| {
+            let mut s = SimState {
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                load: 0.0,
+                sessions: Inventory::new(),
+                next: 0,
+                name: "sim-00001".into(),
+                start_rate: 0.5,
+            };
+            for _ in 0..500 {
+                s.step();
+            }
+            let load = s.report().load_avg;
+            (s.sessions, load)
+        };
+        assert_eq!(run(3), run(3));
+        assert!(!run(3).0.is_empty(), "sessions start");
+    }
+}

@@ -1,0 +1,150 @@
+//! `switchboard up`, run as a newcomer runs it: the broker comes up with its own CA, the local
+//! agent links to it over TLS and reports this machine's load, simulated hosts join with
+//! `--simulate`, and a second start reuses the credential and the CA.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the process if the test fails half-way.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &std::path::Path, port: u16, simulate: usize) -> (Guard, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--agents-listen",
+            "127.0.0.1:0",
+            "--simulate",
+            &simulate.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let mut lines = Vec::new();
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap();
+        let done = line.trim_start().starts_with("Try");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    (guard, lines)
+}
+
+async fn hosts(base: &str, token: &str) -> Vec<Value> {
+    let r = switchboard_testkit::http_client()
+        .get(format!("{base}/api/v1/hosts?limit=1000"))
+        .bearer_auth(token)
+        .send()
+        .await;
+    match r {
+        Ok(r) => r.json::<Value>().await.unwrap()["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn up_links_its_local_agent_and_simulated_hosts_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (guard, lines) = start(&data, port, 3);
+    let text = lines.join("\n");
+    assert!(text.contains("local agent linked over TLS"), "{text}");
+    assert!(text.contains("Simulated pool `sim`: 3 hosts"), "{text}");
+    let token = std::fs::read_to_string(data.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // The local host and the three simulated hosts all come up with load reports.
+    wait_for(
+        "four hosts up with load",
+        Duration::from_secs(30),
+        async || {
+            let h = hosts(&base, &token).await;
+            h.len() == 4
+                && h.iter().all(|h| {
+                    h["health"] == "up" && h["load"]["cpu_count"].as_u64().unwrap_or(0) > 0
+                })
+        },
+    )
+    .await;
+    let h = hosts(&base, &token).await;
+    let sim: Vec<&Value> = h
+        .iter()
+        .filter(|h| h["name"].as_str().unwrap().starts_with("sim-"))
+        .collect();
+    assert_eq!(sim.len(), 3);
+    for s in &sim {
+        let addr = s["address"].as_str().unwrap_or_default().to_owned();
+        assert!(addr.starts_with("127.") && addr != "127.0.0.1", "{s}");
+    }
+    // Secrets are private; the CA and credential stay for the next start.
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "agent.credential",
+        "admin.token",
+        "tls/agent-ca.key",
+        "tls/agents.key",
+    ] {
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let credential = std::fs::read_to_string(data.join("agent.credential")).unwrap();
+    let ca = std::fs::read(data.join("tls/agent-ca.crt")).unwrap();
+    drop(guard);
+
+    let (_guard, _) = start(&data, port, 0);
+    wait_for("local host up again", Duration::from_secs(30), async || {
+        let h = hosts(&base, &token).await;
+        h.len() == 1 && h[0]["health"] == "up"
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(data.join("agent.credential")).unwrap(),
+        credential,
+        "the local agent's credential is reused"
+    );
+    assert_eq!(std::fs::read(data.join("tls/agent-ca.crt")).unwrap(), ca);
+}
