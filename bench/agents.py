@@ -132,7 +132,8 @@ def main():
     with open(cfg, "w") as f:
         f.write('data_dir = "%s"\n[store]\nurl = "sqlite://%s/switchboard.db"\n' % (work, work))
         f.write('[http]\nlisten = "127.0.0.1:%d"\n[agents]\nlisten = "127.0.0.1:%d"\n' % (http_port, agent_port))
-        f.write('[api]\ntokens_file = "%s"\n[[pool]]\nname = "sim"\npolicy = "least-load"\n' % tokens)
+        f.write('[api]\ntokens_file = "%s"\n[management]\nsocket = "%s/mgmt.sock"\n' % (tokens, work))
+        f.write('[[pool]]\nname = "sim"\npolicy = "least-load"\n')
         for i in range(N):
             f.write('[[pool.host]]\nname = "%s"\naddress = "%s"\n' % (sim_name(i), sim_addr(i)))
     log = open(os.path.join(work, "broker.log"), "w")

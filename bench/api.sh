@@ -30,6 +30,7 @@ run_backend() {
     echo "[store]"; echo "url = \"$url\""
     echo "[http]"; echo "listen = \"127.0.0.1:$port\""
     echo "[api]"; echo "tokens_file = \"$WORK/tokens\""
+    echo "[management]"; echo "socket = \"$WORK/$name.sock\""
     echo "[placement]"; echo "reservation_ttl = \"1h\""
     echo "[[pool]]"; echo "name = \"bench\""; echo "agent = false"
     for h in $(seq 0 999); do

@@ -80,13 +80,15 @@ impl Harness {
         let text = format!(
             "data_dir = {:?}\n[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [agents]\nlisten = \"127.0.0.1:{}\"\n[api]\ntokens_file = {:?}\n\
+             [management]\nsocket = \"{}/mgmt.sock\"\n\
              [[pool]]\nname = \"desktops\"\n\
              [[pool.host]]\nname = \"h1.example.org\"\naddress = \"127.0.0.2:22\"\n\
              [[pool.host]]\nname = \"h2\"\naddress = \"127.0.0.3:22\"\n",
             d.display().to_string(),
             d.join("db").display(),
             self.agent_port,
-            d.join("tokens").display().to_string()
+            d.join("tokens").display().to_string(),
+            d.display()
         );
         Config::parse(&text, "test.toml").unwrap()
     }

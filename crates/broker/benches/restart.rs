@@ -41,7 +41,7 @@ async fn run(kind: Kind) {
     }
     store.close().await;
     let mut text = format!(
-        "[store]\nurl = {url:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[[pool]]\nname = \"desktops\"\n"
+        "[store]\nurl = {url:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[[pool]]\nname = \"desktops\"\nagent = false\n"
     );
     for h in 0..HOSTS {
         text.push_str(&format!(
@@ -52,8 +52,9 @@ async fn run(kind: Kind) {
     }
     let dir = tempfile::tempdir().unwrap();
     text.push_str(&format!(
-        "[api]\ntokens_file = {:?}\n",
-        dir.path().join("tokens").display().to_string()
+        "[api]\ntokens_file = {:?}\n[management]\nsocket = {:?}\n",
+        dir.path().join("tokens").display().to_string(),
+        dir.path().join("mgmt.sock").display().to_string()
     ));
     let config = Config::parse(&text, "bench.toml").unwrap();
     let client = switchboard_testkit::http_client();

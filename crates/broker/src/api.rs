@@ -23,11 +23,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 use switchboard_core::model::{ReservationRecord, SessionRecord, SessionState};
-use switchboard_core::{
-    AdminState, Command, CoreError, Event, Millis, PlacementOutcome, SessionId,
-};
+use switchboard_core::{AdminState, Command, CoreError, Event, PlacementOutcome, SessionId};
 use switchboard_proto::agent::Action;
-use switchboard_store::{AuditRecord, SqlStore, Store};
+use switchboard_store::{SqlStore, Store};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -88,24 +86,11 @@ async fn audit(
     target: &str,
     result: &Result<(), ApiError>,
 ) {
-    let mut id = [0u8; 16];
-    let _ = getrandom::fill(&mut id);
-    let record = AuditRecord {
-        id: id.iter().map(|b| format!("{b:02x}")).collect(),
-        at: Millis::now_wall(),
-        actor: actor.0.clone(),
-        surface: "api".into(),
-        action: action.into(),
-        target: target.into(),
-        result: match result {
-            Ok(()) => "ok".into(),
-            Err(e) => format!("{}: {}", e.code, e.message),
-        },
+    let result = match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!("{}: {}", e.code, e.message)),
     };
-    tracing::info!(actor = %record.actor, action, target, result = %record.result, "operator action");
-    if let Err(e) = app.store.append_audit(&record).await {
-        tracing::error!(error = %e, action, target, "audit record not written");
-    }
+    crate::audit::record(&app.store, &actor.0, "api", action, target, result).await;
 }
 
 impl std::fmt::Debug for App {

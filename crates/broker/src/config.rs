@@ -252,6 +252,10 @@ pub struct Config {
     pub agent_names: Vec<String>,
     /// Management socket path.
     pub management_socket: PathBuf,
+    /// Its file mode (default 0660).
+    pub management_mode: u32,
+    /// The group that owns it (members may use it), if set.
+    pub management_group: Option<String>,
     /// Tokens file.
     pub tokens_file: PathBuf,
     /// Cluster-wide placement settings.
@@ -440,8 +444,32 @@ impl FileConfig {
                 hosts: members,
             });
         }
+        let management_mode = match &self.management.mode {
+            None => 0o660,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    format!(
+                        "key `management.mode`: {m:?} is not an octal file mode such as \"0660\""
+                    )
+                })?,
+        };
+        if management_mode & 0o007 != 0 {
+            return Err(format!(
+                "key `management.mode`: {:o} lets every local user drive the broker; use 0660 or tighter",
+                management_mode
+            ));
+        }
+        if let Some(g) = &self.management.group
+            && (g.is_empty() || g.contains(':') || g.contains('\n'))
+        {
+            return Err(format!("key `management.group`: {g:?} is not a group name"));
+        }
         Ok(Config {
             path: None,
+            management_mode,
+            management_group: self.management.group.clone(),
             management_socket: self
                 .management
                 .socket

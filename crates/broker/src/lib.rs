@@ -4,11 +4,13 @@
 //! - [`config`]: the TOML configuration, validated into [`config::Config`].
 //! - [`engine`]: the single task that owns the cluster state, commits to the store before it
 //!   replies, and publishes snapshots.
+//! - [`audit`]: the audit log of operator actions.
 //! - [`api`]: the REST API, health, readiness and metrics endpoints.
 //! - [`tokens`]: API bearer tokens (a file of hashes).
 //! - [`agents`]: the agent listener, liveness and commands to agents.
 //! - [`pki`]: the agent listener's certificates (a private CA made on first start).
 //! - [`probe`]: TCP probes of agentless hosts.
+//! - [`mgmt`]: the management socket (`switchboard ctl`).
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`Broker::start`] binds and starts everything and returns the bound address; [`run`] does the
@@ -16,9 +18,11 @@
 
 pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod mgmt;
 pub mod pki;
 pub mod probe;
 pub mod tls;
@@ -50,6 +54,9 @@ pub enum BrokerError {
     /// The HTTPS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The management socket could not be set up.
+    #[error(transparent)]
+    Mgmt(#[from] mgmt::MgmtError),
     /// The agent listener's certificates could not be made.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -71,6 +78,9 @@ pub struct Broker {
     pub agent_addr: Option<SocketAddr>,
     /// The CA certificate agents pin, when the broker made its own.
     pub agent_ca: Option<std::path::PathBuf>,
+    /// The management socket.
+    pub mgmt_socket: std::path::PathBuf,
+    mgmt_task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     engine_task: tokio::task::JoinHandle<()>,
@@ -129,6 +139,24 @@ impl Broker {
         } else {
             (None, None)
         };
+        let (mgmt_listener, gid) = mgmt::bind(
+            &config.management_socket,
+            config.management_mode,
+            config.management_group.as_deref(),
+        )
+        .await?;
+        let mgmt_task = mgmt::spawn(
+            mgmt::Mgmt {
+                engine: engine.clone(),
+                agents: hub.clone(),
+                store: store.clone(),
+                shutdown: shutdown.child_token(),
+            },
+            mgmt_listener,
+            config.management_socket.clone(),
+            gid,
+            shutdown.child_token(),
+        );
         let app = api::App {
             agents: hub.clone(),
             engine: engine.clone(),
@@ -160,13 +188,15 @@ impl Broker {
                 }
             }
         });
-        tracing::info!(http = %http_addr, https, agents = ?agent_addr, store = %redact(&config.store_url), "broker started");
+        tracing::info!(http = %http_addr, https, agents = ?agent_addr, mgmt = %config.management_socket.display(), store = %redact(&config.store_url), "broker started");
         Ok(Broker {
             http_addr,
             engine,
             agents: hub,
             agent_addr,
             agent_ca,
+            mgmt_socket: config.management_socket.clone(),
+            mgmt_task,
             shutdown,
             server,
             engine_task,
@@ -183,6 +213,7 @@ impl Broker {
     /// Waits until the broker has stopped (after its shutdown token was cancelled).
     pub async fn wait(self) -> Result<(), BrokerError> {
         let served = self.server.await;
+        let _ = self.mgmt_task.await;
         let _ = self.engine_task.await;
         self.store.close().await;
         match served {

@@ -19,11 +19,12 @@ async fn the_api_is_served_over_https_when_a_certificate_is_configured() {
     let tokens_file = dir.path().join("tokens");
     let token = tokens::add(&tokens_file, "admin", Access::ReadWrite).unwrap();
     let text = format!(
-        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n[api]\ntokens_file = {:?}\n[[pool]]\nname = \"p\"\nagent = false\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.2:22\"\n",
+        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n[api]\ntokens_file = {:?}\n[[pool]]\nname = \"p\"\nagent = false\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.2:22\"\n[management]\nsocket = \"{}/mgmt.sock\"\n",
         dir.path().join("sb.db").display(),
         cert_path.display().to_string(),
         key_path.display().to_string(),
-        tokens_file.display().to_string()
+        tokens_file.display().to_string(),
+        dir.path().display()
     );
     let broker = Broker::start(
         Config::parse(&text, "t.toml").unwrap(),
@@ -62,11 +63,12 @@ async fn a_bad_certificate_stops_the_start_with_the_file_named() {
     let bogus = dir.path().join("bogus.pem");
     std::fs::write(&bogus, "not a certificate\n").unwrap();
     let text = format!(
-        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n[api]\ntokens_file = {:?}\n",
+        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n[api]\ntokens_file = {:?}\n[management]\nsocket = \"{}/mgmt.sock\"\n",
         dir.path().join("sb.db").display(),
         bogus.display().to_string(),
         bogus.display().to_string(),
-        dir.path().join("tokens").display().to_string()
+        dir.path().join("tokens").display().to_string(),
+        dir.path().display()
     );
     let e = Broker::start(
         Config::parse(&text, "t.toml").unwrap(),

@@ -1,6 +1,8 @@
 //! The `switchboard` binary: parses the command line, sets up logging and signals, and hands over
 //! to the daemon crates. Thin by design; everything else lives in libraries.
 
+mod ctl;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -100,8 +102,10 @@ enum Command {
         #[arg(long, default_value = "/etc/switchboard/director.toml")]
         config: PathBuf,
     },
-    /// Operator console on the management socket: interactive without a command, one-shot with one.
-    /// [Not available yet.]
+    /// Operator console on the broker's management socket: an interactive monitor (line editing,
+    /// history, completion of commands, host and user names) without a command, one-shot with
+    /// one (`switchboard ctl servers`, `switchboard ctl drain x2go1 --then-offline`). `help`
+    /// lists the commands. Exits non-zero when the command fails.
     Ctl {
         /// Management socket path.
         #[arg(
@@ -151,8 +155,8 @@ fn init_logging(format: LogFormat) {
 fn unavailable(what: &str) -> Result<ExitCode> {
     eprintln!(
         "switchboard: `{what}` is not available in this build yet. This release has the broker \
-         (`switchboard up`, `switchboard broker`); the agent, director and console follow. See \
-         README.md."
+         (`switchboard up`, `switchboard broker`), the agent and the console (`switchboard ctl`); \
+         the director follows. See README.md."
     );
     Ok(ExitCode::from(EX_UNAVAILABLE))
 }
@@ -426,6 +430,8 @@ url = "sqlite://{db}"
 listen = {listen:?}
 [agents]
 listen = {agents_listen:?}
+[management]
+socket = {socket:?}
 [api]
 tokens_file = {tokens:?}
 [[pool]]
@@ -437,6 +443,7 @@ address = "127.0.0.1:22"
         dir = data_dir.display().to_string(),
         db = data_dir.join("switchboard.db").display(),
         tokens = tokens_file.display().to_string(),
+        socket = data_dir.join("mgmt.sock").display().to_string(),
     );
     if simulate > 0 {
         text.push_str("[[pool]]\nname = \"sim\"\npolicy = \"least-load\"\n");
@@ -529,6 +536,10 @@ address = "127.0.0.1:22"
             println!("  Admin token (shown once, saved 0600 in the file above): {t}");
         }
         println!("  OpenAPI   {url}/api/v1/openapi.json");
+        println!(
+            "  Console   switchboard ctl --socket {}   (management socket, mode 0660)",
+            broker.mgmt_socket.display()
+        );
         println!("  Metrics   {url}/metrics");
         println!("  Data      {} (SQLite)", data_dir.display());
         println!("  Pool      desktops = this machine ({host}, 127.0.0.1:22)");
@@ -609,7 +620,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
         } => agent(&config, check_config, simulate, seed),
         Command::Director { .. } => unavailable("director"),
-        Command::Ctl { .. } => unavailable("ctl"),
+        Command::Ctl { socket, command } => ctl::run(&socket, &command),
     }
 }
 

@@ -182,8 +182,10 @@ async fn kill_mid_stream(kind: Kind) {
     let token = tokens::add(&tokens_file, "admin", Access::ReadWrite).unwrap();
     let port = free_port();
     let mut config = format!(
-        "[store]\nurl = {store_url:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {:?}\n",
-        tokens_file.display().to_string()
+        "[store]\nurl = {store_url:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {:?}\n\
+         [management]\nsocket = {:?}\n",
+        tokens_file.display().to_string(),
+        dir.path().join("mgmt.sock").display().to_string()
     );
     // One pool per client, each with the client's own host, so every host's history has one
     // writer and "the last acknowledged value" is well defined.

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use switchboard_broker::tokens::{self, Access};
 
 fn config(store: &str, port: u16, tokens: &str, hosts: &[&str]) -> String {
+    let socket = format!("{tokens}.mgmt.sock");
     let mut s = format!(
-        "[store]\nurl = {store:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {tokens:?}\n[[pool]]\nname = \"p\"\nagent = false\n"
+        "[store]\nurl = {store:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {tokens:?}\n\
+         [management]\nsocket = {socket:?}\n[[pool]]\nname = \"p\"\nagent = false\n"
     );
     for (i, h) in hosts.iter().enumerate() {
         s.push_str(&format!(

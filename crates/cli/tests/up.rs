@@ -131,6 +131,52 @@ async fn up_links_its_local_agent_and_simulated_hosts_over_tls() {
             & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
+    // The operator console on the management socket, one-shot and interactive.
+    let socket = data.join("mgmt.sock");
+    let ctl = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["ctl", "--socket", socket.to_str().unwrap()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = ctl(&["servers"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HOST"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("sim-00003 ")), "{text}");
+    let out = ctl(&["server", "no-such-host"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no host"));
+    let out = ctl(
+        &[],
+        "hello\ndrain sim-00001\nsessions host=sim-00001\nquit\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("4 hosts"), "{text}");
+    assert!(text.contains("sim-00001: draining"), "{text}");
+    let out = ctl(&["--", "frobnicate"], "");
+    assert_eq!(out.status.code(), Some(1));
     let credential = std::fs::read_to_string(data.join("agent.credential")).unwrap();
     let ca = std::fs::read(data.join("tls/agent-ca.crt")).unwrap();
     drop(guard);

@@ -59,9 +59,11 @@ impl TestBroker {
 
     pub fn config(&self) -> Config {
         let text = format!(
-            "[store]\nurl = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntokens_file = {:?}\n{}",
+            "[store]\nurl = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntokens_file = {:?}\n\
+             [management]\nsocket = {:?}\n{}",
             self.store_url,
             self.tokens_file.display().to_string(),
+            self.dir.path().join("mgmt.sock").display().to_string(),
             self.extra
         );
         Config::parse(&text, "test.toml").unwrap()

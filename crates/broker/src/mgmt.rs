@@ -1,0 +1,913 @@
+//! The management socket: a UNIX socket speaking the line protocol of
+//! [`switchboard_proto::mgmt`] (VERDE's command set plus drain, weight, sessions, explain,
+//! enroll, revoke and audit), for `switchboard ctl` and for scripts.
+//!
+//! The socket is created with the configured mode (default 0660) and group. On top of the file
+//! permissions, each connection's peer credentials (SO_PEERCRED) are checked: root, the broker's
+//! own user, and members of the configured group are served; anyone else is told so and
+//! disconnected. Every action is audited with surface `ctl` and the peer's user name.
+
+use crate::agents::{AgentHub, CommandError};
+use crate::engine::{EngineError, EngineHandle, HostInfo};
+use serde_json::{Value, json};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_core::model::SessionRecord;
+use switchboard_core::{AdminState, Command, CoreError, SessionId};
+use switchboard_proto::agent::Action;
+use switchboard_proto::mgmt::{self, COMMANDS, Request, SessionFilter, Target, table};
+use switchboard_store::{SqlStore, Store};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long a command waits for an agent.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    /// A file operation failed.
+    #[error("management socket {path}: {message}")]
+    Socket {
+        /// The path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What the socket's commands act on.
+#[derive(Clone)]
+pub struct Mgmt {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// Agent links.
+    pub agents: AgentHub,
+    /// The store (audit log).
+    pub store: Arc<SqlStore>,
+    /// Stops background work (drain-then-offline watchers).
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Mgmt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mgmt").finish_non_exhaustive()
+    }
+}
+
+fn gid_of_group(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.next()?;
+        f.next()?.parse().ok()
+    })
+}
+
+/// The user name of `uid` (from /etc/passwd), or `uid:N`.
+pub fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                f.next()?;
+                (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+/// Supplementary groups of a process (from /proc/PID/status).
+fn groups_of(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
+                l[7..]
+                    .split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Binds the socket at `path` with `mode` and `group`. A stale socket left by a crash is
+/// replaced; a live one (another broker) is an error.
+pub async fn bind(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<(UnixListener, Option<u32>), MgmtError> {
+    let err = |message: String| MgmtError::Socket {
+        path: path.display().to_string(),
+        message,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(err("exists and is not a socket; not touching it".into()));
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(err("another broker is listening on it".into()));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let gid = match group {
+        Some(g) => Some(gid_of_group(g).ok_or_else(|| err(format!("group {g:?} does not exist")))?),
+        None => None,
+    };
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(format!("cannot set its mode: {e}")))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| err(format!("cannot give it to the group: {e}")))?;
+    }
+    Ok((listener, gid))
+}
+
+/// Serves connections until `shutdown`, then removes the socket file.
+pub fn spawn(
+    mgmt: Mgmt,
+    listener: UnixListener,
+    path: PathBuf,
+    gid: Option<u32>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let own_uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "management socket: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let m = mgmt.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let Ok(cred) = stream.peer_cred() else {
+                    return;
+                };
+                let uid = cred.uid();
+                let allowed = uid == 0
+                    || uid == own_uid
+                    || gid.is_some_and(|g| {
+                        cred.gid() == g || cred.pid().is_some_and(|p| groups_of(p).contains(&g))
+                    });
+                let actor = user_name(uid);
+                if !allowed {
+                    tracing::warn!(user = %actor, uid, "management socket: refused");
+                    let (_, mut w) = stream.into_split();
+                    let _ = send(
+                        &mut w,
+                        false,
+                        Err(format!("user {actor} may not use the management socket")),
+                    )
+                    .await;
+                    return;
+                }
+                m.serve(stream, actor, stop).await;
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+/// A command's outcome: JSON for programs, text for people.
+struct Reply {
+    json: Value,
+    text: String,
+}
+
+impl Reply {
+    fn new(json: Value, text: impl Into<String>) -> Reply {
+        Reply {
+            json,
+            text: text.into(),
+        }
+    }
+}
+
+fn engine_err(e: EngineError) -> String {
+    e.to_string()
+}
+
+impl Mgmt {
+    async fn serve(&self, stream: UnixStream, actor: String, shutdown: CancellationToken) {
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        let mut verbose = false;
+        loop {
+            let line = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                l = read_line(&mut r, &mut buf) => l,
+            };
+            let result = match line {
+                Err(_) | Ok(None) => return,
+                Ok(Some(Err(e))) => Err(e),
+                Ok(Some(Ok(line))) => match mgmt::parse(&line) {
+                    Ok(None) => continue,
+                    Ok(Some(Request::Quit)) => {
+                        let _ = send(&mut w, verbose, Ok(Reply::new(json!("bye"), "bye"))).await;
+                        return;
+                    }
+                    Ok(Some(Request::Verbose(v))) => {
+                        if let Some(v) = v {
+                            verbose = v;
+                        }
+                        Ok(Reply::new(
+                            json!({"verbose": verbose}),
+                            format!("verbose {}", if verbose { "on" } else { "off" }),
+                        ))
+                    }
+                    Ok(Some(r)) => self.execute(r, &actor).await,
+                    Err(e) => Err(e.0),
+                },
+            };
+            if send(&mut w, verbose, result).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn audit(&self, actor: &str, action: &str, target: &str, r: &Result<Reply, String>) {
+        let result = match r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        crate::audit::record(&self.store, actor, "ctl", action, target, result).await;
+    }
+
+    async fn execute(&self, r: Request, actor: &str) -> Result<Reply, String> {
+        match r {
+            Request::Help(None) => {
+                let rows: Vec<Vec<String>> = COMMANDS
+                    .iter()
+                    .map(|(_, u, d)| vec![(*u).to_owned(), (*d).to_owned()])
+                    .collect();
+                Ok(Reply::new(
+                    json!(
+                        COMMANDS
+                            .iter()
+                            .map(|(n, u, d)| json!({"command": n, "usage": u, "does": d}))
+                            .collect::<Vec<_>>()
+                    ),
+                    table(&["COMMAND", "DOES"], &rows),
+                ))
+            }
+            Request::Help(Some(c)) => match COMMANDS.iter().find(|(n, _, _)| *n == c) {
+                Some((n, u, d)) => Ok(Reply::new(
+                    json!({"command": n, "usage": u, "does": d}),
+                    format!("{u}\n  {d}"),
+                )),
+                None => Err(format!("no command {c:?}; `help` lists them")),
+            },
+            Request::Hello => {
+                let snap = self.engine.snapshot();
+                let (sessions, users) = self
+                    .engine
+                    .query(|s| {
+                        let mut u: Vec<_> = s.sessions().map(|r| r.user).collect();
+                        u.sort();
+                        u.dedup();
+                        (s.session_count(), u.len())
+                    })
+                    .await
+                    .map_err(engine_err)?;
+                let up = snap.hosts.iter().filter(|h| h.health == "up").count();
+                Ok(Reply::new(
+                    json!({"version": env!("CARGO_PKG_VERSION"), "hosts": snap.hosts.len(), "hosts_up": up,
+                           "sessions": sessions, "users": users, "reservations": snap.reservations, "ready": snap.ready}),
+                    format!(
+                        "Switchboard broker {}: {} hosts ({} up), {} sessions, {} users, {} reservations",
+                        env!("CARGO_PKG_VERSION"),
+                        snap.hosts.len(),
+                        up,
+                        sessions,
+                        users,
+                        snap.reservations
+                    ),
+                ))
+            }
+            Request::Servers => {
+                let snap = self.engine.snapshot();
+                let rows = snap.hosts.iter().map(server_row).collect::<Vec<_>>();
+                Ok(Reply::new(
+                    json!(snap.hosts),
+                    table(
+                        &[
+                            "HOST",
+                            "ADMIN",
+                            "HEALTH",
+                            "SESSIONS",
+                            "RESERVED",
+                            "WEIGHT",
+                            "LOAD1",
+                            "CPU",
+                            "MEM FREE",
+                            "NOT PLACEABLE",
+                        ],
+                        &rows,
+                    ),
+                ))
+            }
+            Request::Server(name) => {
+                let snap = self.engine.snapshot();
+                let h = snap
+                    .hosts
+                    .iter()
+                    .find(|h| h.name == name)
+                    .ok_or_else(|| format!("no host {name:?}"))?;
+                let connected = self.agents.is_connected(&h.name);
+                let mut text = format!(
+                    "host       {}\naddress    {}:{}\nadmin      {}\nhealth     {}\nagent      {}\nweight     {}\nsessions   {}{}\nreserved   {}\npools      {}\nplaceable  {}",
+                    h.name,
+                    h.address,
+                    h.port,
+                    h.admin,
+                    h.health,
+                    if !h.agent {
+                        "none (agentless)"
+                    } else if connected {
+                        "linked"
+                    } else {
+                        "not linked"
+                    },
+                    h.weight,
+                    h.sessions,
+                    h.max_sessions
+                        .map(|m| format!(" of {m}"))
+                        .unwrap_or_default(),
+                    h.reservations,
+                    h.pools.join(", "),
+                    h.excluded
+                        .as_deref()
+                        .map_or("yes".to_owned(), |e| format!("no ({e})")),
+                );
+                if let Some(l) = &h.load {
+                    text.push_str(&format!(
+                        "\nload       {:.2} {:.2} {:.2}, cpu {:.0}% of {}, memory {} of {} MiB free, {} users",
+                        l.load_avg[0],
+                        l.load_avg[1],
+                        l.load_avg[2],
+                        l.cpu_utilisation * 100.0,
+                        l.cpu_count,
+                        l.mem_available_kib / 1024,
+                        l.mem_total_kib / 1024,
+                        l.users
+                    ));
+                }
+                let mut j = json!(h);
+                j["agent_linked"] = json!(connected);
+                Ok(Reply::new(j, text))
+            }
+            Request::Users => {
+                let users = self
+                    .engine
+                    .query(|s| {
+                        let mut by: std::collections::BTreeMap<String, (usize, Vec<String>)> =
+                            Default::default();
+                        for r in s.sessions() {
+                            let e = by.entry(r.user.to_string()).or_default();
+                            e.0 += 1;
+                            if !e.1.iter().any(|h| **h == *r.host) {
+                                e.1.push(r.host.to_string());
+                            }
+                        }
+                        by
+                    })
+                    .await
+                    .map_err(engine_err)?;
+                let rows = users
+                    .iter()
+                    .map(|(u, (n, hosts))| vec![u.clone(), n.to_string(), hosts.join(",")])
+                    .collect::<Vec<_>>();
+                Ok(Reply::new(
+                    json!(
+                        users
+                            .iter()
+                            .map(|(u, (n, h))| json!({"user": u, "sessions": n, "hosts": h}))
+                            .collect::<Vec<_>>()
+                    ),
+                    table(&["USER", "SESSIONS", "HOSTS"], &rows),
+                ))
+            }
+            Request::User(name) => {
+                let n = name.clone();
+                let sessions = self
+                    .engine
+                    .query(move |s| s.sessions_of_user(&n))
+                    .await
+                    .map_err(engine_err)?;
+                Ok(sessions_reply(&sessions))
+            }
+            Request::Sessions(f) => {
+                let sessions = self
+                    .engine
+                    .query(move |s| s.sessions().filter(|r| keep(&f, r)).collect::<Vec<_>>())
+                    .await
+                    .map_err(engine_err)?;
+                Ok(sessions_reply(&sessions))
+            }
+            Request::Reservations => {
+                let rs = self
+                    .engine
+                    .query(|s| s.reservations())
+                    .await
+                    .map_err(engine_err)?;
+                let rows = rs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.0.to_string(),
+                            r.user.to_string(),
+                            r.host.to_string(),
+                            r.pool.to_string(),
+                            r.expires_at.0.to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                Ok(Reply::new(
+                    json!(rs.iter().map(|r| json!({"id": r.id.0, "user": r.user, "host": r.host, "pool": r.pool, "expires_at": r.expires_at.0})).collect::<Vec<_>>()),
+                    table(&["ID", "USER", "HOST", "POOL", "EXPIRES AT (ms)"], &rows),
+                ))
+            }
+            Request::Explain(user, pool) => {
+                let e = self
+                    .engine
+                    .query(move |s| s.explain(&user, &pool))
+                    .await
+                    .map_err(engine_err)?
+                    .map_err(|e| e.to_string())?;
+                let mut text = format!(
+                    "pool {} ({}): resume {}, next new session on {}",
+                    e.pool,
+                    e.policy.as_str(),
+                    e.resume.as_ref().map_or("nothing".to_owned(), |r| format!(
+                        "{} on {}",
+                        r.id.0, r.host
+                    )),
+                    e.next.as_deref().unwrap_or("no host")
+                );
+                let rows = e
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h.host.to_string(),
+                            h.score.map_or("-".into(), |s| format!("{s:.4}")),
+                            h.excluded.map_or(
+                                if h.penalized {
+                                    "penalized".into()
+                                } else {
+                                    String::new()
+                                },
+                                |x| x.as_str().to_owned(),
+                            ),
+                            h.sessions.to_string(),
+                            h.reservations.to_string(),
+                            h.weight.to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                text.push('\n');
+                text.push_str(&table(
+                    &[
+                        "HOST", "SCORE", "EXCLUDED", "SESSIONS", "RESERVED", "WEIGHT",
+                    ],
+                    &rows,
+                ));
+                Ok(Reply::new(json!(e), text))
+            }
+            Request::Audit(n) => {
+                let records = self.store.audit(n).await.map_err(|e| e.to_string())?;
+                let rows = records
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.at.0.to_string(),
+                            r.actor.clone(),
+                            r.surface.clone(),
+                            r.action.clone(),
+                            r.target.clone(),
+                            r.result.clone(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                Ok(Reply::new(
+                    json!(records.iter().map(|r| json!({"at": r.at.0, "actor": r.actor, "surface": r.surface, "action": r.action, "target": r.target, "result": r.result})).collect::<Vec<_>>()),
+                    table(&["AT (ms)", "WHO", "FROM", "ACTION", "TARGET", "RESULT"], &rows),
+                ))
+            }
+            Request::OfflineServer(h) => self.admin(actor, "offline", h, AdminState::Offline).await,
+            Request::OnlineServer(h) => self.admin(actor, "online", h, AdminState::Online).await,
+            Request::Undrain(h) => self.admin(actor, "undrain", h, AdminState::Online).await,
+            Request::Drain { host, then_offline } => {
+                let r = self
+                    .admin(
+                        actor,
+                        if then_offline {
+                            "drain --then-offline"
+                        } else {
+                            "drain"
+                        },
+                        host.clone(),
+                        AdminState::Draining,
+                    )
+                    .await;
+                if r.is_ok() && then_offline {
+                    self.offline_when_empty(host, actor.to_owned());
+                }
+                r
+            }
+            Request::Weight(host, weight) => {
+                let r = self
+                    .engine
+                    .apply(Command::SetWeight {
+                        host: host.clone(),
+                        weight,
+                    })
+                    .await
+                    .map(|_| {
+                        Reply::new(
+                            json!({"host": host, "weight": weight}),
+                            format!("{host}: weight {weight}"),
+                        )
+                    })
+                    .map_err(engine_err);
+                self.audit(actor, &format!("weight {weight}"), &host, &r)
+                    .await;
+                r
+            }
+            Request::Enroll(host) => {
+                let r = self
+                    .agents
+                    .enroll(&host)
+                    .await
+                    .map(|c| {
+                        Reply::new(
+                            json!({"host": host, "credential": c}),
+                            format!("{c}\n(the credential for {host}, shown only now: put it in the agent's credential_file, mode 0600)"),
+                        )
+                    })
+                    .map_err(engine_err);
+                self.audit(actor, "enroll", &host, &r).await;
+                r
+            }
+            Request::Revoke(host) => {
+                let r = self
+                    .agents
+                    .revoke(&host)
+                    .await
+                    .map(|()| {
+                        Reply::new(
+                            json!({"host": host}),
+                            format!("{host}: credential revoked, link dropped"),
+                        )
+                    })
+                    .map_err(engine_err);
+                self.audit(actor, "revoke", &host, &r).await;
+                r
+            }
+            Request::AbortUser(t) => self.end(actor, "abortuser", t, End::Kill).await,
+            Request::ShutdownUser(t) => self.end(actor, "shutdownuser", t, End::Terminate).await,
+            Request::LogoffUser(t, grace) => {
+                self.end(actor, "logoffuser", t, End::Logoff(grace)).await
+            }
+            Request::Quit | Request::Verbose(_) => Err("handled by the connection".into()),
+        }
+    }
+
+    async fn admin(
+        &self,
+        actor: &str,
+        action: &str,
+        host: String,
+        state: AdminState,
+    ) -> Result<Reply, String> {
+        let r = self
+            .engine
+            .apply(Command::SetAdminState {
+                host: host.clone(),
+                state,
+            })
+            .await
+            .map(|_| {
+                Reply::new(
+                    json!({"host": host, "admin": state.as_str()}),
+                    format!("{host}: {}", state.as_str()),
+                )
+            })
+            .map_err(engine_err);
+        self.audit(actor, action, &host, &r).await;
+        r
+    }
+
+    /// Takes `host` offline once it has neither sessions nor reservations, unless an operator
+    /// changed its state meanwhile. Not kept across a broker restart.
+    fn offline_when_empty(&self, host: String, actor: String) {
+        let m = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = m.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let snap = m.engine.snapshot();
+                let Some(h) = snap.hosts.iter().find(|h| h.name == host) else {
+                    return;
+                };
+                if h.admin != "draining" {
+                    return;
+                }
+                if h.sessions == 0 && h.reservations == 0 {
+                    let r = m
+                        .admin(
+                            &actor,
+                            "offline (drained)",
+                            host.clone(),
+                            AdminState::Offline,
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!(host = %host, error = %e, "drained host not taken offline");
+                    }
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn end(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Target,
+        how: End,
+    ) -> Result<Reply, String> {
+        let t = target.clone();
+        let sessions = self
+            .engine
+            .query(move |s| match &t {
+                Target::Session(id) => s.session(SessionId(*id)).into_iter().collect::<Vec<_>>(),
+                Target::User(u) => s.sessions_of_user(u),
+            })
+            .await
+            .map_err(engine_err)?;
+        if sessions.is_empty() {
+            let r = Err(format!("no live sessions for {target}"));
+            self.audit(actor, action, &target.to_string(), &r).await;
+            return r;
+        }
+        let mut results = Vec::new();
+        let mut failed = 0;
+        for s in &sessions {
+            let outcome = self.end_one(s, how).await;
+            if outcome.is_err() {
+                failed += 1;
+            }
+            results.push((s, outcome));
+        }
+        let rows = results
+            .iter()
+            .map(|(s, o)| {
+                vec![
+                    s.id.0.to_string(),
+                    s.user.to_string(),
+                    s.host.to_string(),
+                    match o {
+                        Ok(m) => m.clone(),
+                        Err(e) => format!("FAILED: {e}"),
+                    },
+                ]
+            })
+            .collect::<Vec<_>>();
+        let j =
+            json!(results
+            .iter()
+            .map(|(s, o)| json!({"id": s.id.0, "user": s.user, "host": s.host, "ok": o.is_ok(),
+                                  "message": o.as_ref().map_or_else(Clone::clone, Clone::clone)}))
+            .collect::<Vec<_>>());
+        let text = table(&["SESSION", "USER", "HOST", "RESULT"], &rows);
+        let r = if failed == 0 {
+            Ok(Reply::new(j, text))
+        } else {
+            Err(format!(
+                "{failed} of {} sessions not ended:\n{text}",
+                sessions.len()
+            ))
+        };
+        self.audit(actor, action, &target.to_string(), &r).await;
+        r
+    }
+
+    async fn end_one(&self, s: &SessionRecord, how: End) -> Result<String, String> {
+        let host = s.host.to_string();
+        let agent = self
+            .engine
+            .query({
+                let h = host.clone();
+                move |st| st.host(&h).is_some_and(|v| v.spec.agent)
+            })
+            .await
+            .map_err(engine_err)?;
+        match (&s.backend_id, agent) {
+            (Some(b), true) => {
+                let backend_id = b.to_string();
+                let action = match how {
+                    End::Kill => Action::Kill { backend_id },
+                    End::Terminate => Action::Terminate { backend_id },
+                    End::Logoff(g) => Action::Logoff {
+                        backend_id,
+                        grace_ms: g.saturating_mul(1000),
+                    },
+                };
+                let m = self
+                    .agents
+                    .command(&host, action, AGENT_TIMEOUT)
+                    .await
+                    .map_err(|e: CommandError| e.to_string())?;
+                match self.engine.apply(Command::BeginEnding { id: s.id }).await {
+                    Ok(_) | Err(EngineError::Core(CoreError::IdNotFound { .. })) => Ok(m),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            // Nothing on the host to act on: the record ends here.
+            _ => self
+                .engine
+                .apply(Command::EndSession { id: s.id })
+                .await
+                .map(|_| "ended (no agent to act on the host)".to_owned())
+                .map_err(engine_err),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Kill,
+    Terminate,
+    Logoff(u64),
+}
+
+fn keep(f: &SessionFilter, r: &SessionRecord) -> bool {
+    f.user.as_deref().is_none_or(|u| *r.user == *u)
+        && f.host.as_deref().is_none_or(|h| *r.host == *h)
+        && f.pool
+            .as_deref()
+            .is_none_or(|p| r.pool.as_deref() == Some(p))
+        && f.state.as_deref().is_none_or(|s| r.state.as_str() == s)
+}
+
+fn sessions_reply(sessions: &[SessionRecord]) -> Reply {
+    let rows = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.0.to_string(),
+                s.user.to_string(),
+                s.host.to_string(),
+                s.pool.as_deref().unwrap_or("-").to_owned(),
+                s.state.as_str().to_owned(),
+                s.backend_id.as_deref().unwrap_or("-").to_owned(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    Reply::new(
+        json!(sessions
+            .iter()
+            .map(|s| json!({"id": s.id.0, "user": s.user, "host": s.host, "pool": s.pool, "state": s.state.as_str(),
+                             "backend_id": s.backend_id, "created_at": s.created_at.0}))
+            .collect::<Vec<_>>()),
+        table(&["ID", "USER", "HOST", "POOL", "STATE", "BACKEND ID"], &rows),
+    )
+}
+
+fn server_row(h: &HostInfo) -> Vec<String> {
+    let (load1, cpu, mem) = match &h.load {
+        Some(l) => (
+            format!("{:.2}", l.load_avg[0]),
+            format!("{:.0}%", l.cpu_utilisation * 100.0),
+            if l.mem_total_kib > 0 {
+                format!(
+                    "{:.0}%",
+                    l.mem_available_kib as f64 * 100.0 / l.mem_total_kib as f64
+                )
+            } else {
+                "-".into()
+            },
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    vec![
+        h.name.clone(),
+        h.admin.clone(),
+        h.health.clone(),
+        match h.max_sessions {
+            Some(m) => format!("{}/{m}", h.sessions),
+            None => h.sessions.to_string(),
+        },
+        h.reservations.to_string(),
+        h.weight.to_string(),
+        load1,
+        cpu,
+        mem,
+        h.excluded.clone().unwrap_or_default(),
+    ]
+}
+
+/// Reads one line of at most [`mgmt::MAX_LINE`] bytes. `Ok(None)` at the end of the stream;
+/// `Ok(Some(Err(_)))` for a line that is too long (discarded up to its newline) or not UTF-8.
+async fn read_line(
+    r: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Result<String, String>>> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(None);
+        }
+        let (chunk, used, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        if !too_long {
+            buf.extend_from_slice(chunk);
+            if buf.len() > mgmt::MAX_LINE {
+                too_long = true;
+                buf.clear();
+            }
+        }
+        r.consume(used);
+        if done {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Some(Err(format!(
+            "line longer than {} bytes; ignored",
+            mgmt::MAX_LINE
+        ))));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(
+        String::from_utf8(std::mem::take(buf)).map_err(|_| "the line is not UTF-8".to_owned()),
+    ))
+}
+
+async fn send(
+    w: &mut OwnedWriteHalf,
+    verbose: bool,
+    r: Result<Reply, String>,
+) -> std::io::Result<()> {
+    let mut out = String::new();
+    if verbose {
+        let text = match r {
+            Ok(reply) => reply.text,
+            Err(e) => format!("error: {e}"),
+        };
+        for line in text.lines() {
+            // A line holding only "." would end the reply early: escape it, as SMTP does.
+            out.push_str(if line == "." { ".." } else { line });
+            out.push('\n');
+        }
+        out.push_str(".\n");
+    } else {
+        let v = match r {
+            Ok(reply) => json!({"ok": true, "data": reply.json}),
+            Err(e) => json!({"ok": false, "error": e}),
+        };
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    w.write_all(out.as_bytes()).await
+}
