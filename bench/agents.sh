@@ -5,8 +5,8 @@
 # p99 <= 200 ms, <= 30 s).
 #
 # Usage: bench/agents.sh [N] [STEADY_SECONDS]   (defaults 10000 and 30)
-# Raises the open-files limit it needs (2 per link plus margin; run as root if the hard limit is
-# lower). The simulator and the broker share the machine's cores.
+# Raises the open-files limit it needs (one per link in each process, plus margin; run as root
+# if the hard limit is lower). The simulator and the broker share the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p switchboard-cli

@@ -88,6 +88,16 @@ pub enum AuthKeysError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The per-user helper run through sudo failed.
+    #[error(
+        "editing {user:?}'s authorized_keys through `sudo -u {user} switchboard authkeys`: {message}"
+    )]
+    Delegated {
+        /// The user.
+        user: String,
+        /// What went wrong (the helper's error, or sudo's).
+        message: String,
+    },
     /// This process may not edit that user's file.
     #[error("editing {user:?}'s authorized_keys needs the agent to run as root or as that user")]
     NotPermitted {
@@ -311,8 +321,74 @@ fn now_ms() -> u64 {
 }
 
 /// Applies `op` to `~USER/.x2go/authorized_keys` (see the module documentation); returns what
-/// was done.
+/// was done. When this process is neither root nor `user` (the shipped unit runs the agent as
+/// `switchboard-agent`), the edit is done by `switchboard authkeys` run as `user` through
+/// `sudo -n -u USER` (the grant is in packaging/sudoers.d/switchboard-agent), with the key on
+/// its standard input.
 pub async fn apply(user: &str, op: KeyOp) -> Result<String, AuthKeysError> {
+    match apply_local(user, op.clone()).await {
+        Err(AuthKeysError::NotPermitted { .. }) => delegate(user, op).await,
+        r => r,
+    }
+}
+
+/// The sudo the agent delegates with.
+pub const SUDO: &str = "/usr/bin/sudo";
+
+async fn delegate(user: &str, op: KeyOp) -> Result<String, AuthKeysError> {
+    use tokio::io::AsyncWriteExt;
+    let fail = |message: String| AuthKeysError::Delegated {
+        user: user.to_owned(),
+        message,
+    };
+    let exe =
+        std::env::current_exe().map_err(|e| fail(format!("cannot find this program: {e}")))?;
+    let (args, key) = match op {
+        KeyOp::Add { key, expires_at_ms } => {
+            (vec!["add".to_owned(), expires_at_ms.to_string()], key)
+        }
+        KeyOp::Remove { key } => (vec!["remove".to_owned()], key),
+    };
+    let mut child = tokio::process::Command::new(SUDO)
+        .args(["-n", "-u", user, "--"])
+        .arg(&exe)
+        .arg("authkeys")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("cannot run {SUDO}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("{key}\n").as_bytes())
+            .await
+            .map_err(|e| fail(format!("writing the key: {e}")))?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .map_err(|_| fail("no answer within 10 s".to_owned()))?
+        .map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: String = err
+            .trim()
+            .chars()
+            .rev()
+            .take(500)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(fail(format!("{} ({})", tail, out.status)))
+    }
+}
+
+/// Like [`apply`], but never delegates: for `switchboard authkeys`, which runs as the user.
+pub async fn apply_local(user: &str, op: KeyOp) -> Result<String, AuthKeysError> {
     // Validate the key before touching anything.
     match &op {
         KeyOp::Add { key, .. } | KeyOp::Remove { key } => {

@@ -51,8 +51,22 @@ pub struct SimOptions {
     pub link: LinkParams,
     /// Seed of the synthetic load and sessions.
     pub seed: u64,
-    /// Chance per interval that an idle host starts a session (busier hosts start fewer).
-    pub start_rate: f64,
+    /// Sessions live on a host at a time, on average.
+    pub sessions_per_host: f64,
+    /// Mean lifetime of a session.
+    pub mean_session: Duration,
+}
+
+impl SimOptions {
+    /// Defaults: 3 sessions a host, living 30 minutes on average (a busy login cluster's churn).
+    pub fn new(link: LinkParams, seed: u64) -> SimOptions {
+        SimOptions {
+            link,
+            seed,
+            sessions_per_host: 3.0,
+            mean_session: Duration::from_secs(1800),
+        }
+    }
 }
 
 struct SimState {
@@ -61,11 +75,17 @@ struct SimState {
     sessions: Inventory,
     next: u64,
     name: String,
-    start_rate: f64,
+    sessions_per_host: f64,
+    mean_session: Duration,
 }
 
 impl SimState {
-    fn step(&mut self) {
+    /// Advances the host by `dt`: sessions arrive at a steady rate (so that, by Little's law,
+    /// about `sessions_per_host` are live at a time), each ends with a mean lifetime of
+    /// `mean_session`, and disconnects or reconnects about three times in its life.
+    fn step(&mut self, dt: Duration) {
+        let dt = dt.as_secs_f64();
+        let life = self.mean_session.as_secs_f64().max(1.0);
         // Load: a bounded random walk around the number of sessions.
         let target = self.sessions.len() as f64 * 0.4;
         let noise = (self.rng.next_u64() % 1000) as f64 / 1000.0 - 0.5;
@@ -74,9 +94,9 @@ impl SimState {
         let ids: Vec<String> = self.sessions.keys().cloned().collect();
         for id in ids {
             let r = roll(&mut self.rng);
-            if r < 0.01 {
+            if r < dt / life {
                 self.sessions.remove(&id);
-            } else if r < 0.03
+            } else if r < dt / life * 4.0
                 && let Some(s) = self.sessions.get_mut(&id)
             {
                 s.state = match s.state {
@@ -85,21 +105,25 @@ impl SimState {
                 };
             }
         }
-        let busy = 1.0 + self.sessions.len() as f64;
-        if roll(&mut self.rng) < self.start_rate / busy {
-            self.next += 1;
-            let user = format!("simuser{}", self.rng.next_u64() % 10_000);
-            let id = format!("{}-{}", self.name, self.next);
-            self.sessions.insert(
-                id.clone(),
-                ReportedSession {
-                    backend_id: id,
-                    user,
-                    state: ReportedState::Running,
-                    idle_secs: Some(self.rng.next_u64() % 600),
-                },
-            );
+        let cap = (self.sessions_per_host * 4.0).ceil() as usize + 1;
+        if self.sessions.len() < cap && roll(&mut self.rng) < dt * self.sessions_per_host / life {
+            self.start_session();
         }
+    }
+
+    fn start_session(&mut self) {
+        self.next += 1;
+        let user = format!("simuser{}", self.rng.next_u64() % 10_000);
+        let id = format!("{}-{}", self.name, self.next);
+        self.sessions.insert(
+            id.clone(),
+            ReportedSession {
+                backend_id: id,
+                user,
+                state: ReportedState::Running,
+                idle_secs: Some(self.rng.next_u64() % 600),
+            },
+        );
     }
 
     fn report(&self) -> LoadReport {
@@ -182,16 +206,24 @@ pub fn spawn(
         let phase = Duration::from_nanos(
             rng.next_u64() % u64::try_from(interval.as_nanos()).unwrap_or(1).max(1),
         );
-        let state = Arc::new(Mutex::new(SimState {
+        let mut sim = SimState {
             rng,
             load: 0.0,
             sessions: Inventory::new(),
             next: 0,
             name: h.name.clone(),
-            start_rate: opts.start_rate,
-        }));
+            sessions_per_host: opts.sessions_per_host,
+            mean_session: opts.mean_session,
+        };
+        // Start populated: each host begins with 0..2×sessions_per_host sessions.
+        let initial = sim.rng.next_u64() % ((opts.sessions_per_host * 2.0) as u64 + 1);
+        for _ in 0..initial {
+            sim.start_session();
+        }
+        let initial_sessions = Arc::new(sim.sessions.clone());
+        let state = Arc::new(Mutex::new(sim));
         let (load_tx, load_rx) = watch::channel(None);
-        let (sessions_tx, sessions_rx) = watch::channel(Arc::new(Inventory::new()));
+        let (sessions_tx, sessions_rx) = watch::channel(initial_sessions);
         let (state_tx, state_rx) = watch::channel(LinkState::Down("starting".into()));
         let exec = Arc::new(SimExecutor {
             state: state.clone(),
@@ -217,7 +249,7 @@ pub fn spawn(
                     let mut s = state
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    s.step();
+                    s.step(interval);
                     (s.report(), s.sessions.clone())
                 };
                 if **sessions_tx.borrow() != inventory {
@@ -258,10 +290,11 @@ mod tests {
                 sessions: Inventory::new(),
                 next: 0,
                 name: "sim-00001".into(),
-                start_rate: 0.5,
+                sessions_per_host: 3.0,
+                mean_session: Duration::from_secs(60),
             };
             for _ in 0..500 {
-                s.step();
+                s.step(Duration::from_secs(1));
             }
             let load = s.report().load_avg;
             (s.sessions, load)

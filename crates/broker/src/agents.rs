@@ -89,13 +89,19 @@ struct Inner {
     penalties: Mutex<HashMap<IpAddr, Penalty>>,
     next_conn: AtomicU64,
     next_command: AtomicU64,
+    /// `switchboard_agent_messages_total`, looked up once.
+    messages: metrics::Counter,
+    /// The clock origin of [`Link::seen`].
+    started: Instant,
 }
 
 #[derive(Debug)]
 struct Link {
     /// The live connection, if any.
     live: Option<LiveLink>,
-    last_seen: Instant,
+    /// When the agent was last heard from, in milliseconds since the hub started; written by
+    /// the link task without taking the hub's lock.
+    seen: Arc<AtomicU64>,
     interval: Duration,
     /// The engine was told the host is unreachable since it was last heard from.
     lost: bool,
@@ -150,6 +156,8 @@ impl AgentHub {
                 penalties: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 next_command: AtomicU64::new(1),
+                messages: metrics::counter!("switchboard_agent_messages_total"),
+                started: Instant::now(),
             }),
         }
     }
@@ -160,9 +168,10 @@ impl AgentHub {
         let now = Instant::now();
         let mut links = lock(&self.inner.links);
         for h in hosts {
+            let seen = Arc::new(AtomicU64::new(self.since_start(now)));
             links.entry(Arc::from(h)).or_insert(Link {
                 live: None,
-                last_seen: now,
+                seen,
                 interval: DEFAULT_INTERVAL,
                 lost: false,
             });
@@ -319,14 +328,15 @@ impl AgentHub {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let now = Instant::now();
+                let now = hub.since_start(Instant::now());
                 let lost: Vec<Arc<str>> = {
                     let mut links = lock(&hub.inner.links);
                     let missed = hub.inner.missed;
                     links
                         .iter_mut()
                         .filter(|(_, l)| {
-                            !l.lost && now.duration_since(l.last_seen) > l.interval * missed
+                            let silent = now.saturating_sub(l.seen.load(Ordering::Relaxed));
+                            !l.lost && u128::from(silent) > (l.interval * missed).as_millis()
                         })
                         .map(|(h, l)| {
                             l.lost = true;
@@ -436,11 +446,12 @@ impl AgentHub {
         let heartbeat = interval.max(MIN_HEARTBEAT);
         let close = shutdown.child_token();
         let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
+        let seen;
         {
             let mut links = lock(&self.inner.links);
-            let link = links.entry(host.clone()).or_insert(Link {
+            let link = links.entry(host.clone()).or_insert_with(|| Link {
                 live: None,
-                last_seen: Instant::now(),
+                seen: Arc::new(AtomicU64::new(0)),
                 interval,
                 lost: false,
             });
@@ -454,7 +465,9 @@ impl AgentHub {
                 close: close.clone(),
                 pending: HashMap::new(),
             });
-            link.last_seen = Instant::now();
+            link.seen
+                .store(self.since_start(Instant::now()), Ordering::Relaxed);
+            seen = link.seen.clone();
             link.interval = interval;
             link.lost = false;
         }
@@ -494,9 +507,11 @@ impl AgentHub {
         let writer = tokio::spawn(async move {
             let mut beat = tokio::time::interval(heartbeat);
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let closed = writer_close.cancelled();
+            tokio::pin!(closed);
             loop {
                 let msg = tokio::select! {
-                    _ = writer_close.cancelled() => break,
+                    _ = &mut closed => break,
                     m = rx.recv() => match m { Some(m) => m, None => break },
                     _ = beat.tick() => BrokerMessage::Heartbeat,
                 };
@@ -507,9 +522,11 @@ impl AgentHub {
             }
             let _ = sink.close().await;
         });
+        let closed = close.cancelled();
+        tokio::pin!(closed);
         let why = loop {
             let frame = tokio::select! {
-                _ = close.cancelled() => break "closed by the broker".to_owned(),
+                _ = &mut closed => break "closed by the broker".to_owned(),
                 f = stream.next() => f,
             };
             match frame {
@@ -523,7 +540,7 @@ impl AgentHub {
                 Some(Err(e)) => break e.to_string(),
                 Some(Ok(msg)) => {
                     let received = Instant::now();
-                    self.touch(&host, conn);
+                    seen.store(self.since_start(received), Ordering::Relaxed);
                     if let Err(e) = self.handle(&host, conn, msg, received).await {
                         break e;
                     }
@@ -590,12 +607,10 @@ impl AgentHub {
         Ok((name, interval))
     }
 
-    fn touch(&self, host: &str, conn: u64) {
-        if let Some(l) = lock(&self.inner.links).get_mut(host)
-            && l.live.as_ref().is_some_and(|v| v.conn == conn)
-        {
-            l.last_seen = Instant::now();
-        }
+    /// Milliseconds since the hub started (the clock of [`Link::seen`]).
+    fn since_start(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.inner.started).as_millis())
+            .unwrap_or(u64::MAX)
     }
 
     fn unlink(&self, host: &str, conn: u64) {
@@ -647,10 +662,13 @@ impl AgentHub {
                 backend_id,
             },
         };
-        metrics::counter!("switchboard_agent_messages_total").increment(1);
+        self.inner.messages.increment(1);
         let applied = match command {
-            Command::ReportLoad { .. } => self.inner.engine.report(command, received).await,
-            _ => self.inner.engine.apply(command).await,
+            Command::ReportLoad { .. } => {
+                self.inner.engine.report(command, received);
+                Ok(())
+            }
+            _ => self.inner.engine.apply(command).await.map(drop),
         };
         match applied {
             Ok(_) => Ok(()),

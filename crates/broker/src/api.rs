@@ -290,7 +290,8 @@ fn page_by_name<T: Clone>(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HostPage {
     /// Hosts, by name.
-    pub items: Vec<HostInfo>,
+    #[schema(value_type = Vec<HostInfo>)]
+    pub items: Vec<Arc<HostInfo>>,
     /// Cursor of the next page, `null` on the last.
     pub next_cursor: Option<String>,
 }

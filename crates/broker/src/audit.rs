@@ -4,6 +4,24 @@
 use switchboard_core::Millis;
 use switchboard_store::{AuditRecord, SqlStore, Store};
 
+/// A unique id that sorts in the order records were made (the log lists newest first, and
+/// several actions can share a millisecond): nanoseconds since the epoch, a process-wide
+/// sequence number, and random bits so that two brokers never collide.
+fn next_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "{nanos:024}{:012}{:08x}",
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        u32::from_be_bytes(r)
+    )
+}
+
 /// Appends one record. A failure to write it is logged, never hidden and never fatal to the
 /// action itself (which already happened).
 pub async fn record(
@@ -14,10 +32,8 @@ pub async fn record(
     target: &str,
     result: Result<(), String>,
 ) {
-    let mut id = [0u8; 16];
-    let _ = getrandom::fill(&mut id);
     let record = AuditRecord {
-        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        id: next_id(),
         at: Millis::now_wall(),
         actor: actor.to_owned(),
         surface: surface.to_owned(),

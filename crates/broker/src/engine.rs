@@ -14,7 +14,7 @@
 
 use crate::config::Config;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_core::model::{SessionState, Settings};
@@ -57,9 +57,8 @@ enum Request {
     Apply {
         command: Command,
         reply: Reply,
-        /// When an agent's report arrived (for the report-to-snapshot latency metric).
-        received: Option<Instant>,
     },
+
     Query(Query),
     Reconfigure {
         config: Box<Config>,
@@ -139,7 +138,8 @@ pub struct PoolInfo {
     /// Placement policy identifier.
     pub policy: String,
     /// Member hosts in configured order.
-    pub hosts: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub hosts: Arc<Vec<String>>,
     /// Hosts that can take a new session now.
     pub eligible: u32,
     /// Hosts that cannot, by cause.
@@ -151,8 +151,8 @@ pub struct PoolInfo {
 pub struct Snapshot {
     /// When it was taken.
     pub at: Millis,
-    /// Every host, in configured order.
-    pub hosts: Vec<HostInfo>,
+    /// Every host, in configured order (shared with the next snapshot where unchanged).
+    pub hosts: Vec<Arc<HostInfo>>,
     /// Every pool.
     pub pools: Vec<PoolInfo>,
     /// Live sessions by state.
@@ -197,33 +197,112 @@ pub fn host_info(h: &switchboard_core::state::HostView<'_>) -> HostInfo {
     }
 }
 
-fn snapshot_of(state: &ClusterState, ready: bool) -> Snapshot {
-    let hosts = state.hosts().map(|h| host_info(&h)).collect();
-    let pools = state
-        .pools()
-        .map(|p| PoolInfo {
-            name: p.name.to_string(),
-            policy: p.spec.policy.to_string(),
-            hosts: p.spec.hosts.clone(),
-            eligible: p.eligible,
-            excluded: Exclusion::ALL
-                .iter()
-                .filter(|c| p.excluded.get(**c) > 0)
-                .map(|c| (c.as_str().to_owned(), p.excluded.get(*c)))
-                .chain(
-                    (p.excluded.penalized > 0)
-                        .then(|| ("penalized".to_owned(), p.excluded.penalized)),
-                )
-                .collect(),
-        })
-        .collect();
-    Snapshot {
-        at: state.now(),
-        hosts,
-        pools,
-        sessions_by_state: state.session_counts().to_vec(),
-        reservations: state.reservation_count(),
-        ready,
+/// How often every host's view is rebuilt even if no event named it.
+const FULL_EVERY: Duration = Duration::from_secs(1);
+
+/// Host and pool views kept between snapshots: a snapshot rebuilds only the hosts that events
+/// named since the last one (a report from one of 10,000 hosts rebuilds one view, not 10,000),
+/// and everything once a second as a safety net.
+struct Views {
+    hosts: Vec<Arc<HostInfo>>,
+    pos: HashMap<Arc<str>, usize>,
+    changed: HashSet<Arc<str>>,
+    all: bool,
+    last_full: Instant,
+    pool_hosts: HashMap<Arc<str>, Arc<Vec<String>>>,
+}
+
+impl Views {
+    fn new() -> Views {
+        Views {
+            hosts: Vec::new(),
+            pos: HashMap::new(),
+            changed: HashSet::new(),
+            all: true,
+            last_full: Instant::now(),
+            pool_hosts: HashMap::new(),
+        }
+    }
+
+    /// Notes which hosts the events touched.
+    fn note(&mut self, events: &[Event]) {
+        if self.all {
+            return;
+        }
+        for e in events {
+            match e.host() {
+                Some(h) => {
+                    self.changed.insert(h.clone());
+                }
+                None => self.all = true,
+            }
+        }
+    }
+
+    fn everything(&mut self) {
+        self.all = true;
+    }
+
+    fn build(&mut self, state: &ClusterState, ready: bool) -> Snapshot {
+        let mut full = self.all || self.last_full.elapsed() >= FULL_EVERY;
+        if !full {
+            for name in self.changed.drain() {
+                match (self.pos.get(&name), state.host(&name)) {
+                    (Some(&i), Some(v)) => self.hosts[i] = Arc::new(host_info(&v)),
+                    (None, None) => {}
+                    // Added or removed: positions move.
+                    _ => {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if full {
+            self.hosts = state.hosts().map(|h| Arc::new(host_info(&h))).collect();
+            self.pos = state
+                .hosts()
+                .enumerate()
+                .map(|(i, h)| (h.name.clone(), i))
+                .collect();
+            self.pool_hosts = state
+                .pools()
+                .map(|p| (p.name.clone(), Arc::new(p.spec.hosts.clone())))
+                .collect();
+            self.changed.clear();
+            self.all = false;
+            self.last_full = Instant::now();
+        }
+        let pools = state
+            .pools()
+            .map(|p| PoolInfo {
+                name: p.name.to_string(),
+                policy: p.spec.policy.to_string(),
+                hosts: self
+                    .pool_hosts
+                    .get(p.name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(p.spec.hosts.clone())),
+                eligible: p.eligible,
+                excluded: Exclusion::ALL
+                    .iter()
+                    .filter(|c| p.excluded.get(**c) > 0)
+                    .map(|c| (c.as_str().to_owned(), p.excluded.get(*c)))
+                    .chain(
+                        (p.excluded.penalized > 0)
+                            .then(|| ("penalized".to_owned(), p.excluded.penalized)),
+                    )
+                    .collect(),
+            })
+            .collect();
+        Snapshot {
+            at: state.now(),
+            hosts: self.hosts.clone(),
+            pools,
+            sessions_by_state: state.session_counts().to_vec(),
+            reservations: state.reservation_count(),
+            ready,
+        }
     }
 }
 
@@ -231,6 +310,7 @@ fn snapshot_of(state: &ClusterState, ready: bool) -> Snapshot {
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Request>,
+    reports: Arc<std::sync::Mutex<Vec<(Command, Instant)>>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
@@ -249,33 +329,29 @@ impl EngineHandle {
     pub async fn apply(&self, command: Command) -> Result<Vec<Event>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Apply {
-                command,
-                reply,
-                received: None,
-            })
+            .send(Request::Apply { command, reply })
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
     }
 
-    /// Applies an agent's report that arrived at `received`; the time until a snapshot shows it
-    /// is recorded as `switchboard_report_to_snapshot_seconds`.
-    pub async fn report(
-        &self,
-        command: Command,
-        received: Instant,
-    ) -> Result<Vec<Event>, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Apply {
-                command,
-                reply,
-                received: Some(received),
-            })
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    /// Queues an agent's load report that arrived at `received`, without waiting for it to be
+    /// applied (it is volatile, and a bad one is only logged). The engine takes queued reports
+    /// every [`REPORT_DRAIN_EVERY`], so thousands of agents reporting every second cost it a
+    /// hundred wake-ups a second, not thousands. The time until a snapshot shows a report is
+    /// recorded as `switchboard_report_to_snapshot_seconds`. When the queue is full (the engine
+    /// is far behind) the report is dropped: the agent's next one replaces it.
+    pub fn report(&self, command: Command, received: Instant) {
+        let mut q = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() >= MAX_QUEUED_REPORTS {
+            drop(q);
+            metrics::counter!("switchboard_agent_reports_dropped_total").increment(1);
+            return;
+        }
+        q.push((command, received));
     }
 
     /// Runs a read-only function on the engine's current state.
@@ -333,6 +409,11 @@ impl Layout {
     }
 }
 
+/// How often queued agent load reports are applied.
+pub const REPORT_DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// Queued load reports beyond which new ones are dropped.
+const MAX_QUEUED_REPORTS: usize = 1 << 17;
+
 /// How often cluster gauges are refreshed from snapshots.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
@@ -343,6 +424,7 @@ struct Engine<S: Store> {
     /// Hosts whose weight was set at run time: a reload keeps their weight.
     weight_overrides: HashSet<String>,
     rx: mpsc::Receiver<Request>,
+    reports: Arc<std::sync::Mutex<Vec<(Command, Instant)>>>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     last_publish: Instant,
     dirty: bool,
@@ -350,6 +432,8 @@ struct Engine<S: Store> {
     unpublished: Vec<Instant>,
     /// When the snapshot's metrics were last recorded.
     last_metrics: Instant,
+    /// Host and pool views between snapshots.
+    views: Views,
 }
 
 /// Builds the state from the configuration and the store's durable records.
@@ -431,23 +515,28 @@ pub async fn start<S: Store>(
         "state loaded"
     );
     let (tx, rx) = mpsc::channel(QUEUE);
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(snapshot_of(&state, true)));
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut views = Views::new();
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(views.build(&state, true)));
     let engine = Engine {
         state,
         store,
         layout,
         weight_overrides,
         rx,
+        reports: reports.clone(),
         snapshots: snap_tx,
         last_publish: Instant::now(),
         dirty: false,
         unpublished: Vec::new(),
         last_metrics: Instant::now() - METRICS_EVERY,
+        views,
     };
     let task = tokio::spawn(engine.run(shutdown));
     Ok((
         EngineHandle {
             tx,
+            reports,
             snapshots: snap_rx,
         },
         task,
@@ -489,6 +578,8 @@ impl<S: Store> Engine<S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut publish = tokio::time::interval(SNAPSHOT_EVERY);
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain = tokio::time::interval(REPORT_DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -498,7 +589,10 @@ impl<S: Store> Engine<S> {
                 },
                 _ = tick.tick() => {
                     match self.state.apply(Command::Tick, Millis::now_wall()) {
-                        Ok(events) if !events.is_empty() => self.dirty = true,
+                        Ok(events) if !events.is_empty() => {
+                            self.views.note(&events);
+                            self.dirty = true;
+                        }
                         _ => {}
                     }
                     self.maybe_publish(false);
@@ -506,6 +600,11 @@ impl<S: Store> Engine<S> {
                 }
                 _ = publish.tick() => {
                     self.maybe_publish(false);
+                    continue;
+                }
+                _ = drain.tick() => {
+                    let urgent = self.apply_reports();
+                    self.maybe_publish(urgent);
                     continue;
                 }
             };
@@ -530,14 +629,7 @@ impl<S: Store> Engine<S> {
         let mut urgent = false;
         for req in batch {
             match req {
-                Request::Apply {
-                    command,
-                    reply,
-                    received,
-                } => {
-                    if let Some(t) = received {
-                        self.unpublished.push(t);
-                    }
+                Request::Apply { command, reply } => {
                     let started = Instant::now();
                     let is_placement = matches!(command, Command::Reserve { .. });
                     let weight_host = match &command {
@@ -553,6 +645,7 @@ impl<S: Store> Engine<S> {
                                 self.weight_overrides.insert(h);
                             }
                             urgent |= events.iter().any(changes_hosts);
+                            self.views.note(&events);
                             self.dirty = true;
                             if events.iter().any(Event::is_durable) {
                                 durable.extend(events.iter().filter(|e| e.is_durable()).cloned());
@@ -573,6 +666,7 @@ impl<S: Store> Engine<S> {
                 Request::Query(q) => queries.push(q),
                 Request::Reconfigure { config, reply } => {
                     let events = self.reconfigure(&config);
+                    self.views.everything();
                     durable.extend(events.into_iter().filter(Event::is_durable));
                     urgent = true;
                     self.dirty = true;
@@ -632,6 +726,7 @@ impl<S: Store> Engine<S> {
                 Ok((state, overrides)) => {
                     self.state = state;
                     self.weight_overrides = overrides;
+                    self.views.everything();
                     tracing::info!(
                         sessions = self.state.session_count(),
                         "store is back; state rebuilt"
@@ -727,6 +822,31 @@ impl<S: Store> Engine<S> {
         events
     }
 
+    /// Applies the queued agent reports; returns whether readers must see the result at once.
+    fn apply_reports(&mut self) -> bool {
+        let reports = std::mem::take(
+            &mut *self
+                .reports
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut urgent = false;
+        let now = Millis::now_wall();
+        for (command, received) in reports {
+            self.unpublished.push(received);
+            match self.state.apply(command, now) {
+                Ok(events) => {
+                    // Load reports change nothing durable.
+                    self.views.note(&events);
+                    urgent |= events.iter().any(changes_hosts);
+                    self.dirty = true;
+                }
+                Err(e) => tracing::debug!(error = %e, "agent report not applied"),
+            }
+        }
+        urgent
+    }
+
     fn maybe_publish(&mut self, urgent: bool) {
         if urgent || (self.dirty && self.last_publish.elapsed() >= SNAPSHOT_EVERY) {
             self.publish(true);
@@ -734,7 +854,7 @@ impl<S: Store> Engine<S> {
     }
 
     fn publish(&mut self, ready: bool) {
-        let snap = snapshot_of(&self.state, ready);
+        let snap = self.views.build(&self.state, ready);
         // Per-host gauges cost a map lookup each; scrapes come every few seconds, so once a
         // second is plenty even when snapshots go out every 100 ms.
         if !ready || self.last_metrics.elapsed() >= METRICS_EVERY {

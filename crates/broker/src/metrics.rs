@@ -7,6 +7,7 @@
 use crate::engine::Snapshot;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 use switchboard_core::{CoreError, Event, PlacementOutcome};
@@ -18,7 +19,8 @@ const BUCKETS: &[f64] = &[
 
 /// Buckets for the report-to-snapshot latency (target: p99 within 200 ms).
 const REPORT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0,
+    5.0,
 ];
 
 /// Records, for each agent report applied since the last snapshot, the time from its arrival to
@@ -106,29 +108,63 @@ pub fn snapshot(s: &Snapshot) {
     gauge!("switchboard_reservations").set(s.reservations as f64);
     gauge!("switchboard_ready").set(if s.ready { 1.0 } else { 0.0 });
     let mut agents = 0u32;
+    // Gauge handles per host, looked up once: with thousands of hosts the lookups, not the
+    // updates, were the cost.
+    static HOSTS: OnceLock<std::sync::Mutex<HashMap<String, HostGauges>>> = OnceLock::new();
+    let mut cache = HOSTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for h in &s.hosts {
-        let host = h.name.clone();
-        gauge!("switchboard_host_sessions", "host" => host.clone()).set(f64::from(h.sessions));
-        gauge!("switchboard_host_reservations", "host" => host.clone())
-            .set(f64::from(h.reservations));
-        gauge!("switchboard_host_weight", "host" => host.clone()).set(f64::from(h.weight));
-        gauge!("switchboard_host_eligible", "host" => host.clone()).set(if h.excluded.is_none() {
-            1.0
-        } else {
-            0.0
-        });
+        let g = cache
+            .entry(h.name.clone())
+            .or_insert_with(|| HostGauges::new(&h.name));
+        g.sessions.set(f64::from(h.sessions));
+        g.reservations.set(f64::from(h.reservations));
+        g.weight.set(f64::from(h.weight));
+        g.eligible.set(if h.excluded.is_none() { 1.0 } else { 0.0 });
         if h.agent && h.health == "up" {
             agents += 1;
         }
         if let Some(l) = &h.load {
-            gauge!("switchboard_host_load1", "host" => host.clone()).set(l.load_avg[0]);
-            gauge!("switchboard_host_cpu_utilisation", "host" => host.clone())
-                .set(l.cpu_utilisation);
+            // Created on the first report: hosts without one export no load at all.
+            let [load1, cpu, memory] = g.load.get_or_insert_with(|| {
+                let host = h.name.clone();
+                [
+                    gauge!("switchboard_host_load1", "host" => host.clone()),
+                    gauge!("switchboard_host_cpu_utilisation", "host" => host.clone()),
+                    gauge!("switchboard_host_memory_available_ratio", "host" => host),
+                ]
+            });
+            load1.set(l.load_avg[0]);
+            cpu.set(l.cpu_utilisation);
             if l.mem_total_kib > 0 {
-                gauge!("switchboard_host_memory_available_ratio", "host" => host)
-                    .set(l.mem_available_kib as f64 / l.mem_total_kib as f64);
+                memory.set(l.mem_available_kib as f64 / l.mem_total_kib as f64);
             }
         }
     }
     gauge!("switchboard_agents_connected").set(f64::from(agents));
+}
+
+/// One host's gauges.
+struct HostGauges {
+    sessions: metrics::Gauge,
+    reservations: metrics::Gauge,
+    weight: metrics::Gauge,
+    eligible: metrics::Gauge,
+    /// load1, CPU utilisation, memory available ratio.
+    load: Option<[metrics::Gauge; 3]>,
+}
+
+impl HostGauges {
+    fn new(host: &str) -> HostGauges {
+        let h = host.to_owned();
+        HostGauges {
+            sessions: gauge!("switchboard_host_sessions", "host" => h.clone()),
+            reservations: gauge!("switchboard_host_reservations", "host" => h.clone()),
+            weight: gauge!("switchboard_host_weight", "host" => h.clone()),
+            eligible: gauge!("switchboard_host_eligible", "host" => h),
+            load: None,
+        }
+    }
 }

@@ -315,7 +315,7 @@ impl Mgmt {
             }
             Request::Servers => {
                 let snap = self.engine.snapshot();
-                let rows = snap.hosts.iter().map(server_row).collect::<Vec<_>>();
+                let rows = snap.hosts.iter().map(|h| server_row(h)).collect::<Vec<_>>();
                 Ok(Reply::new(
                     json!(snap.hosts),
                     table(

@@ -3,6 +3,12 @@
 
 mod ctl;
 
+/// mimalloc instead of glibc's malloc: the broker's hot paths (thousands of agent reports a
+/// second, snapshots, JSON) allocate small objects from many threads, where glibc's allocator
+/// spent a fifth of the broker's CPU in `bench/agents.sh`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -71,6 +77,14 @@ enum Command {
         #[arg(long)]
         check_config: bool,
     },
+    /// Edits the calling user's ~/.x2go/authorized_keys (X2Go autologin keys). The agent runs
+    /// it as the session's user through `sudo -n -u USER` when it does not run as root; the key
+    /// line comes on standard input.
+    #[command(hide = true)]
+    Authkeys {
+        #[command(subcommand)]
+        op: AuthkeysOp,
+    },
     /// Manage REST API tokens in a tokens file (which stores only their hashes).
     Token {
         #[command(subcommand)]
@@ -94,6 +108,12 @@ enum Command {
         /// Seed of the simulation.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Simulation: sessions live on each host at a time, on average.
+        #[arg(long, default_value_t = 3.0)]
+        sessions_per_host: f64,
+        /// Simulation: mean session lifetime, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        mean_session: u64,
     },
     /// L4 load balancer for ssh and desktop protocols (userspace proxy or kernel IPVS rules).
     /// [Not available yet; its schedulers exist in switchboard-core.]
@@ -117,6 +137,17 @@ enum Command {
         /// Command to run once (e.g. `servers`); omit for the interactive monitor.
         command: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthkeysOp {
+    /// Authorise the key on standard input until EXPIRES_AT_MS (epoch milliseconds).
+    Add {
+        /// Expiry, milliseconds since the epoch.
+        expires_at_ms: u64,
+    },
+    /// Withdraw the key on standard input.
+    Remove,
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,7 +283,16 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
 
 use switchboard_agent::config::{AgentConfig, short_hostname};
 
-fn agent(config_path: &Path, check: bool, simulate: Option<usize>, seed: u64) -> Result<ExitCode> {
+/// `switchboard agent --simulate` settings.
+#[derive(Debug, Clone, Copy)]
+struct Simulation {
+    hosts: usize,
+    seed: u64,
+    sessions_per_host: f64,
+    mean_session: u64,
+}
+
+fn agent(config_path: &Path, check: bool, simulate: Option<Simulation>) -> Result<ExitCode> {
     let path = config_path.display().to_string();
     let text = match std::fs::read_to_string(config_path) {
         Ok(t) => t,
@@ -277,7 +317,7 @@ fn agent(config_path: &Path, check: bool, simulate: Option<usize>, seed: u64) ->
                 return Ok(ExitCode::from(EX_CONFIG));
             }
         },
-        Some(n) => match read_credential_table(&credential_file, n) {
+        Some(sim) => match read_credential_table(&credential_file, sim.hosts) {
             Ok(t) => (String::new(), t),
             Err(e) => {
                 eprintln!("switchboard: invalid configuration: {path}: key `credential_file`: {e}");
@@ -314,7 +354,12 @@ fn agent(config_path: &Path, check: bool, simulate: Option<usize>, seed: u64) ->
             None => {
                 switchboard_agent::host::spawn(config, shutdown.clone())?;
             }
-            Some(n) => {
+            Some(Simulation {
+                hosts: n,
+                seed,
+                sessions_per_host,
+                mean_session,
+            }) => {
                 let link = switchboard_agent::link::LinkParams {
                     broker: config.broker.clone(),
                     server_name: switchboard_agent::link::server_name(&config.server_name)?,
@@ -325,15 +370,10 @@ fn agent(config_path: &Path, check: bool, simulate: Option<usize>, seed: u64) ->
                     quiet: true,
                 };
                 tracing::info!(hosts = n, broker = %config.broker, "simulating hosts");
-                switchboard_agent::sim::spawn(
-                    table,
-                    switchboard_agent::sim::SimOptions {
-                        link,
-                        seed,
-                        start_rate: 0.05,
-                    },
-                    shutdown.clone(),
-                );
+                let mut opts = switchboard_agent::sim::SimOptions::new(link, seed);
+                opts.sessions_per_host = sessions_per_host;
+                opts.mean_session = std::time::Duration::from_secs(mean_session.max(1));
+                switchboard_agent::sim::spawn(table, opts, shutdown.clone());
             }
         }
         shutdown.cancelled().await;
@@ -379,6 +419,26 @@ fn read_credential_table(
             }
         })
         .collect()
+}
+
+fn authkeys(op: AuthkeysOp) -> Result<ExitCode> {
+    use std::io::Read;
+    let mut key = String::new();
+    std::io::stdin()
+        .take(16 * 1024)
+        .read_to_string(&mut key)
+        .context("reading the key from standard input")?;
+    let key = key.lines().next().unwrap_or_default().trim().to_owned();
+    let user = std::env::var("USER").context("USER is not set")?;
+    let op = match op {
+        AuthkeysOp::Add { expires_at_ms } => {
+            switchboard_agent::authkeys::KeyOp::Add { key, expires_at_ms }
+        }
+        AuthkeysOp::Remove => switchboard_agent::authkeys::KeyOp::Remove { key },
+    };
+    let done = runtime()?.block_on(switchboard_agent::authkeys::apply_local(&user, op))?;
+    println!("{done}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn install_crypto() {
@@ -517,15 +577,10 @@ address = "127.0.0.1:22"
                 interval: switchboard_agent::config::DEFAULT_INTERVAL,
                 quiet: true,
             };
-            switchboard_agent::sim::spawn(
-                hosts,
-                switchboard_agent::sim::SimOptions {
-                    link,
-                    seed: 1,
-                    start_rate: 0.05,
-                },
-                shutdown.clone(),
-            );
+            let mut opts = switchboard_agent::sim::SimOptions::new(link, 1);
+            // A demo should move: sessions of ten minutes rather than half an hour.
+            opts.mean_session = std::time::Duration::from_secs(600);
+            switchboard_agent::sim::spawn(hosts, opts, shutdown.clone());
         }
         println!("Switchboard is up (Ctrl-C stops it).");
         println!(
@@ -618,8 +673,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             check_config,
             simulate,
             seed,
-        } => agent(&config, check_config, simulate, seed),
+            sessions_per_host,
+            mean_session,
+        } => agent(
+            &config,
+            check_config,
+            simulate.map(|n| Simulation {
+                hosts: n,
+                seed,
+                sessions_per_host,
+                mean_session,
+            }),
+        ),
         Command::Director { .. } => unavailable("director"),
+        Command::Authkeys { op } => authkeys(op),
         Command::Ctl { socket, command } => ctl::run(&socket, &command),
     }
 }

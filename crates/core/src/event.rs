@@ -107,6 +107,38 @@ pub enum Event {
         /// The host.
         host: Arc<str>,
     },
+    /// Time changed how a host looks without anything else happening to it: its load report
+    /// went stale, or its failure penalty ended. (For readers that cache host views.)
+    HostChanged {
+        /// The host.
+        host: Arc<str>,
+    },
+}
+
+impl Event {
+    /// The host this event concerns, if it concerns exactly one.
+    pub fn host(&self) -> Option<&Arc<str>> {
+        match self {
+            Event::HostRemoved { name } => Some(name),
+            Event::AdminStateChanged { host, .. }
+            | Event::WeightChanged { host, .. }
+            | Event::HealthChanged { host, .. }
+            | Event::HostPenalized { host, .. }
+            | Event::LoadReported { host }
+            | Event::ReservationEnded { host, .. }
+            | Event::SessionStateChanged { host, .. }
+            | Event::SessionEnded { host, .. }
+            | Event::CredentialIssued { host, .. }
+            | Event::CredentialRevoked { host }
+            | Event::HostChanged { host } => Some(host),
+            Event::Placed(p) => Some(&p.host),
+            Event::SessionStarted(s) => Some(&s.host),
+            Event::HostAdded(_)
+            | Event::HostUpdated(_)
+            | Event::PoolDefined(_)
+            | Event::PoolRemoved { .. } => None,
+        }
+    }
 }
 
 impl Event {
@@ -129,6 +161,7 @@ impl Event {
             | Event::CredentialIssued { .. }
             | Event::CredentialRevoked { .. } => true,
             Event::HealthChanged { .. }
+            | Event::HostChanged { .. }
             | Event::HostPenalized { .. }
             | Event::LoadReported { .. }
             | Event::Placed(_)

@@ -647,6 +647,9 @@ impl ClusterState {
                         }
                     }
                     self.refresh_host(hid);
+                    events.push(Event::HostChanged {
+                        host: self.host_name(hid),
+                    });
                 }
                 Timer::PenaltyEnd(hid, generation) => {
                     if let Some(h) = self.host_mut(hid)
@@ -654,6 +657,9 @@ impl ClusterState {
                     {
                         h.penalty_until = None;
                         self.refresh_host(hid);
+                        events.push(Event::HostChanged {
+                            host: self.host_name(hid),
+                        });
                     }
                 }
             }
