@@ -83,9 +83,27 @@ pub struct StatSample {
     pub cpu_count: u32,
 }
 
+/// Runs a procfs parser, turning a panic inside it into an error: procfs slices strings by byte
+/// offsets and panics on some malformed input (found by fuzzing: non-ASCII text in
+/// `/proc/meminfo`), and a panic must not stop the agent's sampling.
+fn shielded<T>(
+    file: &'static str,
+    text: &str,
+    f: impl FnOnce() -> Result<T, LoadError>,
+) -> Result<T, LoadError> {
+    // The kernel writes these files in ASCII; anything else is not one of them.
+    if !text.is_ascii() {
+        return Err(parse_err(file, "not ASCII text"));
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(parse_err(file, "malformed content")))
+}
+
 /// The three load averages from the text of `/proc/loadavg`.
 pub fn parse_loadavg(text: &str) -> Result<[f64; 3], LoadError> {
-    let la = LoadAverage::from_read(text.as_bytes()).map_err(|e| parse_err("/proc/loadavg", e))?;
+    let la = shielded("/proc/loadavg", text, || {
+        LoadAverage::from_read(text.as_bytes()).map_err(|e| parse_err("/proc/loadavg", e))
+    })?;
     let out = [f64::from(la.one), f64::from(la.five), f64::from(la.fifteen)];
     if out.iter().any(|v| !v.is_finite() || *v < 0.0) {
         return Err(parse_err("/proc/loadavg", format!("bad values {out:?}")));
@@ -103,8 +121,10 @@ pub fn parse_stat(text: &str) -> Result<StatSample, LoadError> {
         page_size: 4096,
         is_little_endian: cfg!(target_endian = "little"),
     };
-    let ks = <KernelStats as FromReadSI>::from_read(text.as_bytes(), &si)
-        .map_err(|e| parse_err("/proc/stat", e))?;
+    let ks = shielded("/proc/stat", text, || {
+        <KernelStats as FromReadSI>::from_read(text.as_bytes(), &si)
+            .map_err(|e| parse_err("/proc/stat", e))
+    })?;
     let t = &ks.total;
     let idle = t.idle.saturating_add(t.iowait.unwrap_or(0));
     let total = [
@@ -150,7 +170,9 @@ pub fn cpu_utilisation(prev: Option<CpuJiffies>, now: CpuJiffies) -> f64 {
 /// Kernels before 3.14 have no `MemAvailable`: it is then estimated as MemFree + Buffers + Cached.
 /// The result never exceeds MemTotal.
 pub fn parse_meminfo(text: &str) -> Result<(u64, u64), LoadError> {
-    let mi = Meminfo::from_read(text.as_bytes()).map_err(|e| parse_err("/proc/meminfo", e))?;
+    let mi = shielded("/proc/meminfo", text, || {
+        Meminfo::from_read(text.as_bytes()).map_err(|e| parse_err("/proc/meminfo", e))
+    })?;
     let total = mi.mem_total / 1024;
     let available = mi.mem_available.unwrap_or_else(|| {
         mi.mem_free
@@ -188,7 +210,9 @@ pub fn parse_psi_some_avg10(text: &str) -> Result<f64, LoadError> {
         .lines()
         .find(|l| l.starts_with("some "))
         .ok_or_else(|| parse_err("/proc/pressure", "no \"some\" line"))?;
-    let rec = procfs::parse_pressure_record(line).map_err(|e| parse_err("/proc/pressure", e))?;
+    let rec = shielded("/proc/pressure", line, || {
+        procfs::parse_pressure_record(line).map_err(|e| parse_err("/proc/pressure", e))
+    })?;
     let v = f64::from(rec.avg10);
     if !v.is_finite() || v < 0.0 {
         return Err(parse_err("/proc/pressure", format!("bad avg10 {v}")));

@@ -233,3 +233,15 @@ fn real_proc_twice() {
     let online = std::thread::available_parallelism().unwrap().get() as u32;
     assert!(a.cpu_count >= online, "{} < {online}", a.cpu_count);
 }
+
+#[test]
+fn malformed_proc_files_are_errors_not_panics() {
+    // Found by the session_sources fuzz target: procfs panics on this meminfo text.
+    let text = "z\n\u{ef}\u{b}4\n*14}C1}C";
+    assert!(switchboard_agent::load::parse_meminfo(text).is_err());
+    for bad in ["\u{ef}", "cpu  1 2 \u{ef}\n", "some avg10=\u{ef}"] {
+        let _ = switchboard_agent::load::parse_stat(bad);
+        let _ = switchboard_agent::load::parse_loadavg(bad);
+        let _ = switchboard_agent::load::parse_psi_some_avg10(bad);
+    }
+}
