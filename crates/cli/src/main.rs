@@ -3,12 +3,6 @@
 
 mod ctl;
 
-/// mimalloc instead of glibc's malloc: the broker's hot paths (thousands of agent reports a
-/// second, snapshots, JSON) allocate small objects from many threads, where glibc's allocator
-/// spent a fifth of the broker's CPU in `bench/agents.sh`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
