@@ -37,6 +37,21 @@ disconnect)
 esac
 "#;
 
+/// A site source whose sessions ignore a graceful terminate: only kill ends them.
+const STUBBORN: &str = r#"#!/bin/sh
+state="$1"; op="$2"; id="$3"
+touch "$state"
+case "$op" in
+list)
+  while read -r i u s; do
+    [ -n "$i" ] && printf '{"id":"%s","user":"%s","state":"%s"}\n' "$i" "$u" "$s"
+  done < "$state" ;;
+terminate) echo "asked $id to leave" ;;
+kill)
+  grep -v "^$id " "$state" > "$state.tmp"; mv "$state.tmp" "$state" ;;
+esac
+"#;
+
 const INTERVAL: Duration = Duration::from_millis(500);
 
 struct Harness {
@@ -62,6 +77,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let token = tokens::add(&dir.path().join("tokens"), "admin", Access::ReadWrite).unwrap();
         std::fs::write(dir.path().join("site.sh"), SCRIPT).unwrap();
+        std::fs::write(dir.path().join("stubborn.sh"), STUBBORN).unwrap();
         let mut h = Harness {
             dir,
             broker: None,
@@ -145,7 +161,11 @@ impl Harness {
     }
 
     fn agent_config(&self, host: &str, credential: &str) -> AgentConfig {
-        let script = self.dir.path().join("site.sh").display().to_string();
+        self.agent_config_with(host, credential, "site.sh")
+    }
+
+    fn agent_config_with(&self, host: &str, credential: &str, script: &str) -> AgentConfig {
+        let script = self.dir.path().join(script).display().to_string();
         let state = self.state_file().display().to_string();
         let source = format!(
             "kind = \"command\"\nlist = [\"/bin/sh\", {script:?}, {state:?}, \"list\"]\n\
@@ -534,4 +554,81 @@ async fn an_oversize_frame_closes_the_link() {
     .await
     .unwrap();
     assert!(ended);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logoff_terminates_then_kills_after_the_grace_period() {
+    let h = Harness::start().await;
+    let cred = h.enroll("h1.example.org").await;
+    h.set_sessions("x2go-50-1 alice running\n");
+    let stop = CancellationToken::new();
+    let mut state = switchboard_agent::host::spawn(
+        h.agent_config_with("h1.example.org", &cred, "stubborn.sh"),
+        stop.clone(),
+    )
+    .unwrap();
+    wait_state(&mut state, |s| *s == LinkState::Up).await;
+    eventually("session adopted", Duration::from_secs(10), || async {
+        h.sessions().await.len() == 1
+    })
+    .await;
+    let id = h.sessions().await[0]["id"].as_u64().unwrap();
+    // The session ignores the terminate; after the grace it is killed and the broker ends it.
+    let (status, body) = h
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/sessions/{id}?grace=1"),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        std::fs::read_to_string(h.state_file()).unwrap().contains("alice"),
+        "still there during the grace period"
+    );
+    eventually("killed after the grace", Duration::from_secs(10), || async {
+        h.sessions().await.is_empty()
+    })
+    .await;
+    assert!(!std::fs::read_to_string(h.state_file()).unwrap().contains("alice"));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_from_one_address_are_slowed_down() {
+    let h = Harness::start().await;
+    h.enroll("h1.example.org").await;
+    let tls = link::client_tls(&ca_of(h.dir.path())).unwrap();
+    // Each refusal from the same address waits twice as long as the one before: 100, 200,
+    // 400 ms…
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.agent_port))
+            .await
+            .unwrap();
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(link::server_name("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut framed = Framed::new(stream, Codec::<BrokerMessage, AgentMessage>::default());
+        let started = Instant::now();
+        framed
+            .send(AgentMessage::Hello {
+                version: PROTOCOL_VERSION,
+                host: "h1.example.org".into(),
+                report_interval_ms: 500,
+                agent_version: "test".into(),
+                credential: Secret("sba_guess".into()),
+            })
+            .await
+            .unwrap();
+        let reply = framed.next().await.unwrap().unwrap();
+        assert!(
+            matches!(&reply, BrokerMessage::Refused { reason } if reason.contains("credential rejected")),
+            "{reply:?}"
+        );
+        waits.push(started.elapsed());
+    }
+    assert!(waits[3] >= Duration::from_millis(800), "{waits:?}");
+    assert!(waits[3] > waits[0] * 3, "{waits:?}");
 }
