@@ -583,14 +583,22 @@ async fn logoff_terminates_then_kills_after_the_grace_period() {
     assert_eq!(status, 202, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        std::fs::read_to_string(h.state_file()).unwrap().contains("alice"),
+        std::fs::read_to_string(h.state_file())
+            .unwrap()
+            .contains("alice"),
         "still there during the grace period"
     );
-    eventually("killed after the grace", Duration::from_secs(10), || async {
-        h.sessions().await.is_empty()
-    })
+    eventually(
+        "killed after the grace",
+        Duration::from_secs(10),
+        || async { h.sessions().await.is_empty() },
+    )
     .await;
-    assert!(!std::fs::read_to_string(h.state_file()).unwrap().contains("alice"));
+    assert!(
+        !std::fs::read_to_string(h.state_file())
+            .unwrap()
+            .contains("alice")
+    );
     stop.cancel();
 }
 
