@@ -62,12 +62,16 @@ impl HostExecutor {
         r
     }
 
-    async fn still_there(&self, backend_id: &str) -> bool {
+    /// Whether the same session (id and user: ids such as xpra displays are reused) is still
+    /// there.
+    async fn still_there(&self, backend_id: &str, user: &str) -> bool {
         let Ok((_, i)) = self.find(backend_id) else {
             return false;
         };
         match self.sources[i].list().await {
-            Ok(list) => list.iter().any(|s| s.backend_id == backend_id),
+            Ok(list) => list
+                .iter()
+                .any(|s| s.backend_id == backend_id && s.user == user),
             // Cannot tell: assume it is, so the kill is tried (it fails harmlessly if not).
             Err(_) => true,
         }
@@ -92,7 +96,13 @@ impl Executor for HostExecutor {
                     backend_id,
                     grace_ms,
                 } => {
-                    let done = self.act(SessionAct::Terminate, &backend_id).await?;
+                    let (session, _) = self.find(&backend_id)?;
+                    // A failed terminate does not cancel the log-off: the kill still follows.
+                    let done = match self.act(SessionAct::Terminate, &backend_id).await {
+                        Ok(m) => m,
+                        Err(e) => format!("terminate failed ({e})"),
+                    };
+                    let user = session.user;
                     let me = HostExecutor {
                         sources: self.sources.clone(),
                         owned: self.owned.clone(),
@@ -100,7 +110,7 @@ impl Executor for HostExecutor {
                     };
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(grace_ms)).await;
-                        if me.still_there(&backend_id).await {
+                        if me.still_there(&backend_id, &user).await {
                             match me.act(SessionAct::Kill, &backend_id).await {
                                 Ok(m) => {
                                     tracing::info!(session = %backend_id, message = %m, "log-off grace over: killed")

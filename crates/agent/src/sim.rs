@@ -245,16 +245,18 @@ pub fn spawn(
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let (report, inventory) = {
+                let report = {
                     let mut s = state
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     s.step(interval);
-                    (s.report(), s.sessions.clone())
+                    // Published under the lock, so a command's publish cannot be overwritten
+                    // by an older list.
+                    if **sessions_tx.borrow() != s.sessions {
+                        sessions_tx.send_replace(Arc::new(s.sessions.clone()));
+                    }
+                    s.report()
                 };
-                if **sessions_tx.borrow() != inventory {
-                    sessions_tx.send_replace(Arc::new(inventory));
-                }
                 load_tx.send_replace(Some(report));
             }
         });

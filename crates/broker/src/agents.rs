@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use switchboard_core::Command;
 use switchboard_proto::agent::{
-    Action, AgentMessage, BrokerMessage, Codec, FrameError, PROTOCOL_VERSION,
+    Action, AgentMessage, BrokerMessage, Codec, FrameError, MAX_FRAME, MAX_HELLO, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -52,6 +52,11 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 const OUT_QUEUE: usize = 64;
 /// Source addresses remembered for slowing down failures.
 const MAX_PENALTY_ENTRIES: usize = 65_536;
+/// Links that may be waiting to authenticate at once.
+pub const MAX_UNAUTHENTICATED: usize = 1024;
+/// After a broker start, how long hosts whose agents have not linked yet are given before the
+/// silence counts: agents back off up to 30 s between attempts, plus a 10 s connect timeout.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(45);
 
 /// Why a command could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +89,6 @@ pub struct AgentHub {
 #[derive(Debug)]
 struct Inner {
     engine: EngineHandle,
-    missed: u32,
     links: Mutex<HashMap<Arc<str>, Link>>,
     penalties: Mutex<HashMap<IpAddr, Penalty>>,
     next_conn: AtomicU64,
@@ -93,6 +97,10 @@ struct Inner {
     messages: metrics::Counter,
     /// The clock origin of [`Link::seen`].
     started: Instant,
+    /// Links not authenticated yet (TLS handshake, hello, refusal delay).
+    unauthenticated: Arc<tokio::sync::Semaphore>,
+    /// Report intervals of silence after which a host is unreachable (reloadable).
+    missed_now: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Debug)]
@@ -151,13 +159,14 @@ impl AgentHub {
         AgentHub {
             inner: Arc::new(Inner {
                 engine,
-                missed: missed.max(1),
                 links: Mutex::new(HashMap::new()),
                 penalties: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 next_command: AtomicU64::new(1),
                 messages: metrics::counter!("switchboard_agent_messages_total"),
                 started: Instant::now(),
+                unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
+                missed_now: std::sync::atomic::AtomicU32::new(missed.max(1)),
             }),
         }
     }
@@ -167,8 +176,10 @@ impl AgentHub {
     pub fn expect(&self, hosts: impl IntoIterator<Item = String>) {
         let now = Instant::now();
         let mut links = lock(&self.inner.links);
+        // Agents get STARTUP_GRACE to come back before their silence starts to count.
+        let grace = u64::try_from(STARTUP_GRACE.as_millis()).unwrap_or(u64::MAX);
         for h in hosts {
-            let seen = Arc::new(AtomicU64::new(self.since_start(now)));
+            let seen = Arc::new(AtomicU64::new(self.since_start(now).saturating_add(grace)));
             links.entry(Arc::from(h)).or_insert(Link {
                 live: None,
                 seen,
@@ -203,6 +214,11 @@ impl AgentHub {
             .await?;
         self.disconnect(host);
         Ok(())
+    }
+
+    /// Changes how many silent report intervals make a host unreachable (after a reload).
+    pub fn set_missed(&self, n: u32) {
+        self.inner.missed_now.store(n.max(1), Ordering::Relaxed);
     }
 
     /// Whether the host's agent has a live link.
@@ -331,7 +347,7 @@ impl AgentHub {
                 let now = hub.since_start(Instant::now());
                 let lost: Vec<Arc<str>> = {
                     let mut links = lock(&hub.inner.links);
-                    let missed = hub.inner.missed;
+                    let missed = hub.inner.missed_now.load(Ordering::Relaxed);
                     links
                         .iter_mut()
                         .filter(|(_, l)| {
@@ -351,17 +367,38 @@ impl AgentHub {
                 for host in lost {
                     tracing::warn!(host = %host, "agent silent too long: host unreachable, its sessions unknown");
                     metrics::counter!("switchboard_agent_lost_total").increment(1);
-                    let engine = hub.inner.engine.clone();
+                    let hub = hub.clone();
                     tokio::spawn(async move {
+                        let engine = &hub.inner.engine;
                         match engine
                             .apply(Command::AgentLost {
                                 host: host.to_string(),
                             })
                             .await
                         {
-                            Ok(_) | Err(EngineError::ShuttingDown) => {}
+                            Ok(_) => {
+                                // The agent may have come back while this was queued: its
+                                // AgentConnected went first, so say it again.
+                                let back = lock(&hub.inner.links)
+                                    .get(&host)
+                                    .filter(|l| l.live.is_some() && !l.lost)
+                                    .map(|l| l.interval);
+                                if let Some(report_interval) = back {
+                                    let _ = engine
+                                        .apply(Command::AgentConnected {
+                                            host: host.to_string(),
+                                            report_interval,
+                                        })
+                                        .await;
+                                }
+                            }
+                            Err(EngineError::ShuttingDown) => {}
                             Err(e) => {
-                                tracing::debug!(host = %host, error = %e, "host not marked unreachable")
+                                // Try again at the next check.
+                                tracing::warn!(host = %host, error = %e, "host not marked unreachable; retrying");
+                                if let Some(l) = lock(&hub.inner.links).get_mut(&host) {
+                                    l.lost = false;
+                                }
                             }
                         }
                     });
@@ -376,6 +413,10 @@ impl AgentHub {
             let now = Instant::now();
             if p.len() >= MAX_PENALTY_ENTRIES {
                 p.retain(|_, v| now.duration_since(v.last) < Duration::from_secs(600));
+                if p.len() >= MAX_PENALTY_ENTRIES {
+                    // Still full of recent failures: forget them all rather than grow.
+                    p.clear();
+                }
             }
             let e = p.entry(ip).or_insert(Penalty {
                 failures: 0,
@@ -404,6 +445,12 @@ impl AgentHub {
         acceptor: TlsAcceptor,
         shutdown: CancellationToken,
     ) {
+        // Links that have not authenticated yet are capped; beyond the cap they are dropped.
+        let Ok(unauthenticated) = self.inner.unauthenticated.clone().try_acquire_owned() else {
+            metrics::counter!("switchboard_agent_rejected_total").increment(1);
+            tracing::warn!(peer = %peer, "agent listener: too many links waiting to authenticate; dropped");
+            return;
+        };
         let _ = tcp.set_nodelay(true);
         let setup = async {
             let tls = acceptor
@@ -411,6 +458,8 @@ impl AgentHub {
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
             let mut framed = Framed::new(tls, Codec::<AgentMessage, BrokerMessage>::default());
+            // Nobody gets a megabyte of our memory before saying who they are.
+            framed.codec_mut().set_max_frame(MAX_HELLO);
             match framed.next().await {
                 Some(Ok(hello)) => Ok((framed, hello)),
                 Some(Err(e)) => Err(format!("bad hello: {e}")),
@@ -428,7 +477,7 @@ impl AgentHub {
                 return;
             }
         };
-        let (host, interval) = match self.admit(hello).await {
+        let (host, interval, hash) = match self.admit(hello).await {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(peer = %peer, reason = %reason, "agent refused");
@@ -438,6 +487,8 @@ impl AgentHub {
                 return;
             }
         };
+        drop(unauthenticated);
+        framed.codec_mut().set_max_frame(MAX_FRAME);
         self.forgive(peer.ip());
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         // The broker's heartbeats only prove it is alive (a restart closes links outright), so
@@ -489,6 +540,25 @@ impl AgentHub {
             self.unlink(&host, conn);
             return;
         }
+        // A revocation or re-enrolment between the check and the registration above would have
+        // found no link to drop: check again now that the link is registered.
+        let h = host.clone();
+        let still = self
+            .inner
+            .engine
+            .query(move |s| s.credential(&h).map(str::to_owned))
+            .await
+            .ok()
+            .flatten();
+        if still.as_deref() != Some(hash.as_str()) {
+            let _ = framed
+                .send(BrokerMessage::Refused {
+                    reason: format!("credential rejected for host {host:?}"),
+                })
+                .await;
+            self.unlink(&host, conn);
+            return;
+        }
         if framed
             .send(BrokerMessage::Welcome {
                 version: PROTOCOL_VERSION,
@@ -526,6 +596,7 @@ impl AgentHub {
         tokio::pin!(closed);
         let why = loop {
             let frame = tokio::select! {
+                biased;
                 _ = &mut closed => break "closed by the broker".to_owned(),
                 f = stream.next() => f,
             };
@@ -553,8 +624,9 @@ impl AgentHub {
         tracing::info!(host = %host, peer = %peer, reason = %why, "agent link closed");
     }
 
-    /// Checks a hello; returns the configured host name and the report interval.
-    async fn admit(&self, hello: AgentMessage) -> Result<(Arc<str>, Duration), String> {
+    /// Checks a hello; returns the configured host name, the report interval and the hash of
+    /// the credential it was admitted with.
+    async fn admit(&self, hello: AgentMessage) -> Result<(Arc<str>, Duration, String), String> {
         let AgentMessage::Hello {
             version,
             host,
@@ -604,7 +676,7 @@ impl AgentHub {
         if !same(&crate::tokens::hash(&credential.0), &hash) {
             return Err(format!("credential rejected for host {name:?}"));
         }
-        Ok((name, interval))
+        Ok((name, interval, hash))
     }
 
     /// Milliseconds since the hub started (the clock of [`Link::seen`]).
@@ -663,19 +735,26 @@ impl AgentHub {
             },
         };
         self.inner.messages.increment(1);
-        let applied = match command {
-            Command::ReportLoad { .. } => {
-                self.inner.engine.report(command, received);
-                Ok(())
-            }
-            _ => self.inner.engine.apply(command).await.map(drop),
-        };
-        match applied {
+        if let Command::ReportLoad { .. } = command {
+            self.inner.engine.report(command, received);
+            return Ok(());
+        }
+        // Session news from a link that a newer one replaced is stale: drop it and end the link.
+        let current = lock(&self.inner.links)
+            .get(&**host)
+            .and_then(|l| l.live.as_ref())
+            .is_some_and(|v| v.conn == conn);
+        if !current {
+            return Err("replaced by a newer link".into());
+        }
+        match self.inner.engine.apply(command).await {
             Ok(_) => Ok(()),
             Err(EngineError::ShuttingDown) => Err("the broker is shutting down".into()),
+            // Lost session news would leave the broker and the agent disagreeing: end the link,
+            // and the agent's reconnect brings a full inventory.
+            Err(EngineError::Unavailable(m)) => Err(format!("the store is unavailable: {m}")),
             Err(e) => {
-                // A bad report is dropped, not fatal: the next one replaces it.
-                tracing::debug!(host = %host, error = %e, "agent report not applied");
+                tracing::warn!(host = %host, error = %e, "agent session report refused");
                 Ok(())
             }
         }

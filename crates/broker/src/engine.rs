@@ -659,6 +659,10 @@ impl<S: Store> Engine<S> {
                             if is_placement {
                                 crate::metrics::placement_failed(&e, started.elapsed());
                             }
+                            // Timers that fired before the refusal (an expired reservation, a
+                            // stale report) changed the state without events reaching us: let
+                            // the next publish and its once-a-second full rebuild show them.
+                            self.dirty = true;
                             let _ = reply.send(Err(e.into()));
                         }
                     }
@@ -841,7 +845,10 @@ impl<S: Store> Engine<S> {
                     urgent |= events.iter().any(changes_hosts);
                     self.dirty = true;
                 }
-                Err(e) => tracing::debug!(error = %e, "agent report not applied"),
+                Err(e) => {
+                    self.dirty = true;
+                    tracing::debug!(error = %e, "agent report not applied");
+                }
             }
         }
         urgent

@@ -103,6 +103,10 @@ pub fn run(socket: &Path, command: &[String]) -> Result<ExitCode> {
         eprintln!("switchboard ctl: {e}");
         return Ok(ExitCode::from(EX_UNAVAILABLE));
     }
+    if command.iter().any(|a| a.contains(['\n', '\r'])) {
+        eprintln!("switchboard ctl: arguments may not contain line breaks");
+        return Ok(ExitCode::FAILURE);
+    }
     if !command.is_empty() {
         return Ok(match conn.text(&command.join(" ")) {
             Ok(r) if !r.error => {

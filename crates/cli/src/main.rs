@@ -261,6 +261,7 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
                                     tracing::warn!("hosts with agents were added, but the agent listener was not started with the broker; restart the broker to accept their links");
                                 }
                                 agents.expect(agent_hosts);
+                                agents.set_missed(c.settings.stale_after_intervals);
                                 tracing::info!(file = %path.display(), "configuration reloaded");
                             }
                             Err(e) => tracing::error!(error = %e, "configuration not applied"),

@@ -181,6 +181,17 @@ impl<In, Out> Default for Codec<In, Out> {
     }
 }
 
+impl<In, Out> Codec<In, Out> {
+    /// Lowers (or restores) the largest frame accepted, e.g. to [`MAX_HELLO`] until a peer has
+    /// authenticated. Never above [`MAX_FRAME`].
+    pub fn set_max_frame(&mut self, n: usize) {
+        self.frames.set_max_frame_length(n.min(MAX_FRAME));
+    }
+}
+
+/// Largest first frame (the hello) a broker accepts from a peer that has not authenticated.
+pub const MAX_HELLO: usize = 16 * 1024;
+
 impl<In: for<'de> Deserialize<'de>, Out> Decoder for Codec<In, Out> {
     type Item = In;
     type Error = FrameError;
