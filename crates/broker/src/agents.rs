@@ -53,7 +53,7 @@ const OUT_QUEUE: usize = 64;
 /// Source addresses remembered for slowing down failures.
 const MAX_PENALTY_ENTRIES: usize = 65_536;
 /// Links that may be waiting to authenticate at once.
-pub const MAX_UNAUTHENTICATED: usize = 1024;
+pub const MAX_UNAUTHENTICATED: usize = 4096;
 /// After a broker start, how long hosts whose agents have not linked yet are given before the
 /// silence counts: agents back off up to 30 s between attempts, plus a 10 s connect timeout.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(45);
