@@ -64,13 +64,7 @@ struct Harness {
     client: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use switchboard_testkit::free_port;
 
 impl Harness {
     async fn start() -> Harness {
@@ -158,6 +152,28 @@ impl Harness {
 
     fn set_sessions(&self, lines: &str) {
         std::fs::write(self.state_file(), lines).unwrap();
+    }
+
+    /// Starts an agent for h1.example.org with the given site script and waits until it is
+    /// linked and the broker has adopted `sessions` sessions.
+    async fn linked_agent(
+        &self,
+        script: &str,
+        credential: &str,
+        sessions: usize,
+    ) -> (CancellationToken, watch::Receiver<LinkState>) {
+        let stop = CancellationToken::new();
+        let mut state = switchboard_agent::host::spawn(
+            self.agent_config_with("h1.example.org", credential, script),
+            stop.clone(),
+        )
+        .unwrap();
+        wait_state(&mut state, |s| *s == LinkState::Up).await;
+        eventually("sessions adopted", Duration::from_secs(10), || async {
+            self.sessions().await.len() == sessions
+        })
+        .await;
+        (stop, state)
     }
 
     fn agent_config(&self, host: &str, credential: &str) -> AgentConfig {
@@ -339,15 +355,7 @@ async fn the_agent_comes_back_after_a_broker_restart() {
     let mut h = Harness::start().await;
     let cred = h.enroll("h1.example.org").await;
     h.set_sessions("x2go-50-1 alice running\n");
-    let stop = CancellationToken::new();
-    let mut state =
-        switchboard_agent::host::spawn(h.agent_config("h1.example.org", &cred), stop.clone())
-            .unwrap();
-    wait_state(&mut state, |s| *s == LinkState::Up).await;
-    eventually("session adopted", Duration::from_secs(10), || async {
-        h.sessions().await.len() == 1
-    })
-    .await;
+    let (stop, mut state) = h.linked_agent("site.sh", &cred, 1).await;
     let before = h.sessions().await[0]["id"].clone();
     h.stop_broker().await;
     wait_state(&mut state, |s| matches!(s, LinkState::Down(_))).await;
@@ -370,15 +378,7 @@ async fn a_silent_agent_makes_its_host_unreachable_until_it_returns() {
     let h = Harness::start().await;
     let cred = h.enroll("h1.example.org").await;
     h.set_sessions("x2go-50-1 alice running\n");
-    let stop = CancellationToken::new();
-    let mut state =
-        switchboard_agent::host::spawn(h.agent_config("h1.example.org", &cred), stop.clone())
-            .unwrap();
-    wait_state(&mut state, |s| *s == LinkState::Up).await;
-    eventually("session adopted", Duration::from_secs(10), || async {
-        h.sessions().await.len() == 1
-    })
-    .await;
+    let (stop, _state) = h.linked_agent("site.sh", &cred, 1).await;
     stop.cancel();
     // 3 missed intervals of 500 ms.
     eventually("host unreachable", Duration::from_secs(5), || async {
@@ -420,15 +420,7 @@ async fn commands_go_through_the_agent_and_unknown_sessions_are_refused() {
     let h = Harness::start().await;
     let cred = h.enroll("h1.example.org").await;
     h.set_sessions("x2go-50-1 alice running\nx2go-51-1 bob running\n");
-    let stop = CancellationToken::new();
-    let mut state =
-        switchboard_agent::host::spawn(h.agent_config("h1.example.org", &cred), stop.clone())
-            .unwrap();
-    wait_state(&mut state, |s| *s == LinkState::Up).await;
-    eventually("sessions adopted", Duration::from_secs(10), || async {
-        h.sessions().await.len() == 2
-    })
-    .await;
+    let (stop, _state) = h.linked_agent("site.sh", &cred, 2).await;
     let hub = h.broker().agents.clone();
     // Disconnect through the agent: the source detaches it and the broker hears of it.
     hub.command(
@@ -561,17 +553,7 @@ async fn logoff_terminates_then_kills_after_the_grace_period() {
     let h = Harness::start().await;
     let cred = h.enroll("h1.example.org").await;
     h.set_sessions("x2go-50-1 alice running\n");
-    let stop = CancellationToken::new();
-    let mut state = switchboard_agent::host::spawn(
-        h.agent_config_with("h1.example.org", &cred, "stubborn.sh"),
-        stop.clone(),
-    )
-    .unwrap();
-    wait_state(&mut state, |s| *s == LinkState::Up).await;
-    eventually("session adopted", Duration::from_secs(10), || async {
-        h.sessions().await.len() == 1
-    })
-    .await;
+    let (stop, _state) = h.linked_agent("stubborn.sh", &cred, 1).await;
     let id = h.sessions().await[0]["id"].as_u64().unwrap();
     // The session ignores the terminate; after the grace it is killed and the broker ends it.
     let (status, body) = h

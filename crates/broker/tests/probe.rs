@@ -12,11 +12,7 @@ async fn probes_bring_listening_hosts_up_and_keep_closed_ones_out() {
     let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let open_port = open.local_addr().unwrap().port();
     // A port that was just free: nothing listens there.
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = switchboard_testkit::free_port();
     let extra = format!(
         "[probe]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n[[pool]]\nname = \"p\"\nagent = false\n\
          [[pool.host]]\nname = \"up\"\naddress = \"127.0.0.1:{open_port}\"\nprobe = true\n\

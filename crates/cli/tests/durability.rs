@@ -15,13 +15,7 @@ const HOSTS: usize = 8;
 const MUTATIONS: usize = 1000;
 const KILL_AFTER: usize = 450;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use switchboard_testkit::free_port;
 
 struct Broker {
     child: Child,

@@ -63,11 +63,7 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
     let tokens_file = dir.path().join("tokens");
     let token = tokens::add(&tokens_file, "admin", Access::ReadWrite).unwrap();
     let tf = tokens_file.display().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = switchboard_testkit::free_port();
     let path = dir.path().join("broker.toml");
     std::fs::write(&path, config(&store, port, &tf, &["a", "b"])).unwrap();
     let mut child = Guard(

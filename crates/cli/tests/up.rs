@@ -17,13 +17,7 @@ impl Drop for Guard {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use switchboard_testkit::free_port;
 
 fn start(data: &std::path::Path, port: u16, simulate: usize) -> (Guard, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
