@@ -227,6 +227,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = AgentConfig::parse(&text, "agent.toml")
+            .unwrap()
+            .validate("sba_x".into())
+            .unwrap();
+        assert_eq!(c.broker, "broker.example.org:7443");
+        assert_eq!(c.report_interval, DEFAULT_INTERVAL);
+        let kinds: Vec<&str> = c.sources.iter().map(|s| s.kind()).collect();
+        assert_eq!(kinds, ["x2go", "logind"]);
+    }
+
+    #[test]
     fn ipv6_brokers_are_bracketed() {
         assert_eq!(host_part("[::1]:7443"), Some("::1"));
         assert_eq!(host_part("b.example.org:7443"), Some("b.example.org"));
