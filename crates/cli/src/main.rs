@@ -557,12 +557,23 @@ address = "127.0.0.1:22"
             .join(", ");
         switchboard_agent::host::spawn(agent_config, shutdown.clone())?;
         if simulate > 0 {
-            let mut hosts = Vec::with_capacity(simulate);
+            // Enrolled concurrently: the engine commits them in shared batches.
+            let mut enrolling = tokio::task::JoinSet::new();
             for i in 0..simulate {
-                let name = switchboard_agent::sim::host_name(i);
-                let credential = broker.agents.enroll(&name).await?;
-                hosts.push(switchboard_agent::sim::SimHost { name, credential });
+                let agents = broker.agents.clone();
+                enrolling.spawn(async move {
+                    let name = switchboard_agent::sim::host_name(i);
+                    let credential = agents.enroll(&name).await;
+                    (i, name, credential)
+                });
             }
+            let mut hosts = Vec::with_capacity(simulate);
+            while let Some(done) = enrolling.join_next().await {
+                let (i, name, credential) = done?;
+                hosts.push((i, switchboard_agent::sim::SimHost { name, credential: credential? }));
+            }
+            hosts.sort_by_key(|(i, _)| *i);
+            let hosts: Vec<_> = hosts.into_iter().map(|(_, h)| h).collect();
             let link = switchboard_agent::link::LinkParams {
                 broker: agent_addr.to_string(),
                 server_name: switchboard_agent::link::server_name("localhost")?,
