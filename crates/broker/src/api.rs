@@ -6,7 +6,7 @@
 //! file; read-only tokens may only read. The OpenAPI document is generated from the same handler
 //! annotations that register the routes (utoipa-axum), so the two cannot drift apart.
 
-use crate::agents::CommandError;
+use crate::agents::{CommandError, EndError, Ended, Ending};
 use crate::engine::{EngineError, EngineHandle, HostInfo, PoolInfo};
 use crate::tokens::{Access, Tokens};
 use axum::body::Bytes;
@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use switchboard_core::model::{ReservationRecord, SessionRecord, SessionState};
 use switchboard_core::{AdminState, Command, CoreError, Event, PlacementOutcome, SessionId};
-use switchboard_proto::agent::Action;
 use switchboard_store::{SqlStore, Store};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -757,52 +756,32 @@ async fn end_session(
     let target = format!("{id} ({} on {})", info.user, info.host);
     // A session on an agent host with a backend id ends through its agent: the agent terminates
     // it (or logs it off with a grace period), and its report that the session is gone ends it.
-    let via_agent = if info.state == "reserved" {
-        None
-    } else {
-        app.engine
-            .query(move |s| {
-                let r = s.session(id)?;
-                let agent = s.host(&r.host).is_some_and(|h| h.spec.agent);
-                r.backend_id.clone().filter(|_| agent)
-            })
-            .await
-            .map_err(ApiError::from)?
-    };
-    if let Some(backend_id) = via_agent {
-        let backend_id = backend_id.to_string();
-        let action = match grace {
-            Some(g) => Action::Logoff {
-                backend_id,
-                grace_ms: g.saturating_mul(1000),
-            },
-            None => Action::Terminate { backend_id },
-        };
-        let r = match app
+    if info.state != "reserved" {
+        let how = grace.map_or(Ending::Terminate, Ending::Logoff);
+        let r = app
             .agents
-            .command(&info.host, action, AGENT_COMMAND_TIMEOUT)
+            .end_session(id, how, AGENT_COMMAND_TIMEOUT)
             .await
-        {
-            Ok(_) => match app.engine.apply(Command::BeginEnding { id }).await {
-                // Already gone: the agent's report came first.
-                Ok(_) | Err(EngineError::Core(CoreError::IdNotFound { .. })) => Ok(()),
-                Err(e) => Err(ApiError::from(e)),
-            },
-            Err(e) => Err(agent_error(e)),
-        };
-        audit(&app, &actor, "end session", &target, &r).await;
-        r?;
-        info.state = "ending".to_owned();
-        return Ok((StatusCode::ACCEPTED, Json(info)));
+            .map_err(|e| match e {
+                EndError::Agent(e) => agent_error(e),
+                EndError::Engine(e) => ApiError::from(e),
+            });
+        let outcome = r.as_ref().map(drop).map_err(Clone::clone);
+        audit(&app, &actor, "end session", &target, &outcome).await;
+        return Ok(match r? {
+            Ended::ByAgent(_) => {
+                info.state = "ending".to_owned();
+                (StatusCode::ACCEPTED, Json(info))
+            }
+            Ended::Record => {
+                info.state = "ended".to_owned();
+                (StatusCode::OK, Json(info))
+            }
+        });
     }
-    let command = if info.state == "reserved" {
-        Command::Release { id }
-    } else {
-        Command::EndSession { id }
-    };
     let r = app
         .engine
-        .apply(command)
+        .apply(Command::Release { id })
         .await
         .map(|_| ())
         .map_err(ApiError::from);

@@ -7,7 +7,7 @@
 //! own user, and members of the configured group are served; anyone else is told so and
 //! disconnected. Every action is audited with surface `ctl` and the peer's user name.
 
-use crate::agents::{AgentHub, CommandError};
+use crate::agents::{AgentHub, Ended, Ending};
 use crate::engine::{EngineError, EngineHandle, HostInfo};
 use serde_json::{Value, json};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::model::SessionRecord;
-use switchboard_core::{AdminState, Command, CoreError, SessionId};
-use switchboard_proto::agent::Action;
+use switchboard_core::{AdminState, Command, SessionId};
 use switchboard_proto::mgmt::{self, COMMANDS, Request, SessionFilter, Target, table};
 use switchboard_store::{SqlStore, Store};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -593,10 +592,11 @@ impl Mgmt {
                 self.audit(actor, "revoke", &host, &r).await;
                 r
             }
-            Request::AbortUser(t) => self.end(actor, "abortuser", t, End::Kill).await,
-            Request::ShutdownUser(t) => self.end(actor, "shutdownuser", t, End::Terminate).await,
+            Request::AbortUser(t) => self.end(actor, "abortuser", t, Ending::Kill).await,
+            Request::ShutdownUser(t) => self.end(actor, "shutdownuser", t, Ending::Terminate).await,
             Request::LogoffUser(t, grace) => {
-                self.end(actor, "logoffuser", t, End::Logoff(grace)).await
+                self.end(actor, "logoffuser", t, Ending::Logoff(grace))
+                    .await
             }
             Request::Quit | Request::Verbose(_) => Err("handled by the connection".into()),
         }
@@ -668,7 +668,7 @@ impl Mgmt {
         actor: &str,
         action: &str,
         target: Target,
-        how: End,
+        how: Ending,
     ) -> Result<Reply, String> {
         let t = target.clone();
         let sessions = self
@@ -726,53 +726,13 @@ impl Mgmt {
         r
     }
 
-    async fn end_one(&self, s: &SessionRecord, how: End) -> Result<String, String> {
-        let host = s.host.to_string();
-        let agent = self
-            .engine
-            .query({
-                let h = host.clone();
-                move |st| st.host(&h).is_some_and(|v| v.spec.agent)
-            })
-            .await
-            .map_err(engine_err)?;
-        match (&s.backend_id, agent) {
-            (Some(b), true) => {
-                let backend_id = b.to_string();
-                let action = match how {
-                    End::Kill => Action::Kill { backend_id },
-                    End::Terminate => Action::Terminate { backend_id },
-                    End::Logoff(g) => Action::Logoff {
-                        backend_id,
-                        grace_ms: g.saturating_mul(1000),
-                    },
-                };
-                let m = self
-                    .agents
-                    .command(&host, action, AGENT_TIMEOUT)
-                    .await
-                    .map_err(|e: CommandError| e.to_string())?;
-                match self.engine.apply(Command::BeginEnding { id: s.id }).await {
-                    Ok(_) | Err(EngineError::Core(CoreError::IdNotFound { .. })) => Ok(m),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            // Nothing on the host to act on: the record ends here.
-            _ => self
-                .engine
-                .apply(Command::EndSession { id: s.id })
-                .await
-                .map(|_| "ended (no agent to act on the host)".to_owned())
-                .map_err(engine_err),
+    async fn end_one(&self, s: &SessionRecord, how: Ending) -> Result<String, String> {
+        match self.agents.end_session(s.id, how, AGENT_TIMEOUT).await {
+            Ok(Ended::ByAgent(m)) => Ok(m),
+            Ok(Ended::Record) => Ok("ended (no agent to act on the host)".to_owned()),
+            Err(e) => Err(e.to_string()),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum End {
-    Kill,
-    Terminate,
-    Logoff(u64),
 }
 
 fn keep(f: &SessionFilter, r: &SessionRecord) -> bool {
