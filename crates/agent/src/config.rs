@@ -90,9 +90,8 @@ pub fn host_part(addr: &str) -> Option<&str> {
     addr.rsplit_once(':').map(|(h, _)| h)
 }
 
-/// Reads a credential file: the credential on its first non-empty line. The file must not be
-/// readable by others.
-pub fn read_credential(path: &Path) -> Result<String, String> {
+/// Reads a file that holds secrets, refusing it when group or others may read it.
+pub fn read_private(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -102,8 +101,14 @@ pub fn read_credential(path: &Path) -> Result<String, String> {
             meta.permissions().mode() & 0o777
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a credential file: the credential on its first non-empty line. The file must not be
+/// readable by others.
+pub fn read_credential(path: &Path) -> Result<String, String> {
+    read_private(path)?
+        .lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)

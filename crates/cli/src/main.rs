@@ -381,15 +381,7 @@ fn read_credential_table(
     path: &Path,
     n: usize,
 ) -> Result<Vec<switchboard_agent::sim::SimHost>, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{}: readable by group or others; chmod 600 it",
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = switchboard_agent::config::read_private(path)?;
     let mut table = std::collections::HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
