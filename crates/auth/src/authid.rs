@@ -1,0 +1,240 @@
+//! X2Go's AUTHID tokens: after one password check the client is handed a token, and each
+//! request presents the last token and gets the next one.
+//!
+//! Compared with x2gobroker's cookie files (never deleted, directory setting ignored), these are:
+//! - random (122 bits, printed as a UUID as X2Go clients expect);
+//! - single-use: a token is removed when presented, whatever the outcome (a replay, or a use from
+//!   another address, burns it);
+//! - bound to the address it was issued to (`bind_to_address`, default on);
+//! - expiring: a chain lives `ttl` from the password login that started it (X2Go's
+//!   `auth-timeout`), however often it rotates;
+//! - bounded: at most `max` live tokens; when full, the oldest are dropped.
+//!
+//! They live in memory: a broker restart asks users for their password again.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Default chain lifetime (X2Go's `auth-timeout` default, 10 hours).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(36_000);
+/// Default bound on live tokens.
+pub const DEFAULT_MAX: usize = 100_000;
+
+#[derive(Debug)]
+struct Entry {
+    user: Arc<str>,
+    addr: IpAddr,
+    /// When the password login that started this chain happened.
+    origin: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    live: HashMap<String, Entry>,
+    order: VecDeque<String>,
+}
+
+/// The token store.
+#[derive(Clone, Debug)]
+pub struct AuthIds {
+    inner: Arc<Mutex<Inner>>,
+    ttl: Duration,
+    bind: bool,
+    max: usize,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Never issued, already used, or dropped.
+    #[error("unknown or already used token")]
+    Unknown,
+    /// Issued to another user.
+    #[error("token was issued to another user")]
+    OtherUser,
+    /// Presented from another address than it was issued to.
+    #[error("token was issued to another address")]
+    OtherAddress,
+    /// The chain is older than the token lifetime.
+    #[error("token chain expired")]
+    Expired,
+}
+
+/// A redeemed token: who it was for and when their chain began.
+#[derive(Debug, Clone)]
+pub struct Redeemed {
+    /// The authenticated user.
+    pub user: Arc<str>,
+    /// When the chain's password login happened.
+    pub origin: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A random UUID (version 4) string.
+pub fn random_uuid() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| format!("no randomness available: {e}"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+impl AuthIds {
+    /// A store with the given chain lifetime, address binding and bound.
+    pub fn new(ttl: Duration, bind: bool, max: usize) -> AuthIds {
+        AuthIds {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            ttl,
+            bind,
+            max: max.max(1),
+        }
+    }
+
+    /// Issues a token for `user` at `addr`, continuing a chain that began at `origin`.
+    pub fn issue(&self, user: &str, addr: IpAddr, origin: Instant) -> Result<String, String> {
+        let token = random_uuid()?;
+        let mut g = lock(&self.inner);
+        while g.live.len() >= self.max {
+            match g.order.pop_front() {
+                Some(old) => {
+                    g.live.remove(&old);
+                }
+                None => break,
+            }
+        }
+        // Keep the order queue from growing with tokens already redeemed.
+        if g.order.len() > self.max.saturating_mul(2) {
+            let Inner { live, order } = &mut *g;
+            order.retain(|t| live.contains_key(t));
+        }
+        g.live.insert(
+            token.clone(),
+            Entry {
+                user: user.into(),
+                addr,
+                origin,
+            },
+        );
+        g.order.push_back(token.clone());
+        Ok(token)
+    }
+
+    /// Redeems `token` presented by `user` from `addr`. The token is gone afterwards whatever
+    /// the result.
+    pub fn redeem(&self, token: &str, user: &str, addr: IpAddr) -> Result<Redeemed, TokenError> {
+        let entry = lock(&self.inner)
+            .live
+            .remove(token)
+            .ok_or(TokenError::Unknown)?;
+        if &*entry.user != user {
+            return Err(TokenError::OtherUser);
+        }
+        if self.bind && entry.addr != addr {
+            return Err(TokenError::OtherAddress);
+        }
+        if entry.origin.elapsed() >= self.ttl {
+            return Err(TokenError::Expired);
+        }
+        Ok(Redeemed {
+            user: entry.user,
+            origin: entry.origin,
+        })
+    }
+
+    /// Live tokens.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).live.len()
+    }
+
+    /// Whether no token is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_rotate() {
+        let ids = AuthIds::new(DEFAULT_TTL, true, 10);
+        let t0 = Instant::now();
+        let a = ids.issue("alice", ip("127.0.0.1"), t0).unwrap();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        let r = ids.redeem(&a, "alice", ip("127.0.0.1")).unwrap();
+        assert_eq!(&*r.user, "alice");
+        assert_eq!(
+            ids.redeem(&a, "alice", ip("127.0.0.1")).unwrap_err(),
+            TokenError::Unknown
+        );
+        let b = ids.issue("alice", ip("127.0.0.1"), r.origin).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn another_address_or_user_burns_the_token() {
+        let ids = AuthIds::new(DEFAULT_TTL, true, 10);
+        let a = ids.issue("alice", ip("127.0.0.1"), Instant::now()).unwrap();
+        assert_eq!(
+            ids.redeem(&a, "alice", ip("127.0.0.2")).unwrap_err(),
+            TokenError::OtherAddress
+        );
+        assert_eq!(
+            ids.redeem(&a, "alice", ip("127.0.0.1")).unwrap_err(),
+            TokenError::Unknown
+        );
+        let b = ids.issue("alice", ip("127.0.0.1"), Instant::now()).unwrap();
+        assert_eq!(
+            ids.redeem(&b, "mallory", ip("127.0.0.1")).unwrap_err(),
+            TokenError::OtherUser
+        );
+        let unbound = AuthIds::new(DEFAULT_TTL, false, 10);
+        let c = unbound
+            .issue("alice", ip("127.0.0.1"), Instant::now())
+            .unwrap();
+        unbound.redeem(&c, "alice", ip("127.0.0.2")).unwrap();
+    }
+
+    #[test]
+    fn chains_expire_from_their_password_login() {
+        let ids = AuthIds::new(Duration::from_millis(50), true, 10);
+        let origin = Instant::now();
+        let a = ids.issue("alice", ip("127.0.0.1"), origin).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            ids.redeem(&a, "alice", ip("127.0.0.1")).unwrap_err(),
+            TokenError::Expired
+        );
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_drops_the_oldest() {
+        let ids = AuthIds::new(DEFAULT_TTL, true, 3);
+        let t: Vec<String> = (0..5)
+            .map(|_| ids.issue("u", ip("127.0.0.1"), Instant::now()).unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.redeem(&t[0], "u", ip("127.0.0.1")).is_err());
+        assert!(ids.redeem(&t[4], "u", ip("127.0.0.1")).is_ok());
+    }
+}

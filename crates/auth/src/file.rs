@@ -1,0 +1,294 @@
+//! The password file: one `user:hash` per line, argon2 (`$argon2id$…`, as written by
+//! `switchboard passwd`) or bcrypt (`$2b$…`, as written by `htpasswd -B`). Lines starting with `#`
+//! and empty lines are ignored.
+//!
+//! The file is read again when its modification time or size changes, so `switchboard passwd`
+//! takes effect on the next login without a reload. Hash checks run on the blocking pool (argon2
+//! is deliberately slow), and an unknown user costs the same as a wrong password.
+
+use crate::AuthError;
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Largest password file read.
+pub const MAX_FILE: u64 = 16 << 20;
+
+/// A hash compared against when the user is unknown, so timing does not tell.
+fn dummy() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash("switchboard-unknown-user").unwrap_or_default())
+}
+
+type Entries = Arc<HashMap<String, String>>;
+
+/// A password file, cached until it changes.
+#[derive(Clone, Debug)]
+pub struct PasswordFile {
+    path: PathBuf,
+    cache: Arc<Mutex<Option<(SystemTime, u64, Entries)>>>,
+}
+
+/// Parses the file's text: `user:hash` lines. Errors name the line.
+pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(format!("line {}: expected `user:hash`", i + 1));
+        };
+        if !crate::valid_user(user) {
+            return Err(format!("line {}: {user:?} is not a user name", i + 1));
+        }
+        if !(is_argon2(hash) || is_bcrypt(hash)) {
+            return Err(format!(
+                "line {}: the hash for {user:?} is neither argon2 ($argon2id$…) nor bcrypt ($2b$…)",
+                i + 1
+            ));
+        }
+        if out.insert(user.to_owned(), hash.to_owned()).is_some() {
+            return Err(format!("line {}: user {user:?} is listed twice", i + 1));
+        }
+    }
+    Ok(out)
+}
+
+fn is_argon2(h: &str) -> bool {
+    h.starts_with("$argon2id$") || h.starts_with("$argon2i$") || h.starts_with("$argon2d$")
+}
+
+fn is_bcrypt(h: &str) -> bool {
+    ["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|p| h.starts_with(p))
+}
+
+/// Checks `password` against one stored hash.
+pub fn check(hash: &str, password: &str) -> bool {
+    if is_bcrypt(hash) {
+        bcrypt::verify(password, hash).unwrap_or(false)
+    } else {
+        PasswordHash::new(hash).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+    }
+}
+
+/// An argon2id hash of `password` with a fresh salt.
+pub fn hash(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| format!("no randomness available: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl PasswordFile {
+    /// The file at `path` (read on first use).
+    pub fn new(path: PathBuf) -> PasswordFile {
+        PasswordFile {
+            path,
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn entries(&self) -> Result<Entries, AuthError> {
+        let unavailable =
+            |m: String| AuthError::Unavailable(format!("{}: {m}", self.path.display()));
+        let meta = std::fs::metadata(&self.path).map_err(|e| unavailable(e.to_string()))?;
+        if meta.len() > MAX_FILE {
+            return Err(unavailable(format!("larger than {MAX_FILE} bytes")));
+        }
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((t, len, e)) = &*cache
+            && (*t, *len) == stamp
+        {
+            return Ok(e.clone());
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|e| unavailable(e.to_string()))?;
+        let entries = Arc::new(parse(&text).map_err(unavailable)?);
+        *cache = Some((stamp.0, stamp.1, entries.clone()));
+        Ok(entries)
+    }
+
+    /// Checks a user's password.
+    pub async fn verify(&self, user: &str, password: &str) -> Result<(), AuthError> {
+        let this = self.clone();
+        let (user, password) = (user.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let entries = this.entries()?;
+            let known = entries.get(&user);
+            let ok = check(known.map_or(dummy(), String::as_str), &password);
+            if ok && known.is_some() {
+                Ok(())
+            } else {
+                Err(AuthError::Denied)
+            }
+        })
+        .await
+        .map_err(|e| AuthError::Unavailable(format!("password check panicked: {e}")))?
+    }
+}
+
+/// Adds `user` to the file at `path` or changes their password, keeping every other line. The
+/// file is replaced atomically; a new file is created with mode 0600.
+pub fn set_password(path: &Path, user: &str, password: &str) -> Result<bool, String> {
+    if !crate::valid_user(user) {
+        return Err(format!(
+            "{user:?} is not a user name (no ':', no control characters)"
+        ));
+    }
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    if password.len() > crate::MAX_PASSWORD {
+        return Err(format!(
+            "the password is longer than {} bytes",
+            crate::MAX_PASSWORD
+        ));
+    }
+    let (text, mode) = match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0o600);
+            (t, mode)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), 0o600),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let line = format!("{user}:{}", hash(password)?);
+    let mut out = String::new();
+    let mut replaced = false;
+    for l in text.lines() {
+        if l.split_once(':').is_some_and(|(u, _)| u == user) && !l.trim_start().starts_with('#') {
+            out.push_str(&line);
+            replaced = true;
+        } else {
+            out.push_str(l);
+        }
+        out.push('\n');
+    }
+    if !replaced {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("passwd"),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(out.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", path.display())
+    })?;
+    Ok(!replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn argon2_and_bcrypt_hashes_both_verify() {
+        let a = hash("s3cret").unwrap();
+        assert!(a.starts_with("$argon2id$"));
+        assert!(check(&a, "s3cret"));
+        assert!(!check(&a, "s3creT"));
+        let b = bcrypt::hash("s3cret", 4).unwrap();
+        assert!(check(&b, "s3cret"));
+        assert!(!check(&b, "nope"));
+        assert!(!check(dummy(), ""));
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        assert!(parse("# c\n\nalice:$2b$04$abc\n").is_ok());
+        assert!(parse("alice\n").unwrap_err().starts_with("line 1"));
+        assert!(parse("\nalice:plain\n").unwrap_err().starts_with("line 2"));
+        assert!(parse("a:$2b$x\na:$2b$y\n").unwrap_err().contains("twice"));
+    }
+
+    #[tokio::test]
+    async fn set_password_adds_then_changes_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        assert!(set_password(&path, "alice", "one").unwrap());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.insert_str(0, "# site users\n");
+        std::fs::write(&path, text).unwrap();
+        assert!(set_password(&path, "bob", "two").unwrap());
+        assert!(!set_password(&path, "alice", "three").unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# site users\nalice:$argon2id$"), "{text}");
+        let f = PasswordFile::new(path.clone());
+        f.verify("alice", "three").await.unwrap();
+        assert_eq!(f.verify("alice", "one").await, Err(AuthError::Denied));
+        f.verify("bob", "two").await.unwrap();
+        assert_eq!(f.verify("carol", "two").await, Err(AuthError::Denied));
+        assert!(set_password(&path, "x:y", "p").is_err());
+        assert!(set_password(&path, "x", "").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_broken_file_is_unavailable_not_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let f = PasswordFile::new(path.clone());
+        assert!(matches!(
+            f.verify("alice", "x").await,
+            Err(AuthError::Unavailable(_))
+        ));
+        std::fs::write(&path, "alice:cleartext\n").unwrap();
+        let e = f.verify("alice", "x").await.unwrap_err();
+        assert!(
+            matches!(&e, AuthError::Unavailable(m) if m.contains("line 1")),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! PAM through libpam (the `nonstick` binding), on a bounded pool of blocking threads.
+//!
+//! Each check is one PAM transaction: `pam_authenticate` then `pam_acct_mgmt` (an expired or
+//! locked account is refused like a wrong password). PAM modules block, pam_unix sleeps about
+//! two seconds after a wrong password, and an LDAP module can hang, so the conversation runs on
+//! tokio's blocking threads with at most `pool` at once; the async side waits on a semaphore
+//! and never blocks the runtime. A request gives up waiting after [`crate::PAM_TIMEOUT`]; the
+//! thread keeps its pool slot until PAM returns, so the bound always holds.
+
+use crate::AuthError;
+use nonstick::{
+    AuthnFlags, ConversationAdapter, Result as PamResult, Transaction, TransactionBuilder,
+};
+use std::ffi::{OsStr, OsString};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// The PAM service and its thread pool.
+#[derive(Clone, Debug)]
+pub struct PamPool {
+    service: Arc<str>,
+    slots: Arc<Semaphore>,
+}
+
+struct Conversation {
+    user: String,
+    password: String,
+}
+
+impl ConversationAdapter for Conversation {
+    fn prompt(&self, _request: impl AsRef<OsStr>) -> PamResult<OsString> {
+        Ok(OsString::from(&self.user))
+    }
+
+    fn masked_prompt(&self, _request: impl AsRef<OsStr>) -> PamResult<OsString> {
+        Ok(OsString::from(&self.password))
+    }
+
+    fn error_msg(&self, message: impl AsRef<OsStr>) {
+        tracing::debug!(message = %message.as_ref().to_string_lossy(), "PAM error message");
+    }
+
+    fn info_msg(&self, message: impl AsRef<OsStr>) {
+        tracing::debug!(message = %message.as_ref().to_string_lossy(), "PAM info message");
+    }
+}
+
+/// One PAM transaction, blocking.
+fn authenticate(service: &str, user: &str, password: &str) -> Result<(), AuthError> {
+    let conversation = Conversation {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let mut txn = TransactionBuilder::new_with_service(service)
+        .username(user)
+        .build(conversation.into_conversation())
+        .map_err(|e| AuthError::Unavailable(format!("PAM service {service:?}: {e}")))?;
+    txn.authenticate(AuthnFlags::empty())
+        .map_err(|e| denied_or_broken(service, e))?;
+    txn.account_management(AuthnFlags::empty())
+        .map_err(|e| denied_or_broken(service, e))?;
+    Ok(())
+}
+
+fn denied_or_broken(service: &str, e: nonstick::ErrorCode) -> AuthError {
+    use nonstick::ErrorCode as E;
+    match e {
+        E::AuthenticationError
+        | E::UserUnknown
+        | E::MaxTries
+        | E::AccountExpired
+        | E::NewAuthTokRequired
+        | E::PermissionDenied
+        | E::CredentialsInsufficient
+        | E::AuthTokExpired => AuthError::Denied,
+        other => AuthError::Unavailable(format!("PAM service {service:?}: {other}")),
+    }
+}
+
+impl PamPool {
+    /// A pool of `size` threads for `service`.
+    pub fn new(service: &str, size: usize) -> PamPool {
+        PamPool {
+            service: service.into(),
+            slots: Arc::new(Semaphore::new(size.max(1))),
+        }
+    }
+
+    /// Checks a password; waits for a free slot first.
+    pub async fn verify(&self, user: &str, password: &str) -> Result<(), AuthError> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthError::Unavailable("PAM pool closed".into()))?;
+        let service = self.service.clone();
+        let (user, password) = (user.to_owned(), password.to_owned());
+        let job = tokio::task::spawn_blocking(move || {
+            let r = authenticate(&service, &user, &password);
+            drop(permit);
+            r
+        });
+        match tokio::time::timeout(crate::PAM_TIMEOUT, job).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(AuthError::Unavailable(format!(
+                "PAM conversation panicked: {e}"
+            ))),
+            Err(_) => Err(AuthError::Unavailable(format!(
+                "PAM did not answer within {:?}",
+                crate::PAM_TIMEOUT
+            ))),
+        }
+    }
+}
