@@ -5,8 +5,11 @@
 //!   JSON, at most 1 MiB a frame, versioned hello).
 //! - [`mgmt`]: the management socket's line protocol (at most 4 KiB a line).
 //!
-//! Still to come here: the X2Go plain/JSON bodies and the `ipvsadm -R` text. Each gets a size
-//! limit and a fuzz target.
+//! - [`x2go`]: X2Go's broker protocol: the session-profiles file and its ACLs, the request form,
+//!   the `/plain/` and `/json/` reply bodies.
+//!
+//! Still to come here: the `ipvsadm -R` text. Each parser has a size limit and a fuzz target.
 
 pub mod agent;
 pub mod mgmt;
+pub mod x2go;
