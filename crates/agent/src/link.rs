@@ -397,11 +397,18 @@ async fn once(
 }
 
 /// Messages that bring the broker from `before` to `after`: single changes, or one full
-/// inventory when there are many.
+/// inventory when there are many. A change of `info` alone is not news (X2Go's line carries the
+/// session's age, which changes with every listing); the next real change or inventory carries it.
 pub fn changes(before: &Inventory, after: &Inventory) -> Vec<AgentMessage> {
+    let same = |a: &ReportedSession, b: &ReportedSession| {
+        a.backend_id == b.backend_id
+            && a.user == b.user
+            && a.state == b.state
+            && a.idle_secs == b.idle_secs
+    };
     let mut out = Vec::new();
     for (id, s) in after {
-        if before.get(id) != Some(s) {
+        if !before.get(id).is_some_and(|b| same(b, s)) {
             out.push(AgentMessage::SessionChanged(s.clone()));
         }
     }
@@ -434,6 +441,7 @@ mod tests {
                 user: "alice".into(),
                 state,
                 idle_secs: None,
+                info: None,
             },
         )
     }

@@ -122,6 +122,7 @@ impl SimState {
                 user,
                 state: ReportedState::Running,
                 idle_secs: Some(self.rng.next_u64() % 600),
+                info: None,
             },
         );
     }

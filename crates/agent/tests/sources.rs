@@ -31,6 +31,7 @@ fn session(id: &str, user: &str, state: ReportedState, idle: Option<u64>) -> Rep
         user: s(user),
         state,
         idle_secs: idle,
+        info: None,
     }
 }
 
@@ -570,7 +571,8 @@ fn xpra_info_captured() {
         attached,
         xpra::Attachment {
             clients: 1,
-            idle_secs: Some(7)
+            idle_secs: Some(7),
+            info: None,
         }
     );
     let detached = xpra::parse_info("info", &fixture("xpra-info-detached.txt")).unwrap();
@@ -578,7 +580,8 @@ fn xpra_info_captured() {
         detached,
         xpra::Attachment {
             clients: 0,
-            idle_secs: None
+            idle_secs: None,
+            info: None,
         }
     );
     // Several clients: numbered keys, the most recently active one counts.
@@ -588,7 +591,8 @@ fn xpra_info_captured() {
         xpra::parse_info("info", two).unwrap(),
         xpra::Attachment {
             clients: 2,
-            idle_secs: Some(4)
+            idle_secs: Some(4),
+            info: None,
         }
     );
     assert!(xpra::parse_info("info", "server.display=:100\n").is_err());

@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use switchboard_core::model::ReportedSession;
 use switchboard_core::{Command, SessionId};
 use switchboard_proto::agent::{
     Action, AgentMessage, BrokerMessage, Codec, FrameError, MAX_FRAME, MAX_HELLO, PROTOCOL_VERSION,
@@ -133,7 +134,12 @@ struct Inner {
     unauthenticated: Arc<tokio::sync::Semaphore>,
     /// Report intervals of silence after which a host is unreachable (reloadable).
     missed_now: std::sync::atomic::AtomicU32,
+    /// Each host's sessions' `info` lines by backend id (X2Go's `SESSION_INFO`), as last reported.
+    infos: Mutex<HashMap<Arc<str>, HashMap<String, String>>>,
 }
+
+/// Longest session `info` kept from an agent.
+pub const MAX_SESSION_INFO: usize = 1024;
 
 #[derive(Debug)]
 struct Link {
@@ -199,6 +205,7 @@ impl AgentHub {
                 started: Instant::now(),
                 unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
                 missed_now: std::sync::atomic::AtomicU32::new(missed.max(1)),
+                infos: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -290,6 +297,52 @@ impl AgentHub {
                 Ok(Ended::ByAgent(message))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The `info` line a host's agent last reported for a session (X2Go: its
+    /// `x2golistsessions` line).
+    pub fn session_info(&self, host: &str, backend_id: &str) -> Option<String> {
+        lock(&self.inner.infos)
+            .get(host)
+            .and_then(|m| m.get(backend_id))
+            .cloned()
+    }
+
+    fn keep_info(&self, host: &Arc<str>, msg: &AgentMessage) {
+        let usable = |s: &ReportedSession| {
+            s.info
+                .as_ref()
+                .filter(|i| i.len() <= MAX_SESSION_INFO && !i.chars().any(char::is_control))
+                .map(|i| (s.backend_id.clone(), i.clone()))
+        };
+        let mut infos = lock(&self.inner.infos);
+        match msg {
+            AgentMessage::Inventory { sessions } => {
+                let m: HashMap<String, String> = sessions.iter().filter_map(usable).collect();
+                if m.is_empty() {
+                    infos.remove(&**host);
+                } else {
+                    infos.insert(host.clone(), m);
+                }
+            }
+            AgentMessage::SessionChanged(s) => {
+                let m = infos.entry(host.clone()).or_default();
+                match usable(s) {
+                    Some((id, i)) => {
+                        m.insert(id, i);
+                    }
+                    None => {
+                        m.remove(&s.backend_id);
+                    }
+                }
+            }
+            AgentMessage::SessionGone { backend_id } => {
+                if let Some(m) = infos.get_mut(&**host) {
+                    m.remove(backend_id);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -775,6 +828,14 @@ impl AgentHub {
         msg: AgentMessage,
         received: Instant,
     ) -> Result<(), String> {
+        if matches!(
+            msg,
+            AgentMessage::Inventory { .. }
+                | AgentMessage::SessionChanged(_)
+                | AgentMessage::SessionGone { .. }
+        ) {
+            self.keep_info(host, &msg);
+        }
         let command = match msg {
             AgentMessage::Hello { .. } => return Err("a second hello on one link".into()),
             AgentMessage::Heartbeat => return Ok(()),

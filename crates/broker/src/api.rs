@@ -51,6 +51,8 @@ pub struct App {
     pub public_metrics: bool,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: Arc<Vec<IpAddr>>,
+    /// The X2Go frontend, when `[x2go]` is configured.
+    pub x2go: Option<crate::x2go::X2go>,
 }
 
 /// Who made a request: the name of the token it carried.
@@ -1171,8 +1173,14 @@ pub fn router(app: App) -> Router {
         app.clone(),
         require_token,
     ));
+    let x2go = if app.x2go.is_some() {
+        crate::x2go::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(api)
+        .merge(x2go)
         .route(
             "/api/v1/openapi.json",
             get(move || {

@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchboard_core::config::{ConfigDuration, HostAddr};
 use switchboard_core::model::{DEFAULT_WEIGHT, PoolOptions, ResumePreference};
+use std::sync::Arc;
 use switchboard_core::{HostSpec, Policy, PoolSpec, Settings};
+use switchboard_proto::x2go::Profile;
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/switchboard/broker.toml";
@@ -88,9 +90,63 @@ pub struct FileConfig {
     /// `[probe]`.
     #[serde(default)]
     pub probe: ProbeSection,
+    /// `[auth]`: how users log in (X2Go frontend, dashboard).
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// `[x2go]`: the X2Go broker frontend.
+    #[serde(default)]
+    pub x2go: X2goSection,
     /// `[[pool]]` tables.
     #[serde(default)]
     pub pool: Vec<PoolSection>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `pam`, `file:PATH` or `none`. No default: a frontend that needs users refuses to start
+    /// without it.
+    pub method: Option<String>,
+    /// PAM service name (default `switchboard`, i.e. `/etc/pam.d/switchboard`).
+    pub pam_service: Option<String>,
+    /// Most PAM conversations at once (default 2).
+    pub pam_pool: Option<usize>,
+}
+
+/// `[x2go]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X2goSection {
+    /// An x2gobroker `x2gobroker-sessionprofiles.conf`, used unmodified; each profile becomes a
+    /// pool. The frontend (`/plain/`, `/json/`) runs when this is set.
+    pub session_profiles: Option<PathBuf>,
+    /// How long an AUTHID chain lives after its password login (default 10h, X2Go's
+    /// `auth-timeout`).
+    pub token_ttl: Option<ConfigDuration>,
+    /// Whether an AUTHID is only valid from the address it was issued to (default true).
+    pub bind_to_address: Option<bool>,
+    /// Most live AUTHIDs (default 100000).
+    pub max_tokens: Option<usize>,
+    /// Which X2Go server logins (`login=`) each broker user may ask for besides their own name;
+    /// `"*"` allows any.
+    #[serde(default)]
+    pub login_map: BTreeMap<String, Vec<String>>,
+    /// Whether profile hosts run `switchboard agent` (default true); a profile's
+    /// `broker-agent-query-mode = NONE` makes its hosts agentless.
+    pub agent: Option<bool>,
+    /// Placement policy of profiles without `broker-policy` (default: `[placement] policy`).
+    pub policy: Option<Policy>,
+    /// Whether a user's primary group counts for `acl-groups-*` (default false, as X2Go's
+    /// `ignore-primary-group-memberships = true`).
+    pub primary_groups: Option<bool>,
+    /// Autologin for profiles without `broker-session-autologin` (default false, as X2Go's
+    /// `default-session-autologin`).
+    pub session_autologin: Option<bool>,
+    /// How long an autologin key stays installed if it is not used (default 60s).
+    pub autologin_key_ttl: Option<ConfigDuration>,
+    /// How long `selectsession` waits for an agent to suspend a running session (default 5s).
+    pub suspend_timeout: Option<ConfigDuration>,
 }
 
 /// `[store]`.
@@ -264,10 +320,179 @@ pub struct Config {
     pub probe_interval: Duration,
     /// Probe connect timeout.
     pub probe_timeout: Duration,
+    /// `[auth]`, if configured.
+    pub auth: Option<switchboard_auth::Method>,
+    /// The X2Go frontend, if configured.
+    pub x2go: Option<X2goConfig>,
     /// Every host, once, in first-seen order.
     pub hosts: Vec<HostSpec>,
     /// Every pool.
     pub pools: Vec<PoolSpec>,
+}
+
+/// The X2Go frontend's settings and profiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct X2goConfig {
+    /// The profiles file.
+    pub profiles_path: PathBuf,
+    /// Its profiles, sorted by id (each is also a pool in [`Config::pools`]).
+    pub profiles: Arc<Vec<Profile>>,
+    /// Whether each profile (same order) hands out autologin keys.
+    pub autologin: Arc<Vec<bool>>,
+    /// AUTHID chain lifetime.
+    pub token_ttl: Duration,
+    /// AUTHIDs bound to their address.
+    pub bind_to_address: bool,
+    /// Most live AUTHIDs.
+    pub max_tokens: usize,
+    /// Extra logins per broker user.
+    pub login_map: BTreeMap<String, Vec<String>>,
+    /// Primary groups count for group ACLs.
+    pub primary_groups: bool,
+    /// Autologin key lifetime when unused.
+    pub autologin_key_ttl: Duration,
+    /// Wait for an agent to suspend a running session.
+    pub suspend_timeout: Duration,
+}
+
+impl X2goConfig {
+    /// Whether broker user `user` may ask for X2Go server login `login`.
+    pub fn may_login(&self, user: &str, login: &str) -> bool {
+        user == login
+            || self
+                .login_map
+                .get(user)
+                .is_some_and(|l| l.iter().any(|x| x == login || x == "*"))
+    }
+}
+
+/// Default AUTHID chain lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(36_000);
+/// Default autologin key lifetime.
+pub const DEFAULT_AUTOLOGIN_KEY_TTL: Duration = Duration::from_secs(60);
+/// Default wait for an agent to suspend a session.
+pub const DEFAULT_SUSPEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `broker-*` keys a profile may carry.
+const BROKER_KEYS: &[&str] = &[
+    "broker-policy",
+    "broker-agent-query-mode",
+    "broker-agent-hostkey-policy",
+    "broker-session-autologin",
+    "broker-portscan-x2goservers",
+    "broker-authorized-keys",
+    "broker-sshproxy-authorized-keys",
+    "broker-use-load-checker",
+];
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A profile as a pool: its policy and hosts; and whether it hands out autologin keys.
+fn profile_pool(
+    p: &Profile,
+    default_policy: Policy,
+    default_agent: bool,
+    default_autologin: bool,
+) -> Result<(PoolSpec, Vec<HostSpec>, bool), String> {
+    let at = |line: usize, key: &str, m: String| format!("line {line}: profile [{}]: key `{key}`: {m}", p.id);
+    let mut policy = default_policy;
+    let mut agent = default_agent;
+    let mut portscan = true;
+    let mut autologin = default_autologin;
+    let mut explicit_policy = false;
+    for (key, value, line) in &p.broker {
+        let b = |v: &str| {
+            parse_bool(v).ok_or_else(|| at(*line, key, format!("{v:?} is not true or false")))
+        };
+        match key.as_str() {
+            "broker-policy" => {
+                policy = value.parse().map_err(|e: switchboard_core::policy::UnknownPolicy| {
+                    at(*line, key, e.to_string())
+                })?;
+                explicit_policy = true;
+            }
+            "broker-agent-query-mode" => {
+                agent = match value.trim().to_uppercase().as_str() {
+                    "NONE" => false,
+                    "LOCAL" | "SSH" => true,
+                    _ => {
+                        return Err(at(*line, key, format!("{value:?}: use NONE, LOCAL or SSH")));
+                    }
+                }
+            }
+            "broker-session-autologin" => autologin = b(value)?,
+            "broker-portscan-x2goservers" => portscan = b(value)?,
+            "broker-use-load-checker" => {
+                if b(value)? && !explicit_policy {
+                    policy = Policy::X2goLoad;
+                }
+            }
+            k if BROKER_KEYS.contains(&k) => {}
+            other => {
+                return Err(at(
+                    *line,
+                    other,
+                    format!("unknown broker key; known: {}", BROKER_KEYS.join(", ")),
+                ));
+            }
+        }
+    }
+    let hosts = p
+        .hosts
+        .iter()
+        .map(|h| HostSpec {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            weight: DEFAULT_WEIGHT,
+            max_sessions: None,
+            labels: BTreeMap::new(),
+            agent,
+            probe: !agent && portscan,
+        })
+        .collect();
+    Ok((
+        PoolSpec {
+            name: p.id.clone(),
+            policy,
+            options: PoolOptions::default(),
+            hosts: p.hosts.iter().map(|h| h.name.clone()).collect(),
+        },
+        hosts,
+        autologin,
+    ))
+}
+
+/// Adds `spec` to the host table, or checks it agrees with the same host listed elsewhere.
+fn merge_host(
+    hosts: &mut Vec<HostSpec>,
+    host_pool: &mut BTreeMap<String, (usize, String)>,
+    spec: HostSpec,
+    pool: &str,
+    here: &str,
+) -> Result<(), String> {
+    match host_pool.get(&spec.name) {
+        Some((idx, other)) => {
+            if hosts[*idx] != spec {
+                return Err(format!(
+                    "{here}, host {:?}: also defined in pool {other:?} with different \
+                     settings; a host's address, weight, cap, agent, probe and \
+                     labels must agree wherever it is listed",
+                    spec.name
+                ));
+            }
+        }
+        None => {
+            host_pool.insert(spec.name.clone(), (hosts.len(), pool.to_owned()));
+            hosts.push(spec);
+        }
+    }
+    Ok(())
 }
 
 /// Line (1-based) of a byte offset in `text`.
@@ -409,22 +634,7 @@ impl FileConfig {
                     agent,
                     probe: h.probe,
                 };
-                match host_pool.get(&h.name) {
-                    Some((idx, other)) => {
-                        if hosts[*idx] != spec {
-                            return Err(format!(
-                                "{here}, host {:?}: also defined in pool {other:?} with different \
-                                 settings; a host's address, weight, cap, agent, probe and \
-                                 labels must agree wherever it is listed",
-                                h.name
-                            ));
-                        }
-                    }
-                    None => {
-                        host_pool.insert(h.name.clone(), (hosts.len(), p.name.clone()));
-                        hosts.push(spec);
-                    }
-                }
+                merge_host(&mut hosts, &mut host_pool, spec, &p.name, &here)?;
                 if members.contains(&h.name) {
                     return Err(format!("{here}: host {:?} is listed twice", h.name));
                 }
@@ -444,6 +654,96 @@ impl FileConfig {
                 hosts: members,
             });
         }
+        let auth = match &self.auth.method {
+            Some(m) => Some(
+                switchboard_auth::Method::parse(
+                    m,
+                    self.auth.pam_service.as_deref(),
+                    self.auth.pam_pool,
+                )
+                .map_err(|e| format!("key `auth.method`: {e}"))?,
+            ),
+            None => {
+                if self.auth.pam_service.is_some() || self.auth.pam_pool.is_some() {
+                    return Err("key `auth.method`: missing (pam, file:PATH or none)".into());
+                }
+                None
+            }
+        };
+        let x2go = match self.x2go.session_profiles.clone() {
+            None => None,
+            Some(path) => {
+                if auth.is_none() {
+                    return Err(
+                        "the X2Go frontend ([x2go] session_profiles) needs `[auth] method`: \
+                         \"pam\", \"file:PATH\", or \"none\" to trust the user name the client sends"
+                            .into(),
+                    );
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    format!("key `x2go.session_profiles`: {}: {e}", path.display())
+                })?;
+                let profiles = switchboard_proto::x2go::parse_profiles(&text)
+                    .map_err(|e| format!("key `x2go.session_profiles`: {}: {e}", path.display()))?;
+                let mut autologin = Vec::with_capacity(profiles.len());
+                for prof in &profiles {
+                    if pool_names.contains(&prof.id) {
+                        return Err(format!(
+                            "key `x2go.session_profiles`: {}: profile [{}] has the name of a [[pool]]; \
+                             profiles are pools, so rename one of them",
+                            path.display(),
+                            prof.id
+                        ));
+                    }
+                    let (pool, specs, auto) = profile_pool(
+                        prof,
+                        self.x2go.policy.unwrap_or(default_policy),
+                        self.x2go.agent.unwrap_or(true),
+                        self.x2go.session_autologin.unwrap_or(false),
+                    )
+                    .map_err(|e| format!("key `x2go.session_profiles`: {}: {e}", path.display()))?;
+                    let here = format!("{} profile [{}]", path.display(), prof.id);
+                    for spec in specs {
+                        merge_host(&mut hosts, &mut host_pool, spec, &prof.id, &here)?;
+                    }
+                    pools.push(pool);
+                    autologin.push(auto);
+                }
+                for (user, logins) in &self.x2go.login_map {
+                    if user.is_empty() || logins.iter().any(|l| l.is_empty()) {
+                        return Err("key `x2go.login_map`: empty user or login name".into());
+                    }
+                }
+                let max_tokens = self.x2go.max_tokens.unwrap_or(switchboard_auth::authid::DEFAULT_MAX);
+                if max_tokens == 0 {
+                    return Err("key `x2go.max_tokens`: must be at least 1".into());
+                }
+                let token_ttl = self.x2go.token_ttl.map_or(DEFAULT_TOKEN_TTL, |d| d.0);
+                if token_ttl.is_zero() {
+                    return Err("key `x2go.token_ttl`: must be above zero".into());
+                }
+                Some(X2goConfig {
+                    profiles_path: path,
+                    profiles: Arc::new(profiles),
+                    autologin: Arc::new(autologin),
+                    token_ttl,
+                    bind_to_address: self.x2go.bind_to_address.unwrap_or(true),
+                    max_tokens,
+                    login_map: self.x2go.login_map.clone(),
+                    primary_groups: self.x2go.primary_groups.unwrap_or(false),
+                    autologin_key_ttl: self
+                        .x2go
+                        .autologin_key_ttl
+                        .map_or(DEFAULT_AUTOLOGIN_KEY_TTL, |d| d.0)
+                        .max(Duration::from_secs(1)),
+                    suspend_timeout: self
+                        .x2go
+                        .suspend_timeout
+                        .map_or(DEFAULT_SUSPEND_TIMEOUT, |d| d.0)
+                        .max(Duration::from_millis(100)),
+                })
+            }
+        };
         let management_mode = match &self.management.mode {
             None => 0o660,
             Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
@@ -499,6 +799,8 @@ impl FileConfig {
                 .timeout
                 .map_or(DEFAULT_PROBE_TIMEOUT, |d| d.0)
                 .max(Duration::from_millis(10)),
+            auth,
+            x2go,
             hosts,
             pools,
         })

@@ -12,6 +12,7 @@
 //! - [`probe`]: TCP probes of agentless hosts.
 //! - [`mgmt`]: the management socket (`switchboard ctl`).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`x2go`]: the X2Go broker frontend (`/plain/`, `/json/`).
 //!
 //! [`Broker::start`] binds and starts everything and returns the bound address; [`run`] does the
 //! same and waits for shutdown. The `switchboard` binary only wires these.
@@ -27,6 +28,7 @@ pub mod pki;
 pub mod probe;
 pub mod tls;
 pub mod tokens;
+pub mod x2go;
 
 use config::Config;
 use std::net::SocketAddr;
@@ -80,6 +82,9 @@ pub struct Broker {
     pub agent_ca: Option<std::path::PathBuf>,
     /// The management socket.
     pub mgmt_socket: std::path::PathBuf,
+    /// The X2Go frontend, if configured.
+    pub x2go: Option<x2go::X2go>,
+    agent_listening: bool,
     mgmt_task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
@@ -157,7 +162,18 @@ impl Broker {
             gid,
             shutdown.child_token(),
         );
+        let x2go = match (&config.x2go, &config.auth) {
+            (Some(x), Some(method)) => Some(x2go::X2go::new(
+                x.clone(),
+                method.clone(),
+                engine.clone(),
+                hub.clone(),
+                store.clone(),
+            )),
+            _ => None,
+        };
         let app = api::App {
+            x2go: x2go.clone(),
             agents: hub.clone(),
             engine: engine.clone(),
             tokens,
@@ -190,6 +206,8 @@ impl Broker {
         });
         tracing::info!(http = %http_addr, https, agents = ?agent_addr, mgmt = %config.management_socket.display(), store = %redact(&config.store_url), "broker started");
         Ok(Broker {
+            x2go,
+            agent_listening: agent_addr.is_some(),
             http_addr,
             engine,
             agents: hub,
@@ -202,6 +220,16 @@ impl Broker {
             engine_task,
             store,
         })
+    }
+
+    /// What a SIGHUP needs to apply a new configuration to this broker.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            engine: self.engine.clone(),
+            agents: self.agents.clone(),
+            x2go: self.x2go.clone(),
+            agent_listening: self.agent_listening,
+        }
     }
 
     /// Stops serving and waits until everything has finished.
@@ -221,6 +249,43 @@ impl Broker {
             Ok(Err(e)) => Err(BrokerError::Http(e)),
             Err(e) => Err(BrokerError::Http(std::io::Error::other(e))),
         }
+    }
+}
+
+/// Applies a reloaded configuration to a running broker: hosts, pools and placement settings
+/// (through the engine), agent expectations and liveness, and the X2Go profiles and settings.
+/// Listen addresses, the store and TLS files need a restart.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    engine: engine::EngineHandle,
+    agents: agents::AgentHub,
+    x2go: Option<x2go::X2go>,
+    agent_listening: bool,
+}
+
+impl Reloader {
+    /// Applies `c`; on an error nothing of it is applied by the engine.
+    pub async fn apply(&self, c: Config) -> Result<(), engine::EngineError> {
+        self.engine.reconfigure(c.clone()).await?;
+        let agent_hosts: Vec<String> = c
+            .hosts
+            .iter()
+            .filter(|h| h.agent)
+            .map(|h| h.name.clone())
+            .collect();
+        if !self.agent_listening && !agent_hosts.is_empty() {
+            tracing::warn!("hosts with agents were added, but the agent listener was not started with the broker; restart the broker to accept their links");
+        }
+        self.agents.expect(agent_hosts);
+        self.agents.set_missed(c.settings.stale_after_intervals);
+        match &self.x2go {
+            Some(x) => x.reload(c.x2go, c.auth),
+            None if c.x2go.is_some() => {
+                tracing::warn!("[x2go] was added; restart the broker to start the X2Go frontend");
+            }
+            None => {}
+        }
+        Ok(())
     }
 }
 

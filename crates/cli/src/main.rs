@@ -44,8 +44,9 @@ enum LogFormat {
 enum Command {
     /// All-in-one on this machine: the broker with SQLite in a data directory, the REST API on
     /// 127.0.0.1 with a generated admin token, and a local agent for this machine (its own CA,
-    /// broker certificate and agent credential are made in the data directory). Prints where to
-    /// look. (The dashboard and X2Go frontend join it in later releases.)
+    /// broker certificate and agent credential are made in the data directory), and the X2Go
+    /// frontend on /plain/ and /json/ with PAM logins and one profile `desktops` (this machine).
+    /// Prints where to look. (The dashboard joins it in a later release.)
     Up {
         /// Where the database, certificates and the admin token live (created if missing).
         #[arg(long, default_value = "./switchboard-data")]
@@ -78,6 +79,15 @@ enum Command {
     Authkeys {
         #[command(subcommand)]
         op: AuthkeysOp,
+    },
+    /// Add a user to a password file (`[auth] method = "file:PATH"`) or change their password.
+    /// The password is read from standard input when it is not a terminal (one line), else asked
+    /// for twice. The file keeps argon2id hashes only and is created with mode 0600.
+    Passwd {
+        /// The password file.
+        file: PathBuf,
+        /// The user name.
+        user: String,
     },
     /// Manage REST API tokens in a tokens file (which stores only their hashes).
     Token {
@@ -165,6 +175,37 @@ enum TokenAction {
     },
 }
 
+fn passwd(file: &Path, user: &str) -> Result<ExitCode> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("New password for {user}: "))?;
+        let second = rpassword::prompt_password("Again: ")?;
+        if first != second {
+            eprintln!("switchboard: the passwords differ; nothing changed");
+            return Ok(ExitCode::from(1));
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    match switchboard_auth::file::set_password(file, user, &password) {
+        Ok(added) => {
+            eprintln!(
+                "{} {user:?} in {}",
+                if added { "added" } else { "changed the password of" },
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -237,33 +278,17 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         let broker = switchboard_broker::Broker::start(config, shutdown.clone()).await?;
-        let engine = broker.engine.clone();
-        let agents = broker.agents.clone();
-        let listening = broker.agent_addr.is_some();
+        let reloader = broker.reloader();
         let path = config_path.to_owned();
         signals(
             shutdown,
             Some(Box::new(move || {
-                let engine = engine.clone();
-                let agents = agents.clone();
+                let reloader = reloader.clone();
                 let path = path.clone();
                 tokio::spawn(async move {
                     match Config::load(&path) {
-                        Ok(c) => match engine.reconfigure(c.clone()).await {
-                            Ok(()) => {
-                                let agent_hosts: Vec<String> = c
-                                    .hosts
-                                    .iter()
-                                    .filter(|h| h.agent)
-                                    .map(|h| h.name.clone())
-                                    .collect();
-                                if !listening && !agent_hosts.is_empty() {
-                                    tracing::warn!("hosts with agents were added, but the agent listener was not started with the broker; restart the broker to accept their links");
-                                }
-                                agents.expect(agent_hosts);
-                                agents.set_missed(c.settings.stale_after_intervals);
-                                tracing::info!(file = %path.display(), "configuration reloaded");
-                            }
+                        Ok(c) => match reloader.apply(c).await {
+                            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
                             Err(e) => tracing::error!(error = %e, "configuration not applied"),
                         },
                         Err(e) => tracing::error!(error = %e, "configuration not reloaded; keeping the running one"),
@@ -469,6 +494,19 @@ fn up(data_dir: &Path, listen: &str, agents_listen: &str, simulate: usize) -> Re
         new_token = Some(token);
     }
     let host = short_hostname();
+    // The X2Go frontend's profiles, in x2gobroker's format: one profile (pool) `desktops` with
+    // this machine. Written once; edit it and send SIGHUP, or restart.
+    let profiles_path = data_dir.join("x2gobroker-sessionprofiles.conf");
+    if !profiles_path.exists() {
+        std::fs::write(
+            &profiles_path,
+            format!(
+                "# X2Go session profiles for `switchboard up` (x2gobroker's format). Each profile is a pool.\n\
+                 [desktops]\nname=Desktop on {host}\nhost={host} (127.0.0.1:22)\ncommand=XFCE\n"
+            ),
+        )
+        .with_context(|| format!("cannot write {}", profiles_path.display()))?;
+    }
     let mut text = format!(
         r#"data_dir = {dir:?}
 [store]
@@ -481,16 +519,16 @@ listen = {agents_listen:?}
 socket = {socket:?}
 [api]
 tokens_file = {tokens:?}
-[[pool]]
-name = "desktops"
-[[pool.host]]
-name = {host:?}
-address = "127.0.0.1:22"
+[auth]
+method = "pam"
+[x2go]
+session_profiles = {profiles:?}
 "#,
         dir = data_dir.display().to_string(),
         db = data_dir.join("switchboard.db").display(),
         tokens = tokens_file.display().to_string(),
         socket = data_dir.join("mgmt.sock").display().to_string(),
+        profiles = profiles_path.display().to_string(),
     );
     if simulate > 0 {
         text.push_str("[[pool]]\nname = \"sim\"\npolicy = \"least-load\"\n");
@@ -595,7 +633,13 @@ address = "127.0.0.1:22"
         );
         println!("  Metrics   {url}/metrics");
         println!("  Data      {} (SQLite)", data_dir.display());
-        println!("  Pool      desktops = this machine ({host}, 127.0.0.1:22)");
+        println!(
+            "  X2Go      {url}/plain/ (X2Go Client) and {url}/json/ (pyhoca-cli), PAM service `switchboard`"
+        );
+        println!(
+            "  Profiles  {} (pool desktops = this machine, {host} at 127.0.0.1:22)",
+            profiles_path.display()
+        );
         println!(
             "  Agent     local agent linked over TLS to {agent_addr} (sources: {}; CA {})",
             if sources.is_empty() { "none found" } else { &sources },
@@ -639,6 +683,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             check_config,
         } => broker(&config, check_config),
+        Command::Passwd { file, user } => passwd(&file, &user),
         Command::Token { action } => {
             match action {
                 TokenAction::Add {

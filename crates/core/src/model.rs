@@ -405,6 +405,10 @@ pub struct ReportedSession {
     /// Seconds since the user last did anything in it, where the source knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_secs: Option<u64>,
+    /// The backend's own description of the session, for clients that resume it (X2Go: the
+    /// `x2golistsessions` line, handed to X2Go clients as `SESSION_INFO`). The core ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<String>,
 }
 
 /// The states a host can report a session in.

@@ -250,6 +250,7 @@ mod tests {
                     user: "alice".into(),
                     state: ReportedState::Disconnected,
                     idle_secs: Some(120),
+                    info: None,
                 }],
             },
             AgentMessage::SessionGone {

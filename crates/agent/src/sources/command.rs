@@ -83,6 +83,7 @@ pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, Source
                 LineState::Disconnected => ReportedState::Disconnected,
             },
             idle_secs: l.idle_secs,
+            info: None,
         });
     }
     Ok(out)

@@ -182,6 +182,7 @@ pub fn sessions_from_blocks(
             user: user.to_owned(),
             state,
             idle_secs,
+            info: None,
         });
     }
     out

@@ -39,6 +39,10 @@ pub(super) fn default_suspend_command() -> String {
     "/usr/bin/x2gosuspend-session".to_owned()
 }
 
+/// Longest `x2golistsessions` line kept as a session's `info` (handed to X2Go clients that
+/// resume the session).
+pub const MAX_INFO: usize = 1024;
+
 /// Parses the output of `x2golistsessions_root` (or `x2golistsessions`). Empty lines are skipped;
 /// a line with fewer than 12 fields, or an empty or unsafe id or user, is an error naming the line.
 pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, SourceError> {
@@ -74,6 +78,8 @@ pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, Source
             user: user.to_owned(),
             state,
             idle_secs: None,
+            info: (line.len() <= MAX_INFO && !line.chars().any(char::is_control))
+                .then(|| line.to_owned()),
         });
     }
     Ok(out)

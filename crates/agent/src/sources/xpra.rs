@@ -210,6 +210,7 @@ pub(super) async fn list(
                 user: user.clone(),
                 state,
                 idle_secs,
+                info: None,
             });
         }
     }

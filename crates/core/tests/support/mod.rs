@@ -48,6 +48,7 @@ pub fn reported(backend: &str, user: &str, state: ReportedState) -> ReportedSess
         user: user.into(),
         state,
         idle_secs: None,
+        info: None,
     }
 }
 

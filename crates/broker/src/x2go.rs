@@ -1,0 +1,748 @@
+//! The X2Go broker frontend: `POST /plain/` (X2Go Client) and `POST /json/` (python3-x2go,
+//! pyhoca-cli) on the broker's HTTP listener, speaking x2gobroker's protocol
+//! (`switchboard_proto::x2go` has the formats).
+//!
+//! What differs from x2gobroker, on purpose:
+//! - the backend path segment is matched against `inifile` and `zeroconf` (both serve the
+//!   configured profiles); anything else is 404 and is never evaluated;
+//! - passwords are checked by [`switchboard_auth`] off the request path, with per-source failure
+//!   delays; AUTHIDs are random, single-use, rotating, address-bound, expiring and bounded;
+//! - `login=` must be the authenticated user unless `[x2go] login_map` allows it;
+//! - ACLs are enforced on `selectsession` too; a hidden profile looks exactly like an unknown one;
+//! - placement goes through the engine: resume first (the agents report X2Go's sessions), a
+//!   running session is suspended through its agent (bounded wait, nobody else waits), otherwise
+//!   the profile's placement policy;
+//! - autologin keys are installed by the host's agent with an expiry and removed after first use
+//!   or `autologin_key_ttl`;
+//! - `testcon` needs no credentials and answers `Access granted` (X2Go Client's connection test
+//!   works); GET is refused (passwords never travel in URLs).
+
+use crate::agents::AgentHub;
+use crate::config::X2goConfig;
+use crate::engine::{EngineError, EngineHandle};
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard_auth::authid::AuthIds;
+use switchboard_auth::{AuthError, Authenticator, Method, printable, valid_user};
+use switchboard_core::{Command, CoreError, Event, PlacementOutcome, SessionState};
+use switchboard_proto::agent::Action;
+use switchboard_proto::x2go::{self as wire, Form, Profile, Selected};
+use switchboard_store::SqlStore;
+
+/// Which protocol a request speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// `/plain/`: X2Go Client.
+    Plain,
+    /// `/json/`: python3-x2go.
+    Json,
+}
+
+/// Backends a URL may name (x2gobroker's; both serve the configured profiles).
+pub const BACKENDS: &[&str] = &["inifile", "zeroconf"];
+
+/// What the frontend runs with; replaced whole on reload.
+#[derive(Debug)]
+struct Frontend {
+    cfg: X2goConfig,
+    by_id: HashMap<String, usize>,
+    auth: Authenticator,
+    ids: AuthIds,
+    needs_groups: bool,
+}
+
+/// The X2Go frontend. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct X2go {
+    current: Arc<ArcSwap<Option<Frontend>>>,
+    engine: EngineHandle,
+    agents: AgentHub,
+    store: Arc<SqlStore>,
+}
+
+fn frontend(cfg: X2goConfig, auth: Authenticator, ids: AuthIds) -> Frontend {
+    let by_id = cfg
+        .profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.clone(), i))
+        .collect();
+    let needs_groups = cfg.profiles.iter().any(|p| p.acl.needs_groups());
+    Frontend {
+        cfg,
+        by_id,
+        auth,
+        ids,
+        needs_groups,
+    }
+}
+
+impl X2go {
+    /// The frontend for `cfg`, authenticating by `method`.
+    pub fn new(
+        cfg: X2goConfig,
+        method: Method,
+        engine: EngineHandle,
+        agents: AgentHub,
+        store: Arc<SqlStore>,
+    ) -> X2go {
+        let ids = AuthIds::new(cfg.token_ttl, cfg.bind_to_address, cfg.max_tokens);
+        let fe = frontend(cfg, Authenticator::new(method), ids);
+        X2go {
+            current: Arc::new(ArcSwap::from_pointee(Some(fe))),
+            engine,
+            agents,
+            store,
+        }
+    }
+
+    /// Applies a reloaded configuration. Live AUTHIDs and failure counts survive unless the
+    /// token settings or the method changed. Without `[x2go]` the routes answer 404.
+    pub fn reload(&self, cfg: Option<X2goConfig>, method: Option<Method>) {
+        let old = self.current.load();
+        let new = match (cfg, method) {
+            (Some(cfg), Some(method)) => {
+                let (auth, ids) = match &**old {
+                    Some(o) => {
+                        let auth = if *o.auth.method() == method {
+                            o.auth.clone()
+                        } else {
+                            Authenticator::new(method)
+                        };
+                        let ids = if (o.cfg.token_ttl, o.cfg.bind_to_address, o.cfg.max_tokens)
+                            == (cfg.token_ttl, cfg.bind_to_address, cfg.max_tokens)
+                        {
+                            o.ids.clone()
+                        } else {
+                            AuthIds::new(cfg.token_ttl, cfg.bind_to_address, cfg.max_tokens)
+                        };
+                        (auth, ids)
+                    }
+                    None => (
+                        Authenticator::new(method),
+                        AuthIds::new(cfg.token_ttl, cfg.bind_to_address, cfg.max_tokens),
+                    ),
+                };
+                Some(frontend(cfg, auth, ids))
+            }
+            _ => None,
+        };
+        self.current.store(Arc::new(new));
+    }
+
+    /// Answers one request.
+    pub async fn handle(
+        &self,
+        proto: Proto,
+        backend: Option<&str>,
+        client: IpAddr,
+        body: &Bytes,
+    ) -> Response {
+        let guard = self.current.load_full();
+        let Some(fe) = guard.as_ref().as_ref() else {
+            return html(StatusCode::NOT_FOUND);
+        };
+        if let Some(b) = backend
+            && !BACKENDS.contains(&b)
+        {
+            return html(StatusCode::NOT_FOUND);
+        }
+        let form = match wire::parse_form(body) {
+            Ok(f) => f,
+            Err(e) => return bad_request(&e),
+        };
+        if form.task == "testcon" {
+            return match proto {
+                Proto::Plain => ok(proto, "Access granted\nOK\n".to_owned()),
+                Proto::Json => ok(proto, String::new()),
+            };
+        }
+        let (user, authid) = match self.authenticate(fe, &form, client).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let authid = authid.as_deref();
+        match form.task.as_str() {
+            "listsessions" | "listprofiles" => {
+                let list = self.profile_list(fe, &user, client, proto).await;
+                let items: Vec<(&str, Vec<(String, wire::Value)>)> =
+                    list.iter().map(|(p, k)| (p.id.as_str(), k.clone())).collect();
+                ok(
+                    proto,
+                    match proto {
+                        Proto::Plain => wire::plain_list(authid, &items),
+                        Proto::Json => wire::json_list(authid, &items),
+                    },
+                )
+            }
+            "selectsession" => self.select(fe, &form, &user, client, proto, authid).await,
+            task => {
+                if task == "clientevent" {
+                    self.client_event(&user, &form);
+                }
+                ok(
+                    proto,
+                    match proto {
+                        Proto::Plain => wire::plain_head(authid),
+                        Proto::Json => wire::json_plain_reply(authid, task),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Checks the request's credentials: an AUTHID if one is sent, else the password. Returns
+    /// the user and the next AUTHID (none with `[auth] method = "none"`).
+    async fn authenticate(
+        &self,
+        fe: &Frontend,
+        form: &Form,
+        client: IpAddr,
+    ) -> Result<(String, Option<String>), Response> {
+        if !valid_user(&form.user) {
+            tracing::info!(%client, "x2go: request without a usable user name");
+            return Err(html(StatusCode::UNAUTHORIZED));
+        }
+        if !fe.auth.checks() {
+            return Ok((form.user.clone(), None));
+        }
+        let origin = if form.authid.is_empty() {
+            match fe.auth.verify(&form.user, &form.password, client).await {
+                Ok(()) => Instant::now(),
+                Err(AuthError::Denied) => return Err(html(StatusCode::UNAUTHORIZED)),
+                Err(AuthError::Unavailable(_)) => {
+                    return Err(html(StatusCode::SERVICE_UNAVAILABLE));
+                }
+            }
+        } else {
+            match fe.ids.redeem(&form.authid, &form.user, client) {
+                Ok(r) => r.origin,
+                Err(e) => {
+                    // Tokens are 122 random bits: guessing needs no delay to be hopeless.
+                    tracing::info!(user = %printable(&form.user), %client, reason = %e, "x2go: AUTHID refused");
+                    return Err(html(StatusCode::UNAUTHORIZED));
+                }
+            }
+        };
+        match fe.ids.issue(&form.user, client, origin) {
+            Ok(t) => Ok((form.user.clone(), Some(t))),
+            Err(e) => {
+                tracing::error!(error = %e, "x2go: cannot issue an AUTHID");
+                Err(html(StatusCode::SERVICE_UNAVAILABLE))
+            }
+        }
+    }
+
+    /// The profiles `user` at `client` may see, rendered, with the user's live session in each
+    /// (a disconnected one first) reduced to its host.
+    async fn profile_list(
+        &self,
+        fe: &Frontend,
+        user: &str,
+        client: IpAddr,
+        proto: Proto,
+    ) -> Vec<(Profile, Vec<(String, wire::Value)>)> {
+        let groups = self.groups(fe, user).await;
+        let visible: Vec<(usize, &Profile)> = fe
+            .cfg
+            .profiles
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.acl.allows(user, &groups, client))
+            .collect();
+        // The user's live sessions by host, from the engine.
+        let u = user.to_owned();
+        let sessions: Vec<(String, SessionState)> = self
+            .engine
+            .query(move |s| {
+                s.sessions_of_user(&u).into_iter()
+                    .filter(|r| {
+                        matches!(r.state, SessionState::Running | SessionState::Disconnected)
+                    })
+                    .map(|r| (r.host.to_string(), r.state))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        visible
+            .into_iter()
+            .map(|(i, p)| {
+                let mut found: Option<(&str, char)> = None;
+                for (host, state) in &sessions {
+                    if p.hosts.iter().any(|h| &h.name == host) {
+                        let c = if *state == SessionState::Disconnected { 'S' } else { 'R' };
+                        if found.is_none() || c == 'S' {
+                            found = Some((host.as_str(), c));
+                        }
+                    }
+                }
+                let keys = p.for_user(user, found, fe.cfg.autologin[i], proto == Proto::Json);
+                (p.clone(), keys)
+            })
+            .collect()
+    }
+
+    async fn groups(&self, fe: &Frontend, user: &str) -> Vec<String> {
+        if !fe.needs_groups {
+            return Vec::new();
+        }
+        let (u, primary) = (user.to_owned(), fe.cfg.primary_groups);
+        tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary))
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn select(
+        &self,
+        fe: &Frontend,
+        form: &Form,
+        user: &str,
+        client: IpAddr,
+        proto: Proto,
+        authid: Option<&str>,
+    ) -> Response {
+        let reply = |sel: &Selected| {
+            ok(
+                proto,
+                match proto {
+                    Proto::Plain => wire::plain_select(authid, sel),
+                    Proto::Json => wire::json_select(authid, sel),
+                },
+            )
+        };
+        if form.profile.is_empty() {
+            return ok(
+                proto,
+                match proto {
+                    Proto::Plain => wire::plain_head(authid),
+                    Proto::Json => wire::json_plain_reply(authid, "selectsession"),
+                },
+            );
+        }
+        let none = Selected {
+            server: wire::NO_SERVER.into(),
+            port: 22,
+            ..Selected::default()
+        };
+        let Some(&idx) = fe.by_id.get(&form.profile) else {
+            tracing::info!(user = %printable(user), profile = %printable(&form.profile), "x2go: select of an unknown profile");
+            return reply(&none);
+        };
+        let profile = &fe.cfg.profiles[idx];
+        let groups = self.groups(fe, user).await;
+        if !profile.acl.allows(user, &groups, client) {
+            tracing::warn!(user = %printable(user), %client, profile = %profile.id, "x2go: select refused by the profile's ACL");
+            return reply(&none);
+        }
+        let login = form.login();
+        if !valid_user(login) {
+            return bad_request("login is not a user name");
+        }
+        if !fe.cfg.may_login(user, login) {
+            tracing::warn!(user = %printable(user), login = %printable(login), %client, "x2go: login not allowed for this user ([x2go] login_map)");
+            return html(StatusCode::FORBIDDEN);
+        }
+        let pubkey = if fe.cfg.autologin[idx] && !form.pubkey.is_empty() {
+            match wire::check_pubkey(&form.pubkey) {
+                Ok(k) => Some(k),
+                Err(e) => return bad_request(&e),
+            }
+        } else {
+            None
+        };
+        let sshport = profile.hosts.first().map_or(22, |h| h.address.port);
+        let events = match self
+            .engine
+            .apply(Command::Reserve {
+                user: login.to_owned(),
+                pool: profile.id.clone(),
+                client: Some(client),
+            })
+            .await
+        {
+            Ok(e) => e,
+            Err(EngineError::Core(CoreError::NoHostAvailable { excluded, .. })) => {
+                tracing::warn!(profile = %profile.id, login = %printable(login), %excluded, "x2go: no host available");
+                let server = if profile.hosts.len() > 1 {
+                    wire::NO_X2GO_SERVER
+                } else {
+                    wire::NO_SERVER
+                };
+                return reply(&Selected {
+                    server: server.into(),
+                    port: sshport,
+                    ..Selected::default()
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "x2go: placement failed");
+                return html(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        };
+        let Some(p) = events.into_iter().find_map(|e| match e {
+            Event::Placed(p) => Some(p),
+            _ => None,
+        }) else {
+            return html(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        tracing::info!(user = %p.user, pool = %p.pool, host = %p.host, id = p.id.0, reason = %p.reason, "x2go: placed");
+        let entry = profile.hosts.iter().find(|h| *h.name == *p.host);
+        let server = match (proto, entry) {
+            (Proto::Plain, Some(h)) => h.plain_server(),
+            (Proto::Plain, None) => match p.address.host {
+                switchboard_core::config::Host::Ip(IpAddr::V6(_)) => p.host.to_string(),
+                _ => p.address.host_str(),
+            },
+            (Proto::Json, _) => p.address.host_str(),
+        };
+        let mut sel = Selected {
+            server,
+            port: p.address.port,
+            ..Selected::default()
+        };
+        if let PlacementOutcome::Resumed(state) = p.outcome {
+            let id = p.id;
+            let backend = self
+                .engine
+                .query(move |s| s.session(id).and_then(|r| r.backend_id.clone()))
+                .await
+                .ok()
+                .flatten();
+            if let Some(backend) = backend {
+                let info = self.agents.session_info(&p.host, &backend);
+                if state == SessionState::Running {
+                    // Suspend it so this client can take it over; only this request waits.
+                    let r = self
+                        .agents
+                        .command(
+                            &p.host,
+                            Action::Disconnect {
+                                backend_id: backend.to_string(),
+                            },
+                            fe.cfg.suspend_timeout,
+                        )
+                        .await;
+                    if let Err(e) = &r {
+                        tracing::warn!(host = %p.host, session = %backend, error = %e, "x2go: could not suspend the running session");
+                    }
+                    sel.session_info = info.map(|i| wire::as_suspended(&i));
+                } else {
+                    sel.session_info = info;
+                }
+            }
+        }
+        if fe.cfg.autologin[idx] {
+            match self
+                .install_key(fe, &p.host, login, pubkey.is_some(), pubkey)
+                .await
+            {
+                Ok(Some(private)) => sel.key = Some(private),
+                Ok(None) => sel.pubkey_accepted = true,
+                Err(e) => {
+                    tracing::warn!(host = %p.host, login = %printable(login), error = %e, "x2go: autologin key not installed; the client will ask for a password");
+                }
+            }
+        }
+        reply(&sel)
+    }
+
+    /// Installs an autologin key for `login` on `host` through its agent: the client's public key,
+    /// or a new RSA key pair whose private half is returned. The key is removed after its first
+    /// use (a running session of `login` on `host` appears) or after `autologin_key_ttl`.
+    async fn install_key(
+        &self,
+        fe: &Frontend,
+        host: &str,
+        login: &str,
+        client_key: bool,
+        pubkey: Option<String>,
+    ) -> Result<Option<String>, String> {
+        let (public, private) = match pubkey {
+            Some(k) => (k, None),
+            None => {
+                let (public, private) = tokio::task::spawn_blocking(keys::generate)
+                    .await
+                    .map_err(|e| e.to_string())??;
+                (public, Some(private))
+            }
+        };
+        let ttl = fe.cfg.autologin_key_ttl;
+        let expires_at_ms = switchboard_core::Millis::now_wall()
+            .0
+            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.agents
+            .command(
+                host,
+                Action::AddKey {
+                    user: login.to_owned(),
+                    key: public.clone(),
+                    expires_at_ms,
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(host, login = %printable(login), client_key, "x2go: autologin key installed");
+        self.spawn_key_removal(host.to_owned(), login.to_owned(), public, ttl);
+        Ok(private)
+    }
+
+    fn spawn_key_removal(&self, host: String, login: String, key: String, ttl: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = switchboard_core::Millis::now_wall();
+            let deadline = tokio::time::Instant::now() + ttl;
+            let mut used = false;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (h, l) = (host.clone(), login.clone());
+                used = this
+                    .engine
+                    .query(move |s| {
+                        s.sessions_of_user(&l).into_iter().any(|r| {
+                            *r.host == *h
+                                && r.state == SessionState::Running
+                                && r.updated_at >= started
+                        })
+                    })
+                    .await
+                    .unwrap_or(false);
+                if used {
+                    break;
+                }
+            }
+            let r = this
+                .agents
+                .command(
+                    &host,
+                    Action::RemoveKey {
+                        user: login.clone(),
+                        key,
+                    },
+                    Duration::from_secs(10),
+                )
+                .await;
+            match r {
+                Ok(_) => tracing::info!(host, login = %printable(&login), used, "x2go: autologin key removed"),
+                Err(e) => tracing::warn!(host, login = %printable(&login), error = %e, "x2go: autologin key not removed now; the agent drops it when it expires"),
+            }
+        });
+    }
+
+    /// Records a client event in the audit log (off the request path).
+    fn client_event(&self, user: &str, form: &Form) {
+        let event = form
+            .event
+            .iter()
+            .find(|(k, _)| k == "event")
+            .map_or("", |(_, v)| v.as_str());
+        let mut target = format!("profile={}", printable(&form.profile));
+        for (k, v) in &form.event {
+            if k != "event" {
+                target.push_str(&format!(" {k}={}", printable(v)));
+            }
+        }
+        let store = self.store.clone();
+        let actor = user.to_owned();
+        let action = format!("clientevent {}", printable(event));
+        tokio::spawn(async move {
+            crate::audit::record(&store, &actor, "x2go", &action, &target, Ok(())).await;
+        });
+    }
+}
+
+fn ok(proto: Proto, body: String) -> Response {
+    let ct = match proto {
+        Proto::Plain => "text/plain; charset=utf-8",
+        Proto::Json => "text/json; charset=utf-8",
+    };
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// An error page as tornado writes it (X2Go clients show it).
+pub fn html(status: StatusCode) -> Response {
+    let text = format!(
+        "{}: {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let body = if status == StatusCode::UNAUTHORIZED {
+        wire::UNAUTHORIZED_BODY.to_owned()
+    } else {
+        format!("<html><title>{text}</title><body>{text}</body></html>")
+    };
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn bad_request(message: &str) -> Response {
+    let mut r = (
+        StatusCode::BAD_REQUEST,
+        format!("400: Bad Request: {message}\n"),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The answer to GET on the X2Go paths: credentials never travel in URLs.
+pub fn get_refused(_headers: HeaderMap) -> Response {
+    let mut r = html(StatusCode::METHOD_NOT_ALLOWED);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+/// Autologin key pairs.
+pub mod keys {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+
+    fn put_string(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+
+    fn put_mpint(out: &mut Vec<u8>, be: &[u8]) {
+        let trimmed: &[u8] = {
+            let start = be.iter().position(|b| *b != 0).unwrap_or(be.len());
+            &be[start..]
+        };
+        if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
+            let mut v = Vec::with_capacity(trimmed.len() + 1);
+            v.push(0);
+            v.extend_from_slice(trimmed);
+            put_string(out, &v);
+        } else {
+            put_string(out, trimmed);
+        }
+    }
+
+    /// A new RSA-2048 key pair: the OpenSSH public key line and the private key as traditional
+    /// PEM (`BEGIN RSA PRIVATE KEY`), the only form X2Go Client 4.1 reads.
+    pub fn generate() -> Result<(String, String), String> {
+        use base64::Engine;
+        let mut rng = rsa::rand_core::OsRng;
+        let key = rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(|e| e.to_string())?;
+        let pem = key
+            .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
+            .map_err(|e| e.to_string())?;
+        let mut blob = Vec::new();
+        put_string(&mut blob, b"ssh-rsa");
+        put_mpint(&mut blob, &key.e().to_bytes_be());
+        put_mpint(&mut blob, &key.n().to_bytes_be());
+        let public = format!(
+            "ssh-rsa {} switchboard-autologin",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        );
+        Ok((public, pem.to_string()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used)]
+
+        #[test]
+        fn a_generated_pair_is_a_valid_public_line_and_pkcs1_pem() {
+            let (public, private) = super::generate().unwrap();
+            assert!(private.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
+            assert!(private.trim_end().ends_with("-----END RSA PRIVATE KEY-----"));
+            let checked = switchboard_proto::x2go::check_pubkey(&public).unwrap();
+            assert_eq!(checked, public);
+        }
+    }
+}
+
+// ----- routes -----
+
+use crate::api::App;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::routing::post;
+use std::net::SocketAddr;
+
+async fn serve(
+    app: &App,
+    proto: Proto,
+    backend: Option<&str>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let Some(x2go) = &app.x2go else {
+        return html(StatusCode::NOT_FOUND);
+    };
+    let client = crate::api::client_ip(peer.ip(), headers, &app.trusted_proxies);
+    x2go.handle(proto, backend, client, body).await
+}
+
+macro_rules! handlers {
+    ($root:ident, $one:ident, $rest:ident, $proto:expr) => {
+        async fn $root(
+            State(app): State<App>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            serve(&app, $proto, None, peer, &headers, &body).await
+        }
+
+        async fn $one(
+            State(app): State<App>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+            Path(backend): Path<String>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            serve(&app, $proto, Some(&backend), peer, &headers, &body).await
+        }
+
+        async fn $rest(
+            State(app): State<App>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+            Path((backend, _rest)): Path<(String, String)>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            serve(&app, $proto, Some(&backend), peer, &headers, &body).await
+        }
+    };
+}
+
+handlers!(plain_root, plain_one, plain_rest, Proto::Plain);
+handlers!(json_root, json_one, json_rest, Proto::Json);
+
+async fn refused(headers: HeaderMap) -> Response {
+    get_refused(headers)
+}
+
+/// The X2Go routes: `/plain/[BACKEND/[…]]` and `/json/[BACKEND/[…]]`, POST only.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/plain/", post(plain_root).get(refused))
+        .route("/plain/{backend}", post(plain_one).get(refused))
+        .route("/plain/{backend}/", post(plain_one).get(refused))
+        .route("/plain/{backend}/{*rest}", post(plain_rest).get(refused))
+        .route("/json/", post(json_root).get(refused))
+        .route("/json/{backend}", post(json_one).get(refused))
+        .route("/json/{backend}/", post(json_one).get(refused))
+        .route("/json/{backend}/{*rest}", post(json_rest).get(refused))
+}

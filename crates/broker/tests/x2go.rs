@@ -1,0 +1,464 @@
+//! The X2Go frontend over real HTTP on loopback: X2Go Client's plain-protocol requests as
+//! captured from the real client (reference §2.3) with golden replies, the JSON protocol, 401s,
+//! AUTHID rotation and address binding, ACLs on select, unknown backends, login mapping, client
+//! events in the audit log and a profile reload.
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use switchboard_broker::Broker;
+use switchboard_broker::config::Config;
+use switchboard_broker::tokens::{self, Access};
+use tokio_util::sync::CancellationToken;
+
+const PROFILES: &str = "\
+# Test profiles: x2gobroker's format, loopback addresses only.
+[DEFAULT]
+broker-agent-query-mode=NONE
+broker-portscan-x2goservers=false
+usebrokerpass=true
+
+[pool-mate]
+name=MATE pool (3 hosts, one on port 2222)
+host=node1 (127.0.0.11),node2 (127.0.0.12:2222),node3 (127.0.0.13)
+command=mate
+broker-policy=rr
+
+[single-xfce]
+name=Single XFCE
+host=vm (127.0.0.1)
+command=XFCE
+
+[admins-only]
+name=Admins only
+host=adm (127.0.0.21)
+acl-users-allow=alice
+acl-users-deny=ALL
+acl-users-order=allow-deny
+
+[v6]
+name=IPv6 host
+host=six ([::1]:2200)
+";
+
+struct H {
+    dir: tempfile::TempDir,
+    broker: Option<Broker>,
+    stop: CancellationToken,
+    base: String,
+    token: String,
+}
+
+impl H {
+    async fn start(extra: &str) -> H {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("profiles.conf"), PROFILES).unwrap();
+        switchboard_auth::file::set_password(&d.join("passwd"), "alice", "alice-pw").unwrap();
+        switchboard_auth::file::set_password(&d.join("passwd"), "bob", "bob-pw").unwrap();
+        let token = tokens::add(&d.join("tokens"), "admin", Access::ReadWrite).unwrap();
+        let mut h = H {
+            dir,
+            broker: None,
+            stop: CancellationToken::new(),
+            base: String::new(),
+            token,
+        };
+        let b = Broker::start(h.config(extra), h.stop.clone()).await.unwrap();
+        h.base = format!("http://{}", b.http_addr);
+        h.broker = Some(b);
+        h
+    }
+
+    fn config(&self, extra: &str) -> Config {
+        let d = self.dir.path();
+        let text = format!(
+            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [api]\ntokens_file = \"{dir}/tokens\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
+             [auth]\nmethod = \"file:{dir}/passwd\"\n\
+             [x2go]\nsession_profiles = \"{dir}/profiles.conf\"\n{extra}",
+            dir = d.display()
+        );
+        Config::parse(&text, "test.toml").unwrap()
+    }
+
+    async fn post_from(&self, from: &str, path: &str, body: &str) -> (u16, String, String) {
+        switchboard_testkit::install_crypto();
+        let client = reqwest::Client::builder()
+            .local_address(from.parse::<IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let r = client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, ct, r.text().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, String, String) {
+        self.post_from("127.0.0.1", path, body).await
+    }
+}
+
+impl Drop for H {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Splits `AUTHID:…` off a plain reply.
+fn authid(body: &str) -> (String, String) {
+    let (first, rest) = body.split_once('\n').unwrap();
+    let id = first.strip_prefix("AUTHID:").expect("an AUTHID line first");
+    (id.to_owned(), rest.to_owned())
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(actual, expected, "reply differs from {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x2go_client_requests_get_golden_replies() {
+    let h = H::start("").await;
+    // Exactly what X2Go Client 4.1.2.2 sends (reference §2.3), with a real password.
+    let (status, ct, body) = h
+        .post(
+            "/plain/",
+            "task=listsessions&user=alice&password=alice-pw&authid=",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ct, "text/plain; charset=utf-8");
+    let (id, rest) = authid(&body);
+    golden("plain_listsessions_alice.txt", &rest);
+    // The next request presents the AUTHID, as the client does.
+    let (status, _, body) = h
+        .post(
+            "/plain/",
+            &format!("task=selectsession&sid=single-xfce&user=alice&password=&authid={id}&login=alice"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (id, rest) = authid(&body);
+    assert_eq!(rest, "Access granted\nSERVER:127.0.0.1:22\n");
+    // A host reachable only by IPv6 is named, since X2Go Client splits SERVER: on colons.
+    let (_, _, body) = h
+        .post(
+            "/plain/",
+            &format!("task=selectsession&sid=v6&user=alice&password=&authid={id}&login=alice"),
+        )
+        .await;
+    let (id, rest) = authid(&body);
+    assert_eq!(rest, "Access granted\nSERVER:six:2200\n");
+    // Round robin over the pool's three hosts, one of them on port 2222; the reservation lives,
+    // so the same user asking again gets the same host.
+    let (_, _, body) = h
+        .post(
+            "/plain/",
+            &format!("task=selectsession&sid=pool-mate&user=alice&password=&authid={id}&login=alice"),
+        )
+        .await;
+    let (id, first) = authid(&body);
+    assert!(first.starts_with("Access granted\nSERVER:127.0.0.1"), "{first}");
+    let (_, _, body) = h
+        .post(
+            "/plain/",
+            &format!("task=selectsession&sid=pool-mate&user=alice&password=&authid={id}&login=alice"),
+        )
+        .await;
+    assert_eq!(authid(&body).1, first);
+    // Bob does not see the admins' profile.
+    let (_, _, body) = h
+        .post("/plain/", "task=listsessions&user=bob&password=bob-pw&authid=")
+        .await;
+    golden("plain_listsessions_bob.txt", &authid(&body).1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_protocol_as_python_x2go_speaks_it() {
+    let h = H::start("").await;
+    // pyhoca-cli's login: user and password, no task.
+    let (status, ct, body) = h.post("/json/", "user=alice&password=alice-pw").await;
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/json"), "{ct}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["auth-status"], "Access granted");
+    assert_eq!(v["task"], "");
+    let id = v["next-authid"].as_str().unwrap().to_owned();
+    let (_, _, body) = h
+        .post("/json/", &format!("task=listprofiles&user=alice&authid={id}"))
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let profiles = v["profiles"].as_object().unwrap();
+    assert_eq!(profiles.len(), 4);
+    let mate = &profiles["pool-mate"];
+    assert_eq!(mate["host"], serde_json::json!(["node1", "node2", "node3"]));
+    assert_eq!(mate["command"], "MATE");
+    assert_eq!(mate["rootless"], false);
+    // Keys python3-x2go fails on are not sent (usebrokerpass comes from [DEFAULT]).
+    for p in profiles.values() {
+        for k in p.as_object().unwrap().keys() {
+            assert!(
+                switchboard_proto::x2go::JSON_KEYS.contains(&k.as_str()),
+                "key {k} would crash python3-x2go"
+            );
+        }
+    }
+    let id = v["next-authid"].as_str().unwrap().to_owned();
+    let (_, _, body) = h
+        .post(
+            "/json/",
+            &format!("task=selectsession&profile-id=v6&user=alice&authid={id}"),
+        )
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["task"], "selectsession");
+    assert_eq!(
+        v["selected_session"],
+        serde_json::json!({"server": "::1", "port": "2200"})
+    );
+    // testcon on /json/ is an empty 200, with or without credentials.
+    let (status, _, body) = h.post("/json/", "task=testcon").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_are_401_and_tokens_are_single_use_and_rotate() {
+    let h = H::start("").await;
+    let (status, ct, body) = h
+        .post("/plain/", "task=listsessions&user=alice&password=nope&authid=")
+        .await;
+    assert_eq!(status, 401);
+    assert!(ct.starts_with("text/html"));
+    assert_eq!(body, switchboard_proto::x2go::UNAUTHORIZED_BODY);
+    let (status, _, _) = h
+        .post("/plain/", "task=listsessions&user=nobody&password=x&authid=")
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = h.post("/plain/", "task=listsessions&password=x").await;
+    assert_eq!(status, 401, "no user at all");
+    // A good login starts a chain; each token works once and the next one differs.
+    let (_, _, body) = h
+        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .await;
+    let (t1, _) = authid(&body);
+    let (status, _, body) = h
+        .post("/plain/", &format!("task=listsessions&user=alice&authid={t1}"))
+        .await;
+    assert_eq!(status, 200);
+    let (t2, _) = authid(&body);
+    assert_ne!(t1, t2);
+    let (status, _, _) = h
+        .post("/plain/", &format!("task=listsessions&user=alice&authid={t1}"))
+        .await;
+    assert_eq!(status, 401, "a replayed token is refused");
+    // A token is the user's: bob cannot use alice's.
+    let (status, _, _) = h
+        .post("/plain/", &format!("task=listsessions&user=bob&authid={t2}"))
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_bound_to_the_client_address() {
+    let h = H::start("").await;
+    let (_, _, body) = h
+        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .await;
+    let (t1, _) = authid(&body);
+    let (status, _, _) = h
+        .post_from(
+            "127.0.0.2",
+            "/plain/",
+            &format!("task=listsessions&user=alice&authid={t1}"),
+        )
+        .await;
+    assert_eq!(status, 401, "another address");
+    let (status, _, _) = h
+        .post("/plain/", &format!("task=listsessions&user=alice&authid={t1}"))
+        .await;
+    assert_eq!(status, 401, "a token tried from elsewhere is burnt");
+    // With bind_to_address = false a chain may move.
+    let h = H::start("bind_to_address = false\n").await;
+    let (_, _, body) = h
+        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .await;
+    let (t1, _) = authid(&body);
+    let (status, _, _) = h
+        .post_from(
+            "127.0.0.2",
+            "/plain/",
+            &format!("task=listsessions&user=alice&authid={t1}"),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_hold_on_select_too() {
+    let h = H::start("").await;
+    // x2gobroker hands out a server for a hidden profile; here bob gets what an unknown profile
+    // gets, and the profile's host is never revealed.
+    let (status, _, body) = h
+        .post(
+            "/plain/",
+            "task=selectsession&sid=admins-only&user=bob&password=bob-pw&authid=&login=bob",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(authid(&body).1, "Access granted\nSERVER:no-server-available:22\n");
+    let (_, _, body) = h
+        .post(
+            "/plain/",
+            "task=selectsession&sid=no-such&user=bob&password=bob-pw&authid=&login=bob",
+        )
+        .await;
+    assert_eq!(authid(&body).1, "Access granted\nSERVER:no-server-available:22\n");
+    let (_, _, body) = h
+        .post(
+            "/plain/",
+            "task=selectsession&sid=admins-only&user=alice&password=alice-pw&authid=&login=alice",
+        )
+        .await;
+    assert_eq!(authid(&body).1, "Access granted\nSERVER:127.0.0.21:22\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_paths_and_methods() {
+    let h = H::start("").await;
+    for path in ["/plain/inifile/", "/plain/zeroconf", "/plain/inifile/foo/bar", "/json/inifile/"] {
+        let (status, _, _) = h.post(path, "task=testcon").await;
+        assert_eq!(status, 200, "{path}");
+    }
+    // x2gobroker pasted this segment into exec(); here it is looked up in a fixed list.
+    for path in ["/plain/ldap/", "/plain/os%3Bsystem/", "/json/__import__/"] {
+        let (status, ct, _) = h.post(path, "task=testcon").await;
+        assert_eq!(status, 404, "{path}");
+        assert!(ct.starts_with("text/html"));
+    }
+    // GET would put passwords into URLs and access logs.
+    let r = switchboard_testkit::http_client()
+        .get(format!(
+            "{}/plain/?task=testcon&user=alice&password=alice-pw",
+            h.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    // testcon needs no credentials and passes X2Go Client's "Access granted" check.
+    let (status, _, body) = h.post("/plain/", "task=testcon").await;
+    assert_eq!((status, body.as_str()), (200, "Access granted\nOK\n"));
+    // Oversized bodies are refused.
+    let (status, _, _) = h.post("/plain/", &"a".repeat(200 << 10)).await;
+    assert!(status == 400 || status == 413, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_must_be_the_user_unless_mapped() {
+    let h = H::start("[x2go.login_map]\nalice = [\"alice-admin\"]\n").await;
+    // x2gobroker lets an authenticated user ask for anyone's login (finding S1).
+    let (status, _, _) = h
+        .post(
+            "/plain/",
+            "task=selectsession&sid=single-xfce&user=bob&password=bob-pw&authid=&login=alice",
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _, body) = h
+        .post(
+            "/plain/",
+            "task=selectsession&sid=single-xfce&user=alice&password=alice-pw&authid=&login=alice-admin",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("SERVER:127.0.0.1:22"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_reach_the_audit_log() {
+    let h = H::start("").await;
+    let (status, _, body) = h
+        .post(
+            "/plain/",
+            "task=clientevent&user=alice&password=alice-pw&sid=single-xfce&event=CONNECTED&server=vm&cmd=XFCE&authid=",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(authid(&body).1, "Access granted\n");
+    let client = switchboard_testkit::http_client();
+    let mut found = false;
+    for _ in 0..50 {
+        let v: serde_json::Value = client
+            .get(format!("{}/api/v1/audit", h.base))
+            .bearer_auth(&h.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        found = v.as_array().unwrap().iter().any(|r| {
+            r["surface"] == "x2go"
+                && r["actor"] == "alice"
+                && r["action"] == "clientevent CONNECTED"
+                && r["target"].as_str().unwrap().contains("server=vm")
+        });
+        if found {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(found, "client event not in the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_are_reloaded_with_the_configuration() {
+    let h = H::start("").await;
+    let reloader = h.broker.as_ref().unwrap().reloader();
+    let path = h.dir.path().join("profiles.conf");
+    std::fs::write(
+        &path,
+        format!("{PROFILES}\n[late]\nname=Added later\nhost=late1 (127.0.0.31)\n"),
+    )
+    .unwrap();
+    reloader.apply(h.config("")).await.unwrap();
+    let (_, _, body) = h
+        .post(
+            "/plain/",
+            "task=selectsession&sid=late&user=bob&password=bob-pw&authid=&login=bob",
+        )
+        .await;
+    assert_eq!(authid(&body).1, "Access granted\nSERVER:127.0.0.31:22\n");
+    // A broken file is refused at load, naming file, line and profile.
+    std::fs::write(&path, "[bad]\nhost=h1 (10.0.0.1:99999)\n").unwrap();
+    let e = Config::parse(
+        &format!(
+            "data_dir = {:?}\n[auth]\nmethod = \"none\"\n[x2go]\nsession_profiles = {:?}\n",
+            h.dir.path().display().to_string(),
+            path.display().to_string()
+        ),
+        "b.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("line 2: profile [bad]"), "{e}");
+}
