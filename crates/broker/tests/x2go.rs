@@ -39,6 +39,10 @@ acl-users-order=allow-deny
 [v6]
 name=IPv6 host
 host=six ([::1]:2200)
+
+[clients]
+name=For the real clients (nothing listens there)
+host=target (127.0.0.41:2)
 ";
 
 struct H {
@@ -208,7 +212,7 @@ async fn the_json_protocol_as_python_x2go_speaks_it() {
         .await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let profiles = v["profiles"].as_object().unwrap();
-    assert_eq!(profiles.len(), 4);
+    assert_eq!(profiles.len(), 5);
     let mate = &profiles["pool-mate"];
     assert_eq!(mate["host"], serde_json::json!(["node1", "node2", "node3"]));
     assert_eq!(mate["command"], "MATE");
@@ -461,4 +465,105 @@ async fn profiles_are_reloaded_with_the_configuration() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("line 2: profile [bad]"), "{e}");
+}
+
+/// Debian's X2Go tools: the scripts start with `#!/usr/bin/env python3` and need Debian's Python
+/// with python3-x2go, not another python3 that may come first on PATH.
+const DEBIAN_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_x2go_lists_profiles_and_selects_a_session() {
+    let h = H::start("").await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/x2go_library.py");
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args([&format!("{}/json/", h.base), "alice", "alice-pw", "clients"])
+        .env("PATH", DEBIAN_PATH)
+        .env("HOME", h.dir.path())
+        .output()
+        .await
+        .expect("python3-x2go is installed (./scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["auth"], true);
+    assert_eq!(
+        v["profiles"],
+        serde_json::json!(["admins-only", "clients", "pool-mate", "single-xfce", "v6"])
+    );
+    assert_eq!(v["names"]["single-xfce"], "Single XFCE");
+    let ids: Vec<&str> = v["authids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids[0] != ids[1] && ids[1] != ids[2], "AUTHIDs rotate: {ids:?}");
+    assert_eq!(
+        v["selected"],
+        serde_json::json!({"server": "127.0.0.41", "port": "2"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyhoca_cli_lists_profiles_and_connects_where_it_was_sent() {
+    let h = H::start("").await;
+    let url = format!("{}/json/", h.base).replace("http://", "http://alice@");
+    let run = |args: Vec<String>| {
+        let home = h.dir.path().to_owned();
+        async move {
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                tokio::process::Command::new("pyhoca-cli")
+                    .args(&args)
+                    .env("PATH", DEBIAN_PATH)
+                    .env("HOME", home)
+                    // pyhoca-cli wants a display even to list profiles; nothing is drawn.
+                    .env("DISPLAY", ":99")
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .expect("pyhoca-cli finished")
+            .expect("pyhoca-cli is installed (./scripts/test installs it)");
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    let listed = run(vec![
+        "--broker-url".into(),
+        url.clone(),
+        "--broker-password".into(),
+        "alice-pw".into(),
+        "--list-profiles".into(),
+    ])
+    .await;
+    for id in ["admins-only", "clients", "pool-mate", "single-xfce", "v6"] {
+        assert!(listed.contains(&format!("Profile ID: {id}")), "{id} missing:\n{listed}");
+    }
+    assert!(listed.contains("Profile Name: MATE pool (3 hosts, one on port 2222)"));
+    // Selecting a profile: pyhoca-cli asks the broker, then connects by SSH to the server it was
+    // given (nothing listens there, so it stops at the connection).
+    let selected = run(vec![
+        "--broker-url".into(),
+        url,
+        "--broker-password".into(),
+        "alice-pw".into(),
+        "-P".into(),
+        "clients".into(),
+        "--add-to-known-hosts".into(),
+    ])
+    .await;
+    assert!(
+        selected.contains("connecting to [127.0.0.41]:2"),
+        "pyhoca-cli did not go where the broker sent it:\n{selected}"
+    );
 }
