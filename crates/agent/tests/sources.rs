@@ -35,6 +35,16 @@ fn session(id: &str, user: &str, state: ReportedState, idle: Option<u64>) -> Rep
     }
 }
 
+/// `s` with its `info`: the one session line of fixture `name` (X2Go hands it to clients).
+fn with_info(s: ReportedSession, name: &str) -> ReportedSession {
+    let text = fixture(name);
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap();
+    ReportedSession {
+        info: Some(line.to_owned()),
+        ..s
+    }
+}
+
 /// Writes an executable script into `dir`.
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
@@ -209,11 +219,14 @@ fn x2go_reference_line() {
     .unwrap();
     assert_eq!(
         got,
-        vec![session(
-            "x2gotest-50-1795303252_stDXFCE_dp24",
-            "x2gotest",
-            ReportedState::Running,
-            None
+        vec![with_info(
+            session(
+                "x2gotest-50-1795303252_stDXFCE_dp24",
+                "x2gotest",
+                ReportedState::Running,
+                None
+            ),
+            "x2golistsessions-reference.txt"
         )]
     );
 }
@@ -223,21 +236,27 @@ fn x2go_captured_running_and_suspended() {
     let running = x2go::parse_list("l", &fixture("x2golistsessions-running.txt")).unwrap();
     assert_eq!(
         running,
-        vec![session(
-            "x2gotest-50-1795316575_stDXTERM_dp24",
-            "x2gotest",
-            ReportedState::Running,
-            None
+        vec![with_info(
+            session(
+                "x2gotest-50-1795316575_stDXTERM_dp24",
+                "x2gotest",
+                ReportedState::Running,
+                None
+            ),
+            "x2golistsessions-running.txt"
         )]
     );
     let suspended = x2go::parse_list("l", &fixture("x2golistsessions-suspended.txt")).unwrap();
     assert_eq!(
         suspended,
-        vec![session(
-            "x2gotest-50-1795317208_stDXTERM_dp24",
-            "x2gotest",
-            ReportedState::Disconnected,
-            None
+        vec![with_info(
+            session(
+                "x2gotest-50-1795317208_stDXTERM_dp24",
+                "x2gotest",
+                ReportedState::Disconnected,
+                None
+            ),
+            "x2golistsessions-suspended.txt"
         )]
     );
     // R, F (finished: skipped), S.
@@ -572,7 +591,6 @@ fn xpra_info_captured() {
         xpra::Attachment {
             clients: 1,
             idle_secs: Some(7),
-            info: None,
         }
     );
     let detached = xpra::parse_info("info", &fixture("xpra-info-detached.txt")).unwrap();
@@ -581,7 +599,6 @@ fn xpra_info_captured() {
         xpra::Attachment {
             clients: 0,
             idle_secs: None,
-            info: None,
         }
     );
     // Several clients: numbered keys, the most recently active one counts.
@@ -592,7 +609,6 @@ fn xpra_info_captured() {
         xpra::Attachment {
             clients: 2,
             idle_secs: Some(4),
-            info: None,
         }
     );
     assert!(xpra::parse_info("info", "server.display=:100\n").is_err());

@@ -31,10 +31,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::config::{ConfigDuration, HostAddr};
 use switchboard_core::model::{DEFAULT_WEIGHT, PoolOptions, ResumePreference};
-use std::sync::Arc;
 use switchboard_core::{HostSpec, Policy, PoolSpec, Settings};
 use switchboard_proto::x2go::Profile;
 
@@ -400,7 +400,9 @@ fn profile_pool(
     default_agent: bool,
     default_autologin: bool,
 ) -> Result<(PoolSpec, Vec<HostSpec>, bool), String> {
-    let at = |line: usize, key: &str, m: String| format!("line {line}: profile [{}]: key `{key}`: {m}", p.id);
+    let at = |line: usize, key: &str, m: String| {
+        format!("line {line}: profile [{}]: key `{key}`: {m}", p.id)
+    };
     let mut policy = default_policy;
     let mut agent = default_agent;
     let mut portscan = true;
@@ -412,9 +414,11 @@ fn profile_pool(
         };
         match key.as_str() {
             "broker-policy" => {
-                policy = value.parse().map_err(|e: switchboard_core::policy::UnknownPolicy| {
-                    at(*line, key, e.to_string())
-                })?;
+                policy = value
+                    .parse()
+                    .map_err(|e: switchboard_core::policy::UnknownPolicy| {
+                        at(*line, key, e.to_string())
+                    })?;
                 explicit_policy = true;
             }
             "broker-agent-query-mode" => {
@@ -680,9 +684,8 @@ impl FileConfig {
                             .into(),
                     );
                 }
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    format!("key `x2go.session_profiles`: {}: {e}", path.display())
-                })?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("key `x2go.session_profiles`: {}: {e}", path.display()))?;
                 let profiles = switchboard_proto::x2go::parse_profiles(&text)
                     .map_err(|e| format!("key `x2go.session_profiles`: {}: {e}", path.display()))?;
                 let mut autologin = Vec::with_capacity(profiles.len());
@@ -714,7 +717,10 @@ impl FileConfig {
                         return Err("key `x2go.login_map`: empty user or login name".into());
                     }
                 }
-                let max_tokens = self.x2go.max_tokens.unwrap_or(switchboard_auth::authid::DEFAULT_MAX);
+                let max_tokens = self
+                    .x2go
+                    .max_tokens
+                    .unwrap_or(switchboard_auth::authid::DEFAULT_MAX);
                 if max_tokens == 0 {
                     return Err("key `x2go.max_tokens`: must be at least 1".into());
                 }

@@ -274,7 +274,9 @@ impl Reloader {
             .map(|h| h.name.clone())
             .collect();
         if !self.agent_listening && !agent_hosts.is_empty() {
-            tracing::warn!("hosts with agents were added, but the agent listener was not started with the broker; restart the broker to accept their links");
+            tracing::warn!(
+                "hosts with agents were added, but the agent listener was not started with the broker; restart the broker to accept their links"
+            );
         }
         self.agents.expect(agent_hosts);
         self.agents.set_missed(c.settings.stale_after_intervals);

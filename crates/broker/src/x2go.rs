@@ -171,8 +171,10 @@ impl X2go {
         match form.task.as_str() {
             "listsessions" | "listprofiles" => {
                 let list = self.profile_list(fe, &user, client, proto).await;
-                let items: Vec<(&str, Vec<(String, wire::Value)>)> =
-                    list.iter().map(|(p, k)| (p.id.as_str(), k.clone())).collect();
+                let items: Vec<(&str, Vec<(String, wire::Value)>)> = list
+                    .iter()
+                    .map(|(p, k)| (p.id.as_str(), k.clone()))
+                    .collect();
                 ok(
                     proto,
                     match proto {
@@ -261,7 +263,8 @@ impl X2go {
         let sessions: Vec<(String, SessionState)> = self
             .engine
             .query(move |s| {
-                s.sessions_of_user(&u).into_iter()
+                s.sessions_of_user(&u)
+                    .into_iter()
                     .filter(|r| {
                         matches!(r.state, SessionState::Running | SessionState::Disconnected)
                     })
@@ -276,7 +279,11 @@ impl X2go {
                 let mut found: Option<(&str, char)> = None;
                 for (host, state) in &sessions {
                     if p.hosts.iter().any(|h| &h.name == host) {
-                        let c = if *state == SessionState::Disconnected { 'S' } else { 'R' };
+                        let c = if *state == SessionState::Disconnected {
+                            'S'
+                        } else {
+                            'R'
+                        };
                         if found.is_none() || c == 'S' {
                             found = Some((host.as_str(), c));
                         }
@@ -529,8 +536,12 @@ impl X2go {
                 )
                 .await;
             match r {
-                Ok(_) => tracing::info!(host, login = %printable(&login), used, "x2go: autologin key removed"),
-                Err(e) => tracing::warn!(host, login = %printable(&login), error = %e, "x2go: autologin key not removed now; the agent drops it when it expires"),
+                Ok(_) => {
+                    tracing::info!(host, login = %printable(&login), used, "x2go: autologin key removed")
+                }
+                Err(e) => {
+                    tracing::warn!(host, login = %printable(&login), error = %e, "x2go: autologin key not removed now; the agent drops it when it expires")
+                }
             }
         });
     }
@@ -664,7 +675,11 @@ pub mod keys {
         fn a_generated_pair_is_a_valid_public_line_and_pkcs1_pem() {
             let (public, private) = super::generate().unwrap();
             assert!(private.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
-            assert!(private.trim_end().ends_with("-----END RSA PRIVATE KEY-----"));
+            assert!(
+                private
+                    .trim_end()
+                    .ends_with("-----END RSA PRIVATE KEY-----")
+            );
             let checked = switchboard_proto::x2go::check_pubkey(&public).unwrap();
             assert_eq!(checked, public);
         }

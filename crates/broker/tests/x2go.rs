@@ -46,6 +46,7 @@ host=target (127.0.0.41:2)
 ";
 
 struct H {
+    auth: String,
     dir: tempfile::TempDir,
     broker: Option<Broker>,
     stop: CancellationToken,
@@ -55,20 +56,33 @@ struct H {
 
 impl H {
     async fn start(extra: &str) -> H {
+        H::start_auth("", extra).await
+    }
+
+    /// With `auth` as the `[auth]` section's body (empty: a password file with alice and bob).
+    async fn start_auth(auth: &str, extra: &str) -> H {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("profiles.conf"), PROFILES).unwrap();
         switchboard_auth::file::set_password(&d.join("passwd"), "alice", "alice-pw").unwrap();
         switchboard_auth::file::set_password(&d.join("passwd"), "bob", "bob-pw").unwrap();
         let token = tokens::add(&d.join("tokens"), "admin", Access::ReadWrite).unwrap();
+        let auth = if auth.is_empty() {
+            format!("method = \"file:{}/passwd\"\n", d.display())
+        } else {
+            auth.to_owned()
+        };
         let mut h = H {
+            auth,
             dir,
             broker: None,
             stop: CancellationToken::new(),
             base: String::new(),
             token,
         };
-        let b = Broker::start(h.config(extra), h.stop.clone()).await.unwrap();
+        let b = Broker::start(h.config(extra), h.stop.clone())
+            .await
+            .unwrap();
         h.base = format!("http://{}", b.http_addr);
         h.broker = Some(b);
         h
@@ -79,9 +93,10 @@ impl H {
         let text = format!(
             "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [api]\ntokens_file = \"{dir}/tokens\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
-             [auth]\nmethod = \"file:{dir}/passwd\"\n\
+             [auth]\n{auth}\
              [x2go]\nsession_profiles = \"{dir}/profiles.conf\"\n{extra}",
-            dir = d.display()
+            dir = d.display(),
+            auth = self.auth,
         );
         Config::parse(&text, "test.toml").unwrap()
     }
@@ -157,7 +172,9 @@ async fn x2go_client_requests_get_golden_replies() {
     let (status, _, body) = h
         .post(
             "/plain/",
-            &format!("task=selectsession&sid=single-xfce&user=alice&password=&authid={id}&login=alice"),
+            &format!(
+                "task=selectsession&sid=single-xfce&user=alice&password=&authid={id}&login=alice"
+            ),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -177,21 +194,31 @@ async fn x2go_client_requests_get_golden_replies() {
     let (_, _, body) = h
         .post(
             "/plain/",
-            &format!("task=selectsession&sid=pool-mate&user=alice&password=&authid={id}&login=alice"),
+            &format!(
+                "task=selectsession&sid=pool-mate&user=alice&password=&authid={id}&login=alice"
+            ),
         )
         .await;
     let (id, first) = authid(&body);
-    assert!(first.starts_with("Access granted\nSERVER:127.0.0.1"), "{first}");
+    assert!(
+        first.starts_with("Access granted\nSERVER:127.0.0.1"),
+        "{first}"
+    );
     let (_, _, body) = h
         .post(
             "/plain/",
-            &format!("task=selectsession&sid=pool-mate&user=alice&password=&authid={id}&login=alice"),
+            &format!(
+                "task=selectsession&sid=pool-mate&user=alice&password=&authid={id}&login=alice"
+            ),
         )
         .await;
     assert_eq!(authid(&body).1, first);
     // Bob does not see the admins' profile.
     let (_, _, body) = h
-        .post("/plain/", "task=listsessions&user=bob&password=bob-pw&authid=")
+        .post(
+            "/plain/",
+            "task=listsessions&user=bob&password=bob-pw&authid=",
+        )
         .await;
     golden("plain_listsessions_bob.txt", &authid(&body).1);
 }
@@ -208,7 +235,10 @@ async fn the_json_protocol_as_python_x2go_speaks_it() {
     assert_eq!(v["task"], "");
     let id = v["next-authid"].as_str().unwrap().to_owned();
     let (_, _, body) = h
-        .post("/json/", &format!("task=listprofiles&user=alice&authid={id}"))
+        .post(
+            "/json/",
+            &format!("task=listprofiles&user=alice&authid={id}"),
+        )
         .await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let profiles = v["profiles"].as_object().unwrap();
@@ -248,35 +278,53 @@ async fn the_json_protocol_as_python_x2go_speaks_it() {
 async fn wrong_passwords_are_401_and_tokens_are_single_use_and_rotate() {
     let h = H::start("").await;
     let (status, ct, body) = h
-        .post("/plain/", "task=listsessions&user=alice&password=nope&authid=")
+        .post(
+            "/plain/",
+            "task=listsessions&user=alice&password=nope&authid=",
+        )
         .await;
     assert_eq!(status, 401);
     assert!(ct.starts_with("text/html"));
     assert_eq!(body, switchboard_proto::x2go::UNAUTHORIZED_BODY);
     let (status, _, _) = h
-        .post("/plain/", "task=listsessions&user=nobody&password=x&authid=")
+        .post(
+            "/plain/",
+            "task=listsessions&user=nobody&password=x&authid=",
+        )
         .await;
     assert_eq!(status, 401);
     let (status, _, _) = h.post("/plain/", "task=listsessions&password=x").await;
     assert_eq!(status, 401, "no user at all");
     // A good login starts a chain; each token works once and the next one differs.
     let (_, _, body) = h
-        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .post(
+            "/plain/",
+            "task=listsessions&user=alice&password=alice-pw&authid=",
+        )
         .await;
     let (t1, _) = authid(&body);
     let (status, _, body) = h
-        .post("/plain/", &format!("task=listsessions&user=alice&authid={t1}"))
+        .post(
+            "/plain/",
+            &format!("task=listsessions&user=alice&authid={t1}"),
+        )
         .await;
     assert_eq!(status, 200);
     let (t2, _) = authid(&body);
     assert_ne!(t1, t2);
     let (status, _, _) = h
-        .post("/plain/", &format!("task=listsessions&user=alice&authid={t1}"))
+        .post(
+            "/plain/",
+            &format!("task=listsessions&user=alice&authid={t1}"),
+        )
         .await;
     assert_eq!(status, 401, "a replayed token is refused");
     // A token is the user's: bob cannot use alice's.
     let (status, _, _) = h
-        .post("/plain/", &format!("task=listsessions&user=bob&authid={t2}"))
+        .post(
+            "/plain/",
+            &format!("task=listsessions&user=bob&authid={t2}"),
+        )
         .await;
     assert_eq!(status, 401);
 }
@@ -285,7 +333,10 @@ async fn wrong_passwords_are_401_and_tokens_are_single_use_and_rotate() {
 async fn tokens_are_bound_to_the_client_address() {
     let h = H::start("").await;
     let (_, _, body) = h
-        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .post(
+            "/plain/",
+            "task=listsessions&user=alice&password=alice-pw&authid=",
+        )
         .await;
     let (t1, _) = authid(&body);
     let (status, _, _) = h
@@ -297,13 +348,19 @@ async fn tokens_are_bound_to_the_client_address() {
         .await;
     assert_eq!(status, 401, "another address");
     let (status, _, _) = h
-        .post("/plain/", &format!("task=listsessions&user=alice&authid={t1}"))
+        .post(
+            "/plain/",
+            &format!("task=listsessions&user=alice&authid={t1}"),
+        )
         .await;
     assert_eq!(status, 401, "a token tried from elsewhere is burnt");
     // With bind_to_address = false a chain may move.
     let h = H::start("bind_to_address = false\n").await;
     let (_, _, body) = h
-        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .post(
+            "/plain/",
+            "task=listsessions&user=alice&password=alice-pw&authid=",
+        )
         .await;
     let (t1, _) = authid(&body);
     let (status, _, _) = h
@@ -328,14 +385,20 @@ async fn acls_hold_on_select_too() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(authid(&body).1, "Access granted\nSERVER:no-server-available:22\n");
+    assert_eq!(
+        authid(&body).1,
+        "Access granted\nSERVER:no-server-available:22\n"
+    );
     let (_, _, body) = h
         .post(
             "/plain/",
             "task=selectsession&sid=no-such&user=bob&password=bob-pw&authid=&login=bob",
         )
         .await;
-    assert_eq!(authid(&body).1, "Access granted\nSERVER:no-server-available:22\n");
+    assert_eq!(
+        authid(&body).1,
+        "Access granted\nSERVER:no-server-available:22\n"
+    );
     let (_, _, body) = h
         .post(
             "/plain/",
@@ -348,7 +411,12 @@ async fn acls_hold_on_select_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_paths_and_methods() {
     let h = H::start("").await;
-    for path in ["/plain/inifile/", "/plain/zeroconf", "/plain/inifile/foo/bar", "/json/inifile/"] {
+    for path in [
+        "/plain/inifile/",
+        "/plain/zeroconf",
+        "/plain/inifile/foo/bar",
+        "/json/inifile/",
+    ] {
         let (status, _, _) = h.post(path, "task=testcon").await;
         assert_eq!(status, 200, "{path}");
     }
@@ -503,7 +571,10 @@ async fn python_x2go_lists_profiles_and_selects_a_session() {
         .map(|x| x.as_str().unwrap())
         .collect();
     assert_eq!(ids.len(), 3);
-    assert!(ids[0] != ids[1] && ids[1] != ids[2], "AUTHIDs rotate: {ids:?}");
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2],
+        "AUTHIDs rotate: {ids:?}"
+    );
     assert_eq!(
         v["selected"],
         serde_json::json!({"server": "127.0.0.41", "port": "2"})
@@ -547,7 +618,10 @@ async fn pyhoca_cli_lists_profiles_and_connects_where_it_was_sent() {
     ])
     .await;
     for id in ["admins-only", "clients", "pool-mate", "single-xfce", "v6"] {
-        assert!(listed.contains(&format!("Profile ID: {id}")), "{id} missing:\n{listed}");
+        assert!(
+            listed.contains(&format!("Profile ID: {id}")),
+            "{id} missing:\n{listed}"
+        );
     }
     assert!(listed.contains("Profile Name: MATE pool (3 hosts, one on port 2222)"));
     // Selecting a profile: pyhoca-cli asks the broker, then connects by SSH to the server it was
@@ -566,4 +640,40 @@ async fn pyhoca_cli_lists_profiles_and_connects_where_it_was_sent() {
         selected.contains("connecting to [127.0.0.41]:2"),
         "pyhoca-cli did not go where the broker sent it:\n{selected}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pam_logins_through_the_system_stack() {
+    let (user, password, service) = switchboard_testkit::pam_test_user();
+    let h = H::start_auth(
+        &format!("method = \"pam\"\npam_service = \"{service}\"\n"),
+        "",
+    )
+    .await;
+    let (status, _, body) = h
+        .post(
+            "/plain/",
+            &format!("task=listsessions&user={user}&password={password}&authid="),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (id, rest) = authid(&body);
+    assert!(
+        rest.starts_with("Access granted\nSTART_USER_SESSIONS\n"),
+        "{rest}"
+    );
+    let (status, _, _) = h
+        .post(
+            "/plain/",
+            &format!("task=listsessions&user={user}&authid={id}"),
+        )
+        .await;
+    assert_eq!(status, 200, "the AUTHID chain continues without PAM");
+    let (status, _, _) = h
+        .post(
+            "/plain/",
+            &format!("task=listsessions&user={user}&password=wrong&authid="),
+        )
+        .await;
+    assert_eq!(status, 401);
 }

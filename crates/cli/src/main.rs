@@ -194,7 +194,11 @@ fn passwd(file: &Path, user: &str) -> Result<ExitCode> {
         Ok(added) => {
             eprintln!(
                 "{} {user:?} in {}",
-                if added { "added" } else { "changed the password of" },
+                if added {
+                    "added"
+                } else {
+                    "changed the password of"
+                },
                 file.display()
             );
             Ok(ExitCode::SUCCESS)

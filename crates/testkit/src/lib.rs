@@ -26,3 +26,37 @@ pub fn http_client() -> reqwest::Client {
     install_crypto();
     reqwest::Client::new()
 }
+
+/// A local user for PAM tests, with a known password, and a PAM service installed from the
+/// shipped `packaging/pam.d/switchboard` under the name `switchboard-test`. Returns (user,
+/// password, service). Needs root; `./scripts/test` runs the suite as root.
+pub fn pam_test_user() -> (&'static str, &'static str, &'static str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const USER: &str = "sbtest-pam";
+    const PASSWORD: &str = "Corr3ct-Horse";
+    const SERVICE: &str = "switchboard-test";
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "PAM tests create a local user and a PAM service: run them as root (./scripts/test does)"
+    );
+    if nix::unistd::User::from_name(USER).ok().flatten().is_none() {
+        let st = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", USER])
+            .status()
+            .expect("useradd runs");
+        assert!(st.success(), "useradd failed");
+    }
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("chpasswd runs");
+    writeln!(chpasswd.stdin.take().expect("stdin"), "{USER}:{PASSWORD}").expect("write");
+    assert!(chpasswd.wait().expect("chpasswd").success());
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/pam.d/switchboard"),
+    )
+    .expect("packaging/pam.d/switchboard");
+    std::fs::write(format!("/etc/pam.d/{SERVICE}"), shipped).expect("write the PAM service");
+    (USER, PASSWORD, SERVICE)
+}

@@ -382,10 +382,24 @@ pub async fn run(argv: &[String], limits: &RunLimits) -> Result<CommandOutput, S
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| SourceError::Spawn {
-        argv: shown(),
-        source,
-    })?;
+    // ETXTBSY: the program was just written and a process forked elsewhere still holds it open
+    // for writing until its exec; that passes within milliseconds (Go's os/exec retries too).
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(26) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * tries)).await;
+            }
+            Err(source) => {
+                return Err(SourceError::Spawn {
+                    argv: shown(),
+                    source,
+                });
+            }
+        }
+    };
     let pid = child.id();
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(SourceError::Io {

@@ -1,0 +1,297 @@
+//! The X2Go frontend with a real agent over TLS: resume of a session the agent reports (a
+//! disconnected one as it is; a running one suspended through the agent first), and autologin
+//! keys installed in the user's `~/.x2go/authorized_keys` by the agent and removed again.
+//!
+//! The agent's x2go source runs stand-ins for x2goserver's tools: `list.sh` prints
+//! `x2golistsessions` lines kept in a state file, `suspend.sh` marks one suspended, and `sudo.sh`
+//! runs its command directly (the real grants are in docs/agent-privileges.md). The autologin
+//! test needs root: it creates a local user with a home directory.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use switchboard_agent::config::AgentConfig;
+use switchboard_broker::Broker;
+use switchboard_broker::config::Config;
+use tokio_util::sync::CancellationToken;
+
+const LIST: &str = "#!/bin/sh\ncat \"$1\" 2>/dev/null\n";
+const SUSPEND: &str = "#!/bin/sh\n# suspend.sh STATE ID: field 5 of the session's line becomes S\nawk -F'|' -v OFS='|' -v id=\"$2\" '$2==id {$5=\"S\"} {print}' \"$1\" > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"\n";
+const SUDO: &str =
+    "#!/bin/sh\n# sudo.sh -n -u USER -- PROGRAM ARGS...: runs PROGRAM ARGS\nshift 4\nexec \"$@\"\n";
+
+fn line(user: &str, id: &str, state: &str) -> String {
+    format!(
+        "12685|{id}|50|h1|{state}|2026-11-21T23:40:46|ca4e4aafe7545862263f3aecb3e174c3|127.0.0.1|62379|62380|2026-11-21T23:40:56|{user}|10|62381|-1|-1\n"
+    )
+}
+
+struct H {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    stop: CancellationToken,
+    agent_stop: CancellationToken,
+    base: String,
+}
+
+impl H {
+    async fn start(sessions: &str) -> H {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("list.sh"), LIST).unwrap();
+        // The suspend script gets the state file from a wrapper, as the agent passes only the id.
+        std::fs::write(
+            d.join("suspend-wrapper.sh"),
+            format!(
+                "#!/bin/sh\nexec /bin/sh {:?} {:?} \"$1\"\n",
+                d.join("suspend.sh"),
+                d.join("state")
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("suspend.sh"), SUSPEND).unwrap();
+        std::fs::write(d.join("sudo.sh"), SUDO).unwrap();
+        for f in ["suspend-wrapper.sh", "sudo.sh"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(d.join("state"), sessions).unwrap();
+        std::fs::write(
+            d.join("profiles.conf"),
+            "[desk]\nname=Desktop\nhost=h1 (127.0.0.51)\ncommand=XFCE\n\n\
+             [auto]\nname=Autologin desktop\nhost=h1 (127.0.0.51)\nbroker-session-autologin=true\n",
+        )
+        .unwrap();
+        let agent_port = switchboard_testkit::free_port();
+        let text = format!(
+            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [agents]\nlisten = \"127.0.0.1:{agent_port}\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
+             [auth]\nmethod = \"none\"\n\
+             [x2go]\nsession_profiles = \"{dir}/profiles.conf\"\nautologin_key_ttl = \"2s\"\n",
+            dir = d.display()
+        );
+        let stop = CancellationToken::new();
+        let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
+            .await
+            .unwrap();
+        let credential = broker.agents.enroll("h1").await.unwrap();
+        let source = format!(
+            "kind = \"x2go\"\nlist_command = [\"/bin/sh\", {list:?}, {state:?}]\n\
+             sudo = {sudo:?}\nsuspend_command = {suspend:?}\n",
+            list = d.join("list.sh").display().to_string(),
+            state = d.join("state").display().to_string(),
+            sudo = d.join("sudo.sh").display().to_string(),
+            suspend = d.join("suspend-wrapper.sh").display().to_string(),
+        );
+        let agent = AgentConfig {
+            broker: format!("127.0.0.1:{agent_port}"),
+            server_name: "localhost".into(),
+            ca: d.join("tls").join(switchboard_broker::pki::CA_CERT),
+            credential,
+            host: "h1".into(),
+            report_interval: Duration::from_millis(500),
+            sources: vec![toml::from_str(&source).unwrap()],
+        };
+        let agent_stop = CancellationToken::new();
+        switchboard_agent::host::spawn(agent, agent_stop.clone()).unwrap();
+        let base = format!("http://{}", broker.http_addr);
+        H {
+            dir,
+            broker,
+            stop,
+            agent_stop,
+            base,
+        }
+    }
+
+    async fn wait_sessions(&self, user: &str, n: usize) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            let u = user.to_owned();
+            let have = self
+                .broker
+                .engine
+                .query(move |s| s.sessions_of_user(&u).len())
+                .await
+                .unwrap();
+            let up = self.broker.agents.is_connected("h1");
+            if have == n && up {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{user} does not have {n} session(s) reported by the agent");
+    }
+
+    async fn post(&self, body: &str) -> String {
+        let r = switchboard_testkit::http_client()
+            .post(format!("{}/plain/", self.base))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    }
+
+    fn state(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state")).unwrap()
+    }
+}
+
+impl Drop for H {
+    fn drop(&mut self) {
+        self.agent_stop.cancel();
+        self.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_session_reported_by_the_agent_is_resumed() {
+    let id = "alice-50-1795304446_stDXFCE_dp24";
+    let h = H::start(&line("alice", id, "S")).await;
+    h.wait_sessions("alice", 1).await;
+    // The profile list names the host and the session's state.
+    let list = h
+        .post("task=listsessions&user=alice&password=&authid=")
+        .await;
+    assert!(list.contains("[desk]\nname=Desktop\nhost=h1\n"), "{list}");
+    assert!(list.contains("\nstatus=S\n"), "{list}");
+    let body = h
+        .post("task=selectsession&sid=desk&user=alice&password=&authid=&login=alice")
+        .await;
+    assert_eq!(
+        body,
+        format!(
+            "Access granted\nSERVER:127.0.0.51:22\nSESSION_INFO:{}",
+            line("alice", id, "S")
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_session_is_suspended_through_the_agent_then_resumed() {
+    let id = "bob-51-1795304446_stDXFCE_dp24";
+    let h = H::start(&line("bob", id, "R")).await;
+    h.wait_sessions("bob", 1).await;
+    let started = Instant::now();
+    let body = h
+        .post("task=selectsession&sid=desk&user=bob&password=&authid=&login=bob")
+        .await;
+    assert_eq!(
+        body,
+        format!(
+            "Access granted\nSERVER:127.0.0.51:22\nSESSION_INFO:{}",
+            line("bob", id, "S")
+        ),
+        "the session is handed over as suspended"
+    );
+    // The agent ran the suspend command: the host's own list now says S.
+    assert_eq!(h.state(), line("bob", id, "S"));
+    // x2gobroker sleeps 2 s here and stalls every client; this waits for the agent only.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+const KEY_USER: &str = "sbtest-x2go";
+
+fn key_user_home() -> PathBuf {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates a local user: run it as root (./scripts/test does)"
+    );
+    let home = PathBuf::from("/tmp/sbtest-x2go-home");
+    if nix::unistd::User::from_name(KEY_USER).unwrap().is_none() {
+        let st = Command::new("useradd")
+            .args(["--create-home", "--home-dir"])
+            .arg(&home)
+            .args(["--shell", "/usr/sbin/nologin", KEY_USER])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let _ = std::fs::remove_file(home.join(".x2go/authorized_keys"));
+    home
+}
+
+fn keys_in(home: &Path) -> String {
+    std::fs::read_to_string(home.join(".x2go/authorized_keys")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
+    let home = key_user_home();
+    let h = H::start("").await;
+    h.wait_sessions(KEY_USER, 0).await;
+    let body = h
+        .post(&format!(
+            "task=selectsession&sid=auto&user={KEY_USER}&password=&authid=&login={KEY_USER}"
+        ))
+        .await;
+    assert!(
+        body.starts_with("Access granted\nSERVER:127.0.0.51:22\n-----BEGIN RSA PRIVATE KEY-----\n"),
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("-----END RSA PRIVATE KEY-----"));
+    let installed = keys_in(&home);
+    assert!(
+        installed.starts_with("ssh-rsa AAAA") && installed.contains("switchboard-autologin"),
+        "{installed:?}"
+    );
+    // Unused, it is gone after autologin_key_ttl (2 s here).
+    let start = Instant::now();
+    while !keys_in(&home).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "key still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The profile list announces autologin.
+    let list = h
+        .post(&format!(
+            "task=listsessions&user={KEY_USER}&password=&authid="
+        ))
+        .await;
+    assert!(
+        list.contains("autologin=1\nkey=<will-be-exchanged-during-session-selection>\n"),
+        "{list}"
+    );
+    // A client's own public key is installed instead when it sends one; options are refused.
+    let pubkey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@client";
+    let r = switchboard_testkit::http_client()
+        .post(format!("{}/plain/", h.base))
+        .body(form(&[
+            ("task", "selectsession"),
+            ("sid", "auto"),
+            ("user", KEY_USER),
+            ("login", KEY_USER),
+            ("pubkey", &format!("command=\"/bin/sh\" {pubkey}")),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = switchboard_testkit::http_client()
+        .post(format!("{}/json/", h.base))
+        .body(form(&[
+            ("task", "selectsession"),
+            ("profile-id", "auto"),
+            ("user", KEY_USER),
+            ("pubkey", pubkey),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["selected_session"]["authentication_pubkey"], "ACCEPTED");
+    assert!(v["selected_session"].get("key").is_none());
+    assert!(keys_in(&home).starts_with(pubkey), "{}", keys_in(&home));
+}
