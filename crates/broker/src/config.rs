@@ -908,12 +908,62 @@ max_sessions = 40
 
     #[test]
     fn the_documented_example_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/broker.toml");
-        let c = Config::load(&path).unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let text = std::fs::read_to_string(examples.join("broker.toml"))
+            .unwrap()
+            .replace(
+                "/etc/x2go/broker/x2gobroker-sessionprofiles.conf",
+                &examples
+                    .join("x2gobroker-sessionprofiles.conf")
+                    .display()
+                    .to_string(),
+            );
+        let c = Config::parse(&text, "examples/broker.toml").unwrap();
+        // Two [[pool]]s and the four profiles of the example profiles file.
+        assert_eq!(c.pools.len(), 6);
+        let x = c.x2go.as_ref().unwrap();
+        assert_eq!(x.profiles.len(), 4);
+        assert_eq!(*x.autologin, [true, false, false, false], "kiosk, legacy-shell, pool-mate, staff-xfce");
+        assert!(x.may_login("alice", "alice-admin"));
+        assert!(!x.may_login("bob", "alice"));
+        let legacy = c.hosts.iter().find(|h| h.name == "old1").unwrap();
+        assert!(!legacy.agent && legacy.probe);
+        let mate = c.pools.iter().find(|p| p.name == "pool-mate").unwrap();
+        assert_eq!(mate.policy, Policy::LeastLoad);
+        assert_eq!(
+            c.hosts.iter().find(|h| h.name == "x2go-c").unwrap().address.to_string(),
+            "127.0.0.63:2222"
+        );
+        // Without [x2go]: only the [[pool]]s.
+        let text = std::fs::read_to_string(examples.join("broker.toml")).unwrap();
+        let without = text[..text.find("[x2go]").unwrap()].to_owned()
+            + &text[text.find("[probe]").unwrap()..];
+        let c = Config::parse(&without, "examples/broker.toml").unwrap();
+        assert!(c.x2go.is_none());
+        assert!(matches!(c.auth, Some(switchboard_auth::Method::Pam { .. })));
         assert_eq!(c.pools.len(), 2);
         assert_eq!(c.hosts.len(), 2);
         assert_eq!(c.pools[1].policy, Policy::RoundRobin);
         assert!(c.hosts[0].probe);
+    }
+
+    #[test]
+    fn the_x2go_frontend_needs_auth_and_a_readable_profiles_file() {
+        let e = Config::parse("[x2go]\nsession_profiles = \"/nonexistent\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[auth] method"), "{e}");
+        let e = Config::parse(
+            "[auth]\nmethod = \"none\"\n[x2go]\nsession_profiles = \"/nonexistent\"\n",
+            "b.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("x2go.session_profiles") && e.contains("/nonexistent"), "{e}");
+        let e = Config::parse("[auth]\nmethod = \"ldap\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.method"), "{e}");
     }
 
     #[test]
