@@ -9,7 +9,8 @@
 //! - `none`: every user is who they say they are (must be chosen explicitly).
 //!
 //! Around every method, [`throttle`] delays wrong passwords per source address, one check at a
-//! time per source, without holding up anyone else. [`authid`] holds X2Go's AUTHID tokens
+//! time per source, without holding up anyone else; an address that has just failed may not take
+//! the last PAM slot, so users with clean records always get one. [`authid`] holds X2Go's AUTHID tokens
 //! (random, single-use, rotating, bound to an address, expiring, bounded in number). [`groups`]
 //! looks up a user's groups through NSS for group ACLs.
 
@@ -162,6 +163,7 @@ impl Authenticator {
             return Err(AuthError::Denied);
         }
         let turn = self.throttle.turn(source).await;
+        let suspect = self.throttle.failures(source) > 0;
         let result = match &*self.method {
             Method::None => Ok(()),
             Method::File(_) => match &self.file {
@@ -169,7 +171,7 @@ impl Authenticator {
                 None => Err(AuthError::Unavailable("password file not set up".into())),
             },
             Method::Pam { .. } => match &self.pam {
-                Some(p) => p.verify(user, password).await,
+                Some(p) => p.verify(user, password, suspect).await,
                 None => Err(AuthError::Unavailable("PAM not set up".into())),
             },
         };

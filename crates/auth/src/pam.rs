@@ -16,10 +16,15 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// The PAM service and its thread pool.
+///
+/// A source address that has just failed is a suspect: it may hold at most `size - 1` of the
+/// slots (all of them when the pool has one), so a stream of wrong passwords from many addresses
+/// cannot keep users with clean records from logging in.
 #[derive(Clone, Debug)]
 pub struct PamPool {
     service: Arc<str>,
     slots: Arc<Semaphore>,
+    suspects: Arc<Semaphore>,
 }
 
 struct Conversation {
@@ -83,11 +88,23 @@ impl PamPool {
         PamPool {
             service: service.into(),
             slots: Arc::new(Semaphore::new(size.max(1))),
+            suspects: Arc::new(Semaphore::new(size.saturating_sub(1).max(1))),
         }
     }
 
-    /// Checks a password; waits for a free slot first.
-    pub async fn verify(&self, user: &str, password: &str) -> Result<(), AuthError> {
+    /// Checks a password; waits for a free slot first (a suspect also for a suspect's slot).
+    pub async fn verify(&self, user: &str, password: &str, suspect: bool) -> Result<(), AuthError> {
+        let suspect_permit = if suspect {
+            Some(
+                self.suspects
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| AuthError::Unavailable("PAM pool closed".into()))?,
+            )
+        } else {
+            None
+        };
         let permit = self
             .slots
             .clone()
@@ -99,6 +116,7 @@ impl PamPool {
         let job = tokio::task::spawn_blocking(move || {
             let r = authenticate(&service, &user, &password);
             drop(permit);
+            drop(suspect_permit);
             r
         });
         match tokio::time::timeout(crate::PAM_TIMEOUT, job).await {

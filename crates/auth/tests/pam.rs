@@ -68,3 +68,36 @@ async fn wrong_passwords_from_one_source_do_not_hold_up_another() {
         b.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_from_many_sources_leave_a_pam_slot_for_others() {
+    let (user, password, service) = ensure_user();
+    let auth = Authenticator::new(Method::Pam {
+        service: service.into(),
+        pool: 2,
+    });
+    // Six addresses keep sending wrong passwords: each holds a PAM thread for pam_unix's failure
+    // delay (about 2 s). Their first attempts, from clean records, fill the pool.
+    let mut bad = Vec::new();
+    for i in 0..6u8 {
+        let a = auth.clone();
+        bad.push(tokio::spawn(async move {
+            let from = IpAddr::from([127, 0, 8, i + 1]);
+            for _ in 0..4 {
+                let _ = a.verify(user, "wrong", from).await;
+            }
+        }));
+    }
+    // Once every attacker has a failure on record, they may hold only one of the two threads.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let started = Instant::now();
+    auth.verify(user, password, ip("127.0.0.1")).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "a clean login waited {took:?} behind other addresses' wrong passwords"
+    );
+    for b in bad {
+        b.abort();
+    }
+}

@@ -476,6 +476,18 @@ async fn client_events_reach_the_audit_log() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(authid(&body).1, "Access granted\n");
+    // setpass is accepted and changes nothing (X2Go Client sends it; x2gobroker ignores it too).
+    let (status, _, body) = h
+        .post(
+            "/plain/",
+            "task=setpass&user=alice&password=alice-pw&newpass=other&authid=",
+        )
+        .await;
+    assert_eq!((status, authid(&body).1.as_str()), (200, "Access granted\n"));
+    let (status, _, _) = h
+        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .await;
+    assert_eq!(status, 200, "the password is unchanged");
     let client = switchboard_testkit::http_client();
     let mut found = false;
     for _ in 0..50 {

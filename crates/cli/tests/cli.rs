@@ -15,7 +15,7 @@ fn help_lists_every_subcommand() {
     let out = switchboard(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for sub in ["up", "broker", "agent", "director", "ctl"] {
+    for sub in ["up", "broker", "agent", "director", "ctl", "passwd"] {
         assert!(
             text.lines().any(|l| l.trim_start().starts_with(sub)),
             "--help does not list {sub}:\n{text}"
@@ -166,4 +166,45 @@ fn agent_check_config_validates_the_file_the_credential_and_the_ca() {
     // A missing file is a configuration error too.
     let out = switchboard(&["agent", "--config", d.join("nope.toml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
+}
+
+/// Runs `switchboard passwd FILE USER` with `input` on standard input.
+fn passwd_with(file: &std::path::Path, user: &str, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["passwd", file.to_str().unwrap(), user])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn passwd_reads_the_password_from_stdin_and_stores_an_argon2_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let out = passwd_with(&file, "alice", "first-pw\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("added \"alice\""));
+    let out = passwd_with(&file, "alice", "second-pw\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changed"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("alice:$argon2id$"), "{text}");
+    assert!(!text.contains("second-pw"));
+    let hash = text.trim().split_once(':').unwrap().1;
+    assert!(switchboard_auth::file::check(hash, "second-pw"));
+    assert!(!switchboard_auth::file::check(hash, "first-pw"));
+    assert!(!passwd_with(&file, "bad:name", "x\n").status.success());
+    assert!(
+        !passwd_with(&file, "bob", "\n").status.success(),
+        "an empty password is refused"
+    );
 }

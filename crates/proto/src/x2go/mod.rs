@@ -517,8 +517,9 @@ impl Profile {
 
 // ----- requests -----
 
-/// The fields of a `/plain/` or `/json/` request.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The fields of a `/plain/` or `/json/` request. Its `Debug` leaves out the password, the
+/// AUTHID and the pubkey.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Form {
     /// `task`.
     pub task: String,
@@ -536,6 +537,21 @@ pub struct Form {
     pub pubkey: String,
     /// `clientevent` fields worth recording: `event`, `sid`, `server`, `cmd`, `display`.
     pub event: Vec<(String, String)>,
+}
+
+impl fmt::Debug for Form {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Form")
+            .field("task", &self.task)
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .field("login", &self.login)
+            .field("authid", &if self.authid.is_empty() { "" } else { "<hidden>" })
+            .field("profile", &self.profile)
+            .field("pubkey", &self.pubkey.len())
+            .field("event", &self.event)
+            .finish()
+    }
 }
 
 impl Form {
