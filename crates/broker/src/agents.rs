@@ -134,8 +134,16 @@ struct Inner {
     unauthenticated: Arc<tokio::sync::Semaphore>,
     /// Report intervals of silence after which a host is unreachable (reloadable).
     missed_now: std::sync::atomic::AtomicU32,
-    /// Each host's sessions' `info` lines by backend id (X2Go's `SESSION_INFO`), as last reported.
-    infos: Mutex<HashMap<Arc<str>, HashMap<String, String>>>,
+    /// What each host's agent last reported about its sessions beyond their state, by backend
+    /// id: X2Go's `SESSION_INFO` line, and idleness for the idle log-off policy.
+    infos: Mutex<HashMap<Arc<str>, HashMap<String, Extra>>>,
+}
+
+/// A session's `info` line and idle time as last reported.
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    info: Option<String>,
+    idle: Option<(u64, Instant)>,
 }
 
 /// Longest session `info` kept from an agent.
@@ -306,20 +314,34 @@ impl AgentHub {
         lock(&self.inner.infos)
             .get(host)
             .and_then(|m| m.get(backend_id))
-            .cloned()
+            .and_then(|e| e.info.clone())
+    }
+
+    /// How long a session's user has been idle, where its source reports it: the last reported
+    /// idle time plus the time since that report.
+    pub fn idle_secs(&self, host: &str, backend_id: &str) -> Option<u64> {
+        lock(&self.inner.infos)
+            .get(host)
+            .and_then(|m| m.get(backend_id))
+            .and_then(|e| e.idle)
+            .map(|(secs, at)| secs.saturating_add(at.elapsed().as_secs()))
     }
 
     fn keep_info(&self, host: &Arc<str>, msg: &AgentMessage) {
-        let usable = |s: &ReportedSession| {
-            s.info
+        let now = Instant::now();
+        let extra = |s: &ReportedSession| {
+            let info = s
+                .info
                 .as_ref()
                 .filter(|i| i.len() <= MAX_SESSION_INFO && !i.chars().any(char::is_control))
-                .map(|i| (s.backend_id.clone(), i.clone()))
+                .cloned();
+            let idle = s.idle_secs.map(|i| (i, now));
+            (info.is_some() || idle.is_some()).then(|| (s.backend_id.clone(), Extra { info, idle }))
         };
         let mut infos = lock(&self.inner.infos);
         match msg {
             AgentMessage::Inventory { sessions } => {
-                let m: HashMap<String, String> = sessions.iter().filter_map(usable).collect();
+                let m: HashMap<String, Extra> = sessions.iter().filter_map(extra).collect();
                 if m.is_empty() {
                     infos.remove(&**host);
                 } else {
@@ -328,9 +350,9 @@ impl AgentHub {
             }
             AgentMessage::SessionChanged(s) => {
                 let m = infos.entry(host.clone()).or_default();
-                match usable(s) {
-                    Some((id, i)) => {
-                        m.insert(id, i);
+                match extra(s) {
+                    Some((id, e)) => {
+                        m.insert(id, e);
                     }
                     None => {
                         m.remove(&s.backend_id);

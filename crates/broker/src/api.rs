@@ -161,6 +161,7 @@ impl From<EngineError> for ApiError {
                     CoreError::NotFound { .. } | CoreError::IdNotFound { .. } => {
                         (StatusCode::NOT_FOUND, "not_found")
                     }
+                    CoreError::UserLimit { .. } => (StatusCode::CONFLICT, "user_limit"),
                     CoreError::NoHostAvailable { .. } => {
                         (StatusCode::SERVICE_UNAVAILABLE, "no_host_available")
                     }

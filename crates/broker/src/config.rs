@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::config::{ConfigDuration, HostAddr};
-use switchboard_core::model::{DEFAULT_WEIGHT, PoolOptions, ResumePreference};
+use switchboard_core::model::{DEFAULT_WEIGHT, PoolOptions, ResumePreference, SessionLimits};
 use switchboard_core::{HostSpec, Policy, PoolSpec, Settings};
 use switchboard_proto::x2go::Profile;
 
@@ -219,6 +219,9 @@ pub struct PlacementSection {
     pub failure_penalty: Option<ConfigDuration>,
     /// Seed of the tie-breaking RNG (default 0).
     pub seed: Option<u64>,
+    /// How often session policies (log-off after disconnected, idle, age) are checked
+    /// (default 10s).
+    pub policy_interval: Option<ConfigDuration>,
 }
 
 /// `[api]`.
@@ -254,6 +257,17 @@ pub struct PoolSection {
     /// Whether the pool's hosts run `switchboard agent` (default true). Agentless hosts are
     /// placeable at once, judged only by an optional TCP probe.
     pub agent: Option<bool>,
+    /// Most live sessions one user may have on the pool's hosts (default unlimited).
+    pub max_sessions_per_user: Option<u32>,
+    /// Log off sessions disconnected this long (default never).
+    pub logoff_disconnected_after: Option<ConfigDuration>,
+    /// Log off sessions whose user has been idle this long, where the source reports idleness
+    /// (default never).
+    pub logoff_idle_after: Option<ConfigDuration>,
+    /// Log off sessions this old (default never).
+    pub max_session_age: Option<ConfigDuration>,
+    /// Between terminate and kill of a policy log-off (default 60s).
+    pub logoff_grace: Option<ConfigDuration>,
     /// `[[pool.host]]` tables.
     #[serde(default)]
     pub host: Vec<HostSection>,
@@ -316,6 +330,8 @@ pub struct Config {
     pub tokens_file: PathBuf,
     /// Cluster-wide placement settings.
     pub settings: Settings,
+    /// How often session policies are checked.
+    pub policy_interval: Duration,
     /// Probe interval and timeout.
     pub probe_interval: Duration,
     /// Probe connect timeout.
@@ -373,9 +389,31 @@ pub const DEFAULT_AUTOLOGIN_KEY_TTL: Duration = Duration::from_secs(60);
 /// Default wait for an agent to suspend a session.
 pub const DEFAULT_SUSPEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Checks a pool's session limits: a cap of at least 1, log-off times above zero.
+fn check_limits(l: &SessionLimits) -> Result<(), String> {
+    if l.max_sessions_per_user == Some(0) {
+        return Err("key `max_sessions_per_user` must be at least 1".into());
+    }
+    for (key, v) in [
+        ("logoff_disconnected_after", &l.logoff_disconnected_after),
+        ("logoff_idle_after", &l.logoff_idle_after),
+        ("max_session_age", &l.max_session_age),
+    ] {
+        if v.is_some_and(|d| d.0.is_zero()) {
+            return Err(format!("key `{key}` must be above zero"));
+        }
+    }
+    Ok(())
+}
+
 /// `broker-*` keys a profile may carry.
 const BROKER_KEYS: &[&str] = &[
     "broker-policy",
+    "broker-max-sessions-per-user",
+    "broker-logoff-disconnected-after",
+    "broker-logoff-idle-after",
+    "broker-max-session-age",
+    "broker-logoff-grace",
     "broker-agent-query-mode",
     "broker-agent-hostkey-policy",
     "broker-session-autologin",
@@ -408,7 +446,13 @@ fn profile_pool(
     let mut portscan = true;
     let mut autologin = default_autologin;
     let mut explicit_policy = false;
+    let mut limits = SessionLimits::default();
     for (key, value, line) in &p.broker {
+        let dur = |v: &str| {
+            switchboard_core::config::parse_duration(v)
+                .map(ConfigDuration)
+                .map_err(|e| at(*line, key, e.to_string()))
+        };
         let b = |v: &str| {
             parse_bool(v).ok_or_else(|| at(*line, key, format!("{v:?} is not true or false")))
         };
@@ -431,6 +475,20 @@ fn profile_pool(
                 }
             }
             "broker-session-autologin" => autologin = b(value)?,
+            "broker-max-sessions-per-user" => {
+                limits.max_sessions_per_user = Some(
+                    value
+                        .trim()
+                        .parse()
+                        .map_err(|_| at(*line, key, format!("{value:?} is not a whole number")))?,
+                );
+            }
+            "broker-logoff-disconnected-after" => {
+                limits.logoff_disconnected_after = Some(dur(value)?);
+            }
+            "broker-logoff-idle-after" => limits.logoff_idle_after = Some(dur(value)?),
+            "broker-max-session-age" => limits.max_session_age = Some(dur(value)?),
+            "broker-logoff-grace" => limits.logoff_grace = dur(value)?,
             "broker-portscan-x2goservers" => portscan = b(value)?,
             "broker-use-load-checker" => {
                 if b(value)? && !explicit_policy {
@@ -447,6 +505,7 @@ fn profile_pool(
             }
         }
     }
+    check_limits(&limits).map_err(|m| format!("profile [{}]: {m}", p.id))?;
     let hosts = p
         .hosts
         .iter()
@@ -464,7 +523,10 @@ fn profile_pool(
         PoolSpec {
             name: p.id.clone(),
             policy,
-            options: PoolOptions::default(),
+            options: PoolOptions {
+                limits,
+                ..PoolOptions::default()
+            },
             hosts: p.hosts.iter().map(|h| h.name.clone()).collect(),
         },
         hosts,
@@ -648,12 +710,23 @@ impl FileConfig {
             if session_ref == 0 {
                 return Err(format!("{here}: key `session_ref` must be at least 1"));
             }
+            let limits = SessionLimits {
+                max_sessions_per_user: p.max_sessions_per_user,
+                logoff_disconnected_after: p.logoff_disconnected_after,
+                logoff_idle_after: p.logoff_idle_after,
+                max_session_age: p.max_session_age,
+                logoff_grace: p
+                    .logoff_grace
+                    .unwrap_or(SessionLimits::default().logoff_grace),
+            };
+            check_limits(&limits).map_err(|m| format!("{here}: {m}"))?;
             pools.push(PoolSpec {
                 name: p.name,
                 policy: p.policy.unwrap_or(default_policy),
                 options: PoolOptions {
                     resume_prefer: p.resume_prefer.unwrap_or_default(),
                     session_ref,
+                    limits,
                 },
                 hosts: members,
             });
@@ -795,6 +868,11 @@ impl FileConfig {
             agent_tls,
             agent_names: self.agents.names,
             settings,
+            policy_interval: self
+                .placement
+                .policy_interval
+                .map_or(crate::policy::DEFAULT_INTERVAL, |d| d.0)
+                .max(Duration::from_millis(100)),
             probe_interval: self
                 .probe
                 .interval
@@ -894,6 +972,14 @@ max_sessions = 40
                 "different settings",
             ),
             ("[http]\ntls_cert = \"/x\"\n", "go together"),
+            (
+                "[[pool]]\nname=\"p\"\nmax_sessions_per_user = 0\n",
+                "at least 1",
+            ),
+            (
+                "[[pool]]\nname=\"p\"\nlogoff_idle_after = 0\n",
+                "above zero",
+            ),
             ("[agents]\ntls_key = \"/x\"\n", "go together"),
             (
                 "[[pool]]\nname=\"p\"\n[[pool.host]]\nname=\"a\"\naddress=\"127.0.0.2:22\"\nprobe = true\n",
@@ -923,15 +1009,35 @@ max_sessions = 40
         assert_eq!(c.pools.len(), 6);
         let x = c.x2go.as_ref().unwrap();
         assert_eq!(x.profiles.len(), 4);
-        assert_eq!(*x.autologin, [true, false, false, false], "kiosk, legacy-shell, pool-mate, staff-xfce");
+        assert_eq!(
+            *x.autologin,
+            [true, false, false, false],
+            "kiosk, legacy-shell, pool-mate, staff-xfce"
+        );
         assert!(x.may_login("alice", "alice-admin"));
         assert!(!x.may_login("bob", "alice"));
         let legacy = c.hosts.iter().find(|h| h.name == "old1").unwrap();
         assert!(!legacy.agent && legacy.probe);
         let mate = c.pools.iter().find(|p| p.name == "pool-mate").unwrap();
         assert_eq!(mate.policy, Policy::LeastLoad);
+        assert_eq!(mate.options.limits.max_sessions_per_user, Some(2));
         assert_eq!(
-            c.hosts.iter().find(|h| h.name == "x2go-c").unwrap().address.to_string(),
+            mate.options.limits.logoff_disconnected_after.unwrap().0,
+            Duration::from_secs(8 * 3600)
+        );
+        let desktops = c.pools.iter().find(|p| p.name == "desktops").unwrap();
+        assert_eq!(
+            desktops.options.limits.max_session_age.unwrap().0,
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(c.policy_interval, Duration::from_secs(10));
+        assert_eq!(
+            c.hosts
+                .iter()
+                .find(|h| h.name == "x2go-c")
+                .unwrap()
+                .address
+                .to_string(),
             "127.0.0.63:2222"
         );
         // Without [x2go]: only the [[pool]]s.
@@ -959,7 +1065,10 @@ max_sessions = 40
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("x2go.session_profiles") && e.contains("/nonexistent"), "{e}");
+        assert!(
+            e.contains("x2go.session_profiles") && e.contains("/nonexistent"),
+            "{e}"
+        );
         let e = Config::parse("[auth]\nmethod = \"ldap\"\n", "b.toml")
             .unwrap_err()
             .to_string();

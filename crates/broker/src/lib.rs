@@ -10,6 +10,7 @@
 //! - [`agents`]: the agent listener, liveness and commands to agents.
 //! - [`pki`]: the agent listener's certificates (a private CA made on first start).
 //! - [`probe`]: TCP probes of agentless hosts.
+//! - [`policy`]: session policies (log-off after disconnected, idle, age), enforced through agents.
 //! - [`mgmt`]: the management socket (`switchboard ctl`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`x2go`]: the X2Go broker frontend (`/plain/`, `/json/`).
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod metrics;
 pub mod mgmt;
 pub mod pki;
+pub mod policy;
 pub mod probe;
 pub mod tls;
 pub mod tokens;
@@ -111,6 +113,13 @@ impl Broker {
             engine::start(store.clone(), &config, shutdown.child_token()).await?;
         probe::spawn(engine.clone(), &config, shutdown.child_token());
         let hub = agents::AgentHub::new(engine.clone(), config.settings.stale_after_intervals);
+        policy::spawn(
+            engine.clone(),
+            hub.clone(),
+            store.clone(),
+            config.policy_interval,
+            shutdown.child_token(),
+        );
         let agent_hosts: Vec<String> = config
             .hosts
             .iter()

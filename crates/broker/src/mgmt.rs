@@ -472,6 +472,22 @@ impl Mgmt {
                     )),
                     e.next.as_deref().unwrap_or("no host")
                 );
+                let l = &e.limits;
+                let show = |d: &Option<switchboard_core::config::ConfigDuration>| {
+                    d.map_or("off".to_owned(), |d| {
+                        humantime::format_duration(d.0).to_string()
+                    })
+                };
+                text.push_str(&format!(
+                    "\npolicies: {} session(s) of this user here, at most {}{}; log off when disconnected {}, idle {}, older than {} (grace {})",
+                    e.user_sessions,
+                    l.max_sessions_per_user.map_or("unlimited".to_owned(), |m| m.to_string()),
+                    if e.at_user_limit { " (a new session would be refused)" } else { "" },
+                    show(&l.logoff_disconnected_after),
+                    show(&l.logoff_idle_after),
+                    show(&l.max_session_age),
+                    humantime::format_duration(l.logoff_grace.0),
+                ));
                 let rows = e
                     .hosts
                     .iter()

@@ -387,6 +387,10 @@ impl X2go {
                     ..Selected::default()
                 });
             }
+            Err(EngineError::Core(e @ CoreError::UserLimit { .. })) => {
+                tracing::warn!(profile = %profile.id, login = %printable(login), error = %e, "x2go: refused by max_sessions_per_user");
+                return reply(&none);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "x2go: placement failed");
                 return html(StatusCode::SERVICE_UNAVAILABLE);

@@ -483,9 +483,15 @@ async fn client_events_reach_the_audit_log() {
             "task=setpass&user=alice&password=alice-pw&newpass=other&authid=",
         )
         .await;
-    assert_eq!((status, authid(&body).1.as_str()), (200, "Access granted\n"));
+    assert_eq!(
+        (status, authid(&body).1.as_str()),
+        (200, "Access granted\n")
+    );
     let (status, _, _) = h
-        .post("/plain/", "task=listsessions&user=alice&password=alice-pw&authid=")
+        .post(
+            "/plain/",
+            "task=listsessions&user=alice&password=alice-pw&authid=",
+        )
         .await;
     assert_eq!(status, 200, "the password is unchanged");
     let client = switchboard_testkit::http_client();

@@ -110,6 +110,25 @@ async fn up_links_its_local_agent_and_simulated_hosts_over_tls() {
         let addr = s["address"].as_str().unwrap_or_default().to_owned();
         assert!(addr.starts_with("127.") && addr != "127.0.0.1", "{s}");
     }
+    // The X2Go frontend serves the generated profile `desktops` (this machine) to a PAM user.
+    assert!(text.contains("/plain/ (X2Go Client)"), "{text}");
+    let (user, password, _) = switchboard_testkit::pam_test_user();
+    let r = switchboard_testkit::http_client()
+        .post(format!("{base}/plain/"))
+        .body(format!(
+            "task=listsessions&user={user}&password={password}&authid="
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("\n[desktops]\n"), "{body}");
+    assert!(
+        std::fs::read_to_string(data.join("x2gobroker-sessionprofiles.conf"))
+            .unwrap()
+            .contains("[desktops]")
+    );
     // Secrets are private; the CA and credential stay for the next start.
     use std::os::unix::fs::PermissionsExt;
     for f in [

@@ -66,6 +66,16 @@ pub enum CoreError {
         /// The host that reported.
         host: String,
     },
+    /// The user has as many sessions in the pool as its `max_sessions_per_user` allows.
+    #[error("user {user:?} already has {sessions} session(s) in pool {pool:?}, the most it allows")]
+    UserLimit {
+        /// The user.
+        user: String,
+        /// The pool.
+        pool: String,
+        /// The user's live sessions and reservations there.
+        sessions: u32,
+    },
     /// No host in the pool can take a new session.
     #[error("no host available in pool {pool:?} ({excluded})")]
     NoHostAvailable {

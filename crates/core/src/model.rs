@@ -302,6 +302,8 @@ pub struct PoolOptions {
     pub resume_prefer: ResumePreference,
     /// Session count at which `least-load`'s session term is 1 for hosts without a cap.
     pub session_ref: u32,
+    /// Limits on the pool's sessions (all off by default).
+    pub limits: SessionLimits,
 }
 
 impl Default for PoolOptions {
@@ -309,8 +311,91 @@ impl Default for PoolOptions {
         PoolOptions {
             resume_prefer: ResumePreference::Disconnected,
             session_ref: DEFAULT_SESSION_REF,
+            limits: SessionLimits::default(),
         }
     }
+}
+
+/// Default time between the polite end of a session a policy logs off and its kill.
+pub const DEFAULT_LOGOFF_GRACE: Duration = Duration::from_secs(60);
+
+/// A pool's session policies: how many sessions a user may have, and when the broker logs a
+/// session off through its agent. Every limit is off unless set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionLimits {
+    /// Most live sessions (and reservations) one user may have on the pool's hosts; a placement
+    /// that would exceed it is refused, resuming one is not.
+    pub max_sessions_per_user: Option<u32>,
+    /// Log off a session that has been disconnected this long.
+    pub logoff_disconnected_after: Option<ConfigDuration>,
+    /// Log off a session whose user has been idle this long (where the source reports idleness).
+    pub logoff_idle_after: Option<ConfigDuration>,
+    /// Log off a session this old.
+    pub max_session_age: Option<ConfigDuration>,
+    /// Between the polite end (terminate) and the kill of a policy log-off.
+    pub logoff_grace: ConfigDuration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_sessions_per_user: None,
+            logoff_disconnected_after: None,
+            logoff_idle_after: None,
+            max_session_age: None,
+            logoff_grace: ConfigDuration(DEFAULT_LOGOFF_GRACE),
+        }
+    }
+}
+
+impl SessionLimits {
+    /// Whether any log-off rule is set.
+    pub fn logs_off(&self) -> bool {
+        self.logoff_disconnected_after.is_some()
+            || self.logoff_idle_after.is_some()
+            || self.max_session_age.is_some()
+    }
+}
+
+/// Which session policy asks for a log-off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogoffRule {
+    /// Disconnected longer than `logoff_disconnected_after`.
+    Disconnected,
+    /// Idle longer than `logoff_idle_after`.
+    Idle,
+    /// Older than `max_session_age`.
+    Age,
+}
+
+impl LogoffRule {
+    /// The rule's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogoffRule::Disconnected => "disconnected",
+            LogoffRule::Idle => "idle",
+            LogoffRule::Age => "age",
+        }
+    }
+}
+
+/// A session a pool's policy says to log off now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyLogoff {
+    /// The session.
+    pub session: SessionRecord,
+    /// The pool whose policy applies.
+    pub pool: Arc<str>,
+    /// Which rule.
+    pub rule: LogoffRule,
+    /// How long the condition has held (disconnected, idle) or the session's age.
+    pub for_ms: u64,
+    /// The rule's limit.
+    pub limit_ms: u64,
+    /// Grace between terminate and kill.
+    pub grace: Duration,
 }
 
 /// A pool definition: a named set of hosts and the rule to place sessions on them.

@@ -1256,6 +1256,107 @@ impl ClusterState {
 
     // ----- placement -----
 
+    /// The user's live sessions on the pool's hosts plus their reservations in the pool.
+    fn user_sessions_in_pool(&self, uid: UserId, pid: PoolId) -> u32 {
+        let mut n = 0u32;
+        for id in self.users.items(uid) {
+            let counts = match (self.reservations.get(id), self.sessions.get(id)) {
+                (Some(r), _) => r.pool == pid,
+                (None, Some(s)) => {
+                    s.state.is_live() && self.host_ref(s.host).is_some_and(|h| h.in_pool(pid))
+                }
+                _ => false,
+            };
+            n += u32::from(counts);
+        }
+        n
+    }
+
+    /// The pool whose session policies govern a session: the pool it was placed through, else
+    /// the first configured pool that lists its host.
+    fn governing_pool(&self, pool: Option<PoolId>, host: HostId) -> Option<&PoolEntry> {
+        if let Some(p) = pool.and_then(|p| self.pool_ref(p)) {
+            return Some(p);
+        }
+        let h = self.host_ref(host)?;
+        self.pools
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((PoolId(u32::try_from(i).ok()?), p.as_ref()?)))
+            .find(|(pid, _)| h.in_pool(*pid))
+            .map(|(_, p)| p)
+    }
+
+    /// Sessions that their pool's session policies say to log off now. `idle_secs` tells how
+    /// long a session's user has been idle, where its source reports it (host, backend id).
+    /// Only running and disconnected sessions on hosts with agents are considered (an `ending`
+    /// one is on its way; an agentless host has nobody to carry a log-off out). Age wins over
+    /// disconnected, which wins over idle, when several rules apply.
+    pub fn policy_logoffs(
+        &self,
+        idle_secs: impl Fn(&str, &str) -> Option<u64>,
+    ) -> Vec<crate::model::PolicyLogoff> {
+        use crate::model::{LogoffRule, PolicyLogoff};
+        let mut out = Vec::new();
+        for (id, s) in self.sessions.iter() {
+            if !matches!(s.state, SessionState::Running | SessionState::Disconnected) {
+                continue;
+            }
+            // Policies act through agents: a host without one is not policed.
+            if !self.host_ref(s.host).is_some_and(|h| h.spec.agent) {
+                continue;
+            }
+            let Some(pool) = self.governing_pool(s.pool, s.host) else {
+                continue;
+            };
+            let limits = &pool.spec.options.limits;
+            if !limits.logs_off() {
+                continue;
+            }
+            let ms = |d: &crate::config::ConfigDuration| {
+                u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX)
+            };
+            let age = self.now.0.saturating_sub(s.created_at.0);
+            let since_change = self.now.0.saturating_sub(s.updated_at.0);
+            let mut hit: Option<(LogoffRule, u64, u64)> = None;
+            if let Some(limit) = &limits.max_session_age
+                && age >= ms(limit)
+            {
+                hit = Some((LogoffRule::Age, age, ms(limit)));
+            }
+            if hit.is_none()
+                && s.state == SessionState::Disconnected
+                && let Some(limit) = &limits.logoff_disconnected_after
+                && since_change >= ms(limit)
+            {
+                hit = Some((LogoffRule::Disconnected, since_change, ms(limit)));
+            }
+            if hit.is_none()
+                && let Some(limit) = &limits.logoff_idle_after
+                && let Some(backend) = &s.backend_id
+                && let Some(host) = self.host_ref(s.host)
+                && let Some(idle) = idle_secs(&host.name, backend)
+                && idle.saturating_mul(1000) >= ms(limit)
+            {
+                hit = Some((LogoffRule::Idle, idle.saturating_mul(1000), ms(limit)));
+            }
+            if let Some((rule, for_ms, limit_ms)) = hit
+                && let Some(record) = self.session(*id)
+            {
+                out.push(PolicyLogoff {
+                    session: record,
+                    pool: pool.name.clone(),
+                    rule,
+                    for_ms,
+                    limit_ms,
+                    grace: limits.logoff_grace.0,
+                });
+            }
+        }
+        out.sort_by_key(|p| p.session.id);
+        out
+    }
+
     /// The user's reservation or session that a placement in this pool would hand back.
     fn resume_candidate(
         &self,
@@ -1354,6 +1455,18 @@ impl ClusterState {
                 reason: self.reason(pool, state.is_some(), false),
             }));
             return Ok(());
+        }
+        if let (Some(limit), Some(uid)) =
+            (pool.spec.options.limits.max_sessions_per_user, known_user)
+        {
+            let n = self.user_sessions_in_pool(uid, pid);
+            if n >= limit {
+                return Err(CoreError::UserLimit {
+                    user: user.to_owned(),
+                    pool: pool_name.to_owned(),
+                    sessions: n,
+                });
+            }
         }
         let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) else {
             return Err(not_found("pool", pool_name));
@@ -2074,12 +2187,25 @@ impl ClusterState {
             .clone()
             .choose(&mut rng)
             .map(|(hid, _)| self.host_name(hid));
+        let user_sessions = self
+            .users
+            .get(user)
+            .map_or(0, |uid| self.user_sessions_in_pool(uid, pid));
+        let at_user_limit = resume.is_none()
+            && p.spec
+                .options
+                .limits
+                .max_sessions_per_user
+                .is_some_and(|l| user_sessions >= l);
         Ok(Explanation {
             pool: p.name.clone(),
             policy: p.spec.policy,
             resume,
             next,
             hosts: rows.into_iter().map(|r| r.3).collect(),
+            limits: p.spec.options.limits.clone(),
+            user_sessions,
+            at_user_limit,
         })
     }
 

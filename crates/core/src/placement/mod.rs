@@ -187,6 +187,12 @@ pub struct Explanation {
     pub next: Option<Arc<str>>,
     /// Every host, eligible ones first in decision order (for ranked policies), then excluded ones.
     pub hosts: Vec<HostExplanation>,
+    /// The pool's session policies.
+    pub limits: crate::model::SessionLimits,
+    /// The user's live sessions and reservations on the pool's hosts.
+    pub user_sessions: u32,
+    /// Whether a new session would be refused by `max_sessions_per_user` (resuming is not).
+    pub at_user_limit: bool,
 }
 
 /// The session (or reservation) a placement would hand back.

@@ -546,7 +546,14 @@ impl fmt::Debug for Form {
             .field("user", &self.user)
             .field("password", &"<hidden>")
             .field("login", &self.login)
-            .field("authid", &if self.authid.is_empty() { "" } else { "<hidden>" })
+            .field(
+                "authid",
+                &if self.authid.is_empty() {
+                    ""
+                } else {
+                    "<hidden>"
+                },
+            )
             .field("profile", &self.profile)
             .field("pubkey", &self.pubkey.len())
             .field("event", &self.event)

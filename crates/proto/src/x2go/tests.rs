@@ -163,7 +163,10 @@ fn forms_parse_as_tornado_reads_them() {
     assert_eq!(f.login(), "v");
     let secret = parse_form(b"user=u&password=hunter2&authid=tok-123").unwrap();
     let shown = format!("{secret:?}");
-    assert!(!shown.contains("hunter2") && !shown.contains("tok-123"), "{shown}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("tok-123"),
+        "{shown}"
+    );
     assert!(parse_form(&vec![b'a'; MAX_FORM + 1]).is_err());
     assert!(parse_form(b"sid=a%0Ab").is_err());
 }

@@ -1,0 +1,323 @@
+//! Log-offs end to end with real processes: a real agent over TLS whose site session source
+//! treats `sleep` processes of a local test user as sessions. `abortuser`, `shutdownuser` and
+//! `logoffuser` on the management socket (including a grace period running out on a process that
+//! ignores SIGTERM), and a pool's session policy logging off a disconnected session, with its
+//! audit record. Needs root: it creates a local user and runs processes as that user.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use switchboard_agent::config::AgentConfig;
+use switchboard_broker::Broker;
+use switchboard_broker::config::Config;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+const USER: &str = "sbtest-sess";
+
+/// The site source: every process of the test user whose command line starts with `sbsess-ID`,
+/// where ID ends with this harness's suffix (`DIR/suffix`), is session ID; a marker file
+/// `DIR/ID.disconnected` makes it disconnected.
+const SOURCE: &str = r#"#!/bin/sh
+dir="$1"; op="$2"; id="$3"
+suffix=$(cat "$dir/suffix")
+case "$op" in
+list)
+  pgrep -u sbtest-sess -a -f "^sbsess-[a-z]+$suffix( |\$)" | while read -r pid cmd rest; do
+    sid="${cmd#sbsess-}"
+    state=running; [ -e "$dir/$sid.disconnected" ] && state=disconnected
+    printf '{"id":"%s","user":"sbtest-sess","state":"%s"}\n' "$sid" "$state"
+  done ;;
+terminate) pkill -TERM -u sbtest-sess -f "^sbsess-$id( |\$)"; true ;;
+kill) pkill -KILL -u sbtest-sess -f "^sbsess-$id( |\$)"; true ;;
+*) echo "unknown operation $op" >&2; exit 2 ;;
+esac
+"#;
+
+fn ensure_user() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs processes as a local test user: run it as root (./scripts/test does)"
+    );
+    if nix::unistd::User::from_name(USER).unwrap().is_none() {
+        let st = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", USER])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// Starts session `id`: a `sleep` of the test user named `sbsess-ID`; `stubborn` ignores SIGTERM.
+fn start_session(id: &str, stubborn: bool) {
+    let trap = if stubborn { "trap '' TERM; " } else { "" };
+    // Not waited for here: the session runs until a test ends it, and the harness kills what is
+    // left when it is dropped.
+    #[allow(clippy::zombie_processes)]
+    Command::new("runuser")
+        .args(["-u", USER, "--", "bash", "-c"])
+        .arg(format!("{trap}exec -a sbsess-{id} sleep 600"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+}
+
+fn alive(id: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-u", USER, "-f", &format!("^sbsess-{id}( |$)")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+struct H {
+    /// Distinguishes this test's sessions from those of tests running beside it.
+    n: usize,
+    dir: tempfile::TempDir,
+    broker: Broker,
+    stop: CancellationToken,
+    agent_stop: CancellationToken,
+}
+
+impl H {
+    async fn start(pool_extra: &str) -> H {
+        ensure_user();
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("source.sh"), SOURCE).unwrap();
+        std::fs::write(d.join("suffix"), format!("-{}-{n}", std::process::id())).unwrap();
+        let agent_port = switchboard_testkit::free_port();
+        let text = format!(
+            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [agents]\nlisten = \"127.0.0.1:{agent_port}\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
+             [placement]\npolicy_interval = \"200ms\"\n\
+             [[pool]]\nname = \"desk\"\n{pool_extra}\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.52:22\"\n",
+            dir = d.display()
+        );
+        let stop = CancellationToken::new();
+        let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
+            .await
+            .unwrap();
+        let credential = broker.agents.enroll("h1").await.unwrap();
+        let script = d.join("source.sh").display().to_string();
+        let state = d.display().to_string();
+        let source = format!(
+            "kind = \"command\"\nlist = [\"/bin/sh\", {script:?}, {state:?}, \"list\"]\n\
+             terminate = [\"/bin/sh\", {script:?}, {state:?}, \"terminate\"]\n\
+             kill = [\"/bin/sh\", {script:?}, {state:?}, \"kill\"]\n"
+        );
+        let agent = AgentConfig {
+            broker: format!("127.0.0.1:{agent_port}"),
+            server_name: "localhost".into(),
+            ca: d.join("tls").join(switchboard_broker::pki::CA_CERT),
+            credential,
+            host: "h1".into(),
+            report_interval: Duration::from_millis(500),
+            sources: vec![toml::from_str(&source).unwrap()],
+        };
+        let agent_stop = CancellationToken::new();
+        switchboard_agent::host::spawn(agent, agent_stop.clone()).unwrap();
+        H {
+            n,
+            dir,
+            broker,
+            stop,
+            agent_stop,
+        }
+    }
+
+    /// Switchboard's id of session `backend` once the agent has reported it.
+    async fn session_id(&self, backend: &str) -> u64 {
+        let start = Instant::now();
+        loop {
+            let b = backend.to_owned();
+            let id = self
+                .broker
+                .engine
+                .query(move |s| {
+                    s.sessions_of_user(USER)
+                        .into_iter()
+                        .find(|r| r.backend_id.as_deref() == Some(b.as_str()))
+                        .map(|r| r.id.0)
+                })
+                .await
+                .unwrap();
+            if let Some(id) = id {
+                return id;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "session {backend} never reported"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One management command in JSON mode.
+    async fn ctl(&self, line: &str) -> serde_json::Value {
+        let s = tokio::net::UnixStream::connect(self.dir.path().join("mgmt.sock"))
+            .await
+            .unwrap();
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        // JSON mode is the default on the socket: one object per reply.
+        w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        r.read_line(&mut reply).await.unwrap();
+        serde_json::from_str(&reply).unwrap()
+    }
+}
+
+impl Drop for H {
+    fn drop(&mut self) {
+        self.agent_stop.cancel();
+        self.stop.cancel();
+        // Only this test's sessions: the tests run in parallel under one user.
+        let _ = Command::new("pkill")
+            .args([
+                "-KILL",
+                "-u",
+                USER,
+                "-f",
+                &format!("^sbsess-[a-z]+-{}-{}( |$)", std::process::id(), self.n),
+            ])
+            .status();
+    }
+}
+
+async fn gone_within(id: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while alive(id) {
+        assert!(
+            start.elapsed() < limit,
+            "process of session {id} still alive after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+/// A session name unique to this process and harness: `NAME-PID-N`.
+fn tag(h: &H, name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), h.n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_shutdown_and_logoff_end_real_processes() {
+    let h = H::start("").await;
+    let (a, s, l) = (tag(&h, "abort"), tag(&h, "shutdown"), tag(&h, "logoff"));
+    start_session(&a, true);
+    start_session(&s, false);
+    start_session(&l, true);
+    let (ia, is, il) = (
+        h.session_id(&a).await,
+        h.session_id(&s).await,
+        h.session_id(&l).await,
+    );
+    // abortuser: killed at once, even though it ignores SIGTERM.
+    let r = h.ctl(&format!("abortuser {ia}")).await;
+    assert_eq!(r["ok"], true, "{r}");
+    gone_within(&a, Duration::from_secs(5)).await;
+    // shutdownuser: a graceful terminate, which a normal process obeys.
+    let r = h.ctl(&format!("shutdownuser {is}")).await;
+    assert_eq!(r["ok"], true, "{r}");
+    gone_within(&s, Duration::from_secs(5)).await;
+    // logoffuser with a 2 s grace on a process that ignores SIGTERM: alive through the grace,
+    // killed when it runs out.
+    let started = Instant::now();
+    let r = h.ctl(&format!("logoffuser {il} 2")).await;
+    assert_eq!(r["ok"], true, "{r}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(alive(&l), "killed before its grace ran out");
+    gone_within(&l, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "killed {took:?} after the log-off, before its 2 s grace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_policy_logs_off_a_disconnected_session_and_audits_it() {
+    let h = H::start("logoff_disconnected_after = \"1s\"\nlogoff_grace = \"1s\"\n").await;
+    let (keep, drop_) = (tag(&h, "kept"), tag(&h, "idle"));
+    start_session(&keep, false);
+    start_session(&drop_, false);
+    std::fs::write(h.dir.path().join(format!("{drop_}.disconnected")), "").unwrap();
+    let id = h.session_id(&drop_).await;
+    h.session_id(&keep).await;
+    // Disconnected for a second: the policy logs it off through the agent.
+    gone_within(&drop_, Duration::from_secs(15)).await;
+    assert!(alive(&keep), "a running session is left alone");
+    let start = Instant::now();
+    loop {
+        let r = h.ctl("audit 20").await;
+        let found = r["data"].as_array().unwrap().iter().any(|a| {
+            a["actor"] == "policy"
+                && a["surface"] == "policy"
+                && a["action"] == "logoff (disconnected policy)"
+                && a["result"] == "ok"
+                && a["target"].as_str().unwrap().starts_with(&format!(
+                    "session {id} of {USER} on h1 in pool desk: disconnected for"
+                ))
+        });
+        if found {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no audit record of the policy log-off: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // explain shows the pool's policies.
+    let e = h.ctl(&format!("explain {USER} desk")).await;
+    assert_eq!(
+        e["data"]["limits"]["logoff_disconnected_after"], "1s",
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_sessions_per_user_refuses_one_more_but_resumes() {
+    let h = H::start("max_sessions_per_user = 1\n").await;
+    let one = tag(&h, "one");
+    start_session(&one, false);
+    std::fs::write(h.dir.path().join(format!("{one}.disconnected")), "").unwrap();
+    let id = h.session_id(&one).await;
+    // Asking again resumes the session the user has.
+    let placed = h
+        .broker
+        .engine
+        .apply(switchboard_core::Command::Reserve {
+            user: USER.into(),
+            pool: "desk".into(),
+            client: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        format!("{placed:?}").contains(&format!("SessionId({id})")),
+        "{placed:?}"
+    );
+    // With the host offline it cannot be resumed, and a new session would be one too many.
+    assert_eq!(h.ctl("offlineserver h1").await["ok"], true);
+    let e = h
+        .broker
+        .engine
+        .apply(switchboard_core::Command::Reserve {
+            user: USER.into(),
+            pool: "desk".into(),
+            client: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("the most it allows"), "{e}");
+    let e = h.ctl(&format!("explain {USER} desk")).await;
+    assert_eq!(e["data"]["at_user_limit"], true, "{e}");
+    assert_eq!(e["data"]["user_sessions"], 1, "{e}");
+}
