@@ -37,6 +37,11 @@ struct H {
 
 impl H {
     async fn start(sessions: &str) -> H {
+        H::start_ttl(sessions, "2s").await
+    }
+
+    /// With `autologin_key_ttl = TTL`.
+    async fn start_ttl(sessions: &str, ttl: &str) -> H {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("list.sh"), LIST).unwrap();
@@ -68,7 +73,7 @@ impl H {
             "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [agents]\nlisten = \"127.0.0.1:{agent_port}\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
              [auth]\nmethod = \"none\"\n\
-             [x2go]\nsession_profiles = \"{dir}/profiles.conf\"\nautologin_key_ttl = \"2s\"\n",
+             [x2go]\nsession_profiles = \"{dir}/profiles.conf\"\nautologin_key_ttl = \"{ttl}\"\n",
             dir = d.display()
         );
         let stop = CancellationToken::new();
@@ -204,18 +209,23 @@ fn form(pairs: &[(&str, &str)]) -> String {
 }
 
 const KEY_USER: &str = "sbtest-x2go";
+const KEY_USER2: &str = "sbtest-x2go2";
 
 fn key_user_home() -> PathBuf {
+    user_home(KEY_USER)
+}
+
+fn user_home(user: &str) -> PathBuf {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test creates a local user: run it as root (./scripts/test does)"
     );
-    let home = PathBuf::from("/tmp/sbtest-x2go-home");
-    if nix::unistd::User::from_name(KEY_USER).unwrap().is_none() {
+    let home = PathBuf::from(format!("/tmp/{user}-home"));
+    if nix::unistd::User::from_name(user).unwrap().is_none() {
         let st = Command::new("useradd")
             .args(["--create-home", "--home-dir"])
             .arg(&home)
-            .args(["--shell", "/usr/sbin/nologin", KEY_USER])
+            .args(["--shell", "/usr/sbin/nologin", user])
             .status()
             .unwrap();
         assert!(st.success());
@@ -294,4 +304,34 @@ async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
     assert_eq!(v["selected_session"]["authentication_pubkey"], "ACCEPTED");
     assert!(v["selected_session"].get("key").is_none());
     assert!(keys_in(&home).starts_with(pubkey), "{}", keys_in(&home));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autologin_key_is_removed_after_its_first_use() {
+    let home = user_home(KEY_USER2);
+    // A long lifetime: only the first use can explain the key going away within the test.
+    let h = H::start_ttl("", "10m").await;
+    h.wait_sessions(KEY_USER2, 0).await;
+    let body = h
+        .post(&format!(
+            "task=selectsession&sid=auto&user={KEY_USER2}&password=&authid=&login={KEY_USER2}"
+        ))
+        .await;
+    assert!(body.contains("-----BEGIN RSA PRIVATE KEY-----"), "{body}");
+    assert!(keys_in(&home).contains("switchboard-autologin"));
+    // The client logs in with the key and starts its session: the agent reports it running.
+    std::fs::write(
+        h.dir.path().join("state"),
+        line(KEY_USER2, "sbtest-x2go2-52-1795304446_stDXFCE_dp24", "R"),
+    )
+    .unwrap();
+    let start = Instant::now();
+    while !keys_in(&home).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the key outlived its first use: {:?}",
+            keys_in(&home)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
