@@ -53,6 +53,8 @@ pub struct App {
     pub trusted_proxies: Arc<Vec<IpAddr>>,
     /// The X2Go frontend, when `[x2go]` is configured.
     pub x2go: Option<crate::x2go::X2go>,
+    /// The web dashboard.
+    pub ui: crate::ui::Ui,
 }
 
 /// Who made a request: the name of the token it carried.
@@ -1182,6 +1184,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .merge(api)
         .merge(x2go)
+        .merge(crate::ui::routes())
         .route(
             "/api/v1/openapi.json",
             get(move || {

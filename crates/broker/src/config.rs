@@ -96,6 +96,9 @@ pub struct FileConfig {
     /// `[x2go]`: the X2Go broker frontend.
     #[serde(default)]
     pub x2go: X2goSection,
+    /// `[ui]`: the web dashboard.
+    #[serde(default)]
+    pub ui: UiSection,
     /// `[[pool]]` tables.
     #[serde(default)]
     pub pool: Vec<PoolSection>,
@@ -112,6 +115,15 @@ pub struct AuthSection {
     pub pam_service: Option<String>,
     /// Most PAM conversations at once (default 2).
     pub pam_pool: Option<usize>,
+}
+
+/// `[ui]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiSection {
+    /// Members of this group may sign in to the dashboard with their password (through
+    /// `[auth]`); without it only admin tokens sign in.
+    pub admin_group: Option<String>,
 }
 
 /// `[x2go]`.
@@ -340,6 +352,8 @@ pub struct Config {
     pub auth: Option<switchboard_auth::Method>,
     /// The X2Go frontend, if configured.
     pub x2go: Option<X2goConfig>,
+    /// Group whose members may sign in to the dashboard with a password.
+    pub ui_admin_group: Option<String>,
     /// Every host, once, in first-seen order.
     pub hosts: Vec<HostSpec>,
     /// Every pool.
@@ -885,6 +899,7 @@ impl FileConfig {
                 .max(Duration::from_millis(10)),
             auth,
             x2go,
+            ui_admin_group: self.ui.admin_group,
             hosts,
             pools,
         })

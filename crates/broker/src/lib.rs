@@ -14,6 +14,7 @@
 //! - [`mgmt`]: the management socket (`switchboard ctl`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`x2go`]: the X2Go broker frontend (`/plain/`, `/json/`).
+//! - [`ui`]: the web dashboard (`/ui/`).
 //!
 //! [`Broker::start`] binds and starts everything and returns the bound address; [`run`] does the
 //! same and waits for shutdown. The `switchboard` binary only wires these.
@@ -30,6 +31,7 @@ pub mod policy;
 pub mod probe;
 pub mod tls;
 pub mod tokens;
+pub mod ui;
 pub mod x2go;
 
 use config::Config;
@@ -181,7 +183,14 @@ impl Broker {
             )),
             _ => None,
         };
+        let ui = ui::Ui::new(
+            config.auth.clone(),
+            config.ui_admin_group.clone(),
+            tls.is_some(),
+        );
+        ui.spawn_sampler(engine.clone(), shutdown.child_token());
         let app = api::App {
+            ui,
             x2go: x2go.clone(),
             agents: hub.clone(),
             engine: engine.clone(),

@@ -45,8 +45,8 @@ enum Command {
     /// All-in-one on this machine: the broker with SQLite in a data directory, the REST API on
     /// 127.0.0.1 with a generated admin token, and a local agent for this machine (its own CA,
     /// broker certificate and agent credential are made in the data directory), and the X2Go
-    /// frontend on /plain/ and /json/ with PAM logins and one profile `desktops` (this machine).
-    /// Prints where to look. (The dashboard joins it in a later release.)
+    /// frontend on /plain/ and /json/ with PAM logins and one profile `desktops` (this machine),
+    /// and the web dashboard on /ui/ (sign in with the admin token). Prints where to look.
     Up {
         /// Where the database, certificates and the admin token live (created if missing).
         #[arg(long, default_value = "./switchboard-data")]
@@ -630,6 +630,7 @@ session_profiles = {profiles:?}
         if let Some(t) = &new_token {
             println!("  Admin token (shown once, saved 0600 in the file above): {t}");
         }
+        println!("  Dashboard {url}/ui/   (sign in with the admin token)");
         println!("  OpenAPI   {url}/api/v1/openapi.json");
         println!(
             "  Console   switchboard ctl --socket {}   (management socket, mode 0660)",

@@ -207,3 +207,76 @@ async fn up_links_its_local_agent_and_simulated_hosts_over_tls() {
     );
     assert_eq!(std::fs::read(data.join("tls/agent-ca.crt")).unwrap(), ca);
 }
+
+/// The dashboard in a real browser: headless Debian chromium, driven by playwright-core
+/// (`tests/browser/dashboard.mjs`), signs in with the admin token of `switchboard up --simulate
+/// 3`, drains a host through the page, and the REST API confirms it. Screenshots go to
+/// `target/test-artifacts/dashboard/`.
+#[tokio::test]
+async fn the_dashboard_drains_a_host_in_a_real_browser() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let browser_dir = repo.join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (./scripts/test does)"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is missing (./scripts/test installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (_guard, _) = start(&data, port, 3);
+    let token = std::fs::read_to_string(data.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    wait_for("sim-00002 up", Duration::from_secs(30), async || {
+        hosts(&base, &token)
+            .await
+            .iter()
+            .any(|h| h["name"] == "sim-00002" && h["health"] == "up")
+    })
+    .await;
+    let shots = repo.join("target/test-artifacts/dashboard");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .args([&base, &token, "sim-00002", shots.to_str().unwrap()])
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shots.join("2-drained.png").exists());
+    // The REST API sees what the page did, and the audit log says who did it.
+    let h = hosts(&base, &token).await;
+    let host = h.iter().find(|h| h["name"] == "sim-00002").unwrap();
+    assert_eq!(host["admin"], "draining", "{host}");
+    let audit: Value = switchboard_testkit::http_client()
+        .get(format!("{base}/api/v1/audit"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["surface"] == "ui"
+                && a["action"] == "drain"
+                && a["target"] == "sim-00002"
+                && a["actor"] == "token:admin"),
+        "{audit}"
+    );
+}

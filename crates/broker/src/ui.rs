@@ -1,0 +1,753 @@
+//! The web dashboard under `/ui/` on the broker's HTTP listener (`/` redirects there).
+//!
+//! Server-rendered with askama (HTML-escaped templates in `templates/ui/`) and htmx 2 (vendored
+//! in `assets/`, no JavaScript build step): the page polls fragments (`/ui/part/hosts` every 2 s,
+//! the others every 5 s) and actions are htmx POSTs that ask for confirmation first.
+//!
+//! Sign-in: a read-write API token, or, when `[auth]` is configured and `[ui] admin_group` is set,
+//! the password of a member of that group (checked like X2Go logins, with the same per-address
+//! failure delays). A sign-in makes a server-side session (random id in an `HttpOnly`,
+//! `SameSite=Strict` cookie, `Secure` on HTTPS, 12 hours) with its own CSRF token, which every
+//! action must carry (`X-CSRF-Token` header, or a `csrf` form field). Every action is audited with
+//! surface `ui` and the signed-in name.
+//!
+//! Load sparklines: a sampler keeps each host's last 60 one-minute load averages, one every 2 s.
+
+use crate::agents::Ending;
+use crate::api::App;
+use askama::Template;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchboard_auth::{AuthError, Authenticator, printable};
+use switchboard_core::{AdminState, Command, SessionId};
+use switchboard_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// How long a dashboard sign-in lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Most dashboard sign-ins at once (the oldest go first).
+pub const MAX_SESSIONS: usize = 10_000;
+/// Load samples kept per host for its sparkline.
+pub const SAMPLES: usize = 60;
+/// Time between load samples.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// Most sessions one sessions fragment shows.
+pub const MAX_ROWS: usize = 500;
+
+const COOKIE: &str = "sb_ui";
+const HTMX: &[u8] = include_bytes!("../assets/htmx-2.0.11.min.js");
+const STYLE: &[u8] = include_bytes!("../assets/style.css");
+
+#[derive(Debug, Clone)]
+struct UiSession {
+    who: String,
+    csrf: String,
+    expires: Instant,
+}
+
+/// The dashboard's state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ui {
+    sessions: Arc<Mutex<HashMap<String, UiSession>>>,
+    loads: Arc<Mutex<HashMap<String, VecDeque<f64>>>>,
+    /// Members of this group may sign in with their password through `auth`.
+    admin_group: Option<String>,
+    auth: Option<Authenticator>,
+    https: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 32];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Ui {
+    /// A dashboard; password sign-in needs both `auth` and `admin_group`.
+    pub fn new(
+        auth: Option<switchboard_auth::Method>,
+        admin_group: Option<String>,
+        https: bool,
+    ) -> Ui {
+        Ui {
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            loads: Arc::new(Mutex::new(HashMap::new())),
+            auth: auth
+                .filter(|m| !matches!(m, switchboard_auth::Method::None))
+                .map(Authenticator::new),
+            admin_group,
+            https,
+        }
+    }
+
+    fn password_login(&self) -> bool {
+        self.auth.is_some() && self.admin_group.is_some()
+    }
+
+    /// Samples every host's load for the sparklines until `shutdown`.
+    pub fn spawn_sampler(&self, engine: crate::engine::EngineHandle, shutdown: CancellationToken) {
+        let loads = self.loads.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let snap = engine.snapshot();
+                let mut l = lock(&loads);
+                l.retain(|h, _| snap.hosts.iter().any(|x| &x.name == h));
+                for h in &snap.hosts {
+                    if let Some(load) = &h.load {
+                        let q = l.entry(h.name.clone()).or_default();
+                        if q.len() == SAMPLES {
+                            q.pop_front();
+                        }
+                        q.push_back(load.load_avg[0]);
+                    }
+                }
+            }
+        });
+    }
+
+    fn sign_in(&self, who: String) -> (String, String) {
+        let sid = random_hex();
+        let csrf = random_hex();
+        let mut s = lock(&self.sessions);
+        let now = Instant::now();
+        s.retain(|_, v| v.expires > now);
+        while s.len() >= MAX_SESSIONS {
+            let Some(oldest) = s
+                .iter()
+                .min_by_key(|(_, v)| v.expires)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            s.remove(&oldest);
+        }
+        s.insert(
+            sid.clone(),
+            UiSession {
+                who,
+                csrf: csrf.clone(),
+                expires: now + SESSION_TTL,
+            },
+        );
+        (sid, csrf)
+    }
+
+    fn session(&self, headers: &HeaderMap) -> Option<(String, UiSession)> {
+        let sid = cookie(headers, COOKIE)?;
+        let s = lock(&self.sessions);
+        let v = s.get(&sid)?;
+        (v.expires > Instant::now()).then(|| (sid, v.clone()))
+    }
+
+    fn cookie(&self, sid: &str, max_age: u64) -> HeaderValue {
+        let secure = if self.https { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{COOKIE}={sid}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn spark(&self, host: &str) -> String {
+        let l = lock(&self.loads);
+        let Some(q) = l.get(host).filter(|q| !q.is_empty()) else {
+            return String::new();
+        };
+        let max = q.iter().copied().fold(1.0f64, f64::max);
+        let step = 120.0 / (SAMPLES as f64 - 1.0);
+        let start = SAMPLES - q.len();
+        q.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    (start + i) as f64 * step,
+                    23.0 - (v / max) * 22.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A cookie's value from the request headers.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn form(body: &Bytes) -> HashMap<String, String> {
+    form_urlencoded::parse(body)
+        .take(32)
+        .map(|(k, v)| (k.into_owned(), v.chars().take(4096).collect()))
+        .collect()
+}
+
+fn render(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(html) => {
+            let mut r = Html(html).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `text` safe to put in HTML.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn message(status: StatusCode, text: String) -> Response {
+    (status, Html(escape(&text))).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage<'a> {
+    error: Option<&'a str>,
+    password_login: bool,
+    admin_group: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "ui/dashboard.html")]
+struct Dashboard<'a> {
+    who: &'a str,
+    csrf: &'a str,
+}
+
+struct HostRow {
+    name: String,
+    address: String,
+    admin: String,
+    health: String,
+    excluded: Option<String>,
+    weight: u32,
+    sessions: u32,
+    reservations: u32,
+    spark: String,
+    load: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/hosts.html")]
+struct HostsPart {
+    hosts: Vec<HostRow>,
+    window: String,
+}
+
+struct PoolRow {
+    name: String,
+    policy: String,
+    hosts: String,
+    eligible: u32,
+    excluded: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/pools.html")]
+struct PoolsPart {
+    pools: Vec<PoolRow>,
+}
+
+struct SessionRow {
+    id: u64,
+    user: String,
+    host: String,
+    pool: String,
+    state: String,
+    backend: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/sessions.html")]
+struct SessionsPart {
+    sessions: Vec<SessionRow>,
+    truncated: bool,
+}
+
+struct AuditRow {
+    at: String,
+    actor: String,
+    surface: String,
+    action: String,
+    target: String,
+    result: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/audit.html")]
+struct AuditPart {
+    records: Vec<AuditRow>,
+}
+
+async fn root() -> Redirect {
+    Redirect::to("/ui/")
+}
+
+async fn login_page(State(app): State<App>) -> Response {
+    render(&LoginPage {
+        error: None,
+        password_login: app.ui.password_login(),
+        admin_group: app.ui.admin_group.as_deref().unwrap_or(""),
+    })
+}
+
+async fn login(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ui = &app.ui;
+    let f = form(&body);
+    let client = crate::api::client_ip(peer.ip(), &headers, &app.trusted_proxies);
+    let refuse = |m: &str| {
+        let mut r = render(&LoginPage {
+            error: Some(m),
+            password_login: ui.password_login(),
+            admin_group: ui.admin_group.as_deref().unwrap_or(""),
+        });
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r
+    };
+    let token = f.get("token").map(|t| t.trim()).unwrap_or("");
+    let who = if !token.is_empty() {
+        match app.tokens.check(token) {
+            Some(t) if t.access == crate::tokens::Access::ReadWrite => format!("token:{}", t.name),
+            Some(_) => {
+                return refuse("That token is read-only; the dashboard needs a read-write token.");
+            }
+            None => {
+                tracing::info!(%client, "dashboard: unknown token");
+                return refuse("Unknown token.");
+            }
+        }
+    } else {
+        let (Some(auth), Some(group)) = (&ui.auth, &ui.admin_group) else {
+            return refuse("Sign in with an admin token.");
+        };
+        let user = f.get("user").map(|u| u.trim()).unwrap_or("");
+        let password = f.get("password").map(String::as_str).unwrap_or("");
+        match auth.verify(user, password, client).await {
+            Ok(()) => {}
+            Err(AuthError::Denied) => return refuse("Wrong user name or password."),
+            Err(AuthError::Unavailable(_)) => {
+                return refuse("Password sign-in is unavailable right now; use a token.");
+            }
+        }
+        let (u, primary) = (user.to_owned(), true);
+        let groups = tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary))
+            .await
+            .unwrap_or_default();
+        if !groups.iter().any(|g| g == group) {
+            tracing::warn!(user = %printable(user), %client, group, "dashboard: sign-in refused, not in the admin group");
+            return refuse("Not a dashboard administrator.");
+        }
+        user.to_owned()
+    };
+    let (sid, _) = ui.sign_in(who.clone());
+    let store = app.store.clone();
+    tokio::spawn(async move {
+        crate::audit::record(&store, &who, "ui", "sign-in", "", Ok(())).await;
+    });
+    let mut r = Redirect::to("/ui/").into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, ui.cookie(&sid, SESSION_TTL.as_secs()));
+    r
+}
+
+/// The signed-in session, or the response to send instead (a redirect to the sign-in page for
+/// pages, 401 for fragments and actions).
+fn signed_in(app: &App, headers: &HeaderMap, page: bool) -> Result<UiSession, Box<Response>> {
+    match app.ui.session(headers) {
+        Some((_, s)) => Ok(s),
+        None if page => Err(Box::new(Redirect::to("/ui/login").into_response())),
+        None => {
+            let mut r = message(
+                StatusCode::UNAUTHORIZED,
+                "Signed out: reload the page to sign in again.".into(),
+            );
+            r.headers_mut()
+                .insert("HX-Redirect", HeaderValue::from_static("/ui/login"));
+            Err(Box::new(r))
+        }
+    }
+}
+
+/// A signed-in session whose CSRF token the request carries.
+fn authorised(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<UiSession, Box<Response>> {
+    let s = signed_in(app, headers, false)?;
+    let presented = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| form(body).remove("csrf"));
+    let ok = presented.is_some_and(|p| {
+        p.len() == s.csrf.len()
+            && p.bytes()
+                .zip(s.csrf.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(s)
+    } else {
+        Err(Box::new(message(
+            StatusCode::FORBIDDEN,
+            "Missing or wrong CSRF token: reload the page.".into(),
+        )))
+    }
+}
+
+async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Ok(s) = authorised(&app, &headers, &body)
+        && let Some((sid, _)) = app.ui.session(&headers)
+    {
+        lock(&app.ui.sessions).remove(&sid);
+        let store = app.store.clone();
+        tokio::spawn(async move {
+            crate::audit::record(&store, &s.who, "ui", "sign-out", "", Ok(())).await;
+        });
+    }
+    let mut r = Redirect::to("/ui/login").into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, app.ui.cookie("", 0));
+    r
+}
+
+async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
+    match signed_in(&app, &headers, true) {
+        Ok(s) => render(&Dashboard {
+            who: &s.who,
+            csrf: &s.csrf,
+        }),
+        Err(r) => *r,
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SessionFilter {
+    user: Option<String>,
+    host: Option<String>,
+    pool: Option<String>,
+}
+
+async fn part(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    filter: Result<Query<SessionFilter>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = signed_in(&app, &headers, false) {
+        return *r;
+    }
+    match name.as_str() {
+        "hosts" => {
+            let snap = app.engine.snapshot();
+            let hosts = snap
+                .hosts
+                .iter()
+                .map(|h| HostRow {
+                    name: h.name.clone(),
+                    address: format!("{}:{}", h.address, h.port),
+                    admin: h.admin.clone(),
+                    health: h.health.clone(),
+                    excluded: h.excluded.clone(),
+                    weight: h.weight,
+                    sessions: h.sessions,
+                    reservations: h.reservations,
+                    spark: app.ui.spark(&h.name),
+                    load: h
+                        .load
+                        .as_ref()
+                        .map_or("-".into(), |l| format!("{:.2}", l.load_avg[0])),
+                })
+                .collect();
+            render(&HostsPart {
+                hosts,
+                window: humantime::format_duration(SAMPLE_EVERY * SAMPLES as u32).to_string(),
+            })
+        }
+        "pools" => {
+            let snap = app.engine.snapshot();
+            let pools = snap
+                .pools
+                .iter()
+                .map(|p| PoolRow {
+                    name: p.name.clone(),
+                    policy: p.policy.clone(),
+                    hosts: p.hosts.join(", "),
+                    eligible: p.eligible,
+                    excluded: p
+                        .excluded
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+                .collect();
+            render(&PoolsPart { pools })
+        }
+        "sessions" => {
+            let f = filter.ok().map(|Query(f)| f);
+            let pick = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
+            let (user, host, pool) = match &f {
+                Some(f) => (
+                    pick(f.user.as_ref()),
+                    pick(f.host.as_ref()),
+                    pick(f.pool.as_ref()),
+                ),
+                None => (None, None, None),
+            };
+            let rows = app
+                .engine
+                .query(move |s| {
+                    let mut out = Vec::new();
+                    let mut more = false;
+                    for r in s.sessions() {
+                        if user.as_deref().is_some_and(|u| *r.user != *u)
+                            || host.as_deref().is_some_and(|h| *r.host != *h)
+                            || pool
+                                .as_deref()
+                                .is_some_and(|p| r.pool.as_deref() != Some(p))
+                        {
+                            continue;
+                        }
+                        if out.len() == MAX_ROWS {
+                            more = true;
+                            break;
+                        }
+                        out.push(SessionRow {
+                            id: r.id.0,
+                            user: r.user.to_string(),
+                            host: r.host.to_string(),
+                            pool: r.pool.as_deref().unwrap_or("").to_owned(),
+                            state: r.state.as_str().to_owned(),
+                            backend: r.backend_id.as_deref().unwrap_or("").to_owned(),
+                        });
+                    }
+                    (out, more)
+                })
+                .await;
+            match rows {
+                Ok((sessions, truncated)) => render(&SessionsPart {
+                    sessions,
+                    truncated,
+                }),
+                Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            }
+        }
+        "audit" => match app.store.audit(50).await {
+            Ok(records) => render(&AuditPart {
+                records: records
+                    .into_iter()
+                    .map(|r| AuditRow {
+                        at: humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + Duration::from_millis(r.at.0),
+                        )
+                        .to_string(),
+                        actor: r.actor,
+                        surface: r.surface,
+                        action: r.action,
+                        target: r.target,
+                        result: r.result,
+                    })
+                    .collect(),
+            }),
+            Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        _ => message(StatusCode::NOT_FOUND, "no such part".into()),
+    }
+}
+
+/// Runs an action, audits it, and answers with a status line for `#status`.
+async fn act(
+    app: &App,
+    who: &str,
+    action: &str,
+    target: &str,
+    result: Result<String, String>,
+) -> Response {
+    let audited = result.as_ref().map(|_| ()).map_err(Clone::clone);
+    crate::audit::record(&app.store, who, "ui", action, target, audited).await;
+    match result {
+        Ok(m) => message(StatusCode::OK, m),
+        Err(e) => message(StatusCode::CONFLICT, format!("{action} {target}: {e}")),
+    }
+}
+
+async fn host_action(
+    State(app): State<App>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let s = match authorised(&app, &headers, &body) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let result = match action.as_str() {
+        "drain" | "undrain" | "offline" | "online" => {
+            let state = match action.as_str() {
+                "drain" => AdminState::Draining,
+                "offline" => AdminState::Offline,
+                _ => AdminState::Online,
+            };
+            app.engine
+                .apply(Command::SetAdminState {
+                    host: name.clone(),
+                    state,
+                })
+                .await
+                .map(|_| format!("{name} is {}", state.as_str()))
+                .map_err(|e| e.to_string())
+        }
+        "weight" => match form(&body)
+            .get("weight")
+            .and_then(|w| w.trim().parse::<u32>().ok())
+        {
+            Some(weight) => app
+                .engine
+                .apply(Command::SetWeight {
+                    host: name.clone(),
+                    weight,
+                })
+                .await
+                .map(|_| format!("{name} has weight {weight}"))
+                .map_err(|e| e.to_string()),
+            None => Err("the weight must be a whole number".into()),
+        },
+        _ => return message(StatusCode::NOT_FOUND, "no such action".into()),
+    };
+    act(&app, &s.who, &action, &name, result).await
+}
+
+async fn terminate_session(
+    State(app): State<App>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let s = match authorised(&app, &headers, &body) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let r = app
+        .agents
+        .end_session(SessionId(id), Ending::Terminate, Duration::from_secs(15))
+        .await
+        .map(|_| format!("session {id} is ending"))
+        .map_err(|e| e.to_string());
+    act(&app, &s.who, "terminate", &id.to_string(), r).await
+}
+
+async fn logoff_user(
+    State(app): State<App>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let s = match authorised(&app, &headers, &body) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let u = user.clone();
+    let ids: Vec<SessionId> = app
+        .engine
+        .query(move |st| {
+            st.sessions_of_user(&u)
+                .into_iter()
+                .filter(|r| r.state.is_live())
+                .map(|r| r.id)
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+    let mut failed = Vec::new();
+    for id in &ids {
+        if let Err(e) = app
+            .agents
+            .end_session(*id, Ending::Logoff(60), Duration::from_secs(15))
+            .await
+        {
+            failed.push(format!("{}: {e}", id.0));
+        }
+    }
+    let r = if failed.is_empty() {
+        Ok(format!(
+            "{} session(s) of {user} are being logged off",
+            ids.len()
+        ))
+    } else {
+        Err(failed.join("; "))
+    };
+    act(&app, &s.who, "logoff", &user, r).await
+}
+
+async fn asset(Path(name): Path<String>) -> Response {
+    let (body, ct) = match name.as_str() {
+        "htmx.min.js" => (HTMX, "text/javascript; charset=utf-8"),
+        "style.css" => (STYLE, "text/css; charset=utf-8"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The dashboard's routes.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/", get(root))
+        .route("/ui", get(root))
+        .route("/ui/", get(dashboard))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/part/{name}", get(part))
+        .route("/ui/hosts/{name}/{action}", post(host_action))
+        .route("/ui/sessions/{id}/terminate", post(terminate_session))
+        .route("/ui/users/{user}/logoff", post(logoff_user))
+        .route("/ui/static/{name}", get(asset))
+}

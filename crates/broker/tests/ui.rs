@@ -1,0 +1,194 @@
+//! The dashboard's sign-in and its guards over real HTTP: admin tokens (read-write only),
+//! password sign-in for members of `[ui] admin_group` through PAM, CSRF on every action, and
+//! fragments refused without a session. The browser test is `crates/cli/tests/up.rs`.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use switchboard_broker::Broker;
+use switchboard_broker::config::Config;
+use switchboard_broker::tokens::{self, Access};
+use tokio_util::sync::CancellationToken;
+
+struct H {
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+    base: String,
+    rw: String,
+    ro: String,
+}
+
+impl Drop for H {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start(extra: &str) -> H {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rw = tokens::add(&d.join("tokens"), "ops", Access::ReadWrite).unwrap();
+    let ro = tokens::add(&d.join("tokens"), "grafana", Access::ReadOnly).unwrap();
+    let text = format!(
+        "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [api]\ntokens_file = \"{dir}/tokens\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n{extra}\n\
+         [[pool]]\nname = \"p\"\nagent = false\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.61:22\"\n",
+        dir = d.display()
+    );
+    let stop = CancellationToken::new();
+    let b = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
+        .await
+        .unwrap();
+    H {
+        base: format!("http://{}", b.http_addr),
+        _dir: dir,
+        stop,
+        rw,
+        ro,
+    }
+}
+
+fn client() -> reqwest::Client {
+    switchboard_testkit::install_crypto();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in with a form body; returns (status, session cookie).
+async fn sign_in(h: &H, body: String) -> (u16, Option<String>) {
+    let r = client()
+        .post(format!("{}/ui/login", h.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+    (r.status().as_u16(), cookie)
+}
+
+async fn csrf(h: &H, cookie: &str) -> String {
+    let page = client()
+        .get(format!("{}/ui/", h.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find("X-CSRF-Token\": \"").unwrap() + 16;
+    page[at..at + 64].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_sign_in_and_every_action_needs_the_csrf_token() {
+    let h = start("").await;
+    // Without a session: the page goes to sign-in, fragments and actions are refused.
+    let r = client()
+        .get(format!("{}/ui/", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    let r = client()
+        .get(format!("{}/ui/part/hosts", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Read-only and unknown tokens do not sign in.
+    assert_eq!(sign_in(&h, format!("token={}", h.ro)).await.0, 401);
+    assert_eq!(sign_in(&h, "token=nope".into()).await.0, 401);
+    let (status, cookie) = sign_in(&h, format!("token={}", h.rw)).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.unwrap();
+    let r = client()
+        .get(format!("{}/ui/part/hosts", h.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.unwrap().contains("id=\"host-h1\""));
+    // An action without the CSRF token, or with a wrong one, changes nothing.
+    let drain = |token: Option<String>| {
+        let mut req = client()
+            .post(format!("{}/ui/hosts/h1/drain", h.base))
+            .header("cookie", &cookie);
+        if let Some(t) = token {
+            req = req.header("x-csrf-token", t);
+        }
+        req.send()
+    };
+    assert_eq!(drain(None).await.unwrap().status().as_u16(), 403);
+    assert_eq!(
+        drain(Some("0".repeat(64))).await.unwrap().status().as_u16(),
+        403
+    );
+    let t = csrf(&h, &cookie).await;
+    let r = drain(Some(t.clone())).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "h1 is draining");
+    // The weight form takes the token as a field too.
+    let r = client()
+        .post(format!("{}/ui/hosts/h1/weight", h.base))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("weight=7&csrf={t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "h1 has weight 7");
+    // Signing out ends the session.
+    client()
+        .post(format!("{}/ui/logout", h.base))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &t)
+        .send()
+        .await
+        .unwrap();
+    let r = client()
+        .get(format!("{}/ui/part/hosts", h.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_group_members_sign_in_with_their_password() {
+    let (user, password, service) = switchboard_testkit::pam_test_user();
+    let group = "sbtest-uiadmins";
+    let _ = Command::new("groupadd").arg(group).status();
+    assert!(
+        Command::new("usermod")
+            .args(["-aG", group, user])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let auth = format!("[auth]\nmethod = \"pam\"\npam_service = \"{service}\"\n");
+    let h = start(&format!("{auth}[ui]\nadmin_group = \"{group}\"\n")).await;
+    let (status, cookie) = sign_in(&h, format!("user={user}&password={password}")).await;
+    assert_eq!(status, 303);
+    assert!(cookie.unwrap().starts_with("sb_ui="));
+    assert_eq!(
+        sign_in(&h, format!("user={user}&password=wrong")).await.0,
+        401
+    );
+    // The right password, but not in the admin group.
+    let h = start(&format!("{auth}[ui]\nadmin_group = \"root\"\n")).await;
+    assert_eq!(
+        sign_in(&h, format!("user={user}&password={password}"))
+            .await
+            .0,
+        401
+    );
+}
