@@ -120,13 +120,23 @@ impl H {
                 .query(move |s| s.sessions_of_user(&u).len())
                 .await
                 .unwrap();
-            let up = self.broker.agents.is_connected("h1");
+            // Linked, and its first load report in: the host takes sessions.
+            let up = self.broker.agents.is_connected("h1")
+                && self
+                    .broker
+                    .engine
+                    .snapshot()
+                    .hosts
+                    .iter()
+                    .any(|h| h.name == "h1" && h.excluded.is_none());
             if have == n && up {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("{user} does not have {n} session(s) reported by the agent");
+        panic!(
+            "{user} does not have {n} session(s) reported by the agent, or h1 takes no sessions"
+        );
     }
 
     async fn post(&self, body: &str) -> String {

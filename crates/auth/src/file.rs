@@ -14,7 +14,6 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 /// Largest password file read.
 pub const MAX_FILE: u64 = 16 << 20;
@@ -27,11 +26,15 @@ fn dummy() -> &'static str {
 
 type Entries = Arc<HashMap<String, String>>;
 
+/// What identifies one version of the file: inode, size, mtime and ctime (to the nanosecond), so
+/// a rewrite within one timestamp tick is still noticed.
+type Stamp = (u64, u64, i64, i64, i64, i64);
+
 /// A password file, cached until it changes.
 #[derive(Clone, Debug)]
 pub struct PasswordFile {
     path: PathBuf,
-    cache: Arc<Mutex<Option<(SystemTime, u64, Entries)>>>,
+    cache: Arc<Mutex<Option<(Stamp, Entries)>>>,
 }
 
 /// Parses the file's text: `user:hash` lines. Errors name the line.
@@ -111,22 +114,27 @@ impl PasswordFile {
         if meta.len() > MAX_FILE {
             return Err(unavailable(format!("larger than {MAX_FILE} bytes")));
         }
-        let stamp = (
-            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        use std::os::unix::fs::MetadataExt;
+        let stamp: Stamp = (
+            meta.ino(),
             meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
         );
         let mut cache = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((t, len, e)) = &*cache
-            && (*t, *len) == stamp
+        if let Some((t, e)) = &*cache
+            && *t == stamp
         {
             return Ok(e.clone());
         }
         let text = std::fs::read_to_string(&self.path).map_err(|e| unavailable(e.to_string()))?;
         let entries = Arc::new(parse(&text).map_err(unavailable)?);
-        *cache = Some((stamp.0, stamp.1, entries.clone()));
+        *cache = Some((stamp, entries.clone()));
         Ok(entries)
     }
 

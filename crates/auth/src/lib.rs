@@ -176,7 +176,7 @@ impl Authenticator {
             },
         };
         match &result {
-            Ok(()) => self.throttle.succeeded(source),
+            Ok(()) => {}
             Err(AuthError::Denied) => {
                 tracing::info!(user = %printable(user), %source, method = %self.method.name(), "wrong user name or password");
                 self.throttle.failed(source).await;

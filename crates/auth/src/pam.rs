@@ -92,8 +92,20 @@ impl PamPool {
         }
     }
 
-    /// Checks a password; waits for a free slot first (a suspect also for a suspect's slot).
+    /// Checks a password; waits for a free slot first (a suspect also for a suspect's slot). The
+    /// whole wait, slot included, is bounded by [`crate::PAM_TIMEOUT`]; a conversation that
+    /// outlives it keeps its slot until PAM returns, so the bound on threads holds.
     pub async fn verify(&self, user: &str, password: &str, suspect: bool) -> Result<(), AuthError> {
+        match tokio::time::timeout(crate::PAM_TIMEOUT, self.run(user, password, suspect)).await {
+            Ok(r) => r,
+            Err(_) => Err(AuthError::Unavailable(format!(
+                "PAM did not answer within {:?} (slot wait included)",
+                crate::PAM_TIMEOUT
+            ))),
+        }
+    }
+
+    async fn run(&self, user: &str, password: &str, suspect: bool) -> Result<(), AuthError> {
         let suspect_permit = if suspect {
             Some(
                 self.suspects
@@ -119,14 +131,10 @@ impl PamPool {
             drop(suspect_permit);
             r
         });
-        match tokio::time::timeout(crate::PAM_TIMEOUT, job).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(AuthError::Unavailable(format!(
+        match job.await {
+            Ok(r) => r,
+            Err(e) => Err(AuthError::Unavailable(format!(
                 "PAM conversation panicked: {e}"
-            ))),
-            Err(_) => Err(AuthError::Unavailable(format!(
-                "PAM did not answer within {:?}",
-                crate::PAM_TIMEOUT
             ))),
         }
     }

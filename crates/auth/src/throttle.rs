@@ -1,11 +1,13 @@
 //! Per-source delays for wrong passwords.
 //!
 //! x2gobroker runs PAM inside its single event loop, so one wrong password stalls every client
-//! for about 1.5 s. Here each source address has its own turn: one check at a time per source,
-//! and a wrong password is answered only after a delay that doubles with each consecutive
-//! failure from that source (`base`, 2×`base`, … up to `max`). While it waits, the source's next
-//! attempt waits behind it; every other source goes on at full speed. A success, or `forget`
-//! of quiet time, resets the count.
+//! for about 1.5 s. Here each source has its own turn: one check at a time per source, and a
+//! wrong password is answered only after a delay that doubles with each failure from that source
+//! (`base`, 2×`base`, … up to `max`). While it waits, the source's next attempt waits behind it;
+//! every other source goes on at full speed. Only `forget` of time without failures resets the
+//! count: a success does not, so a valid account cannot be used to wipe the record between
+//! guesses at another. A source is an IPv4 address or an IPv6 /64 (one client can hold a whole
+//! /64). When the table is full, sources with a check in flight are never dropped.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -60,16 +62,17 @@ impl Throttle {
     }
 
     fn source(&self, ip: IpAddr) -> Arc<Source> {
+        let ip = key(ip);
         let mut map = lock(&self.sources);
         if map.len() >= MAX_SOURCES && !map.contains_key(&ip) {
             let now = Instant::now();
             let forget = self.forget;
-            map.retain(|_, s| {
-                Arc::strong_count(s) > 1 || now.duration_since(*lock(&s.last)) < forget
-            });
+            // In use: someone holds the entry, its turn, or waits for the turn.
+            let busy = |s: &Arc<Source>| Arc::strong_count(s) > 1 || Arc::strong_count(&s.turn) > 1;
+            map.retain(|_, s| busy(s) || now.duration_since(*lock(&s.last)) < forget);
             if map.len() >= MAX_SOURCES {
                 // Still full of recent sources: drop the idle ones regardless of age.
-                map.retain(|_, s| Arc::strong_count(s) > 1);
+                map.retain(|_, s| busy(s));
             }
         }
         map.entry(ip)
@@ -114,18 +117,24 @@ impl Throttle {
         tokio::time::sleep(self.delay(n)).await;
     }
 
-    /// Forgets `ip`'s failures.
-    pub fn succeeded(&self, ip: IpAddr) {
-        if let Some(s) = lock(&self.sources).get(&ip) {
-            s.failures.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Consecutive failures counted for `ip`.
+    /// Failures counted for `ip` since it was last quiet for `forget`.
     pub fn failures(&self, ip: IpAddr) -> u32 {
         lock(&self.sources)
-            .get(&ip)
+            .get(&key(ip))
             .map_or(0, |s| s.failures.load(Ordering::Relaxed))
+    }
+}
+
+/// The table key of an address: IPv4 as is (also when IPv4-mapped), IPv6 by its /64.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
     }
 }
 
@@ -174,7 +183,18 @@ mod tests {
         drop(turn);
         failing.await.unwrap();
         assert_eq!(t.failures(bad), 1);
-        t.succeeded(bad);
-        assert_eq!(t.failures(bad), 0);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_whole_64() {
+        let t = Throttle::default();
+        let a: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::5".parse().unwrap();
+        assert_eq!(key(a), key(b));
+        assert_ne!(key(a), key(c));
+        let mapped: IpAddr = "::ffff:127.0.0.9".parse().unwrap();
+        assert_eq!(key(mapped), "127.0.0.9".parse::<IpAddr>().unwrap());
+        let _ = t;
     }
 }

@@ -839,6 +839,9 @@ impl AgentHub {
         {
             // Pending commands fail with `Lost` as their senders drop.
             l.live = None;
+            // What it said about its sessions (idleness above all) is stale now; the next link
+            // brings a fresh inventory.
+            lock(&self.inner.infos).remove(host);
         }
     }
 

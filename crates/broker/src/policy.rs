@@ -6,13 +6,15 @@
 //! A sweep runs every `[placement] policy_interval` (default 10 s): one engine query finds the
 //! sessions ([`switchboard_core::ClusterState::policy_logoffs`]), and each log-off runs in its
 //! own task, so a slow agent delays nothing else. A session being logged off is `ending` and is
-//! not picked again; one whose log-off failed is retried at the next sweep.
+//! not picked again; one whose log-off failed is retried after a wait that doubles from one
+//! interval up to 10 minutes (each attempt is audited). Only hosts whose agent is up are policed.
 
 use crate::agents::{AgentHub, Ending};
 use crate::engine::EngineHandle;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 use switchboard_core::SessionId;
 use switchboard_core::model::PolicyLogoff;
 use switchboard_store::SqlStore;
@@ -23,6 +25,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long a policy waits for an agent to accept a log-off.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait before a failed log-off is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 fn human(ms: u64) -> String {
     humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
@@ -50,6 +54,10 @@ pub fn describe(p: &PolicyLogoff) -> (String, String) {
     )
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Starts the sweeper.
 pub fn spawn(
     engine: EngineHandle,
@@ -59,6 +67,9 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let in_flight: Arc<Mutex<HashSet<SessionId>>> = Arc::new(Mutex::new(HashSet::new()));
+    // Failed log-offs: when to try again, and the wait after the next failure.
+    let failed: Arc<Mutex<HashMap<SessionId, (Instant, Duration)>>> =
+        Arc::new(Mutex::new(HashMap::new()));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -75,29 +86,45 @@ pub fn spawn(
                 Ok(d) => d,
                 Err(_) => continue,
             };
+            {
+                let ids: HashSet<SessionId> = due.iter().map(|p| p.session.id).collect();
+                lock(&failed).retain(|id, _| ids.contains(id));
+            }
             for p in due {
                 let id = p.session.id;
-                if !in_flight
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(id)
+                if lock(&failed)
+                    .get(&id)
+                    .is_some_and(|(next, _)| Instant::now() < *next)
                 {
                     continue;
                 }
-                let (agents, store, in_flight) = (agents.clone(), store.clone(), in_flight.clone());
+                if !lock(&in_flight).insert(id) {
+                    continue;
+                }
+                let (agents, store, in_flight, failed) = (
+                    agents.clone(),
+                    store.clone(),
+                    in_flight.clone(),
+                    failed.clone(),
+                );
                 tokio::spawn(async move {
-                    let grace_secs = p.grace.as_secs();
+                    // Whole seconds, rounded up: a 500 ms grace must not become an immediate kill.
+                    let grace_secs = p.grace.as_millis().div_ceil(1000) as u64;
                     let r = agents
                         .end_session(id, Ending::Logoff(grace_secs), COMMAND_TIMEOUT)
                         .await;
                     let (action, target) = describe(&p);
                     let result = r.map(|_| ()).map_err(|e| e.to_string());
+                    if result.is_err() {
+                        let mut f = lock(&failed);
+                        let wait = f.get(&id).map_or(interval, |(_, w)| *w).min(MAX_BACKOFF);
+                        f.insert(id, (Instant::now() + wait, (wait * 2).min(MAX_BACKOFF)));
+                    } else {
+                        lock(&failed).remove(&id);
+                    }
                     crate::audit::record(&store, "policy", "policy", &action, &target, result)
                         .await;
-                    in_flight
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(&id);
+                    lock(&in_flight).remove(&id);
                 });
             }
         }

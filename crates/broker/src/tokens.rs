@@ -245,6 +245,11 @@ impl Tokens {
     }
 
     /// The token presented, if it is known.
+    /// The token with this hash, if it is still in the file (dashboard sessions re-check theirs).
+    pub fn check_hash(&self, hash: &str) -> Option<TokenInfo> {
+        self.current.load().get(hash).cloned()
+    }
+
     pub fn check(&self, token: &str) -> Option<TokenInfo> {
         self.current.load().get(&hash(token)).cloned()
     }

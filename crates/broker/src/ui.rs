@@ -51,6 +51,8 @@ struct UiSession {
     who: String,
     csrf: String,
     expires: Instant,
+    /// For token sign-ins, the token's hash: the session ends when the token is revoked.
+    token_hash: Option<String>,
 }
 
 /// The dashboard's state. Cheap to clone.
@@ -68,10 +70,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn random_hex() -> String {
+/// 256 random bits as hex, or `None` when the system has no randomness to give.
+fn random_hex() -> Option<String> {
     let mut b = [0u8; 32];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    getrandom::fill(&mut b).ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 impl Ui {
@@ -122,9 +125,9 @@ impl Ui {
         });
     }
 
-    fn sign_in(&self, who: String) -> (String, String) {
-        let sid = random_hex();
-        let csrf = random_hex();
+    fn sign_in(&self, who: String, token_hash: Option<String>) -> Option<(String, String)> {
+        let sid = random_hex()?;
+        let csrf = random_hex()?;
         let mut s = lock(&self.sessions);
         let now = Instant::now();
         s.retain(|_, v| v.expires > now);
@@ -144,9 +147,10 @@ impl Ui {
                 who,
                 csrf: csrf.clone(),
                 expires: now + SESSION_TTL,
+                token_hash,
             },
         );
-        (sid, csrf)
+        Some((sid, csrf))
     }
 
     fn session(&self, headers: &HeaderMap) -> Option<(String, UiSession)> {
@@ -348,6 +352,7 @@ async fn login(
         r
     };
     let token = f.get("token").map(|t| t.trim()).unwrap_or("");
+    let token_hash = (!token.is_empty()).then(|| crate::tokens::hash(token));
     let who = if !token.is_empty() {
         match app.tokens.check(token) {
             Some(t) if t.access == crate::tokens::Access::ReadWrite => format!("token:{}", t.name),
@@ -373,16 +378,22 @@ async fn login(
             }
         }
         let (u, primary) = (user.to_owned(), true);
-        let groups = tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary))
-            .await
-            .unwrap_or_default();
+        let groups =
+            match tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary))
+                .await
+            {
+                Ok(Ok(g)) => g,
+                _ => return refuse("Group membership cannot be checked right now; use a token."),
+            };
         if !groups.iter().any(|g| g == group) {
             tracing::warn!(user = %printable(user), %client, group, "dashboard: sign-in refused, not in the admin group");
             return refuse("Not a dashboard administrator.");
         }
         user.to_owned()
     };
-    let (sid, _) = ui.sign_in(who.clone());
+    let Some((sid, _)) = ui.sign_in(who.clone(), token_hash) else {
+        return refuse("No randomness available for a session; try again.");
+    };
     let store = app.store.clone();
     tokio::spawn(async move {
         crate::audit::record(&store, &who, "ui", "sign-in", "", Ok(())).await;
@@ -396,7 +407,19 @@ async fn login(
 /// The signed-in session, or the response to send instead (a redirect to the sign-in page for
 /// pages, 401 for fragments and actions).
 fn signed_in(app: &App, headers: &HeaderMap, page: bool) -> Result<UiSession, Box<Response>> {
-    match app.ui.session(headers) {
+    // A token sign-in lasts only as long as its token.
+    let live = app.ui.session(headers).filter(|(sid, s)| {
+        let ok = s.token_hash.as_deref().is_none_or(|h| {
+            app.tokens
+                .check_hash(h)
+                .is_some_and(|t| t.access == crate::tokens::Access::ReadWrite)
+        });
+        if !ok {
+            lock(&app.ui.sessions).remove(sid);
+        }
+        ok
+    });
+    match live {
         Some((_, s)) => Ok(s),
         None if page => Err(Box::new(Redirect::to("/ui/login").into_response())),
         None => {
@@ -678,15 +701,15 @@ async fn terminate_session(
     act(&app, &s.who, "terminate", &id.to_string(), r).await
 }
 
-async fn logoff_user(
-    State(app): State<App>,
-    Path(user): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// Logs a user off everywhere; the user name comes as a form field (never in the URL, where
+/// a name with `/` or `..` could point the request elsewhere).
+async fn logoff_user(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let s = match authorised(&app, &headers, &body) {
         Ok(s) => s,
         Err(r) => return *r,
+    };
+    let Some(user) = form(&body).remove("user").filter(|u| !u.is_empty()) else {
+        return message(StatusCode::BAD_REQUEST, "which user?".into());
     };
     let u = user.clone();
     let ids: Vec<SessionId> = app
@@ -748,6 +771,6 @@ pub fn routes() -> Router<App> {
         .route("/ui/part/{name}", get(part))
         .route("/ui/hosts/{name}/{action}", post(host_action))
         .route("/ui/sessions/{id}/terminate", post(terminate_session))
-        .route("/ui/users/{user}/logoff", post(logoff_user))
+        .route("/ui/logoff", post(logoff_user))
         .route("/ui/static/{name}", get(asset))
 }

@@ -57,6 +57,11 @@ struct Frontend {
     needs_groups: bool,
 }
 
+/// Most autologin keys waiting for their first use per login and host.
+pub const MAX_PENDING_KEYS: usize = 4;
+/// Most RSA key pairs generated at once.
+pub const MAX_KEYGEN: usize = 2;
+
 /// The X2Go frontend. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct X2go {
@@ -64,6 +69,13 @@ pub struct X2go {
     engine: EngineHandle,
     agents: AgentHub,
     store: Arc<SqlStore>,
+    /// Autologin keys installed and not yet removed, by (login, host).
+    pending: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
+    keygen: Arc<tokio::sync::Semaphore>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn frontend(cfg: X2goConfig, auth: Authenticator, ids: AuthIds) -> Frontend {
@@ -99,6 +111,8 @@ impl X2go {
             engine,
             agents,
             store,
+            pending: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            keygen: Arc::new(tokio::sync::Semaphore::new(MAX_KEYGEN)),
         }
     }
 
@@ -256,7 +270,7 @@ impl X2go {
             .profiles
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.acl.allows(user, &groups, client))
+            .filter(|(_, p)| allowed(p, user, groups.as_deref(), client))
             .collect();
         // The user's live sessions by host, from the engine.
         let u = user.to_owned();
@@ -295,14 +309,21 @@ impl X2go {
             .collect()
     }
 
-    async fn groups(&self, fe: &Frontend, user: &str) -> Vec<String> {
+    /// The user's groups, when some profile has group rules. `None` when the lookup failed:
+    /// profiles with group rules are then refused (fail closed).
+    async fn groups(&self, fe: &Frontend, user: &str) -> Option<Vec<String>> {
         if !fe.needs_groups {
-            return Vec::new();
+            return Some(Vec::new());
         }
         let (u, primary) = (user.to_owned(), fe.cfg.primary_groups);
-        tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary))
-            .await
-            .unwrap_or_default()
+        match tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary)).await {
+            Ok(Ok(g)) => Some(g),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "x2go: group lookup failed; profiles with group rules are refused");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     async fn select(
@@ -343,7 +364,7 @@ impl X2go {
         };
         let profile = &fe.cfg.profiles[idx];
         let groups = self.groups(fe, user).await;
-        if !profile.acl.allows(user, &groups, client) {
+        if !allowed(profile, user, groups.as_deref(), client) {
             tracing::warn!(user = %printable(user), %client, profile = %profile.id, "x2go: select refused by the profile's ACL");
             return reply(&none);
         }
@@ -474,9 +495,53 @@ impl X2go {
         client_key: bool,
         pubkey: Option<String>,
     ) -> Result<Option<String>, String> {
+        // Nobody could install it; and each key costs an RSA generation and an agent command,
+        // so a login has a few waiting for their first use at most.
+        if !self.agents.is_connected(host) {
+            return Err("the host's agent is not linked".into());
+        }
+        let slot = (login.to_owned(), host.to_owned());
+        {
+            let mut p = lock(&self.pending);
+            let n = p.entry(slot.clone()).or_default();
+            if *n >= MAX_PENDING_KEYS {
+                return Err(format!(
+                    "{MAX_PENDING_KEYS} keys for this login and host are already waiting for use"
+                ));
+            }
+            *n += 1;
+        }
+        let r = self
+            .make_and_install(fe, host, login, client_key, pubkey)
+            .await;
+        if r.is_err() {
+            self.release_slot(&slot);
+        }
+        r
+    }
+
+    fn release_slot(&self, slot: &(String, String)) {
+        let mut p = lock(&self.pending);
+        if let Some(n) = p.get_mut(slot) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                p.remove(slot);
+            }
+        }
+    }
+
+    async fn make_and_install(
+        &self,
+        fe: &Frontend,
+        host: &str,
+        login: &str,
+        client_key: bool,
+        pubkey: Option<String>,
+    ) -> Result<Option<String>, String> {
         let (public, private) = match pubkey {
             Some(k) => (k, None),
             None => {
+                let _permit = self.keygen.acquire().await.map_err(|e| e.to_string())?;
                 let (public, private) = tokio::task::spawn_blocking(keys::generate)
                     .await
                     .map_err(|e| e.to_string())??;
@@ -539,6 +604,7 @@ impl X2go {
                     Duration::from_secs(10),
                 )
                 .await;
+            this.release_slot(&(login.clone(), host.clone()));
             match r {
                 Ok(_) => {
                     tracing::info!(host, login = %printable(&login), used, "x2go: autologin key removed")
@@ -569,6 +635,15 @@ impl X2go {
         tokio::spawn(async move {
             crate::audit::record(&store, &actor, "x2go", &action, &target, Ok(())).await;
         });
+    }
+}
+
+/// Whether the profile's ACL lets `user` in; without groups (a failed lookup) a profile with
+/// group rules is refused.
+fn allowed(p: &Profile, user: &str, groups: Option<&[String]>, client: IpAddr) -> bool {
+    match groups {
+        Some(g) => p.acl.allows(user, g, client),
+        None => !p.acl.needs_groups() && p.acl.allows(user, &[], client),
     }
 }
 

@@ -145,6 +145,20 @@ async fn tokens_sign_in_and_every_action_needs_the_csrf_token() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "h1 has weight 7");
+    // Log off takes the user as a form field: a name like `../hosts/h1/offline` stays a name.
+    let r = client()
+        .post(format!("{}/ui/logoff", h.base))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &t)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("user=..%2Fhosts%2Fh1%2Foffline")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "0 session(s) of ../hosts/h1/offline are being logged off"
+    );
     // Signing out ends the session.
     client()
         .post(format!("{}/ui/logout", h.base))
@@ -160,6 +174,28 @@ async fn tokens_sign_in_and_every_action_needs_the_csrf_token() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_sign_in_ends_when_the_token_is_revoked() {
+    let h = start("").await;
+    let cookie = sign_in(&h, format!("token={}", h.rw)).await.1.unwrap();
+    let part = || {
+        client()
+            .get(format!("{}/ui/part/hosts", h.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(part().await.unwrap().status().as_u16(), 200);
+    tokens::revoke(&h._dir.path().join("tokens"), "ops").unwrap();
+    let start = std::time::Instant::now();
+    while part().await.unwrap().status().as_u16() != 401 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the session outlived its revoked token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

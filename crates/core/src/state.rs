@@ -1289,8 +1289,8 @@ impl ClusterState {
 
     /// Sessions that their pool's session policies say to log off now. `idle_secs` tells how
     /// long a session's user has been idle, where its source reports it (host, backend id).
-    /// Only running and disconnected sessions on hosts with agents are considered (an `ending`
-    /// one is on its way; an agentless host has nobody to carry a log-off out). Age wins over
+    /// Only running and disconnected sessions on hosts whose agent is up are considered (an
+    /// `ending` one is on its way; without a linked agent nobody can carry a log-off out). Age wins over
     /// disconnected, which wins over idle, when several rules apply.
     pub fn policy_logoffs(
         &self,
@@ -1302,8 +1302,12 @@ impl ClusterState {
             if !matches!(s.state, SessionState::Running | SessionState::Disconnected) {
                 continue;
             }
-            // Policies act through agents: a host without one is not policed.
-            if !self.host_ref(s.host).is_some_and(|h| h.spec.agent) {
+            // Policies act through agents: a host without one, or whose agent is not linked and
+            // reporting now (unreachable, or not back yet after a restart), is not policed.
+            if !self
+                .host_ref(s.host)
+                .is_some_and(|h| h.spec.agent && h.health == Health::Up)
+            {
                 continue;
             }
             let Some(pool) = self.governing_pool(s.pool, s.host) else {
