@@ -173,21 +173,23 @@ impl Broker {
             gid,
             shutdown.child_token(),
         );
-        let x2go = match (&config.x2go, &config.auth) {
-            (Some(x), Some(method)) => Some(x2go::X2go::new(
+        // One authenticator for the X2Go frontend and the dashboard: one PAM pool, one failure
+        // record per source.
+        let auth = config
+            .auth
+            .clone()
+            .map(switchboard_auth::Authenticator::new);
+        let x2go = match (&config.x2go, &auth) {
+            (Some(x), Some(auth)) => Some(x2go::X2go::new(
                 x.clone(),
-                method.clone(),
+                auth.clone(),
                 engine.clone(),
                 hub.clone(),
                 store.clone(),
             )),
             _ => None,
         };
-        let ui = ui::Ui::new(
-            config.auth.clone(),
-            config.ui_admin_group.clone(),
-            tls.is_some(),
-        );
+        let ui = ui::Ui::new(auth, config.ui_admin_group.clone(), tls.is_some());
         ui.spawn_sampler(engine.clone(), shutdown.child_token());
         let app = api::App {
             ui,

@@ -78,18 +78,12 @@ fn random_hex() -> Option<String> {
 }
 
 impl Ui {
-    /// A dashboard; password sign-in needs both `auth` and `admin_group`.
-    pub fn new(
-        auth: Option<switchboard_auth::Method>,
-        admin_group: Option<String>,
-        https: bool,
-    ) -> Ui {
+    /// A dashboard; password sign-in needs both `auth` (not `none`) and `admin_group`.
+    pub fn new(auth: Option<Authenticator>, admin_group: Option<String>, https: bool) -> Ui {
         Ui {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             loads: Arc::new(Mutex::new(HashMap::new())),
-            auth: auth
-                .filter(|m| !matches!(m, switchboard_auth::Method::None))
-                .map(Authenticator::new),
+            auth: auth.filter(Authenticator::checks),
             admin_group,
             https,
         }

@@ -97,15 +97,17 @@ fn frontend(cfg: X2goConfig, auth: Authenticator, ids: AuthIds) -> Frontend {
 
 impl X2go {
     /// The frontend for `cfg`, authenticating by `method`.
+    /// The frontend for `cfg`, checking passwords with `auth` (shared with the dashboard: one
+    /// PAM pool and one failure record per source for both).
     pub fn new(
         cfg: X2goConfig,
-        method: Method,
+        auth: Authenticator,
         engine: EngineHandle,
         agents: AgentHub,
         store: Arc<SqlStore>,
     ) -> X2go {
         let ids = AuthIds::new(cfg.token_ttl, cfg.bind_to_address, cfg.max_tokens);
-        let fe = frontend(cfg, Authenticator::new(method), ids);
+        let fe = frontend(cfg, auth, ids);
         X2go {
             current: Arc::new(ArcSwap::from_pointee(Some(fe))),
             engine,
@@ -460,10 +462,14 @@ impl X2go {
                             fe.cfg.suspend_timeout,
                         )
                         .await;
-                    if let Err(e) = &r {
-                        tracing::warn!(host = %p.host, session = %backend, error = %e, "x2go: could not suspend the running session");
-                    }
-                    sel.session_info = info.map(|i| wire::as_suspended(&i));
+                    sel.session_info = match &r {
+                        Ok(_) => info.map(|i| wire::as_suspended(&i)),
+                        Err(e) => {
+                            // The client is told the truth: the session is still running.
+                            tracing::warn!(host = %p.host, session = %backend, error = %e, "x2go: could not suspend the running session");
+                            info
+                        }
+                    };
                 } else {
                     sel.session_info = info;
                 }
