@@ -8,7 +8,8 @@
 //! - bound to the address it was issued to (`bind_to_address`, default on);
 //! - expiring: a chain lives `ttl` from the password login that started it (X2Go's
 //!   `auth-timeout`), however often it rotates;
-//! - bounded: at most `max` live tokens; when full, the oldest are dropped.
+//! - bounded: at most `max` live tokens, when full the oldest are dropped; and at most
+//!   [`MAX_PER_USER`] per user, so one user cannot push everyone else's chains out.
 //!
 //! They live in memory: a broker restart asks users for their password again.
 
@@ -34,7 +35,25 @@ struct Entry {
 struct Inner {
     live: HashMap<String, Entry>,
     order: VecDeque<String>,
+    /// Each user's live tokens, oldest first.
+    mine: HashMap<Arc<str>, VecDeque<String>>,
 }
+
+impl Inner {
+    /// Forgets `token` from its user's list.
+    fn unlist(&mut self, user: &Arc<str>, token: &str) {
+        if let Some(q) = self.mine.get_mut(user) {
+            q.retain(|t| t != token);
+            if q.is_empty() {
+                self.mine.remove(user);
+            }
+        }
+    }
+}
+
+/// Most live tokens one user may have; beyond it their oldest goes, so one user's logins cannot
+/// push everyone else's chains out of the store.
+pub const MAX_PER_USER: usize = 64;
 
 /// The token store.
 #[derive(Clone, Debug)]
@@ -106,39 +125,52 @@ impl AuthIds {
     /// Issues a token for `user` at `addr`, continuing a chain that began at `origin`.
     pub fn issue(&self, user: &str, addr: IpAddr, origin: Instant) -> Result<String, String> {
         let token = random_uuid()?;
+        let user: Arc<str> = user.into();
         let mut g = lock(&self.inner);
+        // This user's oldest first, then everyone's oldest.
+        while g.mine.get(&user).is_some_and(|q| q.len() >= MAX_PER_USER) {
+            let old = g.mine.get_mut(&user).and_then(VecDeque::pop_front);
+            if let Some(old) = old {
+                g.live.remove(&old);
+            }
+        }
         while g.live.len() >= self.max {
             match g.order.pop_front() {
                 Some(old) => {
-                    g.live.remove(&old);
+                    if let Some(e) = g.live.remove(&old) {
+                        g.unlist(&e.user, &old);
+                    }
                 }
                 None => break,
             }
         }
         // Keep the order queue from growing with tokens already redeemed.
         if g.order.len() > self.max.saturating_mul(2) {
-            let Inner { live, order } = &mut *g;
+            let Inner { live, order, .. } = &mut *g;
             order.retain(|t| live.contains_key(t));
         }
         g.live.insert(
             token.clone(),
             Entry {
-                user: user.into(),
+                user: user.clone(),
                 addr,
                 origin,
             },
         );
         g.order.push_back(token.clone());
+        g.mine.entry(user).or_default().push_back(token.clone());
         Ok(token)
     }
 
     /// Redeems `token` presented by `user` from `addr`. The token is gone afterwards whatever
     /// the result.
     pub fn redeem(&self, token: &str, user: &str, addr: IpAddr) -> Result<Redeemed, TokenError> {
-        let entry = lock(&self.inner)
-            .live
-            .remove(token)
-            .ok_or(TokenError::Unknown)?;
+        let entry = {
+            let mut g = lock(&self.inner);
+            let entry = g.live.remove(token).ok_or(TokenError::Unknown)?;
+            g.unlist(&entry.user, token);
+            entry
+        };
         if &*entry.user != user {
             return Err(TokenError::OtherUser);
         }
@@ -225,6 +257,22 @@ mod tests {
             ids.redeem(&a, "alice", ip("127.0.0.1")).unwrap_err(),
             TokenError::Expired
         );
+    }
+
+    #[test]
+    fn one_user_cannot_push_out_everyone_else() {
+        let ids = AuthIds::new(DEFAULT_TTL, true, 1000);
+        let others = ids.issue("bob", ip("127.0.0.1"), Instant::now()).unwrap();
+        let first = ids
+            .issue("mallory", ip("127.0.0.1"), Instant::now())
+            .unwrap();
+        for _ in 0..5000 {
+            ids.issue("mallory", ip("127.0.0.1"), Instant::now())
+                .unwrap();
+        }
+        assert_eq!(ids.len(), MAX_PER_USER + 1);
+        assert!(ids.redeem(&first, "mallory", ip("127.0.0.1")).is_err());
+        assert!(ids.redeem(&others, "bob", ip("127.0.0.1")).is_ok());
     }
 
     #[test]
