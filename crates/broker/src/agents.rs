@@ -17,12 +17,13 @@
 //! failure from an address doubles the wait before its next refusal, up to 10 s.
 
 use crate::engine::{EngineError, EngineHandle};
+use crate::lock;
 use futures_util::{SinkExt, StreamExt};
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchboard_core::model::ReportedSession;
 use switchboard_core::{Command, SessionId};
@@ -173,10 +174,6 @@ struct LiveLink {
 struct Penalty {
     failures: u32,
     last: Instant,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A new agent credential: `sba_` and 43 base64url characters (256 bits of randomness).

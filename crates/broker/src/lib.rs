@@ -311,6 +311,12 @@ impl Reloader {
     }
 }
 
+/// Locks a mutex, going on with the data if another thread panicked while holding it (every
+/// critical section in the broker leaves its data consistent).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A store URL with any password replaced, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -11,6 +11,7 @@
 
 use crate::agents::{AgentHub, Ending};
 use crate::engine::EngineHandle;
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,10 +53,6 @@ pub fn describe(p: &PolicyLogoff) -> (String, String) {
             human(p.limit_ms)
         ),
     )
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Starts the sweeper.

@@ -15,6 +15,7 @@
 
 use crate::agents::Ending;
 use crate::api::App;
+use crate::lock;
 use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
@@ -64,10 +65,6 @@ pub struct Ui {
     admin_group: Option<String>,
     auth: Option<Authenticator>,
     https: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// 256 random bits as hex, or `None` when the system has no randomness to give.

@@ -20,6 +20,7 @@
 use crate::agents::AgentHub;
 use crate::config::X2goConfig;
 use crate::engine::{EngineError, EngineHandle};
+use crate::lock;
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -72,10 +73,6 @@ pub struct X2go {
     /// Autologin keys installed and not yet removed, by (login, host).
     pending: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
     keygen: Arc<tokio::sync::Semaphore>,
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn frontend(cfg: X2goConfig, auth: Authenticator, ids: AuthIds) -> Frontend {
