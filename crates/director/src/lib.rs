@@ -1,4 +1,414 @@
-//! The Switchboard director: L4 listeners over the schedulers in `switchboard_core::schedule`,
-//! health checks, splice, and the IPVS applier.
+//! The Switchboard director: an L4 load balancer for ssh and desktop protocols.
 //!
-//! Nothing is here yet; the director issue fills it.
+//! In proxy mode (the default) it listens on each `[[service]]`'s addresses, chooses a backend
+//! for every new TCP connection with the service's scheduler from `switchboard_core::schedule`
+//! (IPVS semantics), and relays the bytes (splice(2) on Linux). In IPVS mode it renders the same
+//! services as `ipvsadm` rules and applies the difference to the kernel table ([`ipvs`]).
+//!
+//! # Layout
+//! - [`config`]: the configuration file, checked with file/line/key errors.
+//! - [`service`]: backends, scheduler, persistence, counters: where a connection goes.
+//! - `proxy`: the data path (splice or copy, half-close, keepalive, idle timeout, PROXY v2).
+//! - `health`: TCP connect health checks with interval, rise and fall.
+//! - `state`: runtime weights and drains, persisted apart from the configuration.
+//! - `mgmt`: the management socket (`switchboard ctl --socket …`).
+//! - `metrics`: `/metrics` in the Prometheus text format.
+//! - `follow`: following a broker pool through its watch stream.
+//! - [`ipvs`]: IPVS mode.
+
+pub mod config;
+mod follow;
+mod health;
+// pub mod ipvs;
+mod metrics;
+mod mgmt;
+mod proxy;
+pub mod service;
+mod state;
+
+use config::{Backends, Config};
+use service::{BackendSpec, Service};
+use state::RuntimeState;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use proxy::proxy_v2_header;
+
+/// Locks a mutex, taking the data of a poisoned one (a panic elsewhere must not stop the
+/// director).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why the director could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The management socket.
+    #[error(transparent)]
+    Socket(#[from] switchboard_proto::mgmt_socket::SocketError),
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running service: its state and its listeners.
+#[derive(Debug)]
+struct Running {
+    service: Arc<Service>,
+    listeners: Vec<(SocketAddr, CancellationToken)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Mutex<Arc<Config>>,
+    services: Mutex<BTreeMap<String, Running>>,
+    state: Mutex<RuntimeState>,
+    /// Connection tasks, so that a shutdown can wait for them.
+    conns: TaskTracker,
+    /// Stops accepting everywhere.
+    accepting: CancellationToken,
+    /// Stops background work (health checks, samplers, the management socket).
+    shutdown: CancellationToken,
+}
+
+/// The running director.
+#[derive(Debug, Clone)]
+pub struct Director {
+    inner: Arc<Inner>,
+}
+
+impl Director {
+    /// Starts the proxy: binds every service's listeners, the management socket and `/metrics`.
+    /// `shutdown` ends it (see [`Director::wait`]).
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Director, StartError> {
+        let state = RuntimeState::load(&config.state_file).map_err(StartError::Other)?;
+        let (mgmt_listener, gid) = switchboard_proto::mgmt_socket::bind(
+            &config.management_socket,
+            config.management_mode,
+            config.management_group.as_deref(),
+        )
+        .await?;
+        let background = CancellationToken::new();
+        let director = Director {
+            inner: Arc::new(Inner {
+                config: Mutex::new(Arc::new(config.clone())),
+                services: Mutex::new(BTreeMap::new()),
+                state: Mutex::new(state),
+                conns: TaskTracker::new(),
+                accepting: CancellationToken::new(),
+                shutdown: background.clone(),
+            }),
+        };
+        director
+            .apply(&config)
+            .await
+            .map_err(StartError::Other)?;
+        switchboard_proto::mgmt_socket::spawn(
+            Arc::new(mgmt::Handler::new(director.clone())),
+            mgmt_listener,
+            config.management_socket.clone(),
+            gid,
+            background.clone(),
+        );
+        if let Some(addr) = config.http_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Other(format!("[http] listen {addr}: {e}")))?;
+            metrics::spawn(director.clone(), l, background.clone());
+        }
+        director.spawn_sampler();
+        if let Some(broker) = &config.broker
+            && config.follows_pools()
+        {
+            follow::spawn(director.clone(), broker.clone(), background.clone())
+                .map_err(StartError::Other)?;
+        }
+        let d = director.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            d.inner.accepting.cancel();
+        });
+        tracing::info!(
+            services = config.services.len(),
+            mgmt = %config.management_socket.display(),
+            http = ?config.http_listen,
+            splice = config.splice,
+            "director started"
+        );
+        Ok(director)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        lock(&self.inner.config).clone()
+    }
+
+    /// Applies a new configuration (SIGHUP): new services and listen addresses are bound first,
+    /// and if any cannot be, nothing changes. Established connections are never touched; changes
+    /// apply to new connections.
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        let old = self.config();
+        if old.management_socket != config.management_socket
+            || old.http_listen != config.http_listen
+            || old.state_file != config.state_file
+            || old.mode != config.mode
+            || old.broker != config.broker
+        {
+            tracing::warn!(
+                "[director], [management], [http], [state] and [broker] changes apply at the next restart"
+            );
+        }
+        self.apply(&config).await?;
+        *lock(&self.inner.config) = Arc::new(Config {
+            management_socket: old.management_socket.clone(),
+            http_listen: old.http_listen,
+            state_file: old.state_file.clone(),
+            mode: old.mode,
+            broker: old.broker.clone(),
+            ..config
+        });
+        Ok(())
+    }
+
+    async fn apply(&self, config: &Config) -> Result<(), String> {
+        // Bind what is new before changing anything.
+        let mut fresh: BTreeMap<SocketAddr, TcpListener> = BTreeMap::new();
+        {
+            let current: Vec<SocketAddr> = lock(&self.inner.services)
+                .values()
+                .flat_map(|r| r.listeners.iter().map(|(a, _)| *a))
+                .collect();
+            for s in &config.services {
+                for addr in &s.listen {
+                    if !current.contains(addr) {
+                        let l = bind(*addr).map_err(|e| {
+                            format!("service {:?}: cannot listen on {addr}: {e}", s.name)
+                        })?;
+                        fresh.insert(*addr, l);
+                    }
+                }
+            }
+        }
+        let splice = config.splice;
+        let mut services = lock(&self.inner.services);
+        // Services gone from the file stop accepting; their connections run on.
+        let names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        services.retain(|name, r| {
+            let keep = names.contains(name);
+            if !keep {
+                tracing::info!(service = %name, "service removed; its connections run on");
+                for (_, t) in &r.listeners {
+                    t.cancel();
+                }
+                r.service.stop();
+            }
+            keep
+        });
+        // A listen address that moved from one service to another is released first.
+        for r in services.values_mut() {
+            let own: Vec<SocketAddr> = config
+                .services
+                .iter()
+                .find(|s| s.name == r.service.name)
+                .map(|s| s.listen.clone())
+                .unwrap_or_default();
+            r.listeners.retain(|(a, t)| {
+                let keep = own.contains(a);
+                if !keep {
+                    t.cancel();
+                }
+                keep
+            });
+        }
+        for sc in &config.services {
+            let sc = Arc::new(sc.clone());
+            let running = services.entry(sc.name.clone()).or_insert_with(|| Running {
+                service: Service::new(sc.clone()),
+                listeners: Vec::new(),
+            });
+            running.service.set_config(sc.clone());
+            if let Backends::Static(list) = &sc.backends {
+                let specs: Vec<BackendSpec> = list
+                    .iter()
+                    .map(|b| BackendSpec {
+                        addr: b.address,
+                        weight: b.weight,
+                        max_conn: b.max_conn,
+                    })
+                    .collect();
+                self.set_backends(&running.service, &specs);
+            }
+            for addr in &sc.listen {
+                if running.listeners.iter().any(|(a, _)| a == addr) {
+                    continue;
+                }
+                // A listener taken over from another service was cancelled above; bind anew.
+                let listener = match fresh.remove(addr) {
+                    Some(l) => l,
+                    None => bind(*addr).map_err(|e| {
+                        format!("service {:?}: cannot listen on {addr}: {e}", sc.name)
+                    })?,
+                };
+                let token = self.inner.accepting.child_token();
+                running.listeners.push((*addr, token.clone()));
+                self.spawn_accept(running.service.clone(), listener, token, splice);
+                tracing::info!(service = %sc.name, listen = %addr, scheduler = %sc.scheduler, "listening");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a service's backends, applying runtime overrides to new ones and starting their
+    /// health checks.
+    pub(crate) fn set_backends(&self, service: &Arc<Service>, specs: &[BackendSpec]) {
+        let added = service.set_backends(specs);
+        let state = lock(&self.inner.state);
+        for b in added {
+            let o = state.get(&service.name, &b.addr.to_string());
+            b.set_runtime_weight(o.weight);
+            b.drained
+                .store(o.drain, std::sync::atomic::Ordering::Relaxed);
+            health::spawn(service.clone(), b, self.inner.shutdown.clone());
+        }
+    }
+
+    fn spawn_accept(
+        &self,
+        service: Arc<Service>,
+        listener: TcpListener,
+        stop: CancellationToken,
+        splice: bool,
+    ) {
+        let conns = self.inner.conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // EMFILE and the like: back off instead of spinning.
+                            tracing::warn!(service = %service.name, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                conns.spawn(proxy::handle(service.clone(), stream, peer, splice));
+            }
+        });
+    }
+
+    fn spawn_sampler(&self) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    () = d.inner.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = tokio::time::Instant::now();
+                let secs = (now - last).as_secs_f64().max(0.001);
+                last = now;
+                for s in d.services() {
+                    s.counters.sample(secs);
+                    for b in s.backends() {
+                        b.counters.sample(secs);
+                    }
+                    s.sweep();
+                }
+            }
+        });
+    }
+
+    /// The services, by name.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        lock(&self.inner.services)
+            .values()
+            .map(|r| r.service.clone())
+            .collect()
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<Arc<Service>> {
+        lock(&self.inner.services)
+            .get(name)
+            .map(|r| r.service.clone())
+    }
+
+    /// Live proxied connections.
+    pub fn connections(&self) -> usize {
+        self.inner.conns.len()
+    }
+
+    /// Sets (or with `None` clears) a backend's runtime override and saves it.
+    pub(crate) fn set_override(
+        &self,
+        service: &str,
+        backend: SocketAddr,
+        f: impl FnOnce(&mut state::Override),
+    ) -> Result<state::Override, String> {
+        let s = self
+            .service(service)
+            .ok_or_else(|| format!("no service {service:?}"))?;
+        let b = s
+            .backend(backend)
+            .ok_or_else(|| format!("service {service:?} has no backend {backend}"))?;
+        let o = lock(&self.inner.state).update(service, &backend.to_string(), f)?;
+        b.set_runtime_weight(o.weight);
+        b.drained
+            .store(o.drain, std::sync::atomic::Ordering::Relaxed);
+        Ok(o)
+    }
+
+    /// Waits for `shutdown`, then stops accepting and waits for live connections to end, at
+    /// most `[director] shutdown_timeout` (no limit by default).
+    pub async fn wait(self) {
+        self.inner.accepting.cancelled().await;
+        let n = self.connections();
+        let limit = self.config().shutdown_timeout;
+        tracing::info!(connections = n, limit = ?limit, "no longer accepting; waiting for live connections");
+        self.inner.conns.close();
+        match limit {
+            Some(l) => {
+                if tokio::time::timeout(l, self.inner.conns.wait()).await.is_err() {
+                    tracing::warn!(
+                        connections = self.connections(),
+                        "shutdown_timeout reached; closing the connections left"
+                    );
+                }
+            }
+            None => self.inner.conns.wait().await,
+        }
+        self.inner.shutdown.cancel();
+        for s in self.services() {
+            s.stop();
+        }
+        // Let the management task remove its socket.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tracing::info!("director stopped");
+    }
+}
+
+/// Binds a listener with SO_REUSEADDR and a deep backlog (login storms), IPv6 sockets IPv6-only
+/// so that `0.0.0.0:22` and `[::]:22` can both be listed.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}

@@ -4,12 +4,20 @@
 //! - [`agent`]: the messages between an agent and the broker and their framing (length-delimited
 //!   JSON, at most 1 MiB a frame, versioned hello).
 //! - [`mgmt`]: the management socket's line protocol (at most 4 KiB a line).
+//! - [`mgmt_socket`]: that protocol's transport on a UNIX socket (peer credentials, bounded
+//!   lines, reply forms), shared by the broker and the director; the one module here that does
+//!   I/O.
 //!
 //! - [`x2go`]: X2Go's broker protocol: the session-profiles file and its ACLs, the request form,
 //!   the `/plain/` and `/json/` reply bodies.
 //!
-//! Still to come here: the `ipvsadm -R` text. Each parser has a size limit and a fuzz target.
+//! - [`ipvsadm`]: `ipvsadm` text: the `-S -n` / `-R` rules, the change lines that apply an IPVS
+//!   table diff, `--set` timeouts and the `-L -n` connection counters.
+//!
+//! Each parser has a size limit and a fuzz target.
 
 pub mod agent;
+pub mod ipvsadm;
 pub mod mgmt;
+pub mod mgmt_socket;
 pub mod x2go;

@@ -194,6 +194,37 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The director's commands (its own management socket), for `help` and completion.
+pub const DIRECTOR_COMMANDS: &[(&str, &str, &str)] = &[
+    ("help", "help [command]", "list commands, or explain one"),
+    (
+        "hello",
+        "hello",
+        "greeting with counts of services, backends and connections",
+    ),
+    (
+        "services",
+        "services [SERVICE]",
+        "services and backends as `ipvsadm -L -n` shows them, with each backend's state",
+    ),
+    (
+        "stats",
+        "stats [SERVICE]",
+        "connections, bytes and rates as `ipvsadm -L -n --stats --rate`",
+    ),
+    (
+        "drain",
+        "drain SERVICE BACKEND",
+        "no new connections to BACKEND (live ones and, by default, persistent clients stay)",
+    ),
+    ("undrain", "undrain SERVICE BACKEND", "undo drain"),
+    (
+        "weight",
+        "weight SERVICE BACKEND N|reset",
+        "set BACKEND's weight at runtime (0 = no new connections), or go back to the configured one",
+    ),
+];
+
 /// Why a line is not a valid command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

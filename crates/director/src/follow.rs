@@ -1,0 +1,251 @@
+//! Following broker pools: for each service with `pool = "NAME"`, the director reads the broker's
+//! change stream `GET /api/v1/pools/NAME/watch` (server-sent events, one `pool` event with the
+//! pool's whole view at connect time and after every change) and turns the pool's hosts into the
+//! service's backends: the host's address at the service's `port`, its weight, drained while the
+//! host is draining or offline, down while the broker sees its agent as down.
+//!
+//! When the broker is away (connection refused, stream ended, bad event), the service keeps
+//! balancing on the last view it had, and the stream is retried with a backoff from 1 s up to
+//! 30 s. Backends are never emptied because the broker is unreachable.
+
+use crate::Director;
+use crate::config::{Backends, BrokerConfig};
+use crate::service::BackendSpec;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Largest event accepted from the broker.
+const MAX_EVENT: usize = 4 << 20;
+
+/// One host of a pool as the broker's watch stream sends it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct PoolHost {
+    /// Host name.
+    pub name: String,
+    /// Its address (an IP literal).
+    pub address: String,
+    /// Weight.
+    pub weight: u32,
+    /// `online`, `draining` or `offline`.
+    pub admin: String,
+    /// `up`, `down` or `unknown`.
+    pub health: String,
+}
+
+/// A `pool` event.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct PoolView {
+    /// The pool.
+    pub pool: String,
+    /// Its hosts.
+    pub hosts: Vec<PoolHost>,
+}
+
+/// Starts one follower per pool-backed service.
+pub fn spawn(
+    director: Director,
+    broker: BrokerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let token = std::fs::read_to_string(&broker.token_file)
+        .map_err(|e| format!("[broker] token_file {}: {e}", broker.token_file.display()))?
+        .trim()
+        .to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Duration::from_secs(30));
+    if let Some(ca) = &broker.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    for s in director.config().services.iter() {
+        if let Backends::Pool { name, port } = &s.backends {
+            let (d, c, t) = (director.clone(), client.clone(), token.clone());
+            let url = format!("{}/api/v1/pools/{}/watch", broker.url, name);
+            let (service, port) = (s.name.clone(), *port);
+            let stop = shutdown.clone();
+            tokio::spawn(async move { follow(d, c, url, t, service, port, stop).await });
+        }
+    }
+    Ok(())
+}
+
+async fn follow(
+    director: Director,
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    service: String,
+    port: u16,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let r = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = stream(&director, &client, &url, &token, &service, port) => r,
+        };
+        let mut seen = false;
+        match &r {
+            Ok(events) => {
+                seen = *events;
+                tracing::warn!(service = %service, url = %url, "broker watch stream ended; keeping the last view");
+            }
+            Err(e) => tracing::warn!(service = %service, url = %url, error = %e, "broker watch failed; keeping the last view"),
+        }
+        if seen {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn stream(
+    director: &Director,
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    service: &str,
+    port: u16,
+) -> Result<bool, String> {
+    let mut resp = client
+        .get(url)
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        return Err(format!("HTTP {status}: {}", body.chars().take(300).collect::<String>()));
+    }
+    tracing::info!(service = %service, url = %url, "following the broker pool");
+    let mut parser = SseParser::default();
+    let mut seen = false;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        for (event, data) in parser.push(&chunk)? {
+            if event != "pool" {
+                continue;
+            }
+            let view: PoolView =
+                serde_json::from_str(&data).map_err(|e| format!("bad pool event: {e}"))?;
+            apply(director, service, port, &view)?;
+            seen = true;
+        }
+    }
+    Ok(seen)
+}
+
+/// Applies a pool view to `service`.
+pub(crate) fn apply(director: &Director, service: &str, port: u16, view: &PoolView) -> Result<(), String> {
+    let s = director
+        .service(service)
+        .ok_or_else(|| format!("service {service:?} is gone"))?;
+    let max_conn = s.config().max_conn;
+    let mut specs = Vec::new();
+    let mut flags = Vec::new();
+    for h in &view.hosts {
+        let Ok(ip) = h.address.parse::<IpAddr>() else {
+            tracing::warn!(service = %service, host = %h.name, address = %h.address, "host address is not an IP literal; skipped");
+            continue;
+        };
+        let addr = SocketAddr::new(ip, port);
+        if specs.iter().any(|b: &BackendSpec| b.addr == addr) {
+            continue;
+        }
+        specs.push(BackendSpec {
+            addr,
+            weight: h.weight.min(crate::config::MAX_WEIGHT),
+            max_conn,
+        });
+        flags.push((addr, h.admin != "online", h.health == "down" || h.admin == "offline"));
+    }
+    director.set_backends(&s, &specs);
+    for (addr, drain, down) in flags {
+        if let Some(b) = s.backend(addr) {
+            b.broker_drain.store(drain, Ordering::Relaxed);
+            b.broker_down.store(down, Ordering::Relaxed);
+        }
+    }
+    tracing::debug!(service = %service, pool = %view.pool, hosts = view.hosts.len(), "pool view applied");
+    Ok(())
+}
+
+/// A server-sent events parser with a size limit: yields (event, data) pairs.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events completed by them.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            let text = &self.buf;
+            let end = text
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, i + 2));
+            let Some((at, next)) = end else {
+                if self.buf.len() > MAX_EVENT {
+                    return Err(format!("event larger than {MAX_EVENT} bytes"));
+                }
+                return Ok(out);
+            };
+            let block = String::from_utf8(self.buf[..at].to_vec())
+                .map_err(|_| "event is not UTF-8".to_owned())?;
+            self.buf.drain(..next);
+            let mut event = String::from("message");
+            let mut data: Vec<&str> = Vec::new();
+            for line in block.lines() {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                if line.starts_with(':') {
+                    continue;
+                }
+                let (k, v) = line.split_once(':').unwrap_or((line, ""));
+                let v = v.strip_prefix(' ').unwrap_or(v);
+                match k {
+                    "event" => event = v.to_owned(),
+                    "data" => data.push(v),
+                    _ => {}
+                }
+            }
+            if !data.is_empty() {
+                out.push((event, data.join("\n")));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn events_are_split_across_chunks_and_comments_skipped() {
+        let mut p = SseParser::default();
+        assert!(p.push(b": keepalive\n\nevent: po").unwrap().is_empty());
+        let e = p.push(b"ol\ndata: {\"a\":\ndata: 1}\n\n").unwrap();
+        assert_eq!(e, vec![("pool".to_owned(), "{\"a\":\n1}".to_owned())]);
+        let big = vec![b'x'; MAX_EVENT + 1];
+        assert!(p.push(&big).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! The userspace data path: accept, choose a backend, connect, relay bytes both ways.
+//!
+//! On Linux the relay uses splice(2) through a pipe, so payload bytes move between the two
+//! sockets inside the kernel without being copied into this process (the `nix` crate's safe
+//! `splice` and `pipe2` wrappers: no `unsafe` here). Where splice is unavailable (another OS, or
+//! `[director] splice = false`, or the kernel refuses it for a socket), a plain userspace copy
+//! with a 64 KiB buffer does the same job. Either way:
+//! - TCP keepalive is set on both legs, and TCP_NODELAY, so interactive protocols (ssh, RDP,
+//!   X2Go) see no added Nagle delay;
+//! - a half-close is passed on: when one side ends its stream, the other side's write half is
+//!   shut down and the other direction keeps flowing until it ends too;
+//! - a connection with no bytes either way for the service's `idle_timeout` is closed;
+//! - an error on either leg ends both.
+
+use crate::service::{Lease, Service};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Bytes moved per read or splice.
+const CHUNK: usize = 64 * 1024;
+
+/// How many backends one connection tries before it gives up.
+const MAX_TRIES: usize = 3;
+
+/// Whether splice may be used (cleared for good when the kernel refuses it).
+static SPLICE_WORKS: AtomicBool = AtomicBool::new(true);
+
+fn keepalive(s: &TcpStream) {
+    let sock = socket2::SockRef::from(s);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    #[cfg(target_os = "linux")]
+    let ka = ka.with_retries(6);
+    let _ = sock.set_tcp_keepalive(&ka);
+    let _ = s.set_nodelay(true);
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, splice: bool) {
+    keepalive(&client);
+    let local = client.local_addr().unwrap_or(peer);
+    let config = service.config();
+    let mut tried = Vec::new();
+    let (lease, server) = loop {
+        let Some(lease) = service.pick(peer, &tried) else {
+            tracing::warn!(service = %service.name, client = %peer, "no backend can take the connection; closing it");
+            return;
+        };
+        let addr = lease.backend.addr;
+        match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => break (lease, s),
+            Ok(Err(e)) => {
+                tracing::warn!(service = %service.name, backend = %addr, error = %e, "connect failed");
+                lease.failed();
+            }
+            Err(_) => {
+                tracing::warn!(service = %service.name, backend = %addr, "connect timed out");
+                lease.failed();
+            }
+        }
+        tried.push(addr);
+        if tried.len() >= MAX_TRIES {
+            tracing::warn!(service = %service.name, client = %peer, "giving up after {MAX_TRIES} backends");
+            return;
+        }
+    };
+    lease.connected();
+    keepalive(&server);
+    tracing::debug!(service = %service.name, client = %peer, backend = %lease.backend.addr, "connected");
+    if config.proxy_protocol {
+        let header = proxy_v2_header(peer, local);
+        if let Err(e) = write_all(&server, &header).await {
+            tracing::warn!(service = %service.name, backend = %lease.backend.addr, error = %e, "PROXY header not sent");
+            return;
+        }
+    }
+    let use_splice = splice && cfg!(target_os = "linux") && SPLICE_WORKS.load(Ordering::Relaxed);
+    if let Err(e) = relay(&client, &server, &lease, config.idle_timeout, use_splice).await {
+        tracing::debug!(service = %service.name, client = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// When bytes last moved, shared by both directions of a connection.
+struct Activity {
+    base: Instant,
+    millis: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            millis: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(ms, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Instant {
+        self.base + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+}
+
+async fn write_all(to: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        to.writable().await?;
+        match to.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Relays until both directions have ended, one fails, or the connection idles out.
+async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    lease: &Lease,
+    idle: Option<Duration>,
+    splice: bool,
+) -> io::Result<()> {
+    let last = Activity::new();
+    let up = pump(client, server, splice, &last, |n| lease.bytes_in(n));
+    let down = pump(server, client, splice, &last, |n| lease.bytes_out(n));
+    let both = async {
+        tokio::pin!(up);
+        tokio::pin!(down);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut up, if !up_done => { up_done = true; r?; }
+                r = &mut down, if !down_done => { down_done = true; r?; }
+            }
+            // One direction has ended: the connection counts as inactive from now on.
+            lease.half_closed();
+        }
+        Ok::<(), io::Error>(())
+    };
+    let watchdog = async {
+        let Some(idle) = idle else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            let deadline = last.get() + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let result = tokio::select! {
+        r = both => r,
+        () = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    };
+    if result.is_err() {
+        // Wake whatever is still blocked on either side.
+        let _ = socket2::SockRef::from(client).shutdown(Shutdown::Both);
+        let _ = socket2::SockRef::from(server).shutdown(Shutdown::Both);
+    }
+    result
+}
+
+/// Moves bytes from `from` to `to` until `from` ends, then shuts down `to`'s write half.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    splice: bool,
+    last: &Activity,
+    count: impl Fn(u64),
+) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if splice {
+        match splice_pump(from, to, last, &count).await {
+            Spliced::Done(r) => return r,
+            Spliced::Unsupported(e) => {
+                tracing::warn!(error = %e, "splice refused; copying in userspace from now on");
+                SPLICE_WORKS.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+    let _ = splice;
+    copy_pump(from, to, last, &count).await
+}
+
+/// How a splice relay ended.
+#[cfg(target_os = "linux")]
+enum Spliced {
+    /// For good (the stream ended, or failed).
+    Done(io::Result<()>),
+    /// The kernel refused to splice from this socket before anything was left in the pipe:
+    /// copying may take over where it stopped.
+    Unsupported(io::Error),
+}
+
+#[cfg(target_os = "linux")]
+async fn splice_pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    last: &Activity,
+    count: &impl Fn(u64),
+) -> Spliced {
+    use nix::fcntl::{OFlag, SpliceFFlags, splice};
+    let (pipe_r, pipe_w) = match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return Spliced::Unsupported(e.into()),
+    };
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    loop {
+        // The pipe is empty here, so a splice into it can only wait on the socket.
+        if let Err(e) = from.readable().await {
+            return Spliced::Done(Err(e));
+        }
+        let n = match from.try_io(Interest::READABLE, || {
+            splice(from, None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
+        }) {
+            Ok(0) => {
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                return Spliced::Done(Ok(()));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EINVAL | nix::libc::ENOSYS)) => {
+                return Spliced::Unsupported(e);
+            }
+            Err(e) => return Spliced::Done(Err(e)),
+        };
+        last.touch();
+        let mut left = n;
+        while left > 0 {
+            if let Err(e) = to.writable().await {
+                return Spliced::Done(Err(e));
+            }
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pipe_r, None, to, None, left, flags).map_err(io::Error::from)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Spliced::Done(Err(e)),
+            }
+        }
+        count(n as u64);
+    }
+}
+
+async fn copy_pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    last: &Activity,
+    count: &impl Fn(u64),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        from.readable().await?;
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => {
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        last.touch();
+        let mut off = 0;
+        while off < n {
+            to.writable().await?;
+            match to.try_write(&buf[off..n]) {
+                Ok(m) => off += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        count(n as u64);
+    }
+}
+
+/// The PROXY protocol version 2 header for a TCP connection from `src` to `dst` (the address the
+/// client connected to), as HAProxy's `send-proxy-v2` writes it.
+pub fn proxy_v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    const SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+    let mut h = SIG.to_vec();
+    h.push(0x21); // version 2, PROXY
+    let norm = |a: SocketAddr| match a {
+        SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::new(v4.into(), v6.port())),
+        v4 => v4,
+    };
+    match (norm(src), norm(dst)) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            h.push(0x11); // TCP over IPv4
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        (s, d) => {
+            let v6 = |a: SocketAddr| match a.ip() {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                std::net::IpAddr::V6(v6) => v6,
+            };
+            h.push(0x21); // TCP over IPv6
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&v6(s).octets());
+            h.extend_from_slice(&v6(d).octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn proxy_v2_headers_match_the_specification() {
+        let h = proxy_v2_header(
+            "127.0.0.5:40000".parse().unwrap(),
+            "127.0.0.1:22".parse().unwrap(),
+        );
+        assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(h[12], 0x21);
+        assert_eq!(h[13], 0x11);
+        assert_eq!(&h[14..16], &[0, 12]);
+        assert_eq!(&h[16..20], &[127, 0, 0, 5]);
+        assert_eq!(&h[20..24], &[127, 0, 0, 1]);
+        assert_eq!(&h[24..26], &40000u16.to_be_bytes());
+        assert_eq!(&h[26..28], &22u16.to_be_bytes());
+        assert_eq!(h.len(), 28);
+        let h6 = proxy_v2_header("[::1]:5".parse().unwrap(), "[::1]:22".parse().unwrap());
+        assert_eq!(h6[13], 0x21);
+        assert_eq!(h6.len(), 16 + 36);
+    }
+}
