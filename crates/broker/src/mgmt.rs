@@ -9,35 +9,24 @@
 
 use crate::agents::{AgentHub, Ended, Ending};
 use crate::engine::{EngineError, EngineHandle, HostInfo};
-use serde_json::{Value, json};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use serde_json::json;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::model::SessionRecord;
 use switchboard_core::{AdminState, Command, SessionId};
 use switchboard_proto::mgmt::{self, COMMANDS, Request, SessionFilter, Target, table};
+use switchboard_proto::mgmt_socket::{self, Reply};
 use switchboard_store::{SqlStore, Store};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 /// How long a command waits for an agent.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum MgmtError {
-    /// A file operation failed.
-    #[error("management socket {path}: {message}")]
-    Socket {
-        /// The path.
-        path: String,
-        /// What went wrong.
-        message: String,
-    },
-}
+pub use switchboard_proto::mgmt_socket::SocketError as MgmtError;
+pub use switchboard_proto::mgmt_socket::{bind, user_name};
 
 /// What the socket's commands act on.
 #[derive(Clone)]
@@ -58,88 +47,6 @@ impl std::fmt::Debug for Mgmt {
     }
 }
 
-fn gid_of_group(name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then_some(())?;
-        f.next()?;
-        f.next()?.parse().ok()
-    })
-}
-
-/// The user name of `uid` (from /etc/passwd), or `uid:N`.
-pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                f.next()?;
-                (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-            })
-        })
-        .unwrap_or_else(|| format!("uid:{uid}"))
-}
-
-/// Supplementary groups of a process (from /proc/PID/status).
-fn groups_of(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
-                l[7..]
-                    .split_whitespace()
-                    .filter_map(|g| g.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// Binds the socket at `path` with `mode` and `group`. A stale socket left by a crash is
-/// replaced; a live one (another broker) is an error.
-pub async fn bind(
-    path: &Path,
-    mode: u32,
-    group: Option<&str>,
-) -> Result<(UnixListener, Option<u32>), MgmtError> {
-    let err = |message: String| MgmtError::Socket {
-        path: path.display().to_string(),
-        message,
-    };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(err("exists and is not a socket; not touching it".into()));
-        }
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(err("another broker is listening on it".into()));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
-    }
-    let gid = match group {
-        Some(g) => Some(gid_of_group(g).ok_or_else(|| err(format!("group {g:?} does not exist")))?),
-        None => None,
-    };
-    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| err(format!("cannot set its mode: {e}")))?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| err(format!("cannot give it to the group: {e}")))?;
-    }
-    Ok((listener, gid))
-}
-
 /// Serves connections until `shutdown`, then removes the socket file.
 pub fn spawn(
     mgmt: Mgmt,
@@ -148,111 +55,27 @@ pub fn spawn(
     gid: Option<u32>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let own_uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "management socket: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let m = mgmt.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let Ok(cred) = stream.peer_cred() else {
-                    return;
-                };
-                let uid = cred.uid();
-                let allowed = uid == 0
-                    || uid == own_uid
-                    || gid.is_some_and(|g| {
-                        cred.gid() == g || cred.pid().is_some_and(|p| groups_of(p).contains(&g))
-                    });
-                let actor = user_name(uid);
-                if !allowed {
-                    tracing::warn!(user = %actor, uid, "management socket: refused");
-                    let (_, mut w) = stream.into_split();
-                    let _ = send(
-                        &mut w,
-                        false,
-                        Err(format!("user {actor} may not use the management socket")),
-                    )
-                    .await;
-                    return;
-                }
-                m.serve(stream, actor, stop).await;
-            });
-        }
-        let _ = std::fs::remove_file(&path);
-    })
+    mgmt_socket::spawn(Arc::new(mgmt), listener, path, gid, shutdown)
 }
 
-/// A command's outcome: JSON for programs, text for people.
-struct Reply {
-    json: Value,
-    text: String,
-}
-
-impl Reply {
-    fn new(json: Value, text: impl Into<String>) -> Reply {
-        Reply {
-            json,
-            text: text.into(),
+impl mgmt_socket::Handler for Mgmt {
+    async fn execute(&self, line: String, actor: String) -> Result<Reply, String> {
+        match mgmt::parse(&line) {
+            Ok(None) => Err("empty command".into()),
+            // The transport answers these itself; they cannot arrive here.
+            Ok(Some(Request::Quit | Request::Verbose(_))) => Err("not here".into()),
+            Ok(Some(r)) => self.execute(r, &actor).await,
+            Err(e) => Err(e.0),
         }
     }
 }
+
 
 fn engine_err(e: EngineError) -> String {
     e.to_string()
 }
 
 impl Mgmt {
-    async fn serve(&self, stream: UnixStream, actor: String, shutdown: CancellationToken) {
-        let (r, mut w) = stream.into_split();
-        let mut r = BufReader::new(r);
-        let mut buf = Vec::new();
-        let mut verbose = false;
-        loop {
-            let line = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                l = read_line(&mut r, &mut buf) => l,
-            };
-            let result = match line {
-                Err(_) | Ok(None) => return,
-                Ok(Some(Err(e))) => Err(e),
-                Ok(Some(Ok(line))) => match mgmt::parse(&line) {
-                    Ok(None) => continue,
-                    Ok(Some(Request::Quit)) => {
-                        let _ = send(&mut w, verbose, Ok(Reply::new(json!("bye"), "bye"))).await;
-                        return;
-                    }
-                    Ok(Some(Request::Verbose(v))) => {
-                        if let Some(v) = v {
-                            verbose = v;
-                        }
-                        Ok(Reply::new(
-                            json!({"verbose": verbose}),
-                            format!("verbose {}", if verbose { "on" } else { "off" }),
-                        ))
-                    }
-                    Ok(Some(r)) => self.execute(r, &actor).await,
-                    Err(e) => Err(e.0),
-                },
-            };
-            if send(&mut w, verbose, result).await.is_err() {
-                return;
-            }
-        }
-    }
-
     async fn audit(&self, actor: &str, action: &str, target: &str, r: &Result<Reply, String>) {
         let result = match r {
             Ok(_) => Ok(()),
@@ -815,75 +638,4 @@ fn server_row(h: &HostInfo) -> Vec<String> {
         mem,
         h.excluded.clone().unwrap_or_default(),
     ]
-}
-
-/// Reads one line of at most [`mgmt::MAX_LINE`] bytes. `Ok(None)` at the end of the stream;
-/// `Ok(Some(Err(_)))` for a line that is too long (discarded up to its newline) or not UTF-8.
-async fn read_line(
-    r: &mut BufReader<OwnedReadHalf>,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Result<String, String>>> {
-    buf.clear();
-    let mut too_long = false;
-    loop {
-        let available = r.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(None);
-        }
-        let (chunk, used, done) = match available.iter().position(|b| *b == b'\n') {
-            Some(i) => (&available[..i], i + 1, true),
-            None => (available, available.len(), false),
-        };
-        if !too_long {
-            buf.extend_from_slice(chunk);
-            if buf.len() > mgmt::MAX_LINE {
-                too_long = true;
-                buf.clear();
-            }
-        }
-        r.consume(used);
-        if done {
-            break;
-        }
-    }
-    if too_long {
-        return Ok(Some(Err(format!(
-            "line longer than {} bytes; ignored",
-            mgmt::MAX_LINE
-        ))));
-    }
-    if buf.last() == Some(&b'\r') {
-        buf.pop();
-    }
-    Ok(Some(
-        String::from_utf8(std::mem::take(buf)).map_err(|_| "the line is not UTF-8".to_owned()),
-    ))
-}
-
-async fn send(
-    w: &mut OwnedWriteHalf,
-    verbose: bool,
-    r: Result<Reply, String>,
-) -> std::io::Result<()> {
-    let mut out = String::new();
-    if verbose {
-        let text = match r {
-            Ok(reply) => reply.text,
-            Err(e) => format!("error: {e}"),
-        };
-        for line in text.lines() {
-            // A line holding only "." would end the reply early: escape it, as SMTP does.
-            out.push_str(if line == "." { ".." } else { line });
-            out.push('\n');
-        }
-        out.push_str(".\n");
-    } else {
-        let v = match r {
-            Ok(reply) => json!({"ok": true, "data": reply.json}),
-            Err(e) => json!({"ok": false, "error": e}),
-        };
-        out.push_str(&v.to_string());
-        out.push('\n');
-    }
-    w.write_all(out.as_bytes()).await
 }

@@ -1,6 +1,6 @@
-//! `switchboard ctl`: the operator console on the broker's management socket.
+//! `switchboard ctl`: the operator console on the broker's or the director's management socket.
 //!
-//! With a command it runs it once and prints the broker's text reply (aligned tables), exiting
+//! With a command it runs it once and prints the daemon's text reply (aligned tables), exiting
 //! non-zero on an error. Without one it is an interactive monitor with line editing, history
 //! (`~/.switchboard_ctl_history`) and completion of commands, host, user and pool names.
 
@@ -13,9 +13,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use switchboard_proto::mgmt::COMMANDS;
+use switchboard_proto::mgmt::{COMMANDS, DIRECTOR_COMMANDS};
 
-/// Exit status when the broker cannot be reached (sysexits EX_UNAVAILABLE).
+/// Exit status when the daemon cannot be reached (sysexits EX_UNAVAILABLE).
 const EX_UNAVAILABLE: u8 = 69;
 
 struct Conn {
@@ -33,7 +33,7 @@ impl Conn {
     fn open(socket: &Path) -> Result<Conn, String> {
         let s = UnixStream::connect(socket).map_err(|e| {
             format!(
-                "cannot reach the broker's management socket {}: {e} (is the broker running, and are you root or in its group?)",
+                "cannot reach the management socket {}: {e} (is the broker or director running, and are you root or in its group?)",
                 socket.display()
             )
         })?;
@@ -47,7 +47,7 @@ impl Conn {
     /// Sends a line and reads a verbose reply (up to the line holding only `.`).
     fn text(&mut self, line: &str) -> Result<Reply, String> {
         writeln!(self.writer, "{line}")
-            .map_err(|e| format!("the broker closed the connection: {e}"))?;
+            .map_err(|e| format!("the daemon closed the connection: {e}"))?;
         let mut lines = Vec::new();
         loop {
             let mut l = String::new();
@@ -58,7 +58,7 @@ impl Conn {
                     .first()
                     .and_then(|l: &String| serde_json::from_str::<serde_json::Value>(l).ok())
                     .and_then(|v| v["error"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "the broker closed the connection".to_owned());
+                    .unwrap_or_else(|| "the daemon closed the connection".to_owned());
                 return Err(msg);
             }
             let l = l.trim_end_matches(['\n', '\r']);
@@ -136,6 +136,10 @@ struct Names {
     hosts: Vec<String>,
     users: Vec<String>,
     pools: Vec<String>,
+    /// The socket is a director's.
+    director: bool,
+    /// Director: service names and their backends.
+    services: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Helper, Hinter, Highlighter, Validator)]
@@ -181,6 +185,26 @@ impl Completer for Complete {
                 })
                 .collect()
         };
+        if self.names.director {
+            let service_names = || self.names.services.iter().map(|(n, _)| n.as_str());
+            let candidates = match words.as_slice() {
+                [] | ["help"] => pick(&mut DIRECTOR_COMMANDS.iter().map(|(n, _, _)| *n)),
+                [cmd] if ["services", "stats", "drain", "undrain", "weight"].contains(cmd) => {
+                    pick(&mut service_names())
+                }
+                [cmd, svc] if ["drain", "undrain", "weight"].contains(cmd) => pick(
+                    &mut self
+                        .names
+                        .services
+                        .iter()
+                        .filter(|(n, _)| n == svc)
+                        .flat_map(|(_, b)| b.iter().map(String::as_str)),
+                ),
+                ["weight", _, _] => pick(&mut ["reset"].into_iter()),
+                _ => Vec::new(),
+            };
+            return Ok((start, candidates));
+        }
         let candidates = match words.as_slice() {
             [] => pick(&mut COMMANDS.iter().map(|(n, _, _)| *n)),
             [cmd] if HOST_COMMANDS.contains(cmd) => {
@@ -223,6 +247,24 @@ fn refresh(socket: &Path) -> Names {
             .filter_map(|x| x[key].as_str().map(str::to_owned))
             .collect()
     };
+    if c.json("hello").is_some_and(|h| h["director"] == true) {
+        let services = c
+            .json("services")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| {
+                let name = s["name"].as_str()?.to_owned();
+                let backends = list(Some(s["backends"].clone()), "address");
+                Some((name, backends))
+            })
+            .collect();
+        return Names {
+            director: true,
+            services,
+            ..Names::default()
+        };
+    }
     let hosts = c.json("servers");
     let pools: Vec<String> = hosts
         .as_ref()
@@ -245,6 +287,7 @@ fn refresh(socket: &Path) -> Names {
         hosts: list(hosts, "name"),
         users: list(c.json("users"), "user"),
         pools,
+        ..Names::default()
     }
 }
 

@@ -137,7 +137,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Operator console on the broker's management socket: an interactive monitor (line editing,
+    /// Operator console on the broker's management socket (or, with `--socket`, the director's:
+    /// `services`, `stats`, `drain`, `undrain`, `weight`): an interactive monitor (line editing,
     /// history, completion of commands, host and user names) without a command, one-shot with
     /// one (`switchboard ctl servers`, `switchboard ctl drain x2go1 --then-offline`). `help`
     /// lists the commands. Exits non-zero when the command fails.
