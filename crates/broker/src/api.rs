@@ -55,6 +55,8 @@ pub struct App {
     pub x2go: Option<crate::x2go::X2go>,
     /// The web dashboard.
     pub ui: crate::ui::Ui,
+    /// Ends long-lived responses (pool watch streams) when the broker stops.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Who made a request: the name of the token it carried.
@@ -617,6 +619,116 @@ async fn list_pools(
     Ok(Json(PoolPage { items, next_cursor }))
 }
 
+/// One host of a pool as a watch stream sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PoolWatchHost {
+    /// Host name.
+    pub name: String,
+    /// Its address as configured (an IP literal or a name).
+    pub address: String,
+    /// The port configured for it.
+    pub port: u16,
+    /// Weight.
+    pub weight: u32,
+    /// `online`, `draining` or `offline`.
+    pub admin: String,
+    /// `up`, `unreachable` or `unknown`.
+    pub health: String,
+    /// Whether placement would consider it now (and why not otherwise).
+    pub excluded: Option<String>,
+    /// Live sessions.
+    pub sessions: u32,
+    /// The 1-minute load average its agent last reported, to one decimal.
+    pub load_avg: Option<f64>,
+}
+
+/// A `pool` event of `GET /api/v1/pools/{name}/watch`: the pool's whole view.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PoolWatchEvent {
+    /// The pool.
+    pub pool: String,
+    /// Its hosts, in configured order.
+    pub hosts: Vec<PoolWatchHost>,
+}
+
+fn pool_view(snap: &crate::engine::Snapshot, pool: &str) -> Option<PoolWatchEvent> {
+    let p = snap.pools.iter().find(|p| p.name == pool)?;
+    let hosts = p
+        .hosts
+        .iter()
+        .filter_map(|name| snap.hosts.iter().find(|h| h.name == *name))
+        .map(|h| PoolWatchHost {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            port: h.port,
+            weight: h.weight,
+            admin: h.admin.clone(),
+            health: h.health.clone(),
+            excluded: h.excluded.clone(),
+            sessions: h.sessions,
+            load_avg: h.load.as_ref().map(|l| (l.load_avg[0] * 10.0).round() / 10.0),
+        })
+        .collect();
+    Some(PoolWatchEvent {
+        pool: p.name.clone(),
+        hosts,
+    })
+}
+
+/// Follow a pool: server-sent events, one `pool` event ([`PoolWatchEvent`]) at once and one after
+/// every change of its hosts' state, weight, drain, health or load (at most one a second), and a
+/// comment line every 15 s to keep proxies from closing the stream. The director follows pools
+/// with it.
+#[utoipa::path(get, path = "/api/v1/pools/{name}/watch", params(("name" = String, Path, description = "Pool name")),
+    responses((status = 200, description = "text/event-stream of `pool` events", content_type = "text/event-stream", body = PoolWatchEvent),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn watch_pool(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let mut rx = app.engine.subscribe();
+    let first = pool_view(&rx.borrow_and_update(), &name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pool {name:?}")))?;
+    let event = |v: &PoolWatchEvent| {
+        SseEvent::default()
+            .event("pool")
+            .json_data(v)
+            .map_err(axum::Error::new)
+    };
+    let stop = app.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (rx, Some(first), None::<PoolWatchEvent>),
+        move |(mut rx, pending, last)| {
+            let (name, stop) = (name.clone(), stop.clone());
+            async move {
+                if let Some(v) = pending {
+                    return Some((event(&v), (rx, None, Some(v))));
+                }
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        r = rx.changed() => if r.is_err() { return None },
+                    }
+                    // At most one event a second: changes in between are folded into the next.
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                    let v = pool_view(&rx.borrow_and_update(), &name)?;
+                    if last.as_ref() != Some(&v) {
+                        return Some((event(&v), (rx, None, Some(v))));
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
 // ----- sessions -----
 
 /// Place a session: the user's live session in the pool if there is one, else a reservation on
@@ -1159,6 +1271,7 @@ pub fn api_routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(online_host))
         .routes(routes!(set_weight))
         .routes(routes!(list_pools))
+        .routes(routes!(watch_pool))
         .routes(routes!(place, list_sessions))
         .routes(routes!(confirm))
         .routes(routes!(get_session, end_session))

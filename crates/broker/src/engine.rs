@@ -389,6 +389,11 @@ impl EngineHandle {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshots.borrow().clone()
     }
+
+    /// A receiver that sees every new snapshot (for change streams).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
 }
 
 /// The configured part of the state (hosts, pools, settings), kept to rebuild after a store outage.

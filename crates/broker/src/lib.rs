@@ -200,6 +200,7 @@ impl Broker {
             store: store.clone(),
             public_metrics: config.public_metrics,
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+            shutdown: shutdown.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await

@@ -31,7 +31,7 @@ pub struct PoolHost {
     pub weight: u32,
     /// `online`, `draining` or `offline`.
     pub admin: String,
-    /// `up`, `down` or `unknown`.
+    /// `up`, `unreachable` or `unknown`.
     pub health: String,
 }
 
@@ -173,7 +173,7 @@ pub(crate) fn apply(director: &Director, service: &str, port: u16, view: &PoolVi
             weight: h.weight.min(crate::config::MAX_WEIGHT),
             max_conn,
         });
-        flags.push((addr, h.admin != "online", h.health == "down" || h.admin == "offline"));
+        flags.push((addr, h.admin != "online", h.health == "unreachable" || h.admin == "offline"));
     }
     director.set_backends(&s, &specs);
     for (addr, drain, down) in flags {

@@ -1,0 +1,170 @@
+#![allow(clippy::unwrap_used)]
+//! The director following a broker pool through `GET /api/v1/pools/{name}/watch`: the real
+//! `switchboard broker` and `switchboard director` processes. Hosts join as backends, a drain
+//! made on the broker reaches the director, and when the broker is killed the director keeps
+//! balancing on the last view.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use switchboard_broker::tokens::{self, Access};
+use switchboard_testkit::free_port;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A backend on `ip:port` that writes its address and closes each connection.
+fn backend(ip: &str, port: u16) {
+    let l = TcpListener::bind((ip, port)).unwrap();
+    let ip = ip.to_owned();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            use std::io::Write;
+            let _ = writeln!(s, "{ip}");
+        }
+    });
+}
+
+fn through(port: u16) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+fn spread(port: u16, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        *m.entry(through(port)).or_insert(0) += 1;
+    }
+    m
+}
+
+fn ctl(socket: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tokens_file = d.join("tokens");
+        let reader = tokens::add(&tokens_file, "director", Access::ReadOnly).unwrap();
+    std::fs::write(d.join("director.token"), format!("{reader}\n")).unwrap();
+    let (api, port, listen) = (free_port(), free_port(), free_port());
+    for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        backend(ip, port);
+    }
+    let mut broker_toml = format!(
+        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:{api}\"\n[api]\ntokens_file = {:?}\n\
+         [management]\nsocket = {:?}\n[[pool]]\nname = \"login\"\nagent = false\n",
+        d.join("sb.db").display(),
+        tokens_file.display().to_string(),
+        d.join("broker.sock").display().to_string(),
+    );
+    for i in 1..=3 {
+        broker_toml.push_str(&format!(
+            "[[pool.host]]\nname = \"h{i}\"\naddress = \"127.0.0.{i}:22\"\n"
+        ));
+    }
+    std::fs::write(d.join("broker.toml"), broker_toml).unwrap();
+    let broker = Kill(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["broker", "--config"])
+            .arg(d.join("broker.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the broker", || TcpStream::connect(("127.0.0.1", api)).is_ok());
+
+    let socket = d.join("director.sock");
+    std::fs::write(
+        d.join("director.toml"),
+        format!(
+            "[management]\nsocket = {:?}\n[state]\nfile = {:?}\n[broker]\nurl = \"http://127.0.0.1:{api}\"\ntoken_file = {:?}\n\
+             [[service]]\nname = \"login\"\nlisten = \"127.0.0.1:{listen}\"\nscheduler = \"rr\"\npool = \"login\"\nport = {port}\n",
+            socket.display().to_string(),
+            d.join("state.json").display().to_string(),
+            d.join("director.token").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.join("director.log")).unwrap();
+    let _director = Kill(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["director", "--config"])
+            .arg(d.join("director.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("three backends from the pool", || {
+        ctl(&socket, &["services"])
+            .lines()
+            .filter(|l| l.trim_start().starts_with("->") && l.ends_with(" up"))
+            .count()
+            == 3
+    });
+    let m = spread(listen, 6);
+    assert_eq!(
+        m,
+        BTreeMap::from([
+            ("127.0.0.1".to_owned(), 2),
+            ("127.0.0.2".to_owned(), 2),
+            ("127.0.0.3".to_owned(), 2)
+        ])
+    );
+
+    // Drain h2 on the broker: the director stops sending it new connections.
+    let out = ctl(&d.join("broker.sock"), &["drain", "h2"]);
+    assert!(out.contains("h2"), "{out}");
+    let row = format!("127.0.0.2:{port} ");
+    wait_until("the drain to reach the director", || {
+        ctl(&socket, &["services"])
+            .lines()
+            .any(|l| l.contains(&row) && l.ends_with("drain"))
+    });
+    let m = spread(listen, 6);
+    assert!(!m.contains_key("127.0.0.2"), "{m:?}");
+
+    // The broker dies: the director keeps its last view.
+    drop(broker);
+    std::thread::sleep(Duration::from_secs(2));
+    let m = spread(listen, 6);
+    assert_eq!(
+        m,
+        BTreeMap::from([("127.0.0.1".to_owned(), 3), ("127.0.0.3".to_owned(), 3)])
+    );
+    let services = ctl(&socket, &["services"]);
+    assert!(
+        services.lines().any(|l| l.contains(&row) && l.ends_with("drain")),
+        "{services}"
+    );
+}
