@@ -10,6 +10,8 @@
 //! - [`policy`]: placement policy identifiers (`rr`, `wrr`, `lc`, `wlc`, `sed`, `least-load`,
 //!   `two-choices`, `x2go-load`).
 //! - [`schedule`]: L4 schedulers for the director, with IPVS semantics.
+//! - [`ipvs`]: the kernel IPVS table as typed data, and the diff that never deletes a real server
+//!   with live connections.
 //! - [`config`]: conventions every config file shares (durations, `host:port`).
 //! - [`time`]: the core's notion of time.
 
@@ -17,6 +19,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod ipvs;
 pub mod model;
 pub mod placement;
 pub mod policy;
