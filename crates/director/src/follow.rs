@@ -44,40 +44,81 @@ pub struct PoolView {
     pub hosts: Vec<PoolHost>,
 }
 
-/// Starts one follower per pool-backed service.
-pub fn spawn(
-    director: Director,
-    broker: BrokerConfig,
+/// The followers of pool-backed services, one task per service.
+#[derive(Debug)]
+pub struct Followers {
+    client: reqwest::Client,
+    token: String,
+    url: String,
     shutdown: CancellationToken,
-) -> Result<(), String> {
-    let token = std::fs::read_to_string(&broker.token_file)
-        .map_err(|e| format!("[broker] token_file {}: {e}", broker.token_file.display()))?
-        .trim()
-        .to_owned();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Duration::from_secs(30));
-    if let Some(ca) = &broker.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
-        builder = builder.add_root_certificate(cert);
+    /// Service name → (pool, port, stop).
+    tasks: std::sync::Mutex<std::collections::BTreeMap<String, (String, u16, CancellationToken)>>,
+}
+
+impl Followers {
+    /// Reads the token and builds the HTTP client; follows nothing yet.
+    pub fn new(broker: &BrokerConfig, shutdown: CancellationToken) -> Result<Followers, String> {
+        let token = std::fs::read_to_string(&broker.token_file)
+            .map_err(|e| format!("[broker] token_file {}: {e}", broker.token_file.display()))?
+            .trim()
+            .to_owned();
+        if token.is_empty() {
+            return Err(format!("[broker] token_file {} is empty", broker.token_file.display()));
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_keepalive(Duration::from_secs(30));
+        if let Some(ca) = &broker.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Followers {
+            client,
+            token,
+            url: broker.url.clone(),
+            shutdown,
+            tasks: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        })
     }
-    let client = builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    for s in director.config().services.iter() {
-        if let Backends::Pool { name, port } = &s.backends {
-            let (d, c, t) = (director.clone(), client.clone(), token.clone());
-            let url = format!("{}/api/v1/pools/{}/watch", broker.url, name);
-            let (service, port) = (s.name.clone(), *port);
-            let stop = shutdown.clone();
-            tokio::spawn(async move { follow(d, c, url, t, service, port, stop).await });
+
+    /// Follows exactly the pool-backed services of `services`: starts followers for new ones
+    /// (or ones whose pool or port changed) and stops those of services gone or no longer
+    /// following a pool.
+    pub fn sync(&self, director: &Director, services: &[crate::config::ServiceConfig]) {
+        let mut tasks = crate::lock(&self.tasks);
+        let wanted: std::collections::BTreeMap<String, (String, u16)> = services
+            .iter()
+            .filter_map(|s| match &s.backends {
+                Backends::Pool { name, port } => Some((s.name.clone(), (name.clone(), *port))),
+                Backends::Static(_) => None,
+            })
+            .collect();
+        tasks.retain(|service, (pool, port, stop)| {
+            let keep = wanted.get(service) == Some(&(pool.clone(), *port));
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (service, (pool, port)) in wanted {
+            if tasks.contains_key(&service) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            let (d, c, t) = (director.clone(), self.client.clone(), self.token.clone());
+            let url = format!("{}/api/v1/pools/{}/watch", self.url, pool);
+            let (svc, st) = (service.clone(), stop.clone());
+            tokio::spawn(async move { follow(d, c, url, t, svc, port, st).await });
+            tasks.insert(service, (pool, port, stop));
         }
     }
-    Ok(())
 }
 
 async fn follow(

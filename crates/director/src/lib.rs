@@ -74,6 +74,8 @@ struct Inner {
     accepting: CancellationToken,
     /// Stops background work (health checks, samplers, the management socket).
     shutdown: CancellationToken,
+    /// Followers of broker pools (with `[broker]`).
+    followers: Option<follow::Followers>,
 }
 
 /// The running director.
@@ -94,6 +96,10 @@ impl Director {
         )
         .await?;
         let background = CancellationToken::new();
+        let followers = match &config.broker {
+            Some(b) => Some(follow::Followers::new(b, background.clone()).map_err(StartError::Other)?),
+            None => None,
+        };
         let director = Director {
             inner: Arc::new(Inner {
                 config: Mutex::new(Arc::new(config.clone())),
@@ -102,6 +108,7 @@ impl Director {
                 conns: TaskTracker::new(),
                 accepting: CancellationToken::new(),
                 shutdown: background.clone(),
+                followers,
             }),
         };
         director
@@ -122,11 +129,8 @@ impl Director {
             metrics::spawn(director.clone(), l, background.clone());
         }
         director.spawn_sampler();
-        if let Some(broker) = &config.broker
-            && config.follows_pools()
-        {
-            follow::spawn(director.clone(), broker.clone(), background.clone())
-                .map_err(StartError::Other)?;
+        if let Some(followers) = &director.inner.followers {
+            followers.sync(&director, &config.services);
         }
         let d = director.clone();
         tokio::spawn(async move {
@@ -164,6 +168,11 @@ impl Director {
             );
         }
         self.apply(&config).await?;
+        if let Some(f) = &self.inner.followers {
+            f.sync(self, &config.services);
+        } else if config.follows_pools() {
+            tracing::warn!("services that follow a pool need [broker] at start; restart the director");
+        }
         *lock(&self.inner.config) = Arc::new(Config {
             management_socket: old.management_socket.clone(),
             http_listen: old.http_listen,
