@@ -11,8 +11,6 @@ use switchboard_broker::config::{Config, DEFAULT_CONFIG_PATH};
 use switchboard_broker::tokens::{self, Access};
 use tokio_util::sync::CancellationToken;
 
-/// Exit status for a subcommand this build cannot run yet (sysexits EX_UNAVAILABLE).
-const EX_UNAVAILABLE: u8 = 69;
 /// Exit status for a bad configuration (sysexits EX_USAGE, as linkerd does).
 const EX_CONFIG: u8 = 64;
 
@@ -234,15 +232,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn unavailable(what: &str) -> Result<ExitCode> {
-    eprintln!(
-        "switchboard: `{what}` is not available in this build yet. This release has the broker \
-         (`switchboard up`, `switchboard broker`), the agent and the console (`switchboard ctl`); \
-         the director follows. See README.md."
-    );
-    Ok(ExitCode::from(EX_UNAVAILABLE))
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -338,8 +327,20 @@ fn director(config_path: &Path, check: bool, dry_run: bool) -> Result<ExitCode> 
         );
         return Ok(ExitCode::SUCCESS);
     }
-    if config.mode == Mode::Ipvs || dry_run {
-        return director_ipvs(&config, dry_run);
+    if dry_run {
+        return runtime()?.block_on(async move {
+            match switchboard_director::ipvs::dry_run(&config).await {
+                Ok((rules, notes)) => {
+                    eprint!("{notes}");
+                    print!("{rules}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("switchboard: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        });
     }
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -365,13 +366,6 @@ fn director(config_path: &Path, check: bool, dry_run: bool) -> Result<ExitCode> 
         director.wait().await;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn director_ipvs(
-    _config: &switchboard_director::config::Config,
-    _dry_run: bool,
-) -> Result<ExitCode> {
-    unavailable("director in IPVS mode")
 }
 
 use switchboard_agent::config::{AgentConfig, short_hostname};

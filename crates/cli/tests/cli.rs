@@ -24,11 +24,25 @@ fn help_lists_every_subcommand() {
 }
 
 #[test]
-fn unfinished_subcommands_say_so_and_fail() {
-    let out = switchboard(&["director"]);
-    assert_eq!(out.status.code(), Some(69));
+fn the_director_checks_its_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("director.toml");
+    let out = switchboard(&["director", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not available in this build yet"), "{err}");
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/director.toml");
+    let out = switchboard(&["director", "--config", example, "--check-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 services, mode proxy)"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[service]]\nname = \"ssh\"\nlisten = \"127.0.0.1:2222\"\nbackends = [\"127.0.0.1:22\"]\nschedular = \"rr\"\n").unwrap();
+    let out = switchboard(&["director", "--config", bad.to_str().unwrap(), "--check-config"]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 5") && err.contains("schedular"), "{err}");
 }
 
 #[test]
@@ -39,7 +53,7 @@ fn ctl_without_a_broker_says_where_it_looked() {
     assert_eq!(out.status.code(), Some(69));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(sock.to_str().unwrap()) && err.contains("is the broker running"),
+        err.contains(sock.to_str().unwrap()) && err.contains("is the broker or director running"),
         "{err}"
     );
 }

@@ -19,14 +19,14 @@
 pub mod config;
 mod follow;
 mod health;
-// pub mod ipvs;
+pub mod ipvs;
 mod metrics;
 mod mgmt;
 mod proxy;
 pub mod service;
 mod state;
 
-use config::{Backends, Config};
+use config::{Backends, Config, Mode};
 use service::{BackendSpec, Service};
 use state::RuntimeState;
 use std::collections::BTreeMap;
@@ -129,6 +129,9 @@ impl Director {
             metrics::spawn(director.clone(), l, background.clone());
         }
         director.spawn_sampler();
+        if config.mode == Mode::Ipvs {
+            ipvs::spawn(director.clone(), background.clone());
+        }
         if let Some(followers) = &director.inner.followers {
             followers.sync(&director, &config.services);
         }
@@ -185,9 +188,11 @@ impl Director {
     }
 
     async fn apply(&self, config: &Config) -> Result<(), String> {
+        // In IPVS mode the kernel listens: no sockets here.
+        let proxy = self.config().mode == Mode::Proxy;
         // Bind what is new before changing anything.
         let mut fresh: BTreeMap<SocketAddr, TcpListener> = BTreeMap::new();
-        {
+        if proxy {
             let current: Vec<SocketAddr> = lock(&self.inner.services)
                 .values()
                 .flat_map(|r| r.listeners.iter().map(|(a, _)| *a))
@@ -252,7 +257,7 @@ impl Director {
                     .collect();
                 self.set_backends(&running.service, &specs);
             }
-            for addr in &sc.listen {
+            for addr in sc.listen.iter().filter(|_| proxy) {
                 if running.listeners.iter().any(|(a, _)| a == addr) {
                     continue;
                 }
