@@ -168,3 +168,68 @@ fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_di
         "{services}"
     );
 }
+
+/// With `proxy_protocol = "v2"` the backend first reads a PROXY v2 header naming the client's
+/// source address and port and the address it connected to, then the client's bytes; replies
+/// flow back, and a half-close from the client reaches the backend as end of stream.
+#[test]
+fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (listen, backend_port) = (free_port(), free_port());
+    let backend = TcpListener::bind(("127.0.0.1", backend_port)).unwrap();
+    std::fs::write(
+        d.join("director.toml"),
+        format!(
+            "[management]\nsocket = {:?}\n[state]\nfile = {:?}\n\
+             [[service]]\nname = \"pp\"\nlisten = \"127.0.0.1:{listen}\"\nscheduler = \"rr\"\nproxy_protocol = \"v2\"\n\
+             backends = [\"127.0.0.1:{backend_port}\"]\n[service.health]\nkind = \"none\"\n",
+            d.join("director.sock").display().to_string(),
+            d.join("state.json").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let _director = Kill(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["director", "--config"])
+            .arg(d.join("director.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the director", || TcpStream::connect(("127.0.0.1", listen)).is_ok());
+    // That probe connection reaches the backend too; take it out of the way.
+    let (_probe, _) = backend.accept().unwrap();
+
+    let client = std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{listen}").parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let source = client.local_addr().unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut client = client;
+    client.write_all(b"hello").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    assert_eq!(&got[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(got[12], 0x21, "version 2, PROXY command");
+    assert_eq!(got[13], 0x11, "TCP over IPv4");
+    assert_eq!(&got[14..16], &12u16.to_be_bytes());
+    assert_eq!(&got[16..20], &[127, 0, 0, 1]);
+    assert_eq!(&got[20..24], &[127, 0, 0, 1]);
+    assert_eq!(&got[24..26], &source.port().to_be_bytes());
+    assert_eq!(&got[26..28], &listen.to_be_bytes());
+    assert_eq!(&got[28..], b"hello", "the client's bytes follow, then end of stream");
+    // The other direction still works after the client's half-close.
+    server.write_all(b"bye").unwrap();
+    drop(server);
+    let mut reply = Vec::new();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"bye");
+}
