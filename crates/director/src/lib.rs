@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use follow::{PoolHost, PoolView, SseParser};
 pub use proxy::proxy_v2_header;
 
 /// Locks a mutex, taking the data of a poisoned one (a panic elsewhere must not stop the
