@@ -177,12 +177,12 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (listen, backend_port) = (free_port(), free_port());
+    let (listen, backend_port, http) = (free_port(), free_port(), free_port());
     let backend = TcpListener::bind(("127.0.0.1", backend_port)).unwrap();
     std::fs::write(
         d.join("director.toml"),
         format!(
-            "[management]\nsocket = {:?}\n[state]\nfile = {:?}\n\
+            "[management]\nsocket = {:?}\n[state]\nfile = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
              [[service]]\nname = \"pp\"\nlisten = \"127.0.0.1:{listen}\"\nscheduler = \"rr\"\nproxy_protocol = \"v2\"\n\
              backends = [\"127.0.0.1:{backend_port}\"]\n[service.health]\nkind = \"none\"\n",
             d.join("director.sock").display().to_string(),
@@ -200,8 +200,8 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
             .unwrap(),
     );
     wait_until("the director", || TcpStream::connect(("127.0.0.1", listen)).is_ok());
-    // That probe connection reaches the backend too; take it out of the way.
-    let (_probe, _) = backend.accept().unwrap();
+    // That probe connection reaches the backend too; close it.
+    drop(backend.accept().unwrap());
 
     let client = std::net::TcpStream::connect_timeout(
         &format!("127.0.0.1:{listen}").parse().unwrap(),
@@ -232,4 +232,26 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
     client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     client.read_to_end(&mut reply).unwrap();
     assert_eq!(reply, b"bye");
+
+    // The same figures on /metrics: two connections (the probe and this one), 5 bytes in
+    // (the header is the director's own), 3 bytes out.
+    let labels = format!("{{service=\"pp\",backend=\"127.0.0.1:{backend_port}\"}}");
+    let mut metrics = String::new();
+    wait_until("the connection to end in /metrics", || {
+        let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        metrics.clear();
+        s.read_to_string(&mut metrics).unwrap();
+        metrics.contains(&format!("switchboard_director_backend_active_connections{labels} 0"))
+            && metrics.contains(&format!("switchboard_director_backend_inactive_connections{labels} 0"))
+    });
+    for line in [
+        format!("switchboard_director_backend_connections_total{labels} 2"),
+        format!("switchboard_director_backend_in_bytes_total{labels} 5"),
+        format!("switchboard_director_backend_out_bytes_total{labels} 3"),
+        format!("switchboard_director_backend_up{labels} 1"),
+        format!("switchboard_director_backend_weight{labels} 100"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
+    }
 }
