@@ -666,7 +666,10 @@ fn pool_view(snap: &crate::engine::Snapshot, pool: &str) -> Option<PoolWatchEven
             health: h.health.clone(),
             excluded: h.excluded.clone(),
             sessions: h.sessions,
-            load_avg: h.load.as_ref().map(|l| (l.load_avg[0] * 10.0).round() / 10.0),
+            load_avg: h
+                .load
+                .as_ref()
+                .map(|l| (l.load_avg[0] * 10.0).round() / 10.0),
         })
         .collect();
     Some(PoolWatchEvent {
@@ -689,8 +692,13 @@ async fn watch_pool(
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let mut rx = app.engine.subscribe();
-    let first = pool_view(&rx.borrow_and_update(), &name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pool {name:?}")))?;
+    let first = pool_view(&rx.borrow_and_update(), &name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no pool {name:?}"),
+        )
+    })?;
     let event = |v: &PoolWatchEvent| {
         SseEvent::default()
             .event("pool")

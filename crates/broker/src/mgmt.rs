@@ -70,7 +70,6 @@ impl mgmt_socket::Handler for Mgmt {
     }
 }
 
-
 fn engine_err(e: EngineError) -> String {
     e.to_string()
 }

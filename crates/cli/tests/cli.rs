@@ -34,12 +34,21 @@ fn the_director_checks_its_configuration() {
 
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/director.toml");
     let out = switchboard(&["director", "--config", example, "--check-config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 services, mode proxy)"));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[service]]\nname = \"ssh\"\nlisten = \"127.0.0.1:2222\"\nbackends = [\"127.0.0.1:22\"]\nschedular = \"rr\"\n").unwrap();
-    let out = switchboard(&["director", "--config", bad.to_str().unwrap(), "--check-config"]);
+    let out = switchboard(&[
+        "director",
+        "--config",
+        bad.to_str().unwrap(),
+        "--check-config",
+    ]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 5") && err.contains("schedular"), "{err}");

@@ -35,7 +35,11 @@ struct Lab {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn wait_port(port: u16) {
@@ -55,7 +59,9 @@ impl Lab {
         );
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("client_key");
-        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key));
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
         let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
         std::fs::write(dir.path().join("authorized_keys"), pubkey).unwrap();
         // Privilege separation directory sshd insists on.
@@ -68,7 +74,9 @@ impl Lab {
         for i in 0..3 {
             let port = free_port();
             let hostkey = dir.path().join(format!("host_key_{i}"));
-            run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&hostkey));
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&hostkey));
             let conf = dir.path().join(format!("sshd_{i}.conf"));
             std::fs::write(
                 &conf,
@@ -323,8 +331,14 @@ fn rr_and_wrr_spread_sixty_logins_as_the_scheduler_says() {
 
     // The console shows the figures in the ipvsadm layout.
     let services = d.ctl(&["services"]);
-    assert!(services.contains("Prot LocalAddress:Port Scheduler Flags"), "{services}");
-    assert!(services.contains(&format!("TCP  127.0.0.1:{rr},[::1]:{v6} rr")), "{services}");
+    assert!(
+        services.contains("Prot LocalAddress:Port Scheduler Flags"),
+        "{services}"
+    );
+    assert!(
+        services.contains(&format!("TCP  127.0.0.1:{rr},[::1]:{v6} rr")),
+        "{services}"
+    );
     let stats = d.ctl(&["stats", "rr"]);
     let line = stats
         .lines()
@@ -375,7 +389,10 @@ fn a_drained_backend_keeps_its_session_and_gets_no_new_logins_and_survives_resta
     let drained = session.backend;
     d.ctl(&["drain", "ssh", &format!("127.0.0.1:{drained}")]);
     let counts = lab.logins(port, 9);
-    assert!(!counts.contains_key(&drained), "drained backend got {counts:?}");
+    assert!(
+        !counts.contains_key(&drained),
+        "drained backend got {counts:?}"
+    );
     assert_eq!(session.echo("still here"), "still here");
     let services = d.ctl(&["services"]);
     let row = services
@@ -383,7 +400,11 @@ fn a_drained_backend_keeps_its_session_and_gets_no_new_logins_and_survives_resta
         .find(|l| l.contains(&format!("127.0.0.1:{drained} ")))
         .unwrap();
     assert!(row.ends_with("drain"), "{services}");
-    assert_eq!(row.split_whitespace().nth(4), Some("1"), "one active connection: {services}");
+    assert_eq!(
+        row.split_whitespace().nth(4),
+        Some("1"),
+        "one active connection: {services}"
+    );
 
     // Reload: drop another backend from the file. The open session is untouched; new logins
     // go only to the one left.
@@ -398,7 +419,10 @@ fn a_drained_backend_keeps_its_session_and_gets_no_new_logins_and_survives_resta
 
     // Graceful shutdown: the director stops accepting but waits for the open session.
     d.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(!d.exited_within(Duration::from_secs(1)), "exited with a live session");
+    assert!(
+        !d.exited_within(Duration::from_secs(1)),
+        "exited with a live session"
+    );
     let refused = {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -414,7 +438,10 @@ fn a_drained_backend_keeps_its_session_and_gets_no_new_logins_and_survives_resta
     assert!(refused, "still accepting after SIGTERM");
     assert_eq!(session.echo("during shutdown"), "during shutdown");
     drop(session);
-    assert!(d.exited_within(Duration::from_secs(10)), "did not exit once the session ended");
+    assert!(
+        d.exited_within(Duration::from_secs(10)),
+        "did not exit once the session ended"
+    );
 
     // The drain is runtime state: it comes back after a restart.
     let d = Director::start(lab.dir.path(), &config, &[port]);
@@ -457,7 +484,11 @@ fn a_killed_sshd_is_skipped_within_the_fall_time() {
         if row.ends_with("down") {
             break;
         }
-        assert!(Instant::now() < deadline, "not down {:?} after the kill: {services}", killed.elapsed());
+        assert!(
+            Instant::now() < deadline,
+            "not down {:?} after the kill: {services}",
+            killed.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let counts = lab.logins(port, 10);

@@ -73,7 +73,7 @@ fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_di
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let tokens_file = d.join("tokens");
-        let reader = tokens::add(&tokens_file, "director", Access::ReadOnly).unwrap();
+    let reader = tokens::add(&tokens_file, "director", Access::ReadOnly).unwrap();
     std::fs::write(d.join("director.token"), format!("{reader}\n")).unwrap();
     let (api, port, listen) = (free_port(), free_port(), free_port());
     for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
@@ -101,7 +101,9 @@ fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_di
             .spawn()
             .unwrap(),
     );
-    wait_until("the broker", || TcpStream::connect(("127.0.0.1", api)).is_ok());
+    wait_until("the broker", || {
+        TcpStream::connect(("127.0.0.1", api)).is_ok()
+    });
 
     let socket = d.join("director.sock");
     std::fs::write(
@@ -164,7 +166,9 @@ fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_di
     );
     let services = ctl(&socket, &["services"]);
     assert!(
-        services.lines().any(|l| l.contains(&row) && l.ends_with("drain")),
+        services
+            .lines()
+            .any(|l| l.contains(&row) && l.ends_with("drain")),
         "{services}"
     );
 }
@@ -199,7 +203,9 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
             .spawn()
             .unwrap(),
     );
-    wait_until("the director", || TcpStream::connect(("127.0.0.1", listen)).is_ok());
+    wait_until("the director", || {
+        TcpStream::connect(("127.0.0.1", listen)).is_ok()
+    });
     // That probe connection reaches the backend too; close it.
     drop(backend.accept().unwrap());
 
@@ -210,7 +216,9 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
     .unwrap();
     let source = client.local_addr().unwrap();
     let (mut server, _) = backend.accept().unwrap();
-    server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut client = client;
     client.write_all(b"hello").unwrap();
     client.shutdown(std::net::Shutdown::Write).unwrap();
@@ -224,12 +232,18 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
     assert_eq!(&got[20..24], &[127, 0, 0, 1]);
     assert_eq!(&got[24..26], &source.port().to_be_bytes());
     assert_eq!(&got[26..28], &listen.to_be_bytes());
-    assert_eq!(&got[28..], b"hello", "the client's bytes follow, then end of stream");
+    assert_eq!(
+        &got[28..],
+        b"hello",
+        "the client's bytes follow, then end of stream"
+    );
     // The other direction still works after the client's half-close.
     server.write_all(b"bye").unwrap();
     drop(server);
     let mut reply = Vec::new();
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     client.read_to_end(&mut reply).unwrap();
     assert_eq!(reply, b"bye");
 
@@ -239,11 +253,15 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
     let mut metrics = String::new();
     wait_until("the connection to end in /metrics", || {
         let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
         metrics.clear();
         s.read_to_string(&mut metrics).unwrap();
-        metrics.contains(&format!("switchboard_director_backend_active_connections{labels} 0"))
-            && metrics.contains(&format!("switchboard_director_backend_inactive_connections{labels} 0"))
+        metrics.contains(&format!(
+            "switchboard_director_backend_active_connections{labels} 0"
+        )) && metrics.contains(&format!(
+            "switchboard_director_backend_inactive_connections{labels} 0"
+        ))
     });
     for line in [
         format!("switchboard_director_backend_connections_total{labels} 2"),
@@ -252,6 +270,9 @@ fn proxy_protocol_v2_carries_the_client_address_and_half_close_is_passed_on() {
         format!("switchboard_director_backend_up{labels} 1"),
         format!("switchboard_director_backend_weight{labels} 100"),
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
     }
 }

@@ -38,7 +38,11 @@ fn fake_ipvsadm(dir: &Path) -> PathBuf {
         .arg(&src)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let wrapper = dir.join("ipvsadm");
     std::fs::write(
         &wrapper,
@@ -57,7 +61,11 @@ fn fake_ipvsadm(dir: &Path) -> PathBuf {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -127,7 +135,9 @@ fn ipvs_mode_programs_the_table_through_ipvsadm_and_never_drops_a_live_server() 
     let bin = env!("CARGO_BIN_EXE_switchboard");
 
     // --dry-run on an empty table: everything is new.
-    let dry = run(Command::new(bin).args(["director", "--dry-run", "--config"]).arg(&path));
+    let dry = run(Command::new(bin)
+        .args(["director", "--dry-run", "--config"])
+        .arg(&path));
     let vs = format!("-t 127.0.0.100:{vport}");
     assert_eq!(
         dry,
@@ -138,7 +148,11 @@ fn ipvs_mode_programs_the_table_through_ipvsadm_and_never_drops_a_live_server() 
              -a {vs} -r 127.0.1.13:{rport} -m -w 100\n"
         )
     );
-    assert_eq!(run(Command::new(&ipvsadm).args(["-S", "-n"])), "", "dry run changed the table");
+    assert_eq!(
+        run(Command::new(&ipvsadm).args(["-S", "-n"])),
+        "",
+        "dry run changed the table"
+    );
 
     let log = std::fs::File::create(d.join("director.log")).unwrap();
     let mut director = Kill(
@@ -181,9 +195,9 @@ fn ipvs_mode_programs_the_table_through_ipvsadm_and_never_drops_a_live_server() 
     // deleted, and deleted once its connections are gone.
     set_active(d, "127.0.1.13", rport, 5);
     wait_for("the kernel's counters in ctl", || {
-        ctl(&["services"])
-            .lines()
-            .any(|l| l.contains(&format!("127.0.1.13:{rport} ")) && l.split_whitespace().nth(4) == Some("5"))
+        ctl(&["services"]).lines().any(|l| {
+            l.contains(&format!("127.0.1.13:{rport} ")) && l.split_whitespace().nth(4) == Some("5")
+        })
     });
     std::fs::write(&path, config(&[11, 12])).unwrap();
     nix::sys::signal::kill(

@@ -168,7 +168,9 @@ impl Persistence {
         match ip {
             IpAddr::V4(a) => {
                 let bits = u32::from(a);
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.netmask_v4)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.netmask_v4))
+                    .unwrap_or(0);
                 IpAddr::V4((bits & mask).into())
             }
             IpAddr::V6(a) => {
@@ -489,7 +491,9 @@ impl<'de> Deserialize<'de> for FileMode {
             .ok()
             .filter(|m| *m <= 0o777)
             .map(FileMode)
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an octal mode like \"0660\"")))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not an octal mode like \"0660\""))
+            })
     }
 }
 
@@ -548,7 +552,8 @@ impl FileConfig {
         for s in self.services {
             let line = line_of(text, s.name.span().start);
             let name = s.name.into_inner();
-            let at = |key: &str, m: String| format!("line {line}: service {name:?}: key `{key}`: {m}");
+            let at =
+                |key: &str, m: String| format!("line {line}: service {name:?}: key `{key}`: {m}");
             if name.is_empty()
                 || name.len() > 64
                 || !name
@@ -571,13 +576,15 @@ impl FileConfig {
             let weight = s.weight.map_or(DEFAULT_WEIGHT, |w| w.0);
             let max_conn = s.max_conn.unwrap_or(0);
             let backends = match (s.backends, s.backend, s.pool) {
-                (Some(list), None, None) => {
-                    Backends::Static(list.into_iter().map(|a| BackendConfig {
-                        address: a.0,
-                        weight,
-                        max_conn,
-                    }).collect())
-                }
+                (Some(list), None, None) => Backends::Static(
+                    list.into_iter()
+                        .map(|a| BackendConfig {
+                            address: a.0,
+                            weight,
+                            max_conn,
+                        })
+                        .collect(),
+                ),
                 (None, Some(tables), None) => Backends::Static(
                     tables
                         .into_iter()
@@ -598,7 +605,10 @@ impl FileConfig {
                     }
                     Backends::Pool {
                         name: pool,
-                        port: s.port.or_else(|| s.listen.0.first().map(SocketAddr::port)).unwrap_or(22),
+                        port: s
+                            .port
+                            .or_else(|| s.listen.0.first().map(SocketAddr::port))
+                            .unwrap_or(22),
                     }
                 }
                 (None, None, None) => {
@@ -610,7 +620,8 @@ impl FileConfig {
                 _ => {
                     return Err(at(
                         "backends",
-                        "`backends`, [[service.backend]] and `pool` are alternatives; give one".into(),
+                        "`backends`, [[service.backend]] and `pool` are alternatives; give one"
+                            .into(),
                     ));
                 }
             };
@@ -630,10 +641,16 @@ impl FileConfig {
                     let v4 = s.persistence_netmask.unwrap_or(32);
                     let v6 = s.persistence_netmask_v6.unwrap_or(128);
                     if !(1..=32).contains(&v4) {
-                        return Err(at("persistence_netmask", format!("{v4} is not a prefix length 1–32")));
+                        return Err(at(
+                            "persistence_netmask",
+                            format!("{v4} is not a prefix length 1–32"),
+                        ));
                     }
                     if !(1..=128).contains(&v6) {
-                        return Err(at("persistence_netmask_v6", format!("{v6} is not a prefix length 1–128")));
+                        return Err(at(
+                            "persistence_netmask_v6",
+                            format!("{v6} is not a prefix length 1–128"),
+                        ));
                     }
                     Some(Persistence {
                         timeout,
@@ -643,8 +660,14 @@ impl FileConfig {
                     })
                 }
                 None => {
-                    if s.persistence_netmask.is_some() || s.persistence_netmask_v6.is_some() || s.drain_keeps_persistent.is_some() {
-                        return Err(at("persistence", "netmask and drain_keeps_persistent need `persistence`".into()));
+                    if s.persistence_netmask.is_some()
+                        || s.persistence_netmask_v6.is_some()
+                        || s.drain_keeps_persistent.is_some()
+                    {
+                        return Err(at(
+                            "persistence",
+                            "netmask and drain_keeps_persistent need `persistence`".into(),
+                        ));
                     }
                     None
                 }
@@ -683,7 +706,10 @@ impl FileConfig {
             if (s.hash_fallback || s.hash_port)
                 && !matches!(scheduler, SchedulerKind::Sh | SchedulerKind::Mh)
             {
-                return Err(at("hash_fallback", "hash options are for the sh and mh schedulers".into()));
+                return Err(at(
+                    "hash_fallback",
+                    "hash options are for the sh and mh schedulers".into(),
+                ));
             }
             services.push(ServiceConfig {
                 name,
@@ -706,7 +732,10 @@ impl FileConfig {
         let broker = match self.broker {
             Some(b) => {
                 if !(b.url.starts_with("http://") || b.url.starts_with("https://")) {
-                    return Err(format!("[broker] key `url`: {:?} is not an http(s) URL", b.url));
+                    return Err(format!(
+                        "[broker] key `url`: {:?} is not an http(s) URL",
+                        b.url
+                    ));
                 }
                 Some(BrokerConfig {
                     url: b.url.trim_end_matches('/').to_owned(),
@@ -738,7 +767,10 @@ impl FileConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
             broker,
             ipvs: IpvsConfig {
-                ipvsadm: self.ipvs.ipvsadm.unwrap_or_else(|| PathBuf::from("ipvsadm")),
+                ipvsadm: self
+                    .ipvs
+                    .ipvsadm
+                    .unwrap_or_else(|| PathBuf::from("ipvsadm")),
                 tcp_timeout: self.ipvs.tcp_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
                 tcpfin_timeout: self.ipvs.tcpfin_timeout.map_or(Duration::ZERO, |d| d.0),
                 udp_timeout: self.ipvs.udp_timeout.map_or(Duration::ZERO, |d| d.0),

@@ -63,15 +63,18 @@ impl Followers {
             .trim()
             .to_owned();
         if token.is_empty() {
-            return Err(format!("[broker] token_file {} is empty", broker.token_file.display()));
+            return Err(format!(
+                "[broker] token_file {} is empty",
+                broker.token_file.display()
+            ));
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Duration::from_secs(30));
         if let Some(ca) = &broker.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| format!("[broker] ca_file {}: {e}", ca.display()))?;
             builder = builder.add_root_certificate(cert);
@@ -142,7 +145,9 @@ async fn follow(
                 seen = *events;
                 tracing::warn!(service = %service, url = %url, "broker watch stream ended; keeping the last view");
             }
-            Err(e) => tracing::warn!(service = %service, url = %url, error = %e, "broker watch failed; keeping the last view"),
+            Err(e) => {
+                tracing::warn!(service = %service, url = %url, error = %e, "broker watch failed; keeping the last view")
+            }
         }
         if seen {
             backoff = Duration::from_secs(1);
@@ -173,7 +178,10 @@ async fn stream(
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        return Err(format!("HTTP {status}: {}", body.chars().take(300).collect::<String>()));
+        return Err(format!(
+            "HTTP {status}: {}",
+            body.chars().take(300).collect::<String>()
+        ));
     }
     tracing::info!(service = %service, url = %url, "following the broker pool");
     let mut parser = SseParser::default();
@@ -193,7 +201,12 @@ async fn stream(
 }
 
 /// Applies a pool view to `service`.
-pub(crate) fn apply(director: &Director, service: &str, port: u16, view: &PoolView) -> Result<(), String> {
+pub(crate) fn apply(
+    director: &Director,
+    service: &str,
+    port: u16,
+    view: &PoolView,
+) -> Result<(), String> {
     let s = director
         .service(service)
         .ok_or_else(|| format!("service {service:?} is gone"))?;
@@ -214,7 +227,11 @@ pub(crate) fn apply(director: &Director, service: &str, port: u16, view: &PoolVi
             weight: h.weight.min(crate::config::MAX_WEIGHT),
             max_conn,
         });
-        flags.push((addr, h.admin != "online", h.health == "unreachable" || h.admin == "offline"));
+        flags.push((
+            addr,
+            h.admin != "online",
+            h.health == "unreachable" || h.admin == "offline",
+        ));
     }
     director.set_backends(&s, &specs);
     for (addr, drain, down) in flags {

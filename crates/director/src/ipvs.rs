@@ -124,7 +124,12 @@ async fn ipvsadm(bin: &Path, args: &[&str], input: Option<&str>) -> Result<Strin
     }
     let out = tokio::time::timeout(IPVSADM_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| format!("{} {args:?} took more than {IPVSADM_TIMEOUT:?}", bin.display()))?
+        .map_err(|_| {
+            format!(
+                "{} {args:?} took more than {IPVSADM_TIMEOUT:?}",
+                bin.display()
+            )
+        })?
         .map_err(|e| format!("{} {args:?}: {e}", bin.display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     if !out.status.success() {
@@ -143,10 +148,13 @@ async fn ipvsadm(bin: &Path, args: &[&str], input: Option<&str>) -> Result<Strin
 }
 
 /// The kernel's table and counters.
-async fn read_kernel(bin: &Path) -> Result<(Table, HashMap<(VirtualAddr, SocketAddr), u64>), String> {
+async fn read_kernel(
+    bin: &Path,
+) -> Result<(Table, HashMap<(VirtualAddr, SocketAddr), u64>), String> {
     let rules = ipvsadm(bin, &["-S", "-n"], None).await?;
-    let current = ipvsadm::parse_rules(&rules)
-        .map_err(|e| format!("cannot read `ipvsadm -S -n`: {e} (the director manages only tables it can read)"))?;
+    let current = ipvsadm::parse_rules(&rules).map_err(|e| {
+        format!("cannot read `ipvsadm -S -n`: {e} (the director manages only tables it can read)")
+    })?;
     let list = ipvsadm(bin, &["-L", "-n"], None).await?;
     let counts = ipvsadm::parse_list_counts(&list)
         .map_err(|e| format!("cannot read `ipvsadm -L -n`: {e}"))?
@@ -176,7 +184,12 @@ fn plan(
     managed: &BTreeSet<String>,
 ) -> Vec<Change> {
     let mut scope = managed.clone();
-    scope.extend(desired.services.iter().map(|s| s.vaddr.normalized().to_string()));
+    scope.extend(
+        desired
+            .services
+            .iter()
+            .map(|s| s.vaddr.normalized().to_string()),
+    );
     let current = managed_part(current, &scope);
     table::diff(&current, desired, |v, r| {
         counts.get(&(v.normalized(), *r)).copied().unwrap_or(0) > 0
@@ -196,7 +209,11 @@ pub async fn dry_run(config: &Config) -> Result<(String, String), String> {
                 .iter()
                 .map(|b| {
                     let o = state.get(&sc.name, &b.address.to_string());
-                    let w = if o.drain { 0 } else { o.weight.unwrap_or(b.weight) };
+                    let w = if o.drain {
+                        0
+                    } else {
+                        o.weight.unwrap_or(b.weight)
+                    };
                     (b.address, w)
                 })
                 .collect(),
@@ -276,7 +293,12 @@ pub fn spawn(director: Director, shutdown: CancellationToken) {
             ];
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             match ipvsadm(&bin, &args, None).await {
-                Ok(_) => tracing::info!(tcp = t.tcp, tcpfin = t.tcpfin, udp = t.udp, "IPVS timeouts set"),
+                Ok(_) => tracing::info!(
+                    tcp = t.tcp,
+                    tcpfin = t.tcpfin,
+                    udp = t.udp,
+                    "IPVS timeouts set"
+                ),
                 Err(e) => tracing::error!(error = %e, "IPVS timeouts not set"),
             }
         }

@@ -88,7 +88,10 @@ pub struct Director {
 impl Director {
     /// Starts the proxy: binds every service's listeners, the management socket and `/metrics`.
     /// `shutdown` ends it (see [`Director::wait`]).
-    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Director, StartError> {
+    pub async fn start(
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Director, StartError> {
         let state = RuntimeState::load(&config.state_file).map_err(StartError::Other)?;
         let (mgmt_listener, gid) = switchboard_proto::mgmt_socket::bind(
             &config.management_socket,
@@ -98,7 +101,9 @@ impl Director {
         .await?;
         let background = CancellationToken::new();
         let followers = match &config.broker {
-            Some(b) => Some(follow::Followers::new(b, background.clone()).map_err(StartError::Other)?),
+            Some(b) => {
+                Some(follow::Followers::new(b, background.clone()).map_err(StartError::Other)?)
+            }
             None => None,
         };
         let director = Director {
@@ -112,10 +117,7 @@ impl Director {
                 followers,
             }),
         };
-        director
-            .apply(&config)
-            .await
-            .map_err(StartError::Other)?;
+        director.apply(&config).await.map_err(StartError::Other)?;
         switchboard_proto::mgmt_socket::spawn(
             Arc::new(mgmt::Handler::new(director.clone())),
             mgmt_listener,
@@ -175,7 +177,9 @@ impl Director {
         if let Some(f) = &self.inner.followers {
             f.sync(self, &config.services);
         } else if config.follows_pools() {
-            tracing::warn!("services that follow a pool need [broker] at start; restart the director");
+            tracing::warn!(
+                "services that follow a pool need [broker] at start; restart the director"
+            );
         }
         *lock(&self.inner.config) = Arc::new(Config {
             management_socket: old.management_socket.clone(),
@@ -394,7 +398,10 @@ impl Director {
         self.inner.conns.close();
         match limit {
             Some(l) => {
-                if tokio::time::timeout(l, self.inner.conns.wait()).await.is_err() {
+                if tokio::time::timeout(l, self.inner.conns.wait())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(
                         connections = self.connections(),
                         "shutdown_timeout reached; closing the connections left"
@@ -419,6 +426,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
+    // Accepted connections inherit keepalive and TCP_NODELAY from here.
+    proxy::tune(&socket2::SockRef::from(&s));
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -426,4 +435,25 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.bind(&addr.into())?;
     s.listen(4096)?;
     TcpListener::from_std(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_keepalive_and_nodelay_from_the_listener() {
+        let l = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            sock.tcp_keepalive_time().unwrap(),
+            std::time::Duration::from_secs(60)
+        );
+    }
 }

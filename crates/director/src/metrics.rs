@@ -39,24 +39,27 @@ pub fn spawn(director: Director, listener: TcpListener, shutdown: CancellationTo
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The metrics text.
 pub fn render(d: &Director) -> String {
     let mut out = String::new();
     let services = d.services();
-    let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {v}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    let mut family =
+        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
             }
-        }
-    };
+        };
     let backends: Vec<(String, std::sync::Arc<crate::service::Backend>)> = services
         .iter()
         .flat_map(|s| {
@@ -118,7 +121,9 @@ pub fn render(d: &Director) -> String {
         "switchboard_director_backend_weight",
         "gauge",
         "Weight in force (runtime or configured).",
-        &mut backends.iter().map(|(l, b)| (l.clone(), f64::from(b.weight()))),
+        &mut backends
+            .iter()
+            .map(|(l, b)| (l.clone(), f64::from(b.weight()))),
     );
     family(
         "switchboard_director_backend_up",
@@ -162,9 +167,12 @@ pub fn render(d: &Director) -> String {
         "switchboard_director_service_persistent_clients",
         "gauge",
         "Persistence entries (client address under the netmask → backend).",
-        &mut services
-            .iter()
-            .map(|s| (format!("service=\"{}\"", escape(&s.name)), s.templates() as f64)),
+        &mut services.iter().map(|s| {
+            (
+                format!("service=\"{}\"", escape(&s.name)),
+                s.templates() as f64,
+            )
+        }),
     );
     family(
         "switchboard_director_connections",

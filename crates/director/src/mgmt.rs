@@ -40,7 +40,9 @@ impl switchboard_proto::mgmt_socket::Handler for Handler {
         if matches!(cmd.as_str(), "drain" | "undrain" | "weight") {
             match &result {
                 Ok(_) => tracing::info!(user = %actor, command = %line, "management: done"),
-                Err(e) => tracing::warn!(user = %actor, command = %line, error = %e, "management: refused"),
+                Err(e) => {
+                    tracing::warn!(user = %actor, command = %line, error = %e, "management: refused")
+                }
             }
         }
         result
@@ -85,7 +87,12 @@ impl Handler {
             ("help", [c]) => DIRECTOR_COMMANDS
                 .iter()
                 .find(|(n, _, _)| n.eq_ignore_ascii_case(c))
-                .map(|(n, u, w)| Reply::new(json!({"command": n, "usage": u, "does": w}), format!("{u}\n  {w}")))
+                .map(|(n, u, w)| {
+                    Reply::new(
+                        json!({"command": n, "usage": u, "does": w}),
+                        format!("{u}\n  {w}"),
+                    )
+                })
                 .ok_or_else(|| format!("no command {c:?}")),
             ("hello", []) => {
                 let services = d.services();
@@ -102,12 +109,16 @@ impl Handler {
             }
             ("services", []) => Ok(services_reply(&d.services())),
             ("services", [name]) => {
-                let s = d.service(name).ok_or_else(|| format!("no service {name:?}"))?;
+                let s = d
+                    .service(name)
+                    .ok_or_else(|| format!("no service {name:?}"))?;
                 Ok(services_reply(&[s]))
             }
             ("stats", []) => Ok(stats_reply(&d.services())),
             ("stats", [name]) => {
-                let s = d.service(name).ok_or_else(|| format!("no service {name:?}"))?;
+                let s = d
+                    .service(name)
+                    .ok_or_else(|| format!("no service {name:?}"))?;
                 Ok(stats_reply(&[s]))
             }
             ("drain", [service, backend]) => {
@@ -152,7 +163,9 @@ impl Handler {
                     json!({"service": service, "backend": backend, "weight": now, "runtime": weight.is_some()}),
                     match weight {
                         Some(_) => format!("{service} {backend}: weight {now}"),
-                        None => format!("{service} {backend}: weight {now} (from the configuration)"),
+                        None => {
+                            format!("{service} {backend}: weight {now} (from the configuration)")
+                        }
                     },
                 ))
             }

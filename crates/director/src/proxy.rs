@@ -1,10 +1,13 @@
 //! The userspace data path: accept, choose a backend, connect, relay bytes both ways.
 //!
-//! On Linux the relay uses splice(2) through a pipe, so payload bytes move between the two
-//! sockets inside the kernel without being copied into this process (the `nix` crate's safe
-//! `splice` and `pipe2` wrappers: no `unsafe` here). Where splice is unavailable (another OS, or
-//! `[director] splice = false`, or the kernel refuses it for a socket), a plain userspace copy
-//! with a 64 KiB buffer does the same job. Either way:
+//! Each direction starts by reading into a per-thread buffer and writing on at once, so an idle
+//! or interactive connection (an ssh session) holds no buffer of its own. Once a read fills the
+//! whole 64 KiB buffer the direction is carrying bulk data, and on Linux it goes over to
+//! splice(2) through a pipe: the bytes then move between the two sockets inside the kernel
+//! without being copied into this process (HAProxy's `splice-auto` works the same way). The
+//! calls are the `nix` crate's safe `splice` and `pipe2` wrappers: no `unsafe` here. Without
+//! splice (another OS, `[director] splice = false`, or a kernel that refuses it for a socket)
+//! the copy goes on. Either way:
 //! - TCP keepalive is set on both legs, and TCP_NODELAY, so interactive protocols (ssh, RDP,
 //!   X2Go) see no added Nagle delay;
 //! - a half-close is passed on: when one side ends its stream, the other side's write half is
@@ -31,21 +34,22 @@ const MAX_TRIES: usize = 3;
 /// Whether splice may be used (cleared for good when the kernel refuses it).
 static SPLICE_WORKS: AtomicBool = AtomicBool::new(true);
 
-fn keepalive(s: &TcpStream) {
-    let sock = socket2::SockRef::from(s);
+/// TCP keepalive (60 s idle, then every 10 s, 6 probes) and TCP_NODELAY. Set on listeners too:
+/// Linux gives accepted sockets their listener's options, which saves system calls per
+/// connection.
+pub(crate) fn tune(sock: &socket2::SockRef<'_>) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10));
     #[cfg(target_os = "linux")]
     let ka = ka.with_retries(6);
     let _ = sock.set_tcp_keepalive(&ka);
-    let _ = s.set_nodelay(true);
+    let _ = sock.set_tcp_nodelay(true);
 }
 
 /// Serves one accepted client connection to its end.
 pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, splice: bool) {
-    keepalive(&client);
-    let local = client.local_addr().unwrap_or(peer);
+    // Keepalive and TCP_NODELAY come from the listener (see `tune`).
     let config = service.config();
     let mut tried = Vec::new();
     let (lease, server) = loop {
@@ -72,9 +76,10 @@ pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, 
         }
     };
     lease.connected();
-    keepalive(&server);
+    tune(&socket2::SockRef::from(&server));
     tracing::debug!(service = %service.name, client = %peer, backend = %lease.backend.addr, "connected");
     if config.proxy_protocol {
+        let local = client.local_addr().unwrap_or(peer);
         let header = proxy_v2_header(peer, local);
         if let Err(e) = write_all(&server, &header).await {
             tracing::warn!(service = %service.name, backend = %lease.backend.addr, error = %e, "PROXY header not sent");
@@ -132,8 +137,11 @@ async fn relay(
     splice: bool,
 ) -> io::Result<()> {
     let last = Activity::new();
-    let up = pump(client, server, splice, &last, |n| lease.bytes_in(n));
-    let down = pump(server, client, splice, &last, |n| lease.bytes_out(n));
+    let ended = std::sync::atomic::AtomicU8::new(0);
+    let up = pump(client, server, splice, &last, &ended, |n| lease.bytes_in(n));
+    let down = pump(server, client, splice, &last, &ended, |n| {
+        lease.bytes_out(n)
+    });
     let both = async {
         tokio::pin!(up);
         tokio::pin!(down);
@@ -172,26 +180,86 @@ async fn relay(
     result
 }
 
-/// Moves bytes from `from` to `to` until `from` ends, then shuts down `to`'s write half.
+thread_local! {
+    /// The read buffer of every connection served by this thread: data is written on at once,
+    /// and only what the destination cannot take yet is kept per connection. Idle connections
+    /// (most ssh sessions) hold no buffer.
+    static BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; CHUNK].into_boxed_slice());
+}
+
+/// Ends a direction: passes the end of stream on with a shutdown of `to`'s write half, unless the
+/// other direction has ended already (then both sockets are about to be closed, which sends the
+/// FIN anyway).
+fn end_of_stream(to: &TcpStream, ended: &std::sync::atomic::AtomicU8) {
+    if ended.fetch_add(1, Ordering::AcqRel) == 0 {
+        let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` ends, then passes the end on.
+///
+/// Small transfers are read into the thread's buffer and written on in the same step (as
+/// HAProxy's `splice-auto`, splicing a few bytes costs more than copying them: a pipe and twice
+/// the calls). Once one read fills the whole buffer, the direction is carrying bulk data and goes
+/// over to splice(2) for the rest of the connection.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     splice: bool,
     last: &Activity,
+    ended: &std::sync::atomic::AtomicU8,
     count: impl Fn(u64),
 ) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if splice {
-        match splice_pump(from, to, last, &count).await {
-            Spliced::Done(r) => return r,
-            Spliced::Unsupported(e) => {
-                tracing::warn!(error = %e, "splice refused; copying in userspace from now on");
-                SPLICE_WORKS.store(false, Ordering::Relaxed);
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        from.readable().await?;
+        let step = BUF.with_borrow_mut(|buf| -> io::Result<Option<(usize, bool)>> {
+            let n = match from.try_read(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut off = 0;
+            while off < n {
+                match to.try_write(&buf[off..n]) {
+                    Ok(m) => off += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            pending.extend_from_slice(&buf[off..n]);
+            Ok(Some((n, n == buf.len())))
+        })?;
+        let Some((n, full)) = step else { continue };
+        if n == 0 {
+            end_of_stream(to, ended);
+            return Ok(());
+        }
+        last.touch();
+        while !pending.is_empty() {
+            to.writable().await?;
+            match to.try_write(&pending) {
+                Ok(m) => {
+                    pending.drain(..m);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
         }
+        pending = Vec::new();
+        count(n as u64);
+        #[cfg(target_os = "linux")]
+        if full && splice && SPLICE_WORKS.load(Ordering::Relaxed) {
+            match splice_pump(from, to, last, ended, &count).await {
+                Spliced::Done(r) => return r,
+                Spliced::Unsupported(e) => {
+                    tracing::warn!(error = %e, "splice refused; copying in userspace from now on");
+                    SPLICE_WORKS.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = (full, splice);
     }
-    let _ = splice;
-    copy_pump(from, to, last, &count).await
 }
 
 /// How a splice relay ended.
@@ -209,6 +277,7 @@ async fn splice_pump(
     from: &TcpStream,
     to: &TcpStream,
     last: &Activity,
+    ended: &std::sync::atomic::AtomicU8,
     count: &impl Fn(u64),
 ) -> Spliced {
     use nix::fcntl::{OFlag, SpliceFFlags, splice};
@@ -226,12 +295,17 @@ async fn splice_pump(
             splice(from, None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
         }) {
             Ok(0) => {
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                end_of_stream(to, ended);
                 return Spliced::Done(Ok(()));
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EINVAL | nix::libc::ENOSYS)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EINVAL | nix::libc::ENOSYS)
+                ) =>
+            {
                 return Spliced::Unsupported(e);
             }
             Err(e) => return Spliced::Done(Err(e)),
@@ -248,38 +322,6 @@ async fn splice_pump(
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Spliced::Done(Err(e)),
-            }
-        }
-        count(n as u64);
-    }
-}
-
-async fn copy_pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    last: &Activity,
-    count: &impl Fn(u64),
-) -> io::Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        from.readable().await?;
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        last.touch();
-        let mut off = 0;
-        while off < n {
-            to.writable().await?;
-            match to.try_write(&buf[off..n]) {
-                Ok(m) => off += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
             }
         }
         count(n as u64);

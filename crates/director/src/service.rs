@@ -164,7 +164,8 @@ impl Backend {
 
     /// Live connections (active and half-closed).
     pub fn connections(&self) -> u64 {
-        self.counters.active.load(Ordering::Relaxed) + self.counters.inactive.load(Ordering::Relaxed)
+        self.counters.active.load(Ordering::Relaxed)
+            + self.counters.inactive.load(Ordering::Relaxed)
     }
 
     /// A word for its state: `up`, `down`, `drain`, `removed`.
@@ -271,14 +272,26 @@ impl Lease {
 
     /// Counts bytes from the client.
     pub fn bytes_in(&self, n: u64) {
-        self.backend.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
-        self.service.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.backend
+            .counters
+            .bytes_in
+            .fetch_add(n, Ordering::Relaxed);
+        self.service
+            .counters
+            .bytes_in
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts bytes to the client.
     pub fn bytes_out(&self, n: u64) {
-        self.backend.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.service.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.backend
+            .counters
+            .bytes_out
+            .fetch_add(n, Ordering::Relaxed);
+        self.service
+            .counters
+            .bytes_out
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// The service.
@@ -417,7 +430,8 @@ impl Service {
         let mut t = lock(&self.table);
         Self::sweep_locked(&mut t);
         let now = Instant::now();
-        t.templates.retain(|_, tpl| tpl.conns > 0 || tpl.expires > now);
+        t.templates
+            .retain(|_, tpl| tpl.conns > 0 || tpl.expires > now);
     }
 
     fn sweep_locked(t: &mut Table) {
@@ -617,7 +631,10 @@ mod tests {
         drop(first);
         assert_eq!(s.pick(client(1), &[]).unwrap().backend.addr, addr);
         // Drained: the persistent client still follows (drain_keeps_persistent defaults to true).
-        s.backend(addr).unwrap().drained.store(true, Ordering::Relaxed);
+        s.backend(addr)
+            .unwrap()
+            .drained
+            .store(true, Ordering::Relaxed);
         assert_eq!(s.pick(client(1), &[]).unwrap().backend.addr, addr);
         // Down: it goes elsewhere.
         s.backend(addr).unwrap().up.store(false, Ordering::Relaxed);
@@ -626,11 +643,13 @@ mod tests {
 
     #[test]
     fn a_drained_backend_can_drop_its_persistent_clients() {
-        let s = service(
-            "scheduler = \"rr\"\npersistence = \"1h\"\ndrain_keeps_persistent = false\n",
-        );
+        let s =
+            service("scheduler = \"rr\"\npersistence = \"1h\"\ndrain_keeps_persistent = false\n");
         let addr = s.pick(client(1), &[]).unwrap().backend.addr;
-        s.backend(addr).unwrap().drained.store(true, Ordering::Relaxed);
+        s.backend(addr)
+            .unwrap()
+            .drained
+            .store(true, Ordering::Relaxed);
         assert_ne!(s.pick(client(1), &[]).unwrap().backend.addr, addr);
     }
 
@@ -668,7 +687,9 @@ mod tests {
         let c = s.pick(client(1), &[]).unwrap();
         assert!(s.pick(client(1), &[]).is_none());
         drop(b);
-        let d = s.pick(client(1), &[c.backend.addr, a.backend.addr]).unwrap();
+        let d = s
+            .pick(client(1), &[c.backend.addr, a.backend.addr])
+            .unwrap();
         assert_eq!(d.backend.addr.port(), 11);
     }
 }

@@ -101,12 +101,12 @@ impl RuntimeState {
             .or_default();
         f(entry);
         let result = entry.clone();
-        if result.is_empty() {
-            if let Some(m) = next.get_mut(service) {
-                m.remove(backend);
-                if m.is_empty() {
-                    next.remove(service);
-                }
+        if result.is_empty()
+            && let Some(m) = next.get_mut(service)
+        {
+            m.remove(backend);
+            if m.is_empty() {
+                next.remove(service);
             }
         }
         save(&self.path, &next)?;
@@ -115,7 +115,10 @@ impl RuntimeState {
     }
 }
 
-fn save(path: &Path, services: &BTreeMap<String, BTreeMap<String, Override>>) -> Result<(), String> {
+fn save(
+    path: &Path,
+    services: &BTreeMap<String, BTreeMap<String, Override>>,
+) -> Result<(), String> {
     let err = |e: std::io::Error| format!("cannot save the state file {}: {e}", path.display());
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -152,11 +155,13 @@ mod tests {
         let path = dir.path().join("state.json");
         let mut s = RuntimeState::load(&path).unwrap();
         s.update("ssh", "127.0.0.1:22", |o| o.drain = true).unwrap();
-        s.update("ssh", "127.0.0.2:22", |o| o.weight = Some(5)).unwrap();
+        s.update("ssh", "127.0.0.2:22", |o| o.weight = Some(5))
+            .unwrap();
         let again = RuntimeState::load(&path).unwrap();
         assert!(again.get("ssh", "127.0.0.1:22").drain);
         assert_eq!(again.get("ssh", "127.0.0.2:22").weight, Some(5));
-        s.update("ssh", "127.0.0.1:22", |o| o.drain = false).unwrap();
+        s.update("ssh", "127.0.0.1:22", |o| o.drain = false)
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("127.0.0.1:22"), "{text}");
     }

@@ -43,8 +43,11 @@ impl Reply {
 /// What a daemon does with one command line (never empty, never `verbose` or `quit`).
 pub trait Handler: Send + Sync + 'static {
     /// Runs `line` for the peer user `actor`.
-    fn execute(&self, line: String, actor: String)
-    -> impl Future<Output = Result<Reply, String>> + Send;
+    fn execute(
+        &self,
+        line: String,
+        actor: String,
+    ) -> impl Future<Output = Result<Reply, String>> + Send;
 }
 
 /// Why the socket could not be set up.
