@@ -18,7 +18,8 @@
 # connections/s; HAProxy adds about +15–30 µs per round trip at p50, unpinned.
 #
 # HAProxy is Debian's 2.6 in `mode tcp`, nbthread 1, timeout client/server 60s, one `listen` per
-# backend, as in that reference. The CPU used by HAProxy and by the director in each run is read
+# backend, as in that reference; the director likewise runs with `[director] threads = 1`
+# (DIRECTOR_THREADS=0 gives it its default, one thread per CPU). The CPU used by HAProxy and by the director in each run is read
 # from /proc/PID/stat (utime + stime). Before each measurement the script waits (at most IDLE_WAIT
 # seconds) until the whole machine is at most IDLE_MAX % busy; "foreign" is the CPU used during a
 # run by processes other than the benchmark's own (servers, proxy, client), in % of the machine,
@@ -230,7 +231,14 @@ HAPROXY_PID=$(child_of "$SPAWNED")
 wait_listen haproxy "$HAPROXY_PID" "$H_IPERF" "$H_SPLICE" "$H_WEB" "$H_ECHO"
 
 # ---- the director ----
+# One thread, as HAProxy's nbthread 1 above (DIRECTOR_THREADS=0 leaves the default, one per CPU).
+DIRECTOR_THREADS=${DIRECTOR_THREADS:-1}
+THREADS_LINE="threads = $DIRECTOR_THREADS"
+[ "$DIRECTOR_THREADS" = 0 ] && THREADS_LINE="# threads: one per CPU"
 cat > "$WORK/director.toml" <<EOF
+[director]
+$THREADS_LINE
+
 [management]
 socket = "$WORK/director.sock"
 

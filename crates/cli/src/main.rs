@@ -342,7 +342,21 @@ fn director(config_path: &Path, check: bool, dry_run: bool) -> Result<ExitCode> 
             }
         });
     }
-    runtime()?.block_on(async move {
+    // `[director] threads = 1` runs everything on one thread, as HAProxy's `nbthread 1`: no
+    // wake-ups across threads, which pays on small machines.
+    let rt = match config.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?,
+        None => runtime()?,
+    };
+    rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let director = switchboard_director::Director::start(config, shutdown.clone()).await?;
         let d = director.clone();

@@ -156,6 +156,18 @@ fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_di
     let m = spread(listen, 6);
     assert!(!m.contains_key("127.0.0.2"), "{m:?}");
 
+    // A runtime weight of 0 on the director quiesces a backend too; `reset` brings back the
+    // broker's weight.
+    let h3 = format!("127.0.0.3:{port}");
+    let out = ctl(&socket, &["weight", "login", &h3, "0"]);
+    assert!(out.contains("weight 0"), "{out}");
+    let m = spread(listen, 4);
+    assert_eq!(m, BTreeMap::from([("127.0.0.1".to_owned(), 4)]), "weight 0");
+    let out = ctl(&socket, &["weight", "login", &h3, "reset"]);
+    assert!(out.contains("weight 100"), "{out}");
+    let m = spread(listen, 4);
+    assert_eq!(m.get("127.0.0.3"), Some(&2), "{m:?}");
+
     // The broker dies: the director keeps its last view.
     drop(broker);
     std::thread::sleep(Duration::from_secs(2));

@@ -77,6 +77,8 @@ pub struct Config {
     pub splice: bool,
     /// How long a shutdown waits for live connections; `None` waits for all of them.
     pub shutdown_timeout: Option<Duration>,
+    /// Worker threads (`None`: one per CPU; 1: a single-threaded event loop).
+    pub threads: Option<usize>,
     /// Management socket path, mode and group.
     pub management_socket: PathBuf,
     /// Mode of the socket file.
@@ -264,6 +266,22 @@ struct DirectorSection {
     mode: Option<Mode>,
     splice: Option<bool>,
     shutdown_timeout: Option<ConfigDuration>,
+    threads: Option<Threads>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Threads(usize);
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u32::deserialize(d)?;
+        if !(1..=1024).contains(&n) {
+            return Err(serde::de::Error::custom(format!(
+                "threads must be 1–1024, not {n}"
+            )));
+        }
+        Ok(Threads(n as usize))
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -749,6 +767,7 @@ impl FileConfig {
             path: None,
             mode: self.director.mode.unwrap_or_default(),
             splice: self.director.splice.unwrap_or(true),
+            threads: self.director.threads.map(|t| t.0),
             shutdown_timeout: self
                 .director
                 .shutdown_timeout

@@ -168,9 +168,10 @@ impl Director {
             || old.state_file != config.state_file
             || old.mode != config.mode
             || old.broker != config.broker
+            || old.threads != config.threads
         {
             tracing::warn!(
-                "[director], [management], [http], [state] and [broker] changes apply at the next restart"
+                "[director] mode and threads, [management], [http], [state] and [broker] changes apply at the next restart"
             );
         }
         self.apply(&config).await?;
@@ -187,6 +188,7 @@ impl Director {
             state_file: old.state_file.clone(),
             mode: old.mode,
             broker: old.broker.clone(),
+            threads: old.threads,
             ..config
         });
         Ok(())
