@@ -444,6 +444,7 @@ async fn openapi_documents_every_route_and_only_real_ones() {
         ("post", "/api/v1/hosts/{name}/online"),
         ("put", "/api/v1/hosts/{name}/weight"),
         ("get", "/api/v1/pools"),
+        ("get", "/api/v1/pools/{name}/watch"),
         ("post", "/api/v1/sessions"),
         ("get", "/api/v1/sessions"),
         ("get", "/api/v1/sessions/{id}"),
@@ -575,4 +576,66 @@ fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
         "203.0.113.7".parse::<std::net::IpAddr>().unwrap()
     );
     assert_eq!(client_ip(proxy, &HeaderMap::new(), &[proxy]), proxy);
+}
+
+/// The pool watch stream: one `pool` event at once, another after a drain, 404 for an unknown
+/// pool, 401 without a token.
+#[tokio::test]
+async fn a_pool_watch_streams_the_pool_and_its_changes() {
+    let b = TestBroker::start(Kind::Sqlite, &three_hosts()).await;
+    let url = format!("{}/api/v1/pools/desktops/watch", b.base);
+    let r = b.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = b
+        .client
+        .get(format!("{}/api/v1/pools/nope/watch", b.base))
+        .bearer_auth(&b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let mut r = b
+        .client
+        .get(&url)
+        .bearer_auth(&b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut text = String::new();
+    let mut next_event = async || -> Value {
+        loop {
+            if let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    assert!(block.contains("event: pool"), "{block}");
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+                .expect("the stream stays open");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    let first = next_event().await;
+    assert_eq!(first["pool"], "desktops");
+    let hosts = first["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert_eq!(hosts[2]["name"], "h3");
+    assert_eq!(hosts[2]["weight"], 200);
+    assert_eq!(hosts[1]["admin"], "online");
+    b.ok("POST", "/api/v1/hosts/h2/drain", None).await;
+    let second = next_event().await;
+    assert_eq!(second["hosts"][1]["name"], "h2");
+    assert_eq!(second["hosts"][1]["admin"], "draining");
 }
