@@ -69,10 +69,6 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
 /// This machine's short host name (`x2go1` for `x2go1.example.org`).
 pub fn short_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -138,7 +134,10 @@ impl AgentConfig {
             let msg = e.message().trim().to_owned();
             ConfigError {
                 file: file.to_owned(),
-                message: match e.span().map(|s| line_of(text, s.start)) {
+                message: match e
+                    .span()
+                    .map(|s| switchboard_core::config::line_of(text, s.start))
+                {
                     Some(l) => format!("line {l}: {msg}"),
                     None => msg,
                 },

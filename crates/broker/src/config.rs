@@ -575,11 +575,6 @@ fn merge_host(
     Ok(())
 }
 
-/// Line (1-based) of a byte offset in `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
 fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, String> {
     value
         .parse()
@@ -605,7 +600,9 @@ impl Config {
             message,
         };
         let raw: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
+            let line = e
+                .span()
+                .map(|s| switchboard_core::config::line_of(text, s.start));
             let msg = e.message().trim().to_owned();
             err(match line {
                 Some(l) => format!("line {l}: {msg}"),

@@ -40,6 +40,15 @@ pub enum ConfigValueError {
     },
 }
 
+/// Line (1-based) of a byte offset in `text`, for config errors that name the line.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .unwrap_or(text)
+        .matches('\n')
+        .count()
+        + 1
+}
+
 /// Parses a config duration: a humantime string or a bare integer number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, ConfigValueError> {
     let t = text.trim();

@@ -515,11 +515,6 @@ impl<'de> Deserialize<'de> for FileMode {
     }
 }
 
-/// Line (1-based) of a byte offset in `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -544,7 +539,9 @@ impl Config {
             message,
         };
         let raw: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
+            let line = e
+                .span()
+                .map(|s| switchboard_core::config::line_of(text, s.start));
             let msg = e.message().trim().to_owned();
             err(match line {
                 Some(l) => format!("line {l}: {msg}"),
@@ -568,7 +565,7 @@ impl FileConfig {
         let mut listens = BTreeSet::new();
         let mut services = Vec::new();
         for s in self.services {
-            let line = line_of(text, s.name.span().start);
+            let line = switchboard_core::config::line_of(text, s.name.span().start);
             let name = s.name.into_inner();
             let at =
                 |key: &str, m: String| format!("line {line}: service {name:?}: key `{key}`: {m}");
