@@ -186,7 +186,12 @@ async fn stream(
     tracing::info!(service = %service, url = %url, "following the broker pool");
     let mut parser = SseParser::default();
     let mut seen = false;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+    // The broker sends a comment every 15 s: silence for 45 s means it is gone without a FIN.
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(45), resp.chunk())
+        .await
+        .map_err(|_| "no data from the broker for 45 s".to_owned())?
+        .map_err(|e| e.to_string())?
+    {
         for (event, data) in parser.push(&chunk)? {
             if event != "pool" {
                 continue;
@@ -234,6 +239,7 @@ pub(crate) fn apply(
         ));
     }
     director.set_backends(&s, &specs);
+    s.synced.store(true, Ordering::Relaxed);
     for (addr, drain, down) in flags {
         if let Some(b) = s.backend(addr) {
             b.broker_drain.store(drain, Ordering::Relaxed);

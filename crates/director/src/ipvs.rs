@@ -259,6 +259,10 @@ pub async fn dry_run(config: &Config) -> Result<(String, String), String> {
 fn desired_now(director: &Director) -> Table {
     let mut desired = Table::default();
     for s in director.services() {
+        if !s.synced.load(Ordering::Relaxed) {
+            // A pool-backed service before the broker's first view: leave its entries alone.
+            continue;
+        }
         let sc = s.config();
         let dests: Vec<(SocketAddr, u32)> = s
             .backends()

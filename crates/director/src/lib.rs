@@ -263,6 +263,17 @@ impl Director {
                     })
                     .collect();
                 self.set_backends(&running.service, &specs);
+                // A service that followed a pool before keeps no state from the broker.
+                for b in running.service.backends() {
+                    b.broker_drain
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    b.broker_down
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                running
+                    .service
+                    .synced
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             for addr in sc.listen.iter().filter(|_| proxy) {
                 if running.listeners.iter().any(|(a, _)| a == addr) {

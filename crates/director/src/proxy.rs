@@ -243,13 +243,6 @@ async fn pump(
             end_of_stream(to, ended);
             return Ok(());
         }
-        if !full {
-            // A short read emptied the socket: anything arriving later raises a new edge, so
-            // the readiness can be cleared now instead of by one more read that would block.
-            let _ = from.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-            });
-        }
         last.touch();
         while !pending.is_empty() {
             to.writable().await?;

@@ -222,6 +222,8 @@ struct Table {
     /// Weights at the last rebuild, to know when to rebuild.
     weights: Vec<u32>,
     templates: HashMap<IpAddr, Template>,
+    /// The backend list changed since the last rebuild (sh/mh tables key on it).
+    dirty: bool,
 }
 
 /// One virtual service.
@@ -233,6 +235,9 @@ pub struct Service {
     table: Mutex<Table>,
     /// Service-wide counters.
     pub counters: Counters,
+    /// For a service that follows a broker pool: a view has arrived. Until then IPVS mode leaves
+    /// its kernel entries alone rather than emptying them.
+    pub synced: AtomicBool,
 }
 
 /// A connection's hold on its backend: counts it while alive.
@@ -353,8 +358,10 @@ impl Service {
                 scheduler,
                 weights: Vec::new(),
                 templates: HashMap::new(),
+                dirty: true,
             }),
             counters: Counters::default(),
+            synced: AtomicBool::new(false),
         })
     }
 
@@ -422,6 +429,7 @@ impl Service {
         };
         t.backends.sort_by_key(order);
         Self::sweep_locked(&mut t);
+        t.dirty = true;
         added
     }
 
@@ -435,6 +443,7 @@ impl Service {
     }
 
     fn sweep_locked(t: &mut Table) {
+        let before = t.backends.len();
         t.backends.retain(|b| {
             let keep = !b.removed.load(Ordering::Relaxed) || b.connections() > 0;
             if !keep {
@@ -442,6 +451,9 @@ impl Service {
             }
             keep
         });
+        if t.backends.len() != before {
+            t.dirty = true;
+        }
     }
 
     /// Stops every backend's health checks (the service is gone).
@@ -482,7 +494,8 @@ impl Service {
                     })
                     .collect();
                 let weights: Vec<u32> = dests.iter().map(|d| d.weight).collect();
-                if weights != t.weights {
+                if weights != t.weights || t.dirty {
+                    t.dirty = false;
                     t.scheduler.rebuild(&dests);
                     t.weights = weights;
                 }
@@ -505,16 +518,17 @@ impl Service {
                 b
             }
         };
-        drop(t);
+        // Counted before the lock is released, so that concurrent picks see the cap and a sweep
+        // never drops a backend that was just chosen.
         for c in [&backend.counters, &self.counters] {
             c.active.fetch_add(1, Ordering::Relaxed);
         }
         let persist_key = persist_key.filter(|k| {
-            lock(&self.table)
-                .templates
+            t.templates
                 .get(k)
                 .is_some_and(|tpl| tpl.backend == backend.addr)
         });
+        drop(t);
         Some(Lease {
             service: self.clone(),
             backend,
