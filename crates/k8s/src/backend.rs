@@ -96,7 +96,9 @@ pub enum StartError {
 
 impl From<kube::Error> for StartError {
     fn from(e: kube::Error) -> StartError {
-        StartError::Api { message: e.to_string() }
+        StartError::Api {
+            message: e.to_string(),
+        }
     }
 }
 
@@ -171,7 +173,9 @@ impl StartHandle {
             .wait_for(Progress::is_final)
             .await
             .map(|p| p.clone())
-            .unwrap_or(Progress::Failed(StartError::Api { message: "start task ended".into() }));
+            .unwrap_or(Progress::Failed(StartError::Api {
+                message: "start task ended".into(),
+            }));
         match p {
             Progress::Ready(t) => Ok(t),
             Progress::Failed(e) => Err(e),
@@ -302,7 +306,9 @@ impl Backend {
     pub async fn delete(&self, user: &str, session_type: &str) -> Result<bool, StartError> {
         let name = names::pod_name(user, session_type);
         match self.inner.pods.get_opt(&name).await? {
-            Some(pod) if owned_by(&pod, user, session_type) => delete_pod(&self.inner.pods, &name).await,
+            Some(pod) if owned_by(&pod, user, session_type) => {
+                delete_pod(&self.inner.pods, &name).await
+            }
             Some(_) => Err(StartError::NotOwner { pod: name }),
             None => Ok(false),
         }
@@ -314,7 +320,10 @@ impl Backend {
     }
 
     fn cached_ready(&self, name: &str, owner: &Owner, session_type: &str) -> Option<Target> {
-        let pod = self.inner.cache.get(&ObjectRef::new(name).within(&self.inner.settings.render.namespace))?;
+        let pod = self
+            .inner
+            .cache
+            .get(&ObjectRef::new(name).within(&self.inner.settings.render.namespace))?;
         if !owned_by(&pod, &owner.user, session_type) {
             return None;
         }
@@ -326,7 +335,10 @@ impl Backend {
 
     fn target(&self, name: &str, ip: IpAddr, pod: &Pod) -> Target {
         let port = session_port(pod).unwrap_or(self.inner.settings.render.default_port);
-        Target { pod: name.to_string(), address: SocketAddr::new(ip, port) }
+        Target {
+            pod: name.to_string(),
+            address: SocketAddr::new(ip, port),
+        }
     }
 
     async fn drive(
@@ -337,9 +349,15 @@ impl Backend {
         tx: &watch::Sender<Progress>,
     ) -> Result<Target, StartError> {
         let inner = &self.inner;
-        let template = |e: crate::template::TemplateError| StartError::Template { message: e.to_string() };
-        let (path, tpl) = inner.templates.lookup(owner, session_type).map_err(template)?;
-        let rendered = render(&tpl, &path, owner, session_type, &inner.settings.render).map_err(template)?;
+        let template = |e: crate::template::TemplateError| StartError::Template {
+            message: e.to_string(),
+        };
+        let (path, tpl) = inner
+            .templates
+            .lookup(owner, session_type)
+            .map_err(template)?;
+        let rendered =
+            render(&tpl, &path, owner, session_type, &inner.settings.render).map_err(template)?;
         if let Some(claim) = &rendered.claim {
             match inner.claims.create(&PostParams::default(), claim).await {
                 Ok(_) => {}
@@ -352,13 +370,21 @@ impl Backend {
         'outer: loop {
             rounds += 1;
             if rounds > 8 {
-                return Err(StartError::Api { message: format!("pod {name} keeps changing; giving up") });
+                return Err(StartError::Api {
+                    message: format!("pod {name} keeps changing; giving up"),
+                });
             }
             let pod = match inner.pods.get_opt(name).await? {
                 Some(p) => p,
                 None => {
-                    tx.send_replace(Progress::Creating { pod: name.to_string() });
-                    match inner.pods.create(&PostParams::default(), &rendered.pod).await {
+                    tx.send_replace(Progress::Creating {
+                        pod: name.to_string(),
+                    });
+                    match inner
+                        .pods
+                        .create(&PostParams::default(), &rendered.pod)
+                        .await
+                    {
                         Ok(p) => p,
                         Err(kube::Error::Api(s)) if s.code == 409 => continue,
                         Err(e) => return Err(e.into()),
@@ -366,7 +392,9 @@ impl Backend {
                 }
             };
             if !owned_by(&pod, &owner.user, session_type) {
-                return Err(StartError::NotOwner { pod: name.to_string() });
+                return Err(StartError::NotOwner {
+                    pod: name.to_string(),
+                });
             }
             let mut state = classify(&pod);
             let mut rv = pod.metadata.resource_version.clone().unwrap_or_default();
@@ -377,10 +405,17 @@ impl Backend {
                     PodState::Ready { ip } => return Ok(self.target(name, ip, &pod)),
                     PodState::Broken { reason, message } => {
                         let _ = delete_pod(&inner.pods, name).await;
-                        return Err(StartError::Broken { pod: name.to_string(), reason, message });
+                        return Err(StartError::Broken {
+                            pod: name.to_string(),
+                            reason,
+                            message,
+                        });
                     }
                     PodState::Replace { reason } => {
-                        tx.send_replace(Progress::Replacing { pod: name.to_string(), reason });
+                        tx.send_replace(Progress::Replacing {
+                            pod: name.to_string(),
+                            reason,
+                        });
                         self.replace(name, &rv).await?;
                         continue 'outer;
                     }
@@ -390,7 +425,11 @@ impl Backend {
                             deadline = Instant::now() + budgets.of(s);
                         }
                         tx.send_if_modified(|p| {
-                            let new = Progress::Waiting { pod: name.to_string(), stage: s, detail };
+                            let new = Progress::Waiting {
+                                pod: name.to_string(),
+                                stage: s,
+                                detail,
+                            };
                             if *p == new {
                                 false
                             } else {
@@ -401,11 +440,14 @@ impl Backend {
                     }
                 }
                 let s = stage.expect("set while waiting");
-                let wp = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(290);
-                let mut events = match tokio::time::timeout_at(deadline, inner.pods.watch(&wp, &rv)).await {
-                    Err(_) => return Err(self.timed_out(name, s).await),
-                    Ok(r) => r?.boxed(),
-                };
+                let wp = WatchParams::default()
+                    .fields(&format!("metadata.name={name}"))
+                    .timeout(290);
+                let mut events =
+                    match tokio::time::timeout_at(deadline, inner.pods.watch(&wp, &rv)).await {
+                        Err(_) => return Err(self.timed_out(name, s).await),
+                        Ok(r) => r?.boxed(),
+                    };
                 state = loop {
                     let next = match tokio::time::timeout_at(deadline, events.try_next()).await {
                         Err(_) => return Err(self.timed_out(name, s).await),
@@ -426,10 +468,13 @@ impl Backend {
                         Ok(Some(WatchEvent::Error(_))) | Err(_) => continue 'outer,
                         // The server ended the watch (timeout): watch again from where we were.
                         Ok(None) => {
-                            events = match tokio::time::timeout_at(deadline, inner.pods.watch(&wp, &rv)).await {
-                                Err(_) => return Err(self.timed_out(name, s).await),
-                                Ok(r) => r?.boxed(),
-                            };
+                            events =
+                                match tokio::time::timeout_at(deadline, inner.pods.watch(&wp, &rv))
+                                    .await
+                                {
+                                    Err(_) => return Err(self.timed_out(name, s).await),
+                                    Ok(r) => r?.boxed(),
+                                };
                         }
                     }
                 };
@@ -451,7 +496,9 @@ impl Backend {
         let pods = &self.inner.pods;
         let deadline = Instant::now() + self.inner.settings.deletion_timeout;
         delete_pod(pods, name).await?;
-        let wp = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(60);
+        let wp = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(60);
         let mut rv = rv.to_string();
         loop {
             if pods.get_opt(name).await?.is_none() {
@@ -491,8 +538,17 @@ impl Backend {
 
     /// Lists the pool's pods from the API server (not the cache).
     pub async fn list(&self) -> Result<Vec<Pod>, StartError> {
-        let selector = format!("{}={}", names::POOL_LABEL, names::label_value(&self.inner.settings.render.pool));
-        Ok(self.inner.pods.list(&ListParams::default().labels(&selector)).await?.items)
+        let selector = format!(
+            "{}={}",
+            names::POOL_LABEL,
+            names::label_value(&self.inner.settings.render.pool)
+        );
+        Ok(self
+            .inner
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items)
     }
 }
 
@@ -507,8 +563,12 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<bool, StartError> {
 /// Whether `pod` is `user`'s session of `session_type` (by its annotations).
 pub fn owned_by(pod: &Pod, user: &str, session_type: &str) -> bool {
     let a = pod.metadata.annotations.as_ref();
-    a.and_then(|a| a.get(names::USER_ANNOTATION)).map(String::as_str) == Some(user)
-        && a.and_then(|a| a.get(names::TYPE_ANNOTATION)).map(String::as_str) == Some(session_type)
+    a.and_then(|a| a.get(names::USER_ANNOTATION))
+        .map(String::as_str)
+        == Some(user)
+        && a.and_then(|a| a.get(names::TYPE_ANNOTATION))
+            .map(String::as_str)
+            == Some(session_type)
 }
 
 /// The port a container names `session` or `xpra`.

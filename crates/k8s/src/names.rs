@@ -42,11 +42,19 @@ pub fn pod_name(user: &str, session_type: &str) -> String {
         .chain_update([0u8])
         .chain_update(session_type.as_bytes())
         .finalize();
-    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect::<String>()[..HASH_HEX].to_string();
+    let hash: String = digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..HASH_HEX]
+        .to_string();
     let mut prefix = sanitise(&plain);
     prefix.truncate(MAX_NAME - 1 - HASH_HEX);
     let prefix = prefix.trim_end_matches('-');
-    if prefix.is_empty() { format!("s-{hash}") } else { format!("{prefix}-{hash}") }
+    if prefix.is_empty() {
+        format!("s-{hash}")
+    } else {
+        format!("{prefix}-{hash}")
+    }
 }
 
 /// The value of [`USER_LABEL`]: the user when it is a valid label value, else a sanitised form
@@ -57,10 +65,18 @@ pub fn label_value(value: &str) -> String {
     }
     let mut s: String = value
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     s.truncate(MAX_NAME);
-    let s = s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    let s = s
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
     if s.is_empty() { "x".to_string() } else { s }
 }
 
@@ -68,7 +84,8 @@ pub fn label_value(value: &str) -> String {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -77,7 +94,8 @@ pub fn is_dns_label(s: &str) -> bool {
 fn is_label_value(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -85,7 +103,10 @@ fn is_label_value(s: &str) -> bool {
 /// A user that can stand unhashed before `-<type>`: lower-case letters and digits only, so the
 /// first `-` of the name always ends the user.
 fn is_plain_user(user: &str) -> bool {
-    !user.is_empty() && user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !user.is_empty()
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Lower-case, every other character (`@`, `.`, `_`, …) becomes `-`, runs of `-` collapse, no
@@ -94,7 +115,11 @@ fn sanitise(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         let c = c.to_ascii_lowercase();
-        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' };
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
         if c == '-' && (out.is_empty() || out.ends_with('-')) {
             continue;
         }
@@ -111,7 +136,10 @@ mod tests {
     #[test]
     fn plain_users_keep_the_seeds_name() {
         assert_eq!(pod_name("alice", "xfce"), "alice-xfce");
-        assert_eq!(pod_name("u1234", "seamless-desktop"), "u1234-seamless-desktop");
+        assert_eq!(
+            pod_name("u1234", "seamless-desktop"),
+            "u1234-seamless-desktop"
+        );
     }
 
     #[test]
@@ -142,7 +170,12 @@ mod tests {
     fn no_collisions_over_many_users() {
         let mut seen = HashSet::new();
         for i in 0..5000 {
-            for user in [format!("user{i}"), format!("User{i}"), format!("user.{i}"), format!("user-{i}")] {
+            for user in [
+                format!("user{i}"),
+                format!("User{i}"),
+                format!("user.{i}"),
+                format!("user-{i}"),
+            ] {
                 assert!(seen.insert(pod_name(&user, "desktop")), "{user}");
             }
         }

@@ -71,13 +71,22 @@ pub const FATAL_WAITING: &[&str] = &[
 /// Classifies `pod`.
 pub fn classify(pod: &Pod) -> PodState {
     if pod.metadata.deletion_timestamp.is_some() {
-        return PodState::Replace { reason: "Terminating".into() };
+        return PodState::Replace {
+            reason: "Terminating".into(),
+        };
     }
     let Some(status) = pod.status.as_ref() else {
-        return PodState::Waiting { stage: Stage::Scheduling, detail: None };
+        return PodState::Waiting {
+            stage: Stage::Scheduling,
+            detail: None,
+        };
     };
     match status.phase.as_deref() {
-        Some("Succeeded") => return PodState::Replace { reason: "Succeeded".into() },
+        Some("Succeeded") => {
+            return PodState::Replace {
+                reason: "Succeeded".into(),
+            };
+        }
         Some("Failed") => {
             let reason = status.reason.clone().unwrap_or_else(|| "Failed".into());
             return PodState::Replace { reason };
@@ -94,7 +103,11 @@ pub fn classify(pod: &Pod) -> PodState {
             message: c.message.clone().unwrap_or_default(),
         };
     }
-    let statuses = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    let statuses = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
     let mut detail = None;
     let mut any_waiting = false;
     for cs in statuses.clone() {
@@ -102,7 +115,10 @@ pub fn classify(pod: &Pod) -> PodState {
             any_waiting = true;
             let reason = w.reason.clone().unwrap_or_default();
             if FATAL_WAITING.contains(&reason.as_str()) {
-                return PodState::Broken { reason, message: w.message.clone().unwrap_or_default() };
+                return PodState::Broken {
+                    reason,
+                    message: w.message.clone().unwrap_or_default(),
+                };
             }
             detail.get_or_insert(reason);
         }
@@ -112,13 +128,20 @@ pub fn classify(pod: &Pod) -> PodState {
         {
             return PodState::Broken {
                 reason: "CrashLoopBackOff".into(),
-                message: format!("container {} exited with {} after {} restarts", cs.name, t.exit_code, cs.restart_count),
+                message: format!(
+                    "container {} exited with {} after {} restarts",
+                    cs.name, t.exit_code, cs.restart_count
+                ),
             };
         }
     }
-    let scheduled = condition("PodScheduled").is_some_and(|c| c.status == "True") || status.host_ip.is_some();
+    let scheduled =
+        condition("PodScheduled").is_some_and(|c| c.status == "True") || status.host_ip.is_some();
     if !scheduled {
-        return PodState::Waiting { stage: Stage::Scheduling, detail };
+        return PodState::Waiting {
+            stage: Stage::Scheduling,
+            detail,
+        };
     }
     let ready = condition("Ready").is_some_and(|c| c.status == "True");
     if ready && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {
@@ -126,8 +149,16 @@ pub fn classify(pod: &Pod) -> PodState {
     }
     let running = statuses.clone().next().is_some()
         && !any_waiting
-        && status.container_statuses.iter().flatten().all(|cs| cs.state.as_ref().is_some_and(|s| s.running.is_some()));
-    let stage = if running { Stage::Starting } else { Stage::Pulling };
+        && status
+            .container_statuses
+            .iter()
+            .flatten()
+            .all(|cs| cs.state.as_ref().is_some_and(|s| s.running.is_some()));
+    let stage = if running {
+        Stage::Starting
+    } else {
+        Stage::Pulling
+    };
     PodState::Waiting { stage, detail }
 }
 
@@ -144,7 +175,11 @@ pub struct Budgets {
 
 impl Default for Budgets {
     fn default() -> Budgets {
-        Budgets { scheduling: Duration::from_secs(60), image_pull: Duration::from_secs(300), start: Duration::from_secs(120) }
+        Budgets {
+            scheduling: Duration::from_secs(60),
+            image_pull: Duration::from_secs(300),
+            start: Duration::from_secs(120),
+        }
     }
 }
 
@@ -174,66 +209,109 @@ mod tests {
 
     #[test]
     fn stages_in_order() {
-        assert_eq!(classify(&pod(serde_json::json!({ "phase": "Pending" }))), PodState::Waiting {
-            stage: Stage::Scheduling,
-            detail: None
-        });
+        assert_eq!(
+            classify(&pod(serde_json::json!({ "phase": "Pending" }))),
+            PodState::Waiting {
+                stage: Stage::Scheduling,
+                detail: None
+            }
+        );
         let pulling = pod(serde_json::json!({
             "phase": "Pending", "hostIP": "10.0.0.1",
             "conditions": [{ "type": "PodScheduled", "status": "True" }],
             "containerStatuses": [{ "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
                 "state": { "waiting": { "reason": "ContainerCreating" } } }]
         }));
-        assert_eq!(classify(&pulling), PodState::Waiting {
-            stage: Stage::Pulling,
-            detail: Some("ContainerCreating".into())
-        });
+        assert_eq!(
+            classify(&pulling),
+            PodState::Waiting {
+                stage: Stage::Pulling,
+                detail: Some("ContainerCreating".into())
+            }
+        );
         let starting = pod(serde_json::json!({
             "phase": "Running", "podIP": "10.1.0.5",
             "conditions": [{ "type": "PodScheduled", "status": "True" }, { "type": "Ready", "status": "False" }],
             "containerStatuses": [{ "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
                 "state": { "running": {} } }]
         }));
-        assert_eq!(classify(&starting), PodState::Waiting { stage: Stage::Starting, detail: None });
+        assert_eq!(
+            classify(&starting),
+            PodState::Waiting {
+                stage: Stage::Starting,
+                detail: None
+            }
+        );
         let ready = pod(serde_json::json!({
             "phase": "Running", "podIP": "10.1.0.5",
             "conditions": [{ "type": "PodScheduled", "status": "True" }, { "type": "Ready", "status": "True" }],
             "containerStatuses": [{ "name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
                 "state": { "running": {} } }]
         }));
-        assert_eq!(classify(&ready), PodState::Ready { ip: "10.1.0.5".parse().unwrap() });
+        assert_eq!(
+            classify(&ready),
+            PodState::Ready {
+                ip: "10.1.0.5".parse().unwrap()
+            }
+        );
     }
 
     #[test]
     fn fatal_reasons_fail_fast() {
-        for reason in ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff"] {
+        for reason in [
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "InvalidImageName",
+            "CrashLoopBackOff",
+        ] {
             let p = pod(serde_json::json!({
                 "phase": "Pending", "conditions": [{ "type": "PodScheduled", "status": "True" }],
                 "containerStatuses": [{ "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
                     "state": { "waiting": { "reason": reason, "message": "boom" } } }]
             }));
-            assert_eq!(classify(&p), PodState::Broken { reason: reason.into(), message: "boom".into() });
+            assert_eq!(
+                classify(&p),
+                PodState::Broken {
+                    reason: reason.into(),
+                    message: "boom".into()
+                }
+            );
         }
         let p = pod(serde_json::json!({
             "phase": "Pending",
             "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                 "message": "0/3 nodes are available: 3 Insufficient memory." }]
         }));
-        assert!(matches!(classify(&p), PodState::Broken { reason, message } if reason == "Unschedulable" && message.contains("Insufficient")));
+        assert!(
+            matches!(classify(&p), PodState::Broken { reason, message } if reason == "Unschedulable" && message.contains("Insufficient"))
+        );
     }
 
     #[test]
     fn finished_pods_are_replaced() {
-        assert_eq!(classify(&pod(serde_json::json!({ "phase": "Succeeded" }))), PodState::Replace {
-            reason: "Succeeded".into()
-        });
-        assert_eq!(classify(&pod(serde_json::json!({ "phase": "Failed", "reason": "Evicted" }))), PodState::Replace {
-            reason: "Evicted".into()
-        });
+        assert_eq!(
+            classify(&pod(serde_json::json!({ "phase": "Succeeded" }))),
+            PodState::Replace {
+                reason: "Succeeded".into()
+            }
+        );
+        assert_eq!(
+            classify(&pod(
+                serde_json::json!({ "phase": "Failed", "reason": "Evicted" })
+            )),
+            PodState::Replace {
+                reason: "Evicted".into()
+            }
+        );
         let mut p = pod(serde_json::json!({ "phase": "Running" }));
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
         ));
-        assert_eq!(classify(&p), PodState::Replace { reason: "Terminating".into() });
+        assert_eq!(
+            classify(&p),
+            PodState::Replace {
+                reason: "Terminating".into()
+            }
+        );
     }
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, SeccompProfile, SecurityContext,
-    Volume, VolumeMount,
+    Capabilities, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
 };
 
 use crate::names;
@@ -21,7 +21,9 @@ pub const MAX_TEMPLATE_BYTES: u64 = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     /// The user, a group or the session type cannot name a template file.
-    #[error("{what} {value:?} cannot name a template (allowed: letters, digits, '_', '.', '@', '-'; no leading '.')")]
+    #[error(
+        "{what} {value:?} cannot name a template (allowed: letters, digits, '_', '.', '@', '-'; no leading '.')"
+    )]
     BadName {
         /// "user", "group" or "session type".
         what: &'static str,
@@ -130,7 +132,10 @@ pub struct TemplateDir {
 impl TemplateDir {
     /// Templates under `root`.
     pub fn new(root: impl Into<PathBuf>) -> TemplateDir {
-        TemplateDir { root: root.into(), cache: Mutex::new(BTreeMap::new()) }
+        TemplateDir {
+            root: root.into(),
+            cache: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The directory.
@@ -140,9 +145,16 @@ impl TemplateDir {
 
     /// The template for `owner`'s `session_type`: `ROOT/<user>/<type>.yaml`, then
     /// `ROOT/<group>/<type>.yaml` for each group, then `ROOT/default/<type>.yaml`.
-    pub fn lookup(&self, owner: &Owner, session_type: &str) -> Result<(PathBuf, Arc<Pod>), TemplateError> {
+    pub fn lookup(
+        &self,
+        owner: &Owner,
+        session_type: &str,
+    ) -> Result<(PathBuf, Arc<Pod>), TemplateError> {
         if !names::is_dns_label(session_type) {
-            return Err(TemplateError::BadName { what: "session type", value: session_type.to_string() });
+            return Err(TemplateError::BadName {
+                what: "session type",
+                value: session_type.to_string(),
+            });
         }
         let mut looked = Vec::new();
         for dir in self.search_dirs(owner)? {
@@ -152,14 +164,19 @@ impl TemplateDir {
                 None => looked.push(dir.display().to_string()),
             }
         }
-        Err(TemplateError::NotFound { session_type: session_type.to_string(), looked: looked.join(", ") })
+        Err(TemplateError::NotFound {
+            session_type: session_type.to_string(),
+            looked: looked.join(", "),
+        })
     }
 
     /// The session types `owner` may start, sorted (for the landing page).
     pub fn session_types(&self, owner: &Owner) -> Result<Vec<String>, TemplateError> {
         let mut types = std::collections::BTreeSet::new();
         for dir in self.search_dirs(owner)? {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
@@ -189,9 +206,17 @@ impl TemplateDir {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(TemplateError::Io { path: path.to_path_buf(), error }),
+            Err(error) => {
+                return Err(TemplateError::Io {
+                    path: path.to_path_buf(),
+                    error,
+                });
+            }
         };
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
         if let Some((m, l, pod)) = self.cache.lock().expect("template cache").get(path)
             && (*m, *l) == stamp
         {
@@ -203,13 +228,20 @@ impl TemplateDir {
                 message: format!("larger than {MAX_TEMPLATE_BYTES} bytes"),
             });
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|error| TemplateError::Io { path: path.to_path_buf(), error })?;
-        let pod = Arc::new(parse_template(&text).map_err(|message| TemplateError::Invalid {
+        let text = std::fs::read_to_string(path).map_err(|error| TemplateError::Io {
             path: path.to_path_buf(),
-            message,
-        })?);
-        self.cache.lock().expect("template cache").insert(path.to_path_buf(), (stamp.0, stamp.1, pod.clone()));
+            error,
+        })?;
+        let pod = Arc::new(
+            parse_template(&text).map_err(|message| TemplateError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?,
+        );
+        self.cache
+            .lock()
+            .expect("template cache")
+            .insert(path.to_path_buf(), (stamp.0, stamp.1, pod.clone()));
         Ok(Some(pod))
     }
 }
@@ -219,10 +251,18 @@ pub fn parse_template(text: &str) -> Result<Pod, String> {
     if text.len() as u64 > MAX_TEMPLATE_BYTES {
         return Err(format!("larger than {MAX_TEMPLATE_BYTES} bytes"));
     }
-    let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
-    match (value.get("apiVersion").and_then(|v| v.as_str()), value.get("kind").and_then(|v| v.as_str())) {
+    let value: serde_json::Value =
+        serde_saphyr::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+    match (
+        value.get("apiVersion").and_then(|v| v.as_str()),
+        value.get("kind").and_then(|v| v.as_str()),
+    ) {
         (Some("v1"), Some("Pod")) => {}
-        (a, k) => return Err(format!("must be apiVersion v1, kind Pod (found {a:?}, {k:?})")),
+        (a, k) => {
+            return Err(format!(
+                "must be apiVersion v1, kind Pod (found {a:?}, {k:?})"
+            ));
+        }
     }
     let pod: Pod = serde_json::from_value(value).map_err(|e| format!("not a Pod: {e}"))?;
     let containers = pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
@@ -236,8 +276,17 @@ fn check_component(what: &'static str, value: &str) -> Result<(), TemplateError>
     let ok = !value.is_empty()
         && value.len() <= 255
         && !value.starts_with('.')
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
-    if ok { Ok(()) } else { Err(TemplateError::BadName { what, value: value.to_string() }) }
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TemplateError::BadName {
+            what,
+            value: value.to_string(),
+        })
+    }
 }
 
 /// Name of the per-user home claim.
@@ -260,7 +309,10 @@ pub fn render(
     session_type: &str,
     opts: &RenderOptions,
 ) -> Result<Rendered, TemplateError> {
-    let invalid = |message: String| TemplateError::Invalid { path: path.to_path_buf(), message };
+    let invalid = |message: String| TemplateError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut pod = template.clone();
     let name = names::pod_name(&owner.user, session_type);
     let meta = &mut pod.metadata;
@@ -279,17 +331,22 @@ pub fn render(
     annotations.insert(names::TYPE_ANNOTATION.into(), session_type.into());
 
     let spec = pod.spec.as_mut().ok_or_else(|| invalid("no spec".into()))?;
-    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
-        return Err(invalid("hostNetwork, hostPID and hostIPC are not allowed in session pods".into()));
-    }
-    if !opts.allow_host_path
-        && spec.volumes.iter().flatten().any(|v| v.host_path.is_some())
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
     {
-        return Err(invalid("hostPath volumes are not allowed (pool setting allow_host_path)".into()));
+        return Err(invalid(
+            "hostNetwork, hostPID and hostIPC are not allowed in session pods".into(),
+        ));
+    }
+    if !opts.allow_host_path && spec.volumes.iter().flatten().any(|v| v.host_path.is_some()) {
+        return Err(invalid(
+            "hostPath volumes are not allowed (pool setting allow_host_path)".into(),
+        ));
     }
     spec.restart_policy.get_or_insert_with(|| "Never".into());
     spec.automount_service_account_token.get_or_insert(false);
-    let psc = spec.security_context.get_or_insert_with(PodSecurityContext::default);
+    let psc = spec
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
     if psc.run_as_user == Some(0) || psc.run_as_group == Some(0) {
         return Err(invalid("securityContext runs as uid or gid 0".into()));
     }
@@ -301,23 +358,41 @@ pub fn render(
         psc.fs_group.get_or_insert(i64::from(gid));
     }
     psc.run_as_non_root.get_or_insert(true);
-    psc.seccomp_profile.get_or_insert_with(|| SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() });
+    psc.seccomp_profile.get_or_insert_with(|| SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    });
 
     let mut port = None;
-    for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
-        let sc = c.security_context.get_or_insert_with(SecurityContext::default);
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        let sc = c
+            .security_context
+            .get_or_insert_with(SecurityContext::default);
         if sc.privileged == Some(true) {
             return Err(invalid(format!("container {:?} is privileged", c.name)));
         }
         if sc.run_as_user == Some(0) || sc.run_as_group == Some(0) {
-            return Err(invalid(format!("container {:?} runs as uid or gid 0", c.name)));
+            return Err(invalid(format!(
+                "container {:?} runs as uid or gid 0",
+                c.name
+            )));
         }
         if sc.allow_privilege_escalation == Some(true) {
-            return Err(invalid(format!("container {:?} allows privilege escalation", c.name)));
+            return Err(invalid(format!(
+                "container {:?} allows privilege escalation",
+                c.name
+            )));
         }
         let caps = sc.capabilities.get_or_insert_with(Capabilities::default);
         if caps.add.as_ref().is_some_and(|a| !a.is_empty()) {
-            return Err(invalid(format!("container {:?} adds capabilities {:?}", c.name, caps.add)));
+            return Err(invalid(format!(
+                "container {:?} adds capabilities {:?}",
+                c.name, caps.add
+            )));
         }
         caps.drop.get_or_insert_with(|| vec!["ALL".into()]);
         sc.allow_privilege_escalation = Some(false);
@@ -335,9 +410,19 @@ pub fn render(
     let home = match &opts.home {
         Home::None => None,
         Home::Shared { claim, mount } => Some((claim.clone(), mount.clone())),
-        Home::PerUser { storage_class, size, mount } => {
+        Home::PerUser {
+            storage_class,
+            size,
+            mount,
+        } => {
             let claim_name = home_claim_name(&owner.user);
-            claim = Some(home_claim(&claim_name, owner, opts, storage_class.as_deref(), size));
+            claim = Some(home_claim(
+                &claim_name,
+                owner,
+                opts,
+                storage_class.as_deref(),
+                size,
+            ));
             Some((claim_name, mount.clone()))
         }
     };
@@ -345,20 +430,30 @@ pub fn render(
         check_component("user", &owner.user)?;
         spec.volumes.get_or_insert_with(Vec::new).push(Volume {
             name: "switchboard-home".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name, read_only: None }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name,
+                read_only: None,
+            }),
             ..Default::default()
         });
         let shared = matches!(opts.home, Home::Shared { .. });
         for c in &mut spec.containers {
-            c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
-                name: "switchboard-home".into(),
-                mount_path: format!("{}/{}", mount.trim_end_matches('/'), owner.user),
-                sub_path: shared.then(|| owner.user.clone()),
-                ..Default::default()
-            });
+            c.volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: "switchboard-home".into(),
+                    mount_path: format!("{}/{}", mount.trim_end_matches('/'), owner.user),
+                    sub_path: shared.then(|| owner.user.clone()),
+                    ..Default::default()
+                });
         }
     }
-    Ok(Rendered { pod, claim, port: port.unwrap_or(opts.default_port), template: path.to_path_buf() })
+    Ok(Rendered {
+        pod,
+        claim,
+        port: port.unwrap_or(opts.default_port),
+        template: path.to_path_buf(),
+    })
 }
 
 fn home_claim(
@@ -368,11 +463,16 @@ fn home_claim(
     storage_class: Option<&str>,
     size: &str,
 ) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+    };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     let mut labels = BTreeMap::new();
     labels.insert(names::MANAGED_BY.to_string(), names::MANAGER.to_string());
-    labels.insert(names::USER_LABEL.to_string(), names::label_value(&owner.user));
+    labels.insert(
+        names::USER_LABEL.to_string(),
+        names::label_value(&owner.user),
+    );
     let mut annotations = BTreeMap::new();
     annotations.insert(names::USER_ANNOTATION.to_string(), owner.user.clone());
     PersistentVolumeClaim {
@@ -387,7 +487,10 @@ fn home_claim(
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage_class.map(str::to_string),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.to_string()))])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(size.to_string()),
+                )])),
                 ..Default::default()
             }),
             ..Default::default()
@@ -416,7 +519,12 @@ spec:
 "#;
 
     fn owner() -> Owner {
-        Owner { user: "alice".into(), groups: vec!["staff".into()], uid: Some(1000), gid: Some(1000) }
+        Owner {
+            user: "alice".into(),
+            groups: vec!["staff".into()],
+            uid: Some(1000),
+            gid: Some(1000),
+        }
     }
 
     fn opts() -> RenderOptions {
@@ -437,23 +545,54 @@ spec:
         }
         let with_image = |img: &str| XPRA.replace("registry.example.org/xpra-xfce:3.1", img);
         std::fs::write(dir.path().join("default/xfce.yaml"), with_image("default")).unwrap();
-        std::fs::write(dir.path().join("default/kde.yaml"), with_image("default-kde")).unwrap();
+        std::fs::write(
+            dir.path().join("default/kde.yaml"),
+            with_image("default-kde"),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("staff/xfce.yaml"), with_image("staff")).unwrap();
         std::fs::write(dir.path().join("alice/kde.yaml"), with_image("alice")).unwrap();
         let t = TemplateDir::new(dir.path());
-        let image = |o: &Owner, ty: &str| t.lookup(o, ty).unwrap().1.spec.as_ref().unwrap().containers[0].image.clone();
+        let image = |o: &Owner, ty: &str| {
+            t.lookup(o, ty).unwrap().1.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+        };
         assert_eq!(image(&owner(), "kde").as_deref(), Some("alice"));
         assert_eq!(image(&owner(), "xfce").as_deref(), Some("staff"));
-        let bob = Owner { user: "bob".into(), groups: vec![], uid: None, gid: None };
+        let bob = Owner {
+            user: "bob".into(),
+            groups: vec![],
+            uid: None,
+            gid: None,
+        };
         assert_eq!(image(&bob, "xfce").as_deref(), Some("default"));
-        assert!(matches!(t.lookup(&bob, "gnome"), Err(TemplateError::NotFound { .. })));
+        assert!(matches!(
+            t.lookup(&bob, "gnome"),
+            Err(TemplateError::NotFound { .. })
+        ));
         assert_eq!(t.session_types(&owner()).unwrap(), vec!["kde", "xfce"]);
         // Path tricks are refused before touching the file system.
-        let evil = Owner { user: "../etc".into(), groups: vec![], uid: None, gid: None };
-        assert!(matches!(t.lookup(&evil, "xfce"), Err(TemplateError::BadName { .. })));
-        assert!(matches!(t.lookup(&bob, "../x"), Err(TemplateError::BadName { .. })));
+        let evil = Owner {
+            user: "../etc".into(),
+            groups: vec![],
+            uid: None,
+            gid: None,
+        };
+        assert!(matches!(
+            t.lookup(&evil, "xfce"),
+            Err(TemplateError::BadName { .. })
+        ));
+        assert!(matches!(
+            t.lookup(&bob, "../x"),
+            Err(TemplateError::BadName { .. })
+        ));
         // An edit is seen (the cache keys on mtime and size).
-        std::fs::write(dir.path().join("default/xfce.yaml"), with_image("default-v2")).unwrap();
+        std::fs::write(
+            dir.path().join("default/xfce.yaml"),
+            with_image("default-v2"),
+        )
+        .unwrap();
         assert_eq!(image(&bob, "xfce").as_deref(), Some("default-v2"));
     }
 
@@ -471,54 +610,112 @@ spec:
         assert_eq!(labels[names::TYPE_LABEL], "xfce");
         let spec = r.pod.spec.as_ref().unwrap();
         let psc = spec.security_context.as_ref().unwrap();
-        assert_eq!((psc.run_as_user, psc.run_as_group, psc.run_as_non_root), (Some(1000), Some(1000), Some(true)));
+        assert_eq!(
+            (psc.run_as_user, psc.run_as_group, psc.run_as_non_root),
+            (Some(1000), Some(1000), Some(true))
+        );
         let sc = spec.containers[0].security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
         assert_eq!(spec.automount_service_account_token, Some(false));
     }
 
     #[test]
     fn render_refuses_unsafe_templates() {
         for (bad, why) in [
-            ("      securityContext: { privileged: true }\n", "privileged"),
-            ("      securityContext: { capabilities: { add: [NET_ADMIN] } }\n", "adds capabilities"),
+            (
+                "      securityContext: { privileged: true }\n",
+                "privileged",
+            ),
+            (
+                "      securityContext: { capabilities: { add: [NET_ADMIN] } }\n",
+                "adds capabilities",
+            ),
             ("      securityContext: { runAsUser: 0 }\n", "uid or gid 0"),
         ] {
             let pod = parse_template(&format!("{XPRA}{bad}")).unwrap();
-            let err = render(&pod, Path::new("t.yaml"), &owner(), "xfce", &opts()).unwrap_err().to_string();
+            let err = render(&pod, Path::new("t.yaml"), &owner(), "xfce", &opts())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{err}");
         }
         let host = format!("{XPRA}  hostNetwork: true\n");
-        assert!(render(&parse_template(&host).unwrap(), Path::new("t"), &owner(), "x", &opts()).is_err());
+        assert!(
+            render(
+                &parse_template(&host).unwrap(),
+                Path::new("t"),
+                &owner(),
+                "x",
+                &opts()
+            )
+            .is_err()
+        );
         let hp = format!("{XPRA}  volumes: [{{ name: h, hostPath: {{ path: /srv }} }}]\n");
         let hp = parse_template(&hp).unwrap();
         assert!(render(&hp, Path::new("t"), &owner(), "x", &opts()).is_err());
-        assert!(render(&hp, Path::new("t"), &owner(), "x", &RenderOptions { allow_host_path: true, ..opts() }).is_ok());
+        assert!(
+            render(
+                &hp,
+                Path::new("t"),
+                &owner(),
+                "x",
+                &RenderOptions {
+                    allow_host_path: true,
+                    ..opts()
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn homes_shared_and_per_user() {
         let pod = parse_template(XPRA).unwrap();
-        let shared = RenderOptions { home: Home::Shared { claim: "homes".into(), mount: "/home".into() }, ..opts() };
+        let shared = RenderOptions {
+            home: Home::Shared {
+                claim: "homes".into(),
+                mount: "/home".into(),
+            },
+            ..opts()
+        };
         let r = render(&pod, Path::new("t"), &owner(), "xfce", &shared).unwrap();
-        let m = &r.pod.spec.as_ref().unwrap().containers[0].volume_mounts.as_ref().unwrap()[0];
-        assert_eq!((m.mount_path.as_str(), m.sub_path.as_deref()), ("/home/alice", Some("alice")));
+        let m = &r.pod.spec.as_ref().unwrap().containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            (m.mount_path.as_str(), m.sub_path.as_deref()),
+            ("/home/alice", Some("alice"))
+        );
         assert!(r.claim.is_none());
         let per = RenderOptions {
-            home: Home::PerUser { storage_class: None, size: "5Gi".into(), mount: "/home".into() },
+            home: Home::PerUser {
+                storage_class: None,
+                size: "5Gi".into(),
+                mount: "/home".into(),
+            },
             ..opts()
         };
         let r = render(&pod, Path::new("t"), &owner(), "xfce", &per).unwrap();
         let claim = r.claim.unwrap();
         assert_eq!(claim.metadata.name.as_deref(), Some("alice-home"));
         let v = &r.pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
-        assert_eq!(v.persistent_volume_claim.as_ref().unwrap().claim_name, "alice-home");
+        assert_eq!(
+            v.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "alice-home"
+        );
     }
 
     #[test]
     fn parse_rejects_non_pods_and_bombs() {
-        assert!(parse_template("apiVersion: v1\nkind: Service\n").unwrap_err().contains("kind Pod"));
+        assert!(
+            parse_template("apiVersion: v1\nkind: Service\n")
+                .unwrap_err()
+                .contains("kind Pod")
+        );
         assert!(parse_template("apiVersion: v1\nkind: Pod\nspec: { containers: [] }\n").is_err());
         assert!(parse_template(": : :").is_err());
         let bomb = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
