@@ -260,6 +260,17 @@ impl Backend {
         self.inner.cache.state()
     }
 
+    /// Pods with a start in flight.
+    pub fn starting(&self) -> std::collections::HashSet<String> {
+        self.inner
+            .inflight
+            .lock()
+            .expect("inflight")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The settings.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings

@@ -5,13 +5,16 @@
 //!   with a restricted security context;
 //! - [`status`]: what a pod's status means for a start (pure);
 //! - [`backend`]: start-or-get against the API server, with a watch on readiness;
-//! - [`reconcile`]: the lifecycle rules between sessions and pods (pure).
+//! - [`lifecycle`]: idle, disconnected and age log-offs and reconciliation between sessions and
+//!   pods (the rules pure, plus the loop that applies them).
 
 pub mod backend;
+pub mod lifecycle;
 pub mod names;
 pub mod status;
 pub mod template;
 
 pub use backend::{Backend, PoolSettings, Progress, StartError, StartHandle, Target};
+pub use lifecycle::{Lifecycle, Policy};
 pub use status::{Budgets, PodState, Stage};
 pub use template::{Home, Owner, RenderOptions, TemplateDir};

@@ -387,3 +387,79 @@ async fn a_missing_template_is_a_clear_error() {
     );
     assert_eq!(f.api.counts().creates, 0);
 }
+
+#[tokio::test]
+async fn lifecycle_logs_off_disconnected_sessions_and_reconciles_both_ways() {
+    use switchboard_k8s::lifecycle::{Action, Reason};
+    use switchboard_k8s::{Lifecycle, Policy};
+    let f = Fixture::new().await;
+    let b = f.backend(short()).await;
+    let policy = Policy {
+        disconnected: Some(Duration::from_secs(1)),
+        ..Policy::default()
+    };
+    let life = Lifecycle::new(b.clone(), policy);
+    b.start_or_get(&alice(), "xfce").wait().await.unwrap();
+    let bob = Owner {
+        user: "bob".into(),
+        groups: vec![],
+        uid: None,
+        gid: None,
+    };
+    b.start_or_get(&bob, "xfce").wait().await.unwrap();
+    // An orphan: a pool pod with no owner annotations (a crashed broker's half-made pod, say).
+    let mut orphan: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "stray", "namespace": NS, "labels": {
+            "app.kubernetes.io/managed-by": "switchboard", "switchboard.io/pool": "desktops" } },
+        "spec": { "containers": [{ "name": "c", "image": "i" }] },
+        "status": { "phase": "Running" }
+    }))
+    .unwrap();
+    orphan.metadata.creation_timestamp = None;
+    f.api.insert(orphan);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let alice_conn = life.connect("alice-xfce");
+    let bob_conn = life.connect("bob-xfce");
+    let first = life.reconcile_once().await;
+    assert_eq!(
+        first,
+        vec![Action::Delete {
+            pod: "stray".into(),
+            reason: Reason::Orphan("no owner annotations".into())
+        }]
+    );
+    drop(bob_conn);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    alice_conn.input();
+    let second = life.reconcile_once().await;
+    assert_eq!(
+        second,
+        vec![
+            Action::Delete {
+                pod: "bob-xfce".into(),
+                reason: Reason::Disconnected
+            },
+            Action::Forget {
+                pod: "stray".into()
+            },
+        ]
+    );
+    assert!(f.api.pod(NS, "bob-xfce").is_none());
+    assert!(
+        f.api.pod(NS, "alice-xfce").is_some(),
+        "a connected session stays"
+    );
+    // The other direction: a session whose pod vanished (its node died) is forgotten.
+    f.api.remove(NS, "alice-xfce");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = life.reconcile_once().await;
+    assert!(
+        third.contains(&Action::Forget {
+            pod: "alice-xfce".into()
+        }),
+        "{third:?}"
+    );
+    assert!(life.sessions().is_empty(), "{:?}", life.sessions());
+    drop(alice_conn);
+}
