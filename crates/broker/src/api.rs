@@ -57,6 +57,8 @@ pub struct App {
     pub ui: crate::ui::Ui,
     /// Ends long-lived responses (pool watch streams) when the broker stops.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Kubernetes pools.
+    pub kube: crate::kube::KubePools,
 }
 
 /// Who made a request: the name of the token it carried.
@@ -116,7 +118,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -737,6 +743,221 @@ async fn watch_pool(
         .into_response())
 }
 
+// ----- Kubernetes sessions -----
+
+/// Start (or get) a user's session pod.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubeStartRequest {
+    /// The user.
+    pub user: String,
+    /// The session type (a template name).
+    pub session_type: String,
+}
+
+/// A ready session pod.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KubeTarget {
+    /// Pod name.
+    pub pod: String,
+    /// Pod IP and session port.
+    pub address: String,
+}
+
+/// A session of a Kubernetes pool (a pod).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KubeSession {
+    /// Pod name.
+    pub pod: String,
+    /// User.
+    pub user: String,
+    /// Session type.
+    pub session_type: String,
+    /// `ready`, `scheduling`, `pulling`, `starting`, `broken` or `stopping`.
+    pub state: String,
+    /// Clients connected through the gateway.
+    pub connections: u32,
+    /// Created (seconds since the epoch).
+    pub created: Option<u64>,
+    /// No client since (seconds since the epoch).
+    pub disconnected_since: Option<u64>,
+}
+
+fn kube_pool<'a>(app: &'a App, pool: &str) -> Result<&'a crate::kube::KubePool, ApiError> {
+    app.kube.get(pool).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no Kubernetes pool {pool:?}"),
+        )
+    })
+}
+
+/// The API error for a failed start.
+pub(crate) fn start_error(e: &switchboard_k8s::StartError) -> ApiError {
+    use switchboard_k8s::StartError as E;
+    let (status, code) = match e {
+        E::Template { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "no_template"),
+        E::Broken { .. } => (StatusCode::BAD_GATEWAY, "pod_failed"),
+        E::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "pod_timeout"),
+        E::NotOwner { .. } => (StatusCode::CONFLICT, "pod_not_owned"),
+        E::Api { .. } => (StatusCode::SERVICE_UNAVAILABLE, "kubernetes_unavailable"),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+/// The API error for a refused start.
+pub(crate) fn refused_error(e: &crate::kube::Refused) -> ApiError {
+    match e {
+        crate::kube::Refused::Limit { .. } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "session_limit",
+            e.to_string(),
+        ),
+        crate::kube::Refused::Groups(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "groups_unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+/// The sessions (pods) of a Kubernetes pool, from the broker's pod cache.
+#[utoipa::path(get, path = "/api/v1/kubernetes/{pool}/sessions", params(("pool" = String, Path, description = "Kubernetes pool")),
+    responses((status = 200, body = [KubeSession]), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_kube_sessions(
+    State(app): State<App>,
+    Path(pool): Path<String>,
+) -> Result<Json<Vec<KubeSession>>, ApiError> {
+    let p = kube_pool(&app, &pool)?;
+    Ok(Json(
+        p.lifecycle
+            .sessions()
+            .into_iter()
+            .map(|s| KubeSession {
+                pod: s.pod,
+                user: s.user,
+                session_type: s.session_type,
+                state: s.state,
+                connections: s.connections,
+                created: s.created,
+                disconnected_since: s.disconnected_since,
+            })
+            .collect(),
+    ))
+}
+
+/// Start or get a user's session pod: a ready pod at once; else the pod is created from its
+/// template (user, then group, then default) and watched until Ready. Concurrent requests for
+/// the same user and type share one start. With `Accept: text/event-stream` the answer is a stream
+/// of `progress` events (looking, creating, replacing, waiting with the stage) ending with one
+/// `ready` or `failed` event; otherwise the call waits for the outcome.
+#[utoipa::path(post, path = "/api/v1/kubernetes/{pool}/sessions", params(("pool" = String, Path, description = "Kubernetes pool")),
+    request_body = KubeStartRequest,
+    responses((status = 200, body = KubeTarget, description = "ready (or text/event-stream of progress)"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn start_kube_session(
+    State(app): State<App>,
+    Extension(actor): Extension<Actor>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use switchboard_k8s::Progress;
+    let body = body_bytes(body)?;
+    let req: KubeStartRequest = parse_body(&headers, &body)?;
+    if !switchboard_auth::valid_user(&req.user) {
+        return Err(ApiError::bad_request("invalid user name"));
+    }
+    let p = kube_pool(&app, &pool)?;
+    let target = format!("{pool}/{}/{}", req.user, req.session_type);
+    let handle = match p.start(&req.user, &req.session_type).await {
+        Ok(h) => h,
+        Err(e) => {
+            let err = refused_error(&e);
+            audit(&app, &actor, "start pod", &target, &Err(err.clone())).await;
+            return Err(err);
+        }
+    };
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if sse {
+        let stop = app.shutdown.clone();
+        let stream = futures_util::stream::unfold(Some((handle, true)), move |st| {
+            let stop = stop.clone();
+            async move {
+                let (mut h, first) = st?;
+                let p = if first {
+                    h.current()
+                } else {
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        p = h.next() => p?,
+                    }
+                };
+                let name = match &p {
+                    Progress::Ready(_) => "ready",
+                    Progress::Failed(_) => "failed",
+                    _ => "progress",
+                };
+                let ev = SseEvent::default()
+                    .event(name)
+                    .json_data(&p)
+                    .map_err(axum::Error::new);
+                let next = if p.is_final() { None } else { Some((h, false)) };
+                Some((ev, next))
+            }
+        });
+        audit(&app, &actor, "start pod", &target, &Ok(())).await;
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+            .into_response());
+    }
+    let r = handle.wait().await;
+    let outcome = r.as_ref().map(drop).map_err(start_error);
+    audit(&app, &actor, "start pod", &target, &outcome).await;
+    let t = r.map_err(|e| start_error(&e))?;
+    Ok(Json(KubeTarget {
+        pod: t.pod,
+        address: t.address.to_string(),
+    })
+    .into_response())
+}
+
+/// Log off a user's session pod (delete it).
+#[utoipa::path(delete, path = "/api/v1/kubernetes/{pool}/sessions/{user}/{session_type}",
+    params(("pool" = String, Path, description = "Kubernetes pool"), ("user" = String, Path, description = "User"),
+        ("session_type" = String, Path, description = "Session type")),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn end_kube_session(
+    State(app): State<App>,
+    Extension(actor): Extension<Actor>,
+    Path((pool, user, session_type)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let p = kube_pool(&app, &pool)?;
+    let target = format!("{pool}/{user}/{session_type}");
+    let r = match p.backend().delete(&user, &session_type).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no session pod for {target}"),
+        )),
+        Err(e) => Err(start_error(&e)),
+    };
+    audit(&app, &actor, "delete pod", &target, &r).await;
+    r.map(|()| StatusCode::NO_CONTENT)
+}
+
 // ----- sessions -----
 
 /// Place a session: the user's live session in the pool if there is one, else a reservation on
@@ -1286,6 +1507,8 @@ pub fn api_routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(explain))
         .routes(routes!(audit_log))
         .routes(routes!(enroll_host, revoke_host))
+        .routes(routes!(list_kube_sessions, start_kube_session))
+        .routes(routes!(end_kube_session))
         .split_for_parts()
 }
 

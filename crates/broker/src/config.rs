@@ -102,6 +102,69 @@ pub struct FileConfig {
     /// `[[pool]]` tables.
     #[serde(default)]
     pub pool: Vec<PoolSection>,
+    /// `[gateway]`: the HTTPS/WebSocket gateway for browsers and Xpra clients.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Its own listener; the gateway runs when this is set.
+    pub listen: Option<String>,
+    /// PEM certificate chain: with `tls_key`, the listener speaks HTTPS/WSS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// The Kubernetes pool whose session types the gateway offers.
+    pub pool: Option<String>,
+    /// Static targets: a session type served by a fixed address (a host running Xpra).
+    #[serde(default)]
+    pub target: Vec<GatewayTargetSection>,
+    /// How long a browser sign-in lasts (default 12h).
+    pub cookie_ttl: Option<ConfigDuration>,
+    /// How long a connect URL with a token in its path works (default 10m).
+    pub token_ttl: Option<ConfigDuration>,
+    /// The Xpra HTML5 client's files, served under /client/ (default /usr/share/xpra/www).
+    pub html5_client: Option<PathBuf>,
+}
+
+/// `[[gateway.target]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTargetSection {
+    /// Session type (the URL path `/<type>`).
+    #[serde(rename = "type")]
+    pub session_type: String,
+    /// Where its Xpra server listens (TCP).
+    pub address: HostAddr,
+    /// Only these users may use it (default: every signed-in user).
+    pub users: Option<Vec<String>>,
+}
+
+/// How a pool starts sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Listed hosts (with or without agents).
+    #[default]
+    Hosts,
+    /// Per-user pods on Kubernetes.
+    Kubernetes,
+}
+
+/// `home` of a Kubernetes pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HomeKind {
+    /// What the template mounts.
+    #[default]
+    None,
+    /// One shared claim (`home_claim`), a subdirectory per user.
+    Shared,
+    /// A claim per user, made on first start.
+    PerUser,
 }
 
 /// `[auth]`.
@@ -283,6 +346,76 @@ pub struct PoolSection {
     /// `[[pool.host]]` tables.
     #[serde(default)]
     pub host: Vec<HostSection>,
+    /// `hosts` (default) or `kubernetes`.
+    pub kind: Option<PoolKind>,
+    /// Kubernetes: namespace of the session pods.
+    pub namespace: Option<String>,
+    /// Kubernetes: kubeconfig file (default: in-cluster, then ~/.kube/config).
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: directory of pod templates (`<user>/`, `<group>/`, `default/`).
+    pub templates: Option<PathBuf>,
+    /// Kubernetes: session port when no container port is named `xpra` or `session` (14500).
+    pub port: Option<u16>,
+    /// Kubernetes: budget for finding a node (60s).
+    pub scheduling_timeout: Option<ConfigDuration>,
+    /// Kubernetes: budget for pulling images and starting containers (5m).
+    pub image_pull_timeout: Option<ConfigDuration>,
+    /// Kubernetes: budget from running to Ready (2m).
+    pub start_timeout: Option<ConfigDuration>,
+    /// Kubernetes: home directories (`none`, `shared`, `per-user`).
+    pub home: Option<HomeKind>,
+    /// Kubernetes: the shared home claim (`home = "shared"`).
+    pub home_claim: Option<String>,
+    /// Kubernetes: size of per-user home claims (10Gi).
+    pub home_size: Option<String>,
+    /// Kubernetes: storage class of per-user home claims (cluster default).
+    pub home_storage_class: Option<String>,
+    /// Kubernetes: where homes are mounted (/home).
+    pub home_mount: Option<String>,
+    /// Kubernetes: allow hostPath volumes in templates (false).
+    pub allow_host_path: Option<bool>,
+    /// Kubernetes: how often pods and sessions are reconciled (30s).
+    pub reconcile_interval: Option<ConfigDuration>,
+}
+
+/// A Kubernetes pool, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubePoolConfig {
+    /// Pool name.
+    pub name: String,
+    /// kubeconfig file; `None` infers (in-cluster, then ~/.kube/config).
+    pub kubeconfig: Option<PathBuf>,
+    /// Template directory.
+    pub templates: PathBuf,
+    /// Rendering settings (namespace, port, home).
+    pub render: switchboard_k8s::RenderOptions,
+    /// Stage budgets.
+    pub budgets: switchboard_k8s::Budgets,
+    /// Log-off rules (pool defaults; template annotations override per type).
+    pub policy: switchboard_k8s::Policy,
+    /// Most sessions per user (default unlimited).
+    pub max_sessions_per_user: Option<u32>,
+    /// Reconciliation period.
+    pub reconcile_interval: Duration,
+}
+
+/// The gateway, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Listener.
+    pub listen: SocketAddr,
+    /// Certificate and key (HTTPS/WSS), if configured.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The Kubernetes pool for dynamic session types.
+    pub pool: Option<String>,
+    /// Static targets: type → (address, allowed users).
+    pub targets: BTreeMap<String, (HostAddr, Option<Vec<String>>)>,
+    /// Sign-in lifetime.
+    pub cookie_ttl: Duration,
+    /// Connect-URL token lifetime.
+    pub token_ttl: Duration,
+    /// The Xpra HTML5 client's directory.
+    pub html5_client: PathBuf,
 }
 
 /// `[[pool.host]]`.
@@ -358,6 +491,10 @@ pub struct Config {
     pub hosts: Vec<HostSpec>,
     /// Every pool.
     pub pools: Vec<PoolSpec>,
+    /// Kubernetes pools.
+    pub kube_pools: Vec<KubePoolConfig>,
+    /// The gateway, if `[gateway] listen` is set.
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// The X2Go frontend's settings and profiles.
@@ -672,6 +809,7 @@ impl FileConfig {
         let mut host_pool: BTreeMap<String, (usize, String)> = BTreeMap::new();
         let mut pools = Vec::new();
         let mut pool_names = std::collections::BTreeSet::new();
+        let mut kube_pools = Vec::new();
         for (pi, p) in self.pool.into_iter().enumerate() {
             let here = format!("pool[{pi}] ({:?})", p.name);
             if p.name.is_empty() {
@@ -681,6 +819,15 @@ impl FileConfig {
                 return Err(format!(
                     "{here}: a pool named {:?} is defined twice",
                     p.name
+                ));
+            }
+            if p.kind.unwrap_or_default() == PoolKind::Kubernetes {
+                kube_pools.push(kube_pool(p).map_err(|m| format!("{here}: {m}"))?);
+                continue;
+            }
+            if let Some(k) = kube_only_key(&p) {
+                return Err(format!(
+                    "{here}: key `{k}` is for `kind = \"kubernetes\"` pools"
                 ));
             }
             let mut members = Vec::new();
@@ -899,9 +1046,219 @@ impl FileConfig {
             ui_admin_group: self.ui.admin_group,
             hosts,
             pools,
+            gateway: gateway(self.gateway, &kube_pools, self.auth.method.is_some())?,
+            kube_pools,
         })
     }
 }
+
+/// The first Kubernetes-only key set on a hosts pool.
+fn kube_only_key(p: &PoolSection) -> Option<&'static str> {
+    [
+        ("namespace", p.namespace.is_some()),
+        ("kubeconfig", p.kubeconfig.is_some()),
+        ("templates", p.templates.is_some()),
+        ("port", p.port.is_some()),
+        ("scheduling_timeout", p.scheduling_timeout.is_some()),
+        ("image_pull_timeout", p.image_pull_timeout.is_some()),
+        ("start_timeout", p.start_timeout.is_some()),
+        ("home", p.home.is_some()),
+        ("home_claim", p.home_claim.is_some()),
+        ("home_size", p.home_size.is_some()),
+        ("home_storage_class", p.home_storage_class.is_some()),
+        ("home_mount", p.home_mount.is_some()),
+        ("allow_host_path", p.allow_host_path.is_some()),
+        ("reconcile_interval", p.reconcile_interval.is_some()),
+    ]
+    .into_iter()
+    .find(|(_, set)| *set)
+    .map(|(k, _)| k)
+}
+
+fn kube_pool(p: PoolSection) -> Result<KubePoolConfig, String> {
+    for (k, set) in [
+        ("host", !p.host.is_empty()),
+        ("policy", p.policy.is_some()),
+        ("resume_prefer", p.resume_prefer.is_some()),
+        ("session_ref", p.session_ref.is_some()),
+        ("agent", p.agent.is_some()),
+        ("logoff_grace", p.logoff_grace.is_some()),
+    ] {
+        if set {
+            return Err(format!(
+                "key `{k}` does not apply to a Kubernetes pool (its sessions are pods)"
+            ));
+        }
+    }
+    let namespace = p
+        .namespace
+        .ok_or("key `namespace`: missing (the namespace of the session pods)")?;
+    if !switchboard_k8s::names::is_dns_label(&namespace) {
+        return Err(format!(
+            "key `namespace`: {namespace:?} is not a Kubernetes namespace name"
+        ));
+    }
+    let templates = p
+        .templates
+        .ok_or("key `templates`: missing (a directory of pod templates)")?;
+    let mount = p.home_mount.unwrap_or_else(|| "/home".into());
+    if !mount.starts_with('/') {
+        return Err(format!(
+            "key `home_mount`: {mount:?} is not an absolute path"
+        ));
+    }
+    let home = match p.home.unwrap_or_default() {
+        HomeKind::None => {
+            if p.home_claim.is_some() || p.home_size.is_some() || p.home_storage_class.is_some() {
+                return Err(
+                    "keys `home_claim`, `home_size` and `home_storage_class` need `home`".into(),
+                );
+            }
+            switchboard_k8s::Home::None
+        }
+        HomeKind::Shared => switchboard_k8s::Home::Shared {
+            claim: p.home_claim.ok_or(
+                "key `home_claim`: missing (the shared home claim, for home = \"shared\")",
+            )?,
+            mount,
+        },
+        HomeKind::PerUser => switchboard_k8s::Home::PerUser {
+            storage_class: p.home_storage_class,
+            size: p.home_size.unwrap_or_else(|| "10Gi".into()),
+            mount,
+        },
+    };
+    let budgets = switchboard_k8s::Budgets {
+        scheduling: p
+            .scheduling_timeout
+            .map_or(Duration::from_secs(60), |d| d.0),
+        image_pull: p
+            .image_pull_timeout
+            .map_or(Duration::from_secs(300), |d| d.0),
+        start: p.start_timeout.map_or(Duration::from_secs(120), |d| d.0),
+    };
+    for (k, d) in [
+        ("scheduling_timeout", budgets.scheduling),
+        ("image_pull_timeout", budgets.image_pull),
+        ("start_timeout", budgets.start),
+    ] {
+        if d.is_zero() {
+            return Err(format!("key `{k}`: must be above zero"));
+        }
+    }
+    if p.max_sessions_per_user == Some(0) {
+        return Err("key `max_sessions_per_user`: must be at least 1".into());
+    }
+    Ok(KubePoolConfig {
+        render: switchboard_k8s::RenderOptions {
+            namespace,
+            pool: p.name.clone(),
+            default_port: p.port.unwrap_or(14500),
+            home,
+            allow_host_path: p.allow_host_path.unwrap_or(false),
+        },
+        name: p.name,
+        kubeconfig: p.kubeconfig,
+        templates,
+        budgets,
+        policy: switchboard_k8s::Policy {
+            idle: p.logoff_idle_after.map(|d| d.0),
+            disconnected: p.logoff_disconnected_after.map(|d| d.0),
+            max_age: p.max_session_age.map(|d| d.0),
+        },
+        max_sessions_per_user: p.max_sessions_per_user,
+        reconcile_interval: p
+            .reconcile_interval
+            .map_or(Duration::from_secs(30), |d| d.0)
+            .max(Duration::from_secs(1)),
+    })
+}
+
+fn gateway(
+    g: GatewaySection,
+    kube_pools: &[KubePoolConfig],
+    auth: bool,
+) -> Result<Option<GatewayConfig>, String> {
+    let Some(listen) = g.listen.as_deref() else {
+        if g.pool.is_some() || !g.target.is_empty() || g.tls_cert.is_some() {
+            return Err(
+                "key `gateway.listen`: missing (the gateway runs on its own listener)".into(),
+            );
+        }
+        return Ok(None);
+    };
+    let listen = parse_listen("gateway.listen", listen)?;
+    if !auth {
+        return Err("the gateway needs `[auth] method` (its users sign in)".into());
+    }
+    let tls = match (g.tls_cert, g.tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("keys `gateway.tls_cert` and `gateway.tls_key` go together".into()),
+    };
+    if tls.is_none() && !listen.ip().is_loopback() {
+        return Err(format!(
+            "key `gateway.listen`: {listen} is not loopback, so the gateway needs `tls_cert` and `tls_key` \
+             (passwords and sessions must not cross the network in clear)"
+        ));
+    }
+    if let Some(pool) = &g.pool
+        && !kube_pools.iter().any(|k| &k.name == pool)
+    {
+        return Err(format!(
+            "key `gateway.pool`: no Kubernetes pool named {pool:?}"
+        ));
+    }
+    if g.pool.is_none() && g.target.is_empty() {
+        return Err(
+            "the gateway needs `pool` (a Kubernetes pool) or `[[gateway.target]]` tables".into(),
+        );
+    }
+    let mut targets = BTreeMap::new();
+    for t in g.target {
+        if !switchboard_k8s::names::is_dns_label(&t.session_type)
+            || RESERVED_PATHS.contains(&t.session_type.as_str())
+        {
+            return Err(format!(
+                "key `gateway.target.type`: {:?} must be lower-case letters, digits and '-' and not one of {RESERVED_PATHS:?}",
+                t.session_type
+            ));
+        }
+        if targets
+            .insert(t.session_type.clone(), (t.address, t.users))
+            .is_some()
+        {
+            return Err(format!(
+                "key `gateway.target.type`: {:?} is listed twice",
+                t.session_type
+            ));
+        }
+    }
+    let nonzero = |k: &str, d: Option<ConfigDuration>, default: Duration| {
+        let d = d.map_or(default, |d| d.0);
+        if d.is_zero() {
+            Err(format!("key `gateway.{k}`: must be above zero"))
+        } else {
+            Ok(d)
+        }
+    };
+    Ok(Some(GatewayConfig {
+        listen,
+        tls,
+        pool: g.pool,
+        targets,
+        cookie_ttl: nonzero("cookie_ttl", g.cookie_ttl, Duration::from_secs(12 * 3600))?,
+        token_ttl: nonzero("token_ttl", g.token_ttl, Duration::from_secs(600))?,
+        html5_client: g
+            .html5_client
+            .unwrap_or_else(|| PathBuf::from("/usr/share/xpra/www")),
+    }))
+}
+
+/// Gateway paths that cannot be session types.
+pub const RESERVED_PATHS: &[&str] = &[
+    "login", "logout", "client", "t", "events", "static", "healthz",
+];
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod engine;
+pub mod kube;
 pub mod metrics;
 pub mod mgmt;
 pub mod pki;
@@ -69,6 +70,9 @@ pub enum BrokerError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    /// A Kubernetes pool could not be set up.
+    #[error("kubernetes: {0}")]
+    Kube(String),
 }
 
 /// A running broker.
@@ -189,6 +193,9 @@ impl Broker {
             )),
             _ => None,
         };
+        let kube = kube::KubePools::start(&config.kube_pools, shutdown.child_token())
+            .await
+            .map_err(BrokerError::Kube)?;
         let ui = ui::Ui::new(auth, config.ui_admin_group.clone(), tls.is_some());
         ui.spawn_sampler(engine.clone(), shutdown.child_token());
         let app = api::App {
@@ -201,6 +208,7 @@ impl Broker {
             public_metrics: config.public_metrics,
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             shutdown: shutdown.clone(),
+            kube: kube.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await

@@ -82,7 +82,7 @@ pub enum Home {
 }
 
 /// Pool-wide rendering settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderOptions {
     /// Namespace of the pods.
     pub namespace: String,
