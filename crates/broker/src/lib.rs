@@ -24,6 +24,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod engine;
+pub mod gateway;
 pub mod kube;
 pub mod metrics;
 pub mod mgmt;
@@ -92,6 +93,10 @@ pub struct Broker {
     pub mgmt_socket: std::path::PathBuf,
     /// The X2Go frontend, if configured.
     pub x2go: Option<x2go::X2go>,
+    /// Where the gateway listens, if configured.
+    pub gateway_addr: Option<SocketAddr>,
+    /// Kubernetes pools.
+    pub kube: kube::KubePools,
     agent_listening: bool,
     mgmt_task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
@@ -196,6 +201,13 @@ impl Broker {
         let kube = kube::KubePools::start(&config.kube_pools, shutdown.child_token())
             .await
             .map_err(BrokerError::Kube)?;
+        let gateway = match (&config.gateway, &auth) {
+            (Some(g), Some(a)) => Some(
+                gateway::start(g.clone(), a.clone(), kube.clone(), shutdown.child_token()).await?,
+            ),
+            _ => None,
+        };
+        let gateway_addr = gateway.as_ref().map(|g| g.addr);
         let ui = ui::Ui::new(auth, config.ui_admin_group.clone(), tls.is_some());
         ui.spawn_sampler(engine.clone(), shutdown.child_token());
         let app = api::App {
@@ -233,9 +245,12 @@ impl Broker {
                 }
             }
         });
+        tracing::info!(gateway = ?gateway_addr, "gateway");
         tracing::info!(http = %http_addr, https, agents = ?agent_addr, mgmt = %config.management_socket.display(), store = %redact(&config.store_url), "broker started");
         Ok(Broker {
             x2go,
+            gateway_addr,
+            kube,
             agent_listening: agent_addr.is_some(),
             http_addr,
             engine,

@@ -213,7 +213,7 @@ fn render(t: &impl Template) -> Response {
 }
 
 /// `text` safe to put in HTML.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -1,0 +1,769 @@
+//! The gateway: an HTTPS/WSS listener of its own for browsers and Xpra clients, so that every
+//! path is free for session types.
+//!
+//! - `GET /login`, `POST /login`: sign in with the `[auth]` method; sets an HttpOnly,
+//!   SameSite=Strict session cookie (Secure over TLS). `POST /logout` signs out.
+//! - `GET /`: the landing page: the session types the user may start, each with a link that opens
+//!   the Xpra HTML5 client (served under `/client/`) and a connect URL for `xpra attach`.
+//! - `GET /start/<type>`: a waiting page that shows the start's progress (server-sent events from
+//!   `GET /events/<type>`) and opens the client when the session is ready.
+//! - `GET /<type>` with a WebSocket upgrade and a valid cookie: starts or gets the session and relays
+//!   the WebSocket stream to the session's Xpra port (TCP). Cross-site upgrades (an `Origin` that
+//!   is not this host) are refused.
+//! - `GET /t/<token>/<type>` and `GET /t.<token>.<type>`: the same with a short-lived per-user token
+//!   in the path instead of a cookie, for command-line clients, which carry no credentials in the
+//!   upgrade (Xpra 3.1's `xpra attach` accepts only one path segment, hence the second form).
+//!
+//! Session types come from the gateway's Kubernetes pool (its templates) and from static targets
+//! (`[[gateway.target]]`: a fixed address, such as a host running Xpra).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use futures_util::{SinkExt, StreamExt};
+use switchboard_core::config::HostAddr;
+use switchboard_k8s::Progress;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::kube::KubePools;
+
+/// Name of the sign-in cookie.
+pub const COOKIE: &str = "switchboard_gateway";
+/// Most signed-in browsers and live connect tokens kept (the oldest go first).
+const MAX_SESSIONS: usize = 100_000;
+/// Largest static file served from the HTML5 client directory.
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+/// Relay buffer.
+const RELAY_BUF: usize = 64 * 1024;
+/// Largest WebSocket message accepted from a client.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Longest wait for a session to become ready during an upgrade (the pool's budgets end it first).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Waits until it has stopped.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+#[derive(Clone)]
+struct Gw {
+    cfg: Arc<GatewayConfig>,
+    auth: switchboard_auth::Authenticator,
+    kube: KubePools,
+    tls: bool,
+    signed_in: Arc<Mutex<Expiring>>,
+    tokens: Arc<Mutex<Expiring>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Gw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gw")
+            .field("listen", &self.cfg.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Secrets (cookies, tokens) → (user, expiry).
+#[derive(Debug, Default)]
+struct Expiring {
+    map: HashMap<String, (String, Instant)>,
+}
+
+impl Expiring {
+    fn insert(&mut self, secret: String, user: String, ttl: Duration) {
+        let now = Instant::now();
+        if self.map.len() >= MAX_SESSIONS {
+            self.map.retain(|_, (_, exp)| *exp > now);
+            if self.map.len() >= MAX_SESSIONS
+                && let Some(oldest) = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, (_, e))| *e)
+                    .map(|(k, _)| k.clone())
+            {
+                self.map.remove(&oldest);
+            }
+        }
+        self.map.insert(secret, (user, now + ttl));
+    }
+
+    fn user(&self, secret: &str) -> Option<String> {
+        self.map
+            .get(secret)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(u, _)| u.clone())
+    }
+
+    /// A live secret of `user` with at least `min` left, if any.
+    fn of_user(&self, user: &str, min: Duration) -> Option<String> {
+        let now = Instant::now();
+        self.map
+            .iter()
+            .find(|(_, (u, exp))| u == user && *exp > now + min)
+            .map(|(k, _)| k.clone())
+    }
+}
+
+fn secret() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Binds the gateway's listener and serves until `shutdown`.
+pub async fn start(
+    cfg: GatewayConfig,
+    auth: switchboard_auth::Authenticator,
+    kube: KubePools,
+    shutdown: CancellationToken,
+) -> Result<Gateway, crate::BrokerError> {
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| crate::BrokerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(crate::BrokerError::Http)?;
+    let gw = Gw {
+        tls: tls.is_some(),
+        cfg: Arc::new(cfg),
+        auth,
+        kube,
+        signed_in: Arc::default(),
+        tokens: Arc::default(),
+        shutdown: shutdown.clone(),
+    };
+    let router = router(gw);
+    let task = tokio::spawn(async move {
+        match tls {
+            Some(tls) => crate::tls::serve(listener, router, tls, shutdown).await,
+            None => {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+            }
+        }
+    });
+    tracing::info!(gateway = %addr, "gateway started");
+    Ok(Gateway { addr, task })
+}
+
+fn router(gw: Gw) -> Router {
+    Router::new()
+        .route("/", get(landing))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/client/{*path}", get(client_file))
+        .route("/start/{session_type}", get(waiting_page))
+        .route("/events/{session_type}", get(events))
+        .route("/t/{token}/{session_type}", get(ws_token))
+        .route("/{session_type}", get(ws_cookie))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(gw)
+}
+
+/// The signed-in user, from the cookie.
+struct User(String);
+
+impl FromRequestParts<Gw> for User {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gw) -> Result<User, Response> {
+        let user =
+            cookie(&parts.headers).and_then(|c| gw.signed_in.lock().expect("sessions").user(&c));
+        user.map(User)
+            .ok_or_else(|| Redirect::to("/login").into_response())
+    }
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+fn page(title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <style>body{{font-family:sans-serif;max-width:48em;margin:2em auto}}code{{word-break:break-all}}\
+         li{{margin:.6em 0}}</style></head><body>{body}</body></html>",
+        crate::ui::escape(title)
+    );
+    let mut r = Html(html).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("content-security-policy", HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"));
+    r
+}
+
+async fn login_page() -> Response {
+    login_form(None)
+}
+
+fn login_form(error: Option<&str>) -> Response {
+    let err = error
+        .map(|e| format!("<p role=\"alert\"><b>{}</b></p>", crate::ui::escape(e)))
+        .unwrap_or_default();
+    page(
+        "Sign in",
+        &format!(
+            "<h1>Sign in</h1>{err}<form method=\"post\" action=\"/login\">\
+             <p><label>User <input name=\"user\" autocomplete=\"username\" required autofocus></label></p>\
+             <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\"></label></p>\
+             <p><button type=\"submit\">Sign in</button></p></form>"
+        ),
+    )
+}
+
+async fn login(
+    State(gw): State<Gw>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let mut user = None;
+    let mut password = String::new();
+    for (k, v) in form_urlencoded::parse(&body) {
+        match &*k {
+            "user" => user = Some(v.into_owned()),
+            "password" => password = v.into_owned(),
+            _ => {}
+        }
+    }
+    let Some(user) = user.filter(|u| switchboard_auth::valid_user(u)) else {
+        return login_form(Some("Enter a user name."));
+    };
+    match gw.auth.verify(&user, &password, peer.ip()).await {
+        Ok(()) => {
+            let c = secret();
+            gw.signed_in.lock().expect("sessions").insert(
+                c.clone(),
+                user.clone(),
+                gw.cfg.cookie_ttl,
+            );
+            tracing::info!(user = %switchboard_auth::printable(&user), %peer, "gateway sign-in");
+            let secure = if gw.tls { "; Secure" } else { "" };
+            let set = format!(
+                "{COOKIE}={c}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+                gw.cfg.cookie_ttl.as_secs()
+            );
+            let mut r = Redirect::to("/").into_response();
+            if let Ok(v) = HeaderValue::from_str(&set) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(switchboard_auth::AuthError::Denied) => {
+            login_form(Some("Wrong user name or password."))
+        }
+        Err(switchboard_auth::AuthError::Unavailable(_)) => {
+            login_form(Some("Sign-in is unavailable; try again later."))
+        }
+    }
+}
+
+async fn logout(State(gw): State<Gw>, headers: HeaderMap) -> Response {
+    if let Some(c) = cookie(&headers) {
+        gw.signed_in.lock().expect("sessions").map.remove(&c);
+    }
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "switchboard_gateway=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    r
+}
+
+/// The session types `user` may open: static targets, then the pool's templates.
+async fn session_types(gw: &Gw, user: &str) -> Vec<String> {
+    let mut types: Vec<String> = gw
+        .cfg
+        .targets
+        .iter()
+        .filter(|(_, (_, users))| users.as_ref().is_none_or(|u| u.iter().any(|x| x == user)))
+        .map(|(t, _)| t.clone())
+        .collect();
+    if let Some(pool) = gw.cfg.pool.as_deref().and_then(|p| gw.kube.get(p)) {
+        match pool.session_types(user).await {
+            Ok(t) => types.extend(t.into_iter().filter(|t| !gw.cfg.targets.contains_key(t))),
+            Err(e) => tracing::warn!(error = %e, "cannot list session types"),
+        }
+    }
+    types
+}
+
+/// The user's connect token (a live one with at least a minute left, or a new one).
+fn connect_token(gw: &Gw, user: &str) -> String {
+    let mut tokens = gw.tokens.lock().expect("tokens");
+    if let Some(t) = tokens.of_user(user, Duration::from_secs(60).min(gw.cfg.token_ttl / 2)) {
+        return t;
+    }
+    let t = secret();
+    tokens.insert(t.clone(), user.to_string(), gw.cfg.token_ttl);
+    t
+}
+
+async fn landing(State(gw): State<Gw>, User(user): User, headers: HeaderMap) -> Response {
+    let types = session_types(&gw, &user).await;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("HOST");
+    let scheme = if gw.tls { "wss" } else { "ws" };
+    let token = connect_token(&gw, &user);
+    let mins = gw.cfg.token_ttl.as_secs().div_ceil(60);
+    let e = crate::ui::escape;
+    let mut list = String::new();
+    for t in &types {
+        list.push_str(&format!(
+            "<li><b>{t}</b>: <a href=\"/start/{t}\">open in the browser</a><br>\
+             <small>or from a terminal: <code>xpra attach {scheme}://{host}/t.{token}.{t}</code></small></li>",
+            t = e(t),
+            host = e(host),
+        ));
+    }
+    if list.is_empty() {
+        list.push_str("<li>No session types are offered to you.</li>");
+    }
+    page(
+        "Sessions",
+        &format!(
+            "<h1>Sessions of {}</h1><ul>{list}</ul><p><small>Terminal connect URLs work for {mins} minutes \
+             after this page was loaded; reload for a new one.</small></p>\
+             <form method=\"post\" action=\"/logout\"><button>Sign out</button></form>",
+            e(&user)
+        ),
+    )
+}
+
+async fn waiting_page(
+    State(gw): State<Gw>,
+    User(user): User,
+    UrlPath(ty): UrlPath<String>,
+) -> Response {
+    if !session_types(&gw, &user).await.contains(&ty) {
+        return (StatusCode::NOT_FOUND, "no such session type\n").into_response();
+    }
+    let t = crate::ui::escape(&ty);
+    page(
+        &format!("Starting {ty}"),
+        &format!(
+            "<h1>Starting {t}</h1><p id=\"status\">Connecting…</p>\
+             <script>\
+             const s = document.getElementById('status');\
+             const ev = new EventSource('/events/{t}');\
+             ev.addEventListener('progress', e => {{ const p = JSON.parse(e.data);\
+               s.textContent = p.event === 'waiting' ? ('Waiting: ' + p.stage + (p.detail ? ' (' + p.detail + ')' : '')) : p.event; }});\
+             ev.addEventListener('ready', e => {{ ev.close(); s.textContent = 'Ready';\
+               location.href = '/client/index.html?path=/{t}&submit=true'; }});\
+             ev.addEventListener('failed', e => {{ ev.close(); const p = JSON.parse(e.data);\
+               s.textContent = 'Could not start: ' + (p.reason || p.error) + (p.message ? ': ' + p.message : ''); }});\
+             </script><p><a href=\"/\">Back</a></p>"
+        ),
+    )
+}
+
+/// Progress of starting `user`'s `ty`, as server-sent events (`progress`, then `ready` or
+/// `failed`). A static target is ready at once.
+async fn events(State(gw): State<Gw>, User(user): User, UrlPath(ty): UrlPath<String>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let ev = |name: &str, v: &serde_json::Value| {
+        Event::default()
+            .event(name)
+            .json_data(v)
+            .map_err(axum::Error::new)
+    };
+    if !session_types(&gw, &user).await.contains(&ty) {
+        return (StatusCode::NOT_FOUND, "no such session type\n").into_response();
+    }
+    if let Some((addr, _)) = gw.cfg.targets.get(&ty) {
+        let one = futures_util::stream::once({
+            let v = serde_json::json!({ "event": "ready", "address": addr.to_string() });
+            async move { ev("ready", &v) }
+        });
+        return Sse::new(one).into_response();
+    }
+    let Some(pool) = gw.cfg.pool.as_deref().and_then(|p| gw.kube.get(p)) else {
+        return (StatusCode::NOT_FOUND, "no such session type\n").into_response();
+    };
+    let handle = match pool.start(&user, &ty).await {
+        Ok(h) => h,
+        Err(e) => {
+            let v = serde_json::json!({ "event": "failed", "error": "refused", "message": e.to_string() });
+            return Sse::new(futures_util::stream::once(async move { ev("failed", &v) }))
+                .into_response();
+        }
+    };
+    let stop = gw.shutdown.clone();
+    let stream = futures_util::stream::unfold(Some((handle, true)), move |st| {
+        let stop = stop.clone();
+        async move {
+            let (mut h, first) = st?;
+            let p = if first {
+                h.current()
+            } else {
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    p = h.next() => p?,
+                }
+            };
+            let name = match &p {
+                Progress::Ready(_) => "ready",
+                Progress::Failed(_) => "failed",
+                _ => "progress",
+            };
+            let v = serde_json::to_value(&p).unwrap_or_default();
+            let v = match v {
+                // Flatten a failure's error fields next to `event` for the page.
+                serde_json::Value::Object(mut m) if name == "failed" => {
+                    if let Some(serde_json::Value::Object(inner)) = m.remove("Failed") {
+                        m.extend(inner);
+                    }
+                    serde_json::Value::Object(m)
+                }
+                v => v,
+            };
+            let next = if p.is_final() { None } else { Some((h, false)) };
+            Some((ev(name, &v), next))
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+async fn client_file(State(gw): State<Gw>, UrlPath(path): UrlPath<String>) -> Response {
+    let rel = Path::new(&path);
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    let full: PathBuf = gw.cfg.html5_client.join(rel);
+    match tokio::fs::metadata(&full).await {
+        Ok(m) if m.is_file() && m.len() <= MAX_FILE => {}
+        _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+    let Ok(bytes) = tokio::fs::read(&full).await else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let ct = match full.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "svg" => "image/svg+xml",
+        "json" => "application/json",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    };
+    ([(header::CONTENT_TYPE, ct)], bytes).into_response()
+}
+
+/// Refuses upgrades whose Origin is another site (cross-site WebSocket hijacking).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true; // not a browser (xpra attach sends none)
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    origin.split_once("://").map(|(_, h)| h) == Some(host)
+}
+
+async fn ws_cookie(
+    State(gw): State<Gw>,
+    UrlPath(ty): UrlPath<String>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Some((token, ty)) = dotted_token(&ty) {
+        let (token, ty) = (token.to_string(), ty.to_string());
+        return ws_token(State(gw), UrlPath((token, ty)), headers, ws).await;
+    }
+    let user = cookie(&headers).and_then(|c| gw.signed_in.lock().expect("sessions").user(&c));
+    let Ok(ws) = ws else {
+        // A browser opening /<type> directly: send it through the waiting page.
+        return match user {
+            Some(_) => Redirect::to(&format!("/start/{}", urlencode(&ty))).into_response(),
+            None => Redirect::to("/login").into_response(),
+        };
+    };
+    if !same_origin(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "cross-site WebSocket upgrade refused\n",
+        )
+            .into_response();
+    }
+    let Some(user) = user else {
+        return (StatusCode::UNAUTHORIZED, "sign in first\n").into_response();
+    };
+    upgrade(gw, user, ty, ws).await
+}
+
+async fn ws_token(
+    State(gw): State<Gw>,
+    UrlPath((token, ty)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "this URL is for WebSocket clients (xpra attach)\n",
+        )
+            .into_response();
+    };
+    if !same_origin(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "cross-site WebSocket upgrade refused\n",
+        )
+            .into_response();
+    }
+    let Some(user) = gw.tokens.lock().expect("tokens").user(&token) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "unknown or expired connect token\n",
+        )
+            .into_response();
+    };
+    upgrade(gw, user, ty, ws).await
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// `t.<token>.<type>` (one path segment, for Xpra 3.1 clients) → (token, type).
+fn dotted_token(seg: &str) -> Option<(&str, &str)> {
+    let rest = seg.strip_prefix("t.")?;
+    rest.split_once('.')
+}
+
+async fn upgrade(gw: Gw, user: String, ty: String, ws: WebSocketUpgrade) -> Response {
+    if !session_types(&gw, &user).await.contains(&ty) {
+        return (StatusCode::NOT_FOUND, "no such session type\n").into_response();
+    }
+    // Resolve the target before upgrading, so that a failure is a plain HTTP error.
+    let (target, conn) = match resolve(&gw, &user, &ty).await {
+        Ok(t) => t,
+        Err((status, msg)) => {
+            tracing::info!(user = %switchboard_auth::printable(&user), session_type = %ty, error = %msg, "gateway: no session");
+            return (status, format!("{msg}\n")).into_response();
+        }
+    };
+    let tcp = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(target.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!("session at {target}: {e}\n"),
+            )
+                .into_response();
+        }
+        Err(_) => {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("session at {target}: connect timed out\n"),
+            )
+                .into_response();
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    tracing::info!(user = %switchboard_auth::printable(&user), session_type = %ty, %target, "gateway: relaying");
+    let stop = gw.shutdown.clone();
+    // Xpra 3.1's Python client sends unmasked frames (XPRA_WEBSOCKET_MASK defaults to off), which
+    // RFC 6455 forbids; masking protects proxy caches on plain HTTP and adds nothing inside TLS,
+    // so they are accepted rather than refusing every `xpra attach ws(s)://` of that version.
+    ws.protocols(["binary"])
+        .accept_unmasked_frames(true)
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| relay(socket, tcp, conn, stop))
+}
+
+type Activity = Option<switchboard_k8s::lifecycle::Connection>;
+
+async fn resolve(
+    gw: &Gw,
+    user: &str,
+    ty: &str,
+) -> Result<(String, Activity), (StatusCode, String)> {
+    if let Some((addr, _)) = gw.cfg.targets.get(ty) {
+        return Ok((target_string(addr), None));
+    }
+    let pool = gw
+        .cfg
+        .pool
+        .as_deref()
+        .and_then(|p| gw.kube.get(p))
+        .ok_or((StatusCode::NOT_FOUND, "no such session type".to_string()))?;
+    let handle = pool.start(user, ty).await.map_err(|e| {
+        let a = crate::api::refused_error(&e);
+        (a.status(), e.to_string())
+    })?;
+    let t = handle
+        .wait()
+        .await
+        .map_err(|e| (crate::api::start_error(&e).status(), e.to_string()))?;
+    let conn = pool.lifecycle.connect(&t.pod);
+    Ok((t.address.to_string(), Some(conn)))
+}
+
+fn target_string(addr: &HostAddr) -> String {
+    format!("{}:{}", addr.host, addr.port)
+}
+
+/// Relays WebSocket messages to the TCP stream and back until either side ends.
+async fn relay(
+    socket: WebSocket,
+    tcp: tokio::net::TcpStream,
+    conn: Activity,
+    stop: CancellationToken,
+) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut rd, mut wr) = tcp.into_split();
+    let up = async {
+        let mut last_mark = Instant::now();
+        if let Some(c) = &conn {
+            c.input();
+        }
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let data = match msg {
+                Message::Binary(b) => b,
+                Message::Text(t) => Bytes::copy_from_slice(t.as_str().as_bytes()),
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+            if last_mark.elapsed() >= Duration::from_secs(1) {
+                last_mark = Instant::now();
+                if let Some(c) = &conn {
+                    c.input();
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; RELAY_BUF];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.send(Message::Close(None)).await;
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = async { tokio::join!(up, down) } => {}
+    }
+    drop(conn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_tokens() {
+        assert_eq!(dotted_token("t.abc123.xfce"), Some(("abc123", "xfce")));
+        assert_eq!(dotted_token("xfce"), None);
+        assert_eq!(dotted_token("t.abc"), None);
+    }
+
+    #[test]
+    fn cookies_and_origins() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; switchboard_gateway=xyz; b=2"),
+        );
+        assert_eq!(cookie(&h).as_deref(), Some("xyz"));
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("gw.example.org:8443"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://gw.example.org:8443"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!same_origin(&h));
+    }
+
+    #[test]
+    fn expiring_secrets() {
+        let mut e = Expiring::default();
+        e.insert("s1".into(), "alice".into(), Duration::from_secs(60));
+        e.insert("s2".into(), "bob".into(), Duration::ZERO);
+        assert_eq!(e.user("s1").as_deref(), Some("alice"));
+        assert_eq!(e.user("s2"), None, "expired");
+        assert_eq!(
+            e.of_user("alice", Duration::from_secs(10)).as_deref(),
+            Some("s1")
+        );
+        assert_eq!(e.of_user("alice", Duration::from_secs(120)), None);
+    }
+}

@@ -1,0 +1,343 @@
+//! The gateway end to end: a real Xpra 3.1.3 server (Debian `xpra`) as the session, the real Xpra
+//! client (`xpra info` / `xpra attach` over `wss://` with the token URL) on the other side, and the
+//! gateway's TLS listener, sign-in and relay in between. Once through a static target, once through
+//! a Kubernetes pool on the fake API server (whose pod IP and session port point at the same real
+//! Xpra server).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchboard_broker::Broker;
+use switchboard_broker::config::Config;
+use switchboard_broker::tokens::{self, Access};
+use switchboard_testkit::kubeapi::FakeApiServer;
+use tokio_util::sync::CancellationToken;
+
+/// A real Xpra server on a loopback TCP port; killed on drop.
+struct Xpra {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Xpra {
+    fn start() -> Xpra {
+        assert!(
+            Path::new("/usr/bin/xpra").exists(),
+            "the gateway test needs Debian's xpra (./scripts/test installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = switchboard_testkit::free_port();
+        let display = format!(":{}", 200 + port % 5000);
+        let log = std::fs::File::create(dir.path().join("xpra.log")).unwrap();
+        let child = Command::new("xpra")
+            .args(["start", &display, &format!("--bind-tcp=127.0.0.1:{port}")])
+            .args([
+                "--daemon=no",
+                "--mdns=no",
+                "--pulseaudio=no",
+                "--notifications=no",
+                "--webcam=no",
+                "--html=off",
+                "--systemd-run=no",
+                "--dbus-launch=",
+                "--dbus-proxy=no",
+                "--speaker=off",
+                "--microphone=off",
+                "--bell=no",
+                "--clipboard=no",
+                "--printing=no",
+                "--file-transfer=no",
+                "--start-new-commands=no",
+                "--xsettings=no",
+                "--tray=no",
+                "--system-tray=no",
+                "--av-sync=no",
+            ])
+            .arg(format!("--socket-dirs={}", dir.path().display()))
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("xpra starts");
+        let x = Xpra {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "xpra did not listen on {port} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        x
+    }
+}
+
+impl Drop for Xpra {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `xpra info URL` (the real client: websocket upgrade, hello, info request) against the
+/// gateway, trusting `ca`.
+fn xpra_info(url: &str, ca: &Path) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args(["60", "xpra", "info", url])
+        .arg(format!("--ssl-ca-certs={}", ca.display()))
+        .env("XDG_RUNTIME_DIR", ca.parent().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .expect("xpra info runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+struct H {
+    dir: tempfile::TempDir,
+    stop: CancellationToken,
+    broker: Broker,
+    gw: String,
+    ca: PathBuf,
+    client: reqwest::Client,
+    token: String,
+}
+
+impl Drop for H {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl H {
+    async fn start(extra: impl FnOnce(&Path) -> String) -> H {
+        switchboard_testkit::install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        switchboard_auth::file::set_password(&d.join("passwd"), "alice", "alice-pw").unwrap();
+        let token = tokens::add(&d.join("tokens"), "admin", Access::ReadWrite).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        let ca = d.join("gw.crt");
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        std::fs::write(d.join("gw.key"), cert.signing_key.serialize_pem()).unwrap();
+        let text = format!(
+            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [api]\ntokens_file = \"{dir}/tokens\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
+             [auth]\nmethod = \"file:{dir}/passwd\"\n{extra}\
+             [gateway]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{dir}/gw.crt\"\ntls_key = \"{dir}/gw.key\"\n",
+            dir = d.display(),
+            extra = extra(d),
+        );
+        let text = format!("{text}{}", gateway_extra(&text));
+        let stop = CancellationToken::new();
+        let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
+            .await
+            .unwrap();
+        let gw = format!("127.0.0.1:{}", broker.gateway_addr.unwrap().port());
+        let client = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap(),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        H {
+            dir,
+            stop,
+            broker,
+            gw,
+            ca,
+            client,
+            token,
+        }
+    }
+
+    /// Signs in; returns the cookie.
+    async fn sign_in(&self, user: &str, password: &str) -> Option<String> {
+        let r = self
+            .client
+            .post(format!("https://{}/login", self.gw))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("user={user}&password={password}"))
+            .send()
+            .await
+            .unwrap();
+        let set = r.headers().get("set-cookie")?.to_str().unwrap().to_string();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure"),
+            "{set}"
+        );
+        Some(set.split(';').next().unwrap().to_string())
+    }
+
+    async fn get(&self, path: &str, cookie: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(format!("https://{}{path}", self.gw))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+/// Lines the `extra` text wants inside `[gateway]` (marked `#gateway:`).
+fn gateway_extra(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("#gateway:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The `t.<token>.<type>` URL on the landing page.
+fn token_url(landing: &str, ty: &str) -> String {
+    let end = landing
+        .find(&format!(".{ty}</code>"))
+        .expect("a connect URL on the landing page");
+    let start = landing[..end].rfind("wss://").unwrap();
+    format!("{}.{ty}", &landing[start..end])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xpra_client_reaches_a_static_target_through_the_gateway() {
+    let xpra = Xpra::start();
+    let port = xpra.port;
+    let h = H::start(|_| format!("#gateway:[[gateway.target]]\n#gateway:type = \"desktop\"\n#gateway:address = \"127.0.0.1:{port}\"\n"))
+        .await;
+    // Wrong password: no cookie, the form again.
+    assert!(h.sign_in("alice", "nope").await.is_none());
+    let (status, _) = h.get("/", "").await;
+    assert_eq!(status, 303, "the landing page needs a sign-in");
+    let cookie = h.sign_in("alice", "alice-pw").await.expect("signed in");
+    let (status, landing) = h.get("/", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(landing.contains("/start/desktop"), "{landing}");
+    let url = token_url(&landing, "desktop");
+    // The real Xpra client, through TLS, the WebSocket upgrade and the relay, to the real server.
+    let ca = h.ca.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || xpra_info(&url, &ca))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("server.mode=") || out.contains("clients="),
+        "xpra info failed:\n{out}"
+    );
+    // A made-up token gets nowhere.
+    let bad = format!("wss://{}/t.{}.desktop", h.gw, "0".repeat(32));
+    let ca = h.ca.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || xpra_info(&bad, &ca))
+        .await
+        .unwrap();
+    assert!(!ok, "a bad token must not connect:\n{out}");
+    // The waiting page's events say ready at once for a static target.
+    let (status, events) = h.get("/events/desktop", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(events.contains("event: ready"), "{events}");
+    // The HTML5 client is served.
+    let (status, html) = h.get("/client/index.html", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Xpra"), "the HTML5 client page");
+    let (status, _) = h.get("/client/..%2Fpasswd", &cookie).await;
+    assert_eq!(status, 404);
+    drop(xpra);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xpra_client_reaches_a_kubernetes_session_through_the_gateway() {
+    let xpra = Xpra::start();
+    let api = FakeApiServer::start().await;
+    let port = xpra.port;
+    let api_kubeconfig = api.kubeconfig("sessions");
+    let h = H::start(|d| {
+        std::fs::write(d.join("kubeconfig"), &api_kubeconfig).unwrap();
+        std::fs::create_dir_all(d.join("types/default")).unwrap();
+        std::fs::write(
+            d.join("types/default/xfce.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - name: xpra\n      image: xpra-xfce\n      \
+                 ports: [{{ name: xpra, containerPort: {port} }}]\n      readinessProbe: {{ tcpSocket: {{ port: {port} }} }}\n"
+            ),
+        )
+        .unwrap();
+        format!(
+            "[[pool]]\nname = \"desktops\"\nkind = \"kubernetes\"\nnamespace = \"sessions\"\nkubeconfig = \"{d}/kubeconfig\"\n\
+             templates = \"{d}/types\"\n#gateway:pool = \"desktops\"\n",
+            d = d.display()
+        )
+    })
+    .await;
+    let cookie = h.sign_in("alice", "alice-pw").await.unwrap();
+    let (_, landing) = h.get("/", &cookie).await;
+    let url = token_url(&landing, "xfce");
+    let ca = h.ca.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || xpra_info(&url, &ca))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("clients="),
+        "xpra info through a pod failed:\n{out}"
+    );
+    // The pod was made from the template, for alice.
+    let pod = api.pod("sessions", "alice-xfce").expect("alice's pod");
+    assert_eq!(
+        pod.metadata.annotations.unwrap()["switchboard.io/user"],
+        "alice"
+    );
+    // The REST API lists it and logs it off.
+    let api_base = format!("http://{}", h.broker.http_addr);
+    let c = reqwest::Client::new();
+    let list: serde_json::Value = c
+        .get(format!("{api_base}/api/v1/kubernetes/desktops/sessions"))
+        .bearer_auth(&h.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["pod"], "alice-xfce", "{list}");
+    assert_eq!(list[0]["state"], "ready", "{list}");
+    let r = c
+        .delete(format!(
+            "{api_base}/api/v1/kubernetes/desktops/sessions/alice/xfce"
+        ))
+        .bearer_auth(&h.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert!(api.pod("sessions", "alice-xfce").is_none());
+    // Start again through the REST API with progress events.
+    let sse = c
+        .post(format!("{api_base}/api/v1/kubernetes/desktops/sessions"))
+        .bearer_auth(&h.token)
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({ "user": "alice", "session_type": "xfce" }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sse.contains("event: progress") && sse.contains("event: ready"),
+        "{sse}"
+    );
+    assert!(
+        sse.contains("\"stage\""),
+        "waiting stages are reported: {sse}"
+    );
+    let _ = &h.dir;
+    drop(xpra);
+}
