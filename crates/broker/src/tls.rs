@@ -77,6 +77,8 @@ pub async fn serve(
                 }
             },
         };
+        // Small writes (events, relayed frames) must not wait for delayed ACKs.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {

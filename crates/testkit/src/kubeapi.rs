@@ -153,6 +153,11 @@ impl FakeApiServer {
             events,
         };
         let app = Router::new()
+            .route("/version", get(|| async { ok_json(&json!({ "major": "1", "minor": "33", "gitVersion": "v1.33.0-switchboard-fake", "platform": "linux/amd64" })) }))
+            .route("/api", get(|| async { ok_json(&json!({ "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:443" }] })) }))
+            .route("/apis", get(|| async { ok_json(&json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] })) }))
+            .route("/api/v1", get(|| async { ok_json(&discovery()) }))
             .route(
                 "/api/v1/namespaces/{ns}/pods",
                 get(list_pods).post(create_pod),
@@ -182,6 +187,12 @@ impl FakeApiServer {
             .expect("bind the fake API server");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
+            // Real API servers (Go) disable Nagle; without it every streamed watch event after
+            // the first waits for a delayed ACK (40 ms).
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         FakeApiServer { addr, shared, task }
@@ -289,6 +300,18 @@ impl FakeApiServer {
             commit(&mut inner, &self.shared.events, ns, "Pod", "DELETED", v);
         }
     }
+}
+
+/// `GET /api/v1`: the resources this server has (for clients that discover, such as kubectl).
+fn discovery() -> Value {
+    let res = |name: &str, singular: &str, kind: &str, short: &str| {
+        json!({ "name": name, "singularName": singular, "namespaced": true, "kind": kind,
+            "verbs": ["create", "delete", "get", "list", "watch"], "shortNames": [short] })
+    };
+    json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [
+        res("pods", "pod", "Pod", "po"),
+        res("persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", "pvc"),
+    ] })
 }
 
 fn now() -> String {
@@ -506,10 +529,12 @@ fn watch(s: Shared, ns: String, kind: &'static str, q: ListQuery) -> Response {
                 if from + 1 < oldest && from < inner.rv {
                     (live, Vec::new(), true)
                 } else {
+                    // The history is in resourceVersion order: start at the first newer event.
+                    let first = inner.history.partition_point(|e| e.rv <= from);
                     let replay = inner
                         .history
-                        .iter()
-                        .filter(|e| e.rv > from && e.kind == kind)
+                        .range(first..)
+                        .filter(|e| e.kind == kind)
                         .cloned()
                         .collect();
                     (live, replay, false)
@@ -541,9 +566,13 @@ fn watch(s: Shared, ns: String, kind: &'static str, q: ListQuery) -> Response {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let e = match tokio::time::timeout_at(deadline, live.recv()).await {
-                Err(_) | Ok(Err(_)) => return, // timeout, or lagged: the client watches again
-                Ok(Ok(e)) => e,
+            let e = tokio::select! {
+                // The client went away: stop filtering events for nobody.
+                () = tx.closed() => return,
+                r = tokio::time::timeout_at(deadline, live.recv()) => match r {
+                    Err(_) | Ok(Err(_)) => return, // timeout, or lagged: the client watches again
+                    Ok(Ok(e)) => e,
+                },
             };
             if e.rv <= last || e.kind != kind || e.ns != ns || !matches(&q, &e.object) {
                 continue;
