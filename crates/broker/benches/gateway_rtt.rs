@@ -60,8 +60,11 @@ async fn direct(addr: SocketAddr, rounds: usize) -> Vec<Duration> {
 async fn websocket(url: &str, rounds: usize) -> Vec<Duration> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", "binary".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "binary".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
     let msg = vec![7u8; SIZE];
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -82,13 +85,20 @@ async fn websocket(url: &str, rounds: usize) -> Vec<Duration> {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run());
 }
 
 async fn run() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let echo = echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -102,9 +112,14 @@ async fn run() {
     );
     std::fs::write(d.join("tokens"), "").unwrap();
     let stop = CancellationToken::new();
-    let broker = Broker::start(Config::parse(&text, "bench.toml").unwrap(), stop.clone()).await.unwrap();
+    let broker = Broker::start(Config::parse(&text, "bench.toml").unwrap(), stop.clone())
+        .await
+        .unwrap();
     let gw = broker.gateway_addr.unwrap();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let r = http
         .post(format!("http://{gw}/login"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -112,8 +127,22 @@ async fn run() {
         .send()
         .await
         .unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let landing = http.get(format!("http://{gw}/")).header("cookie", cookie).send().await.unwrap().text().await.unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let landing = http
+        .get(format!("http://{gw}/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let end = landing.find(".echo</code>").expect("a connect URL");
     let start = landing[..end].rfind("ws://").unwrap();
     let url = format!("{}.echo", &landing[start..end]);
@@ -122,7 +151,11 @@ async fn run() {
     let _ = direct(echo, 1000).await;
     let _ = websocket(&url, 1000).await;
     let websockify = if std::path::Path::new("/usr/bin/websockify").exists() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = std::process::Command::new("websockify")
             .args([format!("127.0.0.1:{port}"), echo.to_string()])
             .stdout(std::process::Stdio::null())
@@ -130,7 +163,9 @@ async fn run() {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = websocket(&format!("ws://127.0.0.1:{port}/"), 1000).await;
@@ -153,10 +188,18 @@ async fn run() {
     println!("| path | p50 µs | p99 µs | added p50 µs | added p99 µs |");
     println!("|---|---:|---:|---:|---:|");
     println!("| direct TCP | {d50:.1} | {d99:.1} | - | - |");
-    println!("| Switchboard gateway (ws) | {g50:.1} | {g99:.1} | {:.1} | {:.1} |", g50 - d50, g99 - d99);
+    println!(
+        "| Switchboard gateway (ws) | {g50:.1} | {g99:.1} | {:.1} | {:.1} |",
+        g50 - d50,
+        g99 - d99
+    );
     if let Some((mut child, _)) = websockify {
         let (w50, w99) = percentiles(w_all);
-        println!("| websockify 0.10 (ws) | {w50:.1} | {w99:.1} | {:.1} | {:.1} |", w50 - d50, w99 - d99);
+        println!(
+            "| websockify 0.10 (ws) | {w50:.1} | {w99:.1} | {:.1} | {:.1} |",
+            w50 - d50,
+            w99 - d99
+        );
         println!();
         println!(
             "added latency, websockify / gateway: p50 {:.2}x, p99 {:.2}x",

@@ -5,6 +5,7 @@
 //! Xpra server).
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,6 +100,67 @@ fn xpra_info(url: &str, ca: &Path) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// `xpra attach URL` (the real GTK client) on a private Xvfb display; killed on drop.
+struct Attached(Child, tempfile::TempDir);
+
+impl Attached {
+    fn start(url: &str, ca: &Path) -> Attached {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("attach.log")).unwrap();
+        let child = Command::new("xvfb-run")
+            .args(["-a", "xpra", "attach", url])
+            .arg(format!("--ssl-ca-certs={}", ca.display()))
+            .args([
+                "--mdns=no",
+                "--pulseaudio=no",
+                "--speaker=off",
+                "--microphone=off",
+                "--webcam=no",
+                "--notifications=no",
+                "--tray=no",
+                "--clipboard=no",
+                "--printing=no",
+                "--file-transfer=no",
+                "--bell=no",
+                "--opengl=no",
+            ])
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("xvfb-run xpra attach runs");
+        Attached(child, dir)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.1.path().join("attach.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // xvfb-run starts Xvfb and the client in the child's process group.
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asks the Xpra server directly how many clients it has.
+fn clients_of(port: u16) -> Option<u32> {
+    let out = Command::new("timeout")
+        .args(["30", "xpra", "info", &format!("tcp://127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("clients=")?.trim().parse().ok())
 }
 
 struct H {
@@ -338,6 +400,59 @@ async fn xpra_client_reaches_a_kubernetes_session_through_the_gateway() {
         sse.contains("\"stage\""),
         "waiting stages are reported: {sse}"
     );
+    // `xpra attach` (the real client, on its own Xvfb) stays attached through the gateway; the
+    // session counts its connection while it does, and not after.
+    let (_, landing) = h.get("/", &cookie).await;
+    let url = token_url(&landing, "xfce");
+    let mut attached = Attached::start(&url, &h.ca);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let p = port;
+        if tokio::task::spawn_blocking(move || clients_of(p))
+            .await
+            .unwrap()
+            == Some(1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "xpra attach did not attach within 90 s:\n{}",
+            attached.log()
+        );
+        if let Ok(Some(st)) = attached.0.try_wait() {
+            panic!("xpra attach exited ({st}):\n{}", attached.log());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sessions = |c: reqwest::Client, base: String, token: String| async move {
+        let v: serde_json::Value = c
+            .get(format!("{base}/api/v1/kubernetes/desktops/sessions"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    let list = sessions(c.clone(), api_base.clone(), h.token.clone()).await;
+    assert_eq!(list[0]["connections"], 1, "{list}");
+    drop(attached);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = sessions(c.clone(), api_base.clone(), h.token.clone()).await;
+        if list[0]["connections"] == 0 {
+            assert!(list[0]["disconnected_since"].is_u64(), "{list}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection was not counted off: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = &h.dir;
     drop(xpra);
 }
