@@ -4,6 +4,7 @@
 //! (Debian `websockify`, the usual WebSocket-to-TCP relay, noVNC's) when it is installed.
 //!
 //! Run: `cargo bench -p switchboard-broker --bench gateway_rtt` (`ROUNDS=…`, default 20,000).
+#![allow(clippy::unwrap_used)] // a failed step fails the run loudly
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -98,6 +98,8 @@ pub struct Broker {
     /// Kubernetes pools.
     pub kube: kube::KubePools,
     agent_listening: bool,
+    kube_pools: Vec<config::KubePoolConfig>,
+    gateway_config: Option<config::GatewayConfig>,
     mgmt_task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
@@ -251,6 +253,8 @@ impl Broker {
             x2go,
             gateway_addr,
             kube,
+            kube_pools: config.kube_pools.clone(),
+            gateway_config: config.gateway.clone(),
             agent_listening: agent_addr.is_some(),
             http_addr,
             engine,
@@ -273,6 +277,8 @@ impl Broker {
             agents: self.agents.clone(),
             x2go: self.x2go.clone(),
             agent_listening: self.agent_listening,
+            kube_pools: self.kube_pools.clone(),
+            gateway: self.gateway_config.clone(),
         }
     }
 
@@ -305,6 +311,8 @@ pub struct Reloader {
     agents: agents::AgentHub,
     x2go: Option<x2go::X2go>,
     agent_listening: bool,
+    kube_pools: Vec<config::KubePoolConfig>,
+    gateway: Option<config::GatewayConfig>,
 }
 
 impl Reloader {
@@ -330,6 +338,14 @@ impl Reloader {
                 tracing::warn!("[x2go] was added; restart the broker to start the X2Go frontend");
             }
             None => {}
+        }
+        if c.kube_pools != self.kube_pools {
+            tracing::warn!(
+                "Kubernetes pool settings changed; restart the broker to apply them (templates are re-read without one)"
+            );
+        }
+        if c.gateway != self.gateway {
+            tracing::warn!("[gateway] changed; restart the broker to apply it");
         }
         Ok(())
     }

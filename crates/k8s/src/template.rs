@@ -122,11 +122,14 @@ pub struct Rendered {
     pub template: PathBuf,
 }
 
+/// Parsed templates by path, with the modification time and size they were read at.
+type Cache = BTreeMap<PathBuf, (SystemTime, u64, Arc<Pod>)>;
+
 /// A directory of templates, with a cache keyed on each file's modification time and size.
 #[derive(Debug)]
 pub struct TemplateDir {
     root: PathBuf,
-    cache: Mutex<BTreeMap<PathBuf, (SystemTime, u64, Arc<Pod>)>>,
+    cache: Mutex<Cache>,
 }
 
 impl TemplateDir {

@@ -1,5 +1,6 @@
 //! The session backend against the fake API server (crates/testkit/src/kubeapi.rs): the real
 //! kube-rs client speaking the real HTTP protocol, with scripted pod phases.
+#![allow(clippy::unwrap_used)] // a failed step fails the run loudly
 
 use std::time::Duration;
 

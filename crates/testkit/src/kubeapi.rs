@@ -11,6 +11,7 @@
 //!   `ImagePullBackOff`, `CrashLoopBackOff`, `Unschedulable`).
 //!
 //! It is no cluster: nothing runs, and a ready pod's IP is whatever the test says.
+#![allow(clippy::unwrap_used)] // test harness: a malformed object is a bug in the test, and panics
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -223,27 +224,27 @@ impl FakeApiServer {
 
     /// The script of images no [`script`](Self::script) matches (default: ready at once).
     pub fn default_script(&self, script: Script) {
-        self.shared.inner.lock().unwrap().default_script = script;
+        self.shared.inner.lock().expect("fake API state").default_script = script;
     }
 
     /// The IP that running pods get (default 127.0.0.1).
     pub fn pod_ip(&self, ip: &str) {
-        self.shared.inner.lock().unwrap().pod_ip = ip.to_string();
+        self.shared.inner.lock().expect("fake API state").pod_ip = ip.to_string();
     }
 
     /// Deletion takes this long: the pod shows a deletionTimestamp first (default: at once).
     pub fn delete_grace(&self, grace: Duration) {
-        self.shared.inner.lock().unwrap().delete_grace = grace;
+        self.shared.inner.lock().expect("fake API state").delete_grace = grace;
     }
 
     /// Request counts so far.
     pub fn counts(&self) -> Counts {
-        self.shared.inner.lock().unwrap().counts
+        self.shared.inner.lock().expect("fake API state").counts
     }
 
     /// The pod `ns/name`, if it exists.
     pub fn pod(&self, ns: &str, name: &str) -> Option<Pod> {
-        let inner = self.shared.inner.lock().unwrap();
+        let inner = self.shared.inner.lock().expect("fake API state");
         inner
             .pods
             .get(&(ns.to_string(), name.to_string()))
@@ -252,7 +253,7 @@ impl FakeApiServer {
 
     /// Names of the pods in `ns`.
     pub fn pod_names(&self, ns: &str) -> Vec<String> {
-        let inner = self.shared.inner.lock().unwrap();
+        let inner = self.shared.inner.lock().expect("fake API state");
         inner
             .pods
             .keys()
@@ -264,7 +265,7 @@ impl FakeApiServer {
     /// Stores `pod` as it is (status included), as if it had been there all along; no script runs.
     pub fn insert(&self, pod: Pod) {
         let mut v = serde_json::to_value(pod).unwrap();
-        let mut inner = self.shared.inner.lock().unwrap();
+        let mut inner = self.shared.inner.lock().expect("fake API state");
         let ns = v["metadata"]["namespace"]
             .as_str()
             .unwrap_or("default")
@@ -295,7 +296,7 @@ impl FakeApiServer {
 
     /// Removes pod `ns/name` at once (as if its node vanished and the pod was force-deleted).
     pub fn remove(&self, ns: &str, name: &str) {
-        let mut inner = self.shared.inner.lock().unwrap();
+        let mut inner = self.shared.inner.lock().expect("fake API state");
         if let Some(v) = inner.pods.remove(&(ns.to_string(), name.to_string())) {
             commit(&mut inner, &self.shared.events, ns, "Pod", "DELETED", v);
         }
@@ -354,7 +355,7 @@ fn commit(
 }
 
 fn update(shared: &Shared, ns: &str, name: &str, f: impl FnOnce(&mut Value)) -> bool {
-    let mut inner = shared.inner.lock().unwrap();
+    let mut inner = shared.inner.lock().expect("fake API state");
     let key = (ns.to_string(), name.to_string());
     let Some(mut v) = inner.pods.get(&key).cloned() else {
         return false;
@@ -430,10 +431,10 @@ async fn list_pods(
     Query(q): Query<ListQuery>,
 ) -> Response {
     if matches!(q.watch.as_deref(), Some("true" | "1")) {
-        s.inner.lock().unwrap().counts.watches += 1;
+        s.inner.lock().expect("fake API state").counts.watches += 1;
         return watch(s, ns, "Pod", q);
     }
-    let mut inner = s.inner.lock().unwrap();
+    let mut inner = s.inner.lock().expect("fake API state");
     inner.counts.lists += 1;
     list(&inner.pods, inner.rv, &ns, "PodList", &q)
 }
@@ -446,7 +447,7 @@ async fn list_claims(
     if matches!(q.watch.as_deref(), Some("true" | "1")) {
         return watch(s, ns, "PersistentVolumeClaim", q);
     }
-    let inner = s.inner.lock().unwrap();
+    let inner = s.inner.lock().expect("fake API state");
     list(
         &inner.claims,
         inner.rv,
@@ -497,7 +498,7 @@ fn watch(s: Shared, ns: String, kind: &'static str, q: ListQuery) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
     // Subscribe and read the history under one lock, so no event falls between them.
     let (mut live, replay, too_old) = {
-        let inner = s.inner.lock().unwrap();
+        let inner = s.inner.lock().expect("fake API state");
         let live = s.events.subscribe();
         let from: Option<u64> = q
             .resource_version
@@ -599,7 +600,7 @@ fn watch(s: Shared, ns: String, kind: &'static str, q: ListQuery) -> Response {
 }
 
 async fn get_pod(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Response {
-    let mut inner = s.inner.lock().unwrap();
+    let mut inner = s.inner.lock().expect("fake API state");
     inner.counts.gets += 1;
     match inner.pods.get(&(ns, name.clone())) {
         Some(v) => ok_json(v),
@@ -644,7 +645,7 @@ async fn create_pod(State(s): State<Shared>, Path(ns): Path<String>, body: Bytes
         .as_str()
         .unwrap_or("")
         .to_string();
-    let mut inner = s.inner.lock().unwrap();
+    let mut inner = s.inner.lock().expect("fake API state");
     inner.counts.creates += 1;
     let key = (ns.clone(), name.clone());
     if inner.pods.contains_key(&key) {
@@ -789,7 +790,7 @@ async fn run_script(
 
 async fn delete_pod(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Response {
     let grace = {
-        let mut inner = s.inner.lock().unwrap();
+        let mut inner = s.inner.lock().expect("fake API state");
         inner.counts.deletes += 1;
         let key = (ns.clone(), name.clone());
         let Some(v) = inner.pods.get(&key).cloned() else {
@@ -817,7 +818,7 @@ async fn delete_pod(State(s): State<Shared>, Path((ns, name)): Path<(String, Str
     let s2 = s.clone();
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        let mut inner = s2.inner.lock().unwrap();
+        let mut inner = s2.inner.lock().expect("fake API state");
         if let Some(v) = inner.pods.remove(&(ns.clone(), name)) {
             commit(&mut inner, &s2.events, &ns, "Pod", "DELETED", v);
         }
@@ -837,7 +838,7 @@ async fn create_claim(State(s): State<Shared>, Path(ns): Path<String>, body: Byt
             "metadata.name: Required value",
         );
     };
-    let mut inner = s.inner.lock().unwrap();
+    let mut inner = s.inner.lock().expect("fake API state");
     let key = (ns.clone(), name.clone());
     if inner.claims.contains_key(&key) {
         inner.counts.conflicts += 1;
@@ -867,7 +868,7 @@ async fn create_claim(State(s): State<Shared>, Path(ns): Path<String>, body: Byt
 }
 
 async fn get_claim(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Response {
-    let inner = s.inner.lock().unwrap();
+    let inner = s.inner.lock().expect("fake API state");
     match inner.claims.get(&(ns, name.clone())) {
         Some(v) => ok_json(v),
         None => status(
@@ -882,7 +883,7 @@ async fn delete_claim(
     State(s): State<Shared>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    let mut inner = s.inner.lock().unwrap();
+    let mut inner = s.inner.lock().expect("fake API state");
     match inner.claims.remove(&(ns.clone(), name.clone())) {
         Some(v) => {
             let v = commit(
