@@ -224,7 +224,11 @@ impl FakeApiServer {
 
     /// The script of images no [`script`](Self::script) matches (default: ready at once).
     pub fn default_script(&self, script: Script) {
-        self.shared.inner.lock().expect("fake API state").default_script = script;
+        self.shared
+            .inner
+            .lock()
+            .expect("fake API state")
+            .default_script = script;
     }
 
     /// The IP that running pods get (default 127.0.0.1).
@@ -234,7 +238,11 @@ impl FakeApiServer {
 
     /// Deletion takes this long: the pod shows a deletionTimestamp first (default: at once).
     pub fn delete_grace(&self, grace: Duration) {
-        self.shared.inner.lock().expect("fake API state").delete_grace = grace;
+        self.shared
+            .inner
+            .lock()
+            .expect("fake API state")
+            .delete_grace = grace;
     }
 
     /// Request counts so far.
