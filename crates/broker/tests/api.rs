@@ -454,6 +454,12 @@ async fn openapi_documents_every_route_and_only_real_ones() {
         ("get", "/api/v1/audit"),
         ("post", "/api/v1/hosts/{name}/credentials"),
         ("delete", "/api/v1/hosts/{name}/credentials"),
+        ("get", "/api/v1/kubernetes/{pool}/sessions"),
+        ("post", "/api/v1/kubernetes/{pool}/sessions"),
+        (
+            "delete",
+            "/api/v1/kubernetes/{pool}/sessions/{user}/{session_type}",
+        ),
     ];
     let mut documented = Vec::new();
     for (path, item) in paths {
@@ -470,7 +476,12 @@ async fn openapi_documents_every_route_and_only_real_ones() {
     assert_eq!(documented, want);
     // Every documented operation is served (anything but the router's own 404/405).
     for (method, path) in &documented {
-        let concrete = path.replace("{name}", "h1").replace("{id}", "1");
+        let concrete = path
+            .replace("{name}", "h1")
+            .replace("{id}", "1")
+            .replace("{pool}", "k8s")
+            .replace("{user}", "alice")
+            .replace("{session_type}", "xfce");
         let (status, body) = b.call(&method.to_uppercase(), &concrete, None).await;
         let code = body["error"]["code"].as_str().unwrap_or("");
         assert!(

@@ -312,6 +312,30 @@ async fn xpra_client_reaches_a_static_target_through_the_gateway() {
     assert!(html.contains("Xpra"), "the HTML5 client page");
     let (status, _) = h.get("/client/..%2Fpasswd", &cookie).await;
     assert_eq!(status, 404);
+    // A real browser: sign-in form, landing page, waiting page, then the Xpra HTML5 client over the
+    // gateway's WebSocket with the sign-in cookie, until the client reports itself connected.
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (./scripts/test does)"
+    );
+    let shots = h.dir.path().join("shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::process::Command::new("timeout")
+        .arg("120")
+        .arg("node")
+        .arg(browser_dir.join("gateway.mjs"))
+        .args([&format!("https://{}", h.gw), "alice", "alice-pw", "desktop"])
+        .arg(&shots)
+        .output()
+        .await
+        .expect("node runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("connected desktop"),
+        "the browser did not connect:\n{text}"
+    );
     drop(xpra);
 }
 
