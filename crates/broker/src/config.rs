@@ -165,6 +165,8 @@ pub enum HomeKind {
     Shared,
     /// A claim per user, made on first start.
     PerUser,
+    /// A fresh home; listed dotfiles saved to and restored from `dotfiles_claim`.
+    Dotfiles,
 }
 
 /// `[auth]`.
@@ -372,6 +374,10 @@ pub struct PoolSection {
     pub home_storage_class: Option<String>,
     /// Kubernetes: where homes are mounted (/home).
     pub home_mount: Option<String>,
+    /// Kubernetes: the claim holding saved dotfiles (`home = "dotfiles"`).
+    pub dotfiles_claim: Option<String>,
+    /// Kubernetes: which dotfiles to save, relative to the home directory.
+    pub dotfiles: Option<Vec<String>>,
     /// Kubernetes: allow hostPath volumes in templates (false).
     pub allow_host_path: Option<bool>,
     /// Kubernetes: how often pods and sessions are reconciled (30s).
@@ -1069,6 +1075,8 @@ fn kube_only_key(p: &PoolSection) -> Option<&'static str> {
         ("home_mount", p.home_mount.is_some()),
         ("allow_host_path", p.allow_host_path.is_some()),
         ("reconcile_interval", p.reconcile_interval.is_some()),
+        ("dotfiles_claim", p.dotfiles_claim.is_some()),
+        ("dotfiles", p.dotfiles.is_some()),
     ]
     .into_iter()
     .find(|(_, set)| *set)
@@ -1107,7 +1115,11 @@ fn kube_pool(p: PoolSection) -> Result<KubePoolConfig, String> {
             "key `home_mount`: {mount:?} is not an absolute path"
         ));
     }
-    let home = match p.home.unwrap_or_default() {
+    let home_kind = p.home.unwrap_or_default();
+    if home_kind != HomeKind::Dotfiles && (p.dotfiles_claim.is_some() || p.dotfiles.is_some()) {
+        return Err("keys `dotfiles_claim` and `dotfiles` need `home = \"dotfiles\"`".into());
+    }
+    let home = match home_kind {
         HomeKind::None => {
             if p.home_claim.is_some() || p.home_size.is_some() || p.home_storage_class.is_some() {
                 return Err(
@@ -1122,6 +1134,29 @@ fn kube_pool(p: PoolSection) -> Result<KubePoolConfig, String> {
             )?,
             mount,
         },
+        HomeKind::Dotfiles => {
+            let files = p
+                .dotfiles
+                .unwrap_or_else(|| DEFAULT_DOTFILES.iter().map(|s| s.to_string()).collect());
+            if files.is_empty() || files.len() > 64 {
+                return Err("key `dotfiles`: list 1 to 64 paths".into());
+            }
+            if let Some(bad) = files
+                .iter()
+                .find(|f| !switchboard_k8s::template::valid_dotfile(f))
+            {
+                return Err(format!(
+                    "key `dotfiles`: {bad:?} must be a path relative to the home directory of letters, digits, '.', '_', '-' and '/'"
+                ));
+            }
+            switchboard_k8s::Home::Dotfiles {
+                claim: p
+                    .dotfiles_claim
+                    .ok_or("key `dotfiles_claim`: missing (the claim that keeps saved dotfiles)")?,
+                files,
+                mount,
+            }
+        }
         HomeKind::PerUser => switchboard_k8s::Home::PerUser {
             storage_class: p.home_storage_class,
             size: p.home_size.unwrap_or_else(|| "10Gi".into()),
@@ -1254,6 +1289,15 @@ fn gateway(
             .unwrap_or_else(|| PathBuf::from("/usr/share/xpra/www")),
     }))
 }
+
+/// Dotfiles saved by `home = "dotfiles"` unless `dotfiles` says otherwise.
+pub const DEFAULT_DOTFILES: &[&str] = &[
+    ".bashrc",
+    ".profile",
+    ".config",
+    ".local/share/applications",
+    ".ssh/config",
+];
 
 /// Gateway paths that cannot be session types.
 pub const RESERVED_PATHS: &[&str] = &[
@@ -1450,5 +1494,76 @@ max_sessions = 40
         assert!(c.pools.is_empty());
         assert!(c.store_url.starts_with("sqlite:///var/lib/switchboard/"));
         assert_eq!(c.management_socket, Path::new("/run/switchboard/mgmt.sock"));
+    }
+
+    #[test]
+    fn kubernetes_pools_and_the_gateway_are_checked() {
+        let kube = "[[pool]]\nname = \"k\"\nkind = \"kubernetes\"\nnamespace = \"sessions\"\ntemplates = \"/t\"\n";
+        let c = Config::parse(kube, "b.toml").unwrap();
+        assert_eq!(c.kube_pools.len(), 1);
+        assert!(c.pools.is_empty(), "a Kubernetes pool is not a hosts pool");
+        assert_eq!(c.kube_pools[0].budgets, switchboard_k8s::Budgets::default());
+        let err = |text: &str| Config::parse(text, "b.toml").unwrap_err().message;
+        assert!(
+            err(&format!(
+                "{kube}[[pool.host]]\nname = \"h\"\naddress = \"127.0.0.2:22\"\n"
+            ))
+            .contains("`host`")
+        );
+        assert!(
+            err("[[pool]]\nname = \"k\"\nkind = \"kubernetes\"\ntemplates = \"/t\"\n")
+                .contains("namespace")
+        );
+        assert!(
+            err("[[pool]]\nname = \"h\"\nnamespace = \"x\"\n").contains("kind = \"kubernetes\"")
+        );
+        assert!(err(&format!("{kube}dotfiles_claim = \"d\"\n")).contains("home = \"dotfiles\""));
+        assert!(err(&format!("{kube}home = \"dotfiles\"\n")).contains("dotfiles_claim"));
+        assert!(
+            err(&format!(
+                "{kube}home = \"dotfiles\"\ndotfiles_claim = \"d\"\ndotfiles = [\"../x\"]\n"
+            ))
+            .contains("dotfiles")
+        );
+        let c = Config::parse(
+            &format!("{kube}home = \"dotfiles\"\ndotfiles_claim = \"d\"\n"),
+            "b.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.kube_pools[0].render.home, switchboard_k8s::Home::Dotfiles { files, .. } if files.len() == DEFAULT_DOTFILES.len())
+        );
+        // The gateway: needs auth, TLS off loopback, a real pool or targets.
+        let auth = "[auth]\nmethod = \"none\"\n";
+        assert!(err("[gateway]\nlisten = \"127.0.0.1:8443\"\npool = \"k\"\n").contains("[auth]"));
+        assert!(
+            err(&format!(
+                "{auth}{kube}[gateway]\nlisten = \"0.0.0.0:8443\"\npool = \"k\"\n"
+            ))
+            .contains("tls_cert")
+        );
+        assert!(
+            err(&format!(
+                "{auth}[gateway]\nlisten = \"127.0.0.1:8443\"\npool = \"nope\"\n"
+            ))
+            .contains("no Kubernetes pool")
+        );
+        assert!(
+            err(&format!("{auth}[gateway]\nlisten = \"127.0.0.1:8443\"\n"))
+                .contains("needs `pool`")
+        );
+        let t = "[[gateway.target]]\ntype = \"login\"\naddress = \"127.0.0.1:14500\"\n";
+        assert!(
+            err(&format!(
+                "{auth}[gateway]\nlisten = \"127.0.0.1:8443\"\n{t}"
+            ))
+            .contains("gateway.target.type")
+        );
+        let ok = format!(
+            "{auth}{kube}[gateway]\nlisten = \"127.0.0.1:8443\"\npool = \"k\"\n[[gateway.target]]\ntype = \"lab\"\naddress = \"127.0.0.1:14500\"\n"
+        );
+        let g = Config::parse(&ok, "b.toml").unwrap().gateway.unwrap();
+        assert_eq!(g.targets.len(), 1);
+        assert_eq!(g.token_ttl, Duration::from_secs(600));
     }
 }

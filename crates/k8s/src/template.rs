@@ -70,6 +70,17 @@ pub enum Home {
         /// Where homes live in the pod (`/home`).
         mount: String,
     },
+    /// A fresh home per pod (emptyDir) whose listed dotfiles are restored at start from, and saved
+    /// at log-off to, `<claim>/<user>/<type>.tar` (the seed's `save-states`): an init container
+    /// unpacks, a preStop hook packs. Both use the session image's `sh` and `tar`.
+    Dotfiles {
+        /// Name of the existing (ReadWriteMany) claim holding the saved files.
+        claim: String,
+        /// Paths relative to the home directory (`.bashrc`, `.config/xfce4`).
+        files: Vec<String>,
+        /// Where homes live in the pod (`/home`).
+        mount: String,
+    },
     /// A PersistentVolumeClaim per user, created on first start and kept across sessions.
     PerUser {
         /// Storage class; the cluster default when unset.
@@ -409,9 +420,17 @@ pub fn render(
         }
     }
 
+    if let Home::Dotfiles {
+        claim,
+        files,
+        mount,
+    } = &opts.home
+    {
+        dotfiles(spec, owner, session_type, claim, files, mount).map_err(invalid)?;
+    }
     let mut claim = None;
     let home = match &opts.home {
-        Home::None => None,
+        Home::None | Home::Dotfiles { .. } => None,
         Home::Shared { claim, mount } => Some((claim.clone(), mount.clone())),
         Home::PerUser {
             storage_class,
@@ -457,6 +476,156 @@ pub fn render(
         port: port.unwrap_or(opts.default_port),
         template: path.to_path_buf(),
     })
+}
+
+/// Restores `$SB_DOTFILES/$SB_TYPE.tar` into `$HOME` (a constant script; the data is in env).
+const RESTORE: &str =
+    r#"a="$SB_DOTFILES/$SB_TYPE.tar"; if [ -f "$a" ]; then tar -xf "$a" -C "$HOME"; fi"#;
+/// Packs the listed dotfiles that exist into `$SB_DOTFILES/$SB_TYPE.tar` (atomically by rename).
+/// `$SB_DOTFILE_LIST` holds only checked relative paths (no spaces, globs or `..`).
+const SAVE: &str = r#"cd "$HOME" || exit 0; l=""; for f in $SB_DOTFILE_LIST; do [ -e "$f" ] && l="$l $f"; done; [ -n "$l" ] || exit 0; tar -cf "$SB_DOTFILES/$SB_TYPE.tar.new" $l && mv "$SB_DOTFILES/$SB_TYPE.tar.new" "$SB_DOTFILES/$SB_TYPE.tar""#;
+/// Where the user's saved dotfiles are mounted.
+const DOTFILES_DIR: &str = "/switchboard/dotfiles";
+
+/// Whether `f` may be listed as a dotfile: a relative path of `[A-Za-z0-9._/-]`, no `..`.
+pub fn valid_dotfile(f: &str) -> bool {
+    !f.is_empty()
+        && f.len() <= 255
+        && !f.starts_with('/')
+        && f.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        && !f.split('/').any(|c| c == ".." || c.is_empty())
+}
+
+fn dotfiles(
+    spec: &mut k8s_openapi::api::core::v1::PodSpec,
+    owner: &Owner,
+    session_type: &str,
+    claim: &str,
+    files: &[String],
+    mount: &str,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::{
+        Container, EmptyDirVolumeSource, EnvVar, ExecAction, Lifecycle, LifecycleHandler,
+    };
+    if !valid_component(&owner.user) {
+        return Err(format!(
+            "user {:?} cannot name a dotfiles directory",
+            owner.user
+        ));
+    }
+    if let Some(bad) = files.iter().find(|f| !valid_dotfile(f)) {
+        return Err(format!("dotfile {bad:?} is not a plain relative path"));
+    }
+    let home = format!("{}/{}", mount.trim_end_matches('/'), owner.user);
+    let env = |extra: bool| {
+        let mut e = vec![
+            EnvVar {
+                name: "HOME".into(),
+                value: Some(home.clone()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "SB_DOTFILES".into(),
+                value: Some(DOTFILES_DIR.into()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "SB_TYPE".into(),
+                value: Some(session_type.into()),
+                ..Default::default()
+            },
+        ];
+        if extra {
+            e.push(EnvVar {
+                name: "SB_DOTFILE_LIST".into(),
+                value: Some(files.join(" ")),
+                ..Default::default()
+            });
+        }
+        e
+    };
+    let mounts = vec![
+        VolumeMount {
+            name: "switchboard-home".into(),
+            mount_path: home.clone(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "switchboard-dotfiles".into(),
+            mount_path: DOTFILES_DIR.into(),
+            sub_path: Some(owner.user.clone()),
+            ..Default::default()
+        },
+    ];
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: "switchboard-home".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: "switchboard-dotfiles".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.into(),
+            read_only: None,
+        }),
+        ..Default::default()
+    });
+    let image = spec.containers[0].image.clone();
+    for (i, c) in spec.containers.iter_mut().enumerate() {
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(mounts[0].clone());
+        if i > 0 {
+            continue;
+        }
+        if c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()) {
+            return Err(format!(
+                "container {:?} has its own preStop hook; dotfiles need it to save",
+                c.name
+            ));
+        }
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(mounts[1].clone());
+        let env_list = c.env.get_or_insert_with(Vec::new);
+        for e in env(true) {
+            if !env_list.iter().any(|x| x.name == e.name) {
+                env_list.push(e);
+            }
+        }
+        c.lifecycle.get_or_insert_with(Lifecycle::default).pre_stop = Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec!["sh".into(), "-c".into(), SAVE.into()]),
+            }),
+            ..Default::default()
+        });
+    }
+    spec.init_containers.get_or_insert_with(Vec::new).insert(
+        0,
+        Container {
+            name: "switchboard-dotfiles".into(),
+            image,
+            command: Some(vec!["sh".into(), "-c".into(), RESTORE.into()]),
+            env: Some(env(false)),
+            volume_mounts: Some(mounts),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    Ok(())
+}
+
+fn valid_component(value: &str) -> bool {
+    check_component("user", value).is_ok()
 }
 
 fn home_claim(
@@ -710,6 +879,137 @@ spec:
             v.persistent_volume_claim.as_ref().unwrap().claim_name,
             "alice-home"
         );
+    }
+
+    #[test]
+    fn dotfiles_restore_and_save_without_user_data_in_scripts() {
+        let pod = parse_template(XPRA).unwrap();
+        let opts = RenderOptions {
+            home: Home::Dotfiles {
+                claim: "dotfiles".into(),
+                files: vec![".bashrc".into(), ".config/xfce4".into()],
+                mount: "/home".into(),
+            },
+            ..opts()
+        };
+        let r = render(&pod, Path::new("t"), &owner(), "xfce", &opts).unwrap();
+        let spec = r.pod.spec.as_ref().unwrap();
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.name, "switchboard-dotfiles");
+        assert_eq!(
+            init.image.as_deref(),
+            Some("registry.example.org/xpra-xfce:3.1")
+        );
+        let script = init.command.as_ref().unwrap()[2].clone();
+        assert_eq!(script, RESTORE);
+        assert!(
+            !script.contains("alice") && !script.contains("xfce"),
+            "data travels in env, not in the script"
+        );
+        let c = &spec.containers[0];
+        let stop = c
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap();
+        assert_eq!(stop.command.as_ref().unwrap()[2], SAVE);
+        let env: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
+            .collect();
+        assert_eq!(env["HOME"], "/home/alice");
+        assert_eq!(env["SB_DOTFILE_LIST"], ".bashrc .config/xfce4");
+        let m = c.volume_mounts.as_ref().unwrap();
+        assert!(
+            m.iter()
+                .any(|m| m.mount_path == DOTFILES_DIR && m.sub_path.as_deref() == Some("alice"))
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.mount_path == "/home/alice" && m.name == "switchboard-home")
+        );
+        let vols = spec.volumes.as_ref().unwrap();
+        assert!(vols.iter().any(|v| v.empty_dir.is_some()));
+        assert!(r.claim.is_none());
+        // Unsafe file lists and a template's own preStop are refused.
+        for bad in ["../x", "/etc/passwd", "a b", "*", "$(id)", ""] {
+            let o = RenderOptions {
+                home: Home::Dotfiles {
+                    claim: "d".into(),
+                    files: vec![bad.into()],
+                    mount: "/home".into(),
+                },
+                ..opts.clone()
+            };
+            assert!(
+                render(&pod, Path::new("t"), &owner(), "xfce", &o).is_err(),
+                "{bad:?}"
+            );
+        }
+        let own = format!(
+            "{XPRA}      lifecycle: {{ preStop: {{ exec: {{ command: [\"true\"] }} }} }}\n"
+        );
+        assert!(
+            render(
+                &parse_template(&own).unwrap(),
+                Path::new("t"),
+                &owner(),
+                "xfce",
+                &opts
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn dotfile_scripts_round_trip_in_a_real_shell() {
+        // The two constant scripts, run by /bin/sh with the env the pod gets.
+        let root = tempfile::tempdir().unwrap();
+        let (home, saved) = (root.path().join("home"), root.path().join("saved"));
+        std::fs::create_dir_all(home.join(".config/xfce4")).unwrap();
+        std::fs::create_dir_all(&saved).unwrap();
+        std::fs::write(home.join(".bashrc"), "alias ll='ls -l'\n").unwrap();
+        std::fs::write(home.join(".config/xfce4/panel.xml"), "<panel/>").unwrap();
+        std::fs::write(home.join("scratch.bin"), "not saved").unwrap();
+        let run = |script: &str, home: &Path| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", script])
+                .env("HOME", home)
+                .env("SB_DOTFILES", &saved)
+                .env("SB_TYPE", "xfce")
+                .env("SB_DOTFILE_LIST", ".bashrc .config/xfce4 .missing")
+                .status()
+                .unwrap();
+            assert!(st.success(), "{script}");
+        };
+        run(SAVE, &home);
+        assert!(saved.join("xfce.tar").is_file());
+        let fresh = root.path().join("fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        run(RESTORE, &fresh);
+        assert_eq!(
+            std::fs::read_to_string(fresh.join(".bashrc")).unwrap(),
+            "alias ll='ls -l'\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(fresh.join(".config/xfce4/panel.xml")).unwrap(),
+            "<panel/>"
+        );
+        assert!(
+            !fresh.join("scratch.bin").exists(),
+            "only listed files travel"
+        );
+        // Nothing saved yet: the restore is a no-op, not a failure.
+        std::fs::remove_file(saved.join("xfce.tar")).unwrap();
+        run(RESTORE, &fresh);
     }
 
     #[test]
