@@ -160,6 +160,21 @@ async fn follow(
     }
 }
 
+/// The broker sends a comment every 15 s: silence for this long means it is gone without a FIN
+/// (a dead peer, a dropped route), and the stream is opened again.
+const SILENCE: Duration = Duration::from_secs(45);
+
+/// The next chunk of `resp`, or an error after `silence` without one.
+async fn next_chunk(
+    resp: &mut reqwest::Response,
+    silence: Duration,
+) -> Result<Option<bytes::Bytes>, String> {
+    tokio::time::timeout(silence, resp.chunk())
+        .await
+        .map_err(|_| format!("no data from the broker for {} s", silence.as_secs_f32()))?
+        .map_err(|e| e.to_string())
+}
+
 async fn stream(
     director: &Director,
     client: &reqwest::Client,
@@ -186,12 +201,7 @@ async fn stream(
     tracing::info!(service = %service, url = %url, "following the broker pool");
     let mut parser = SseParser::default();
     let mut seen = false;
-    // The broker sends a comment every 15 s: silence for 45 s means it is gone without a FIN.
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(45), resp.chunk())
-        .await
-        .map_err(|_| "no data from the broker for 45 s".to_owned())?
-        .map_err(|e| e.to_string())?
-    {
+    while let Some(chunk) = next_chunk(&mut resp, SILENCE).await? {
         for (event, data) in parser.push(&chunk)? {
             if event != "pool" {
                 continue;
@@ -302,6 +312,47 @@ impl SseParser {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn a_silent_stream_is_given_up_after_the_silence_limit() {
+        use tokio::io::AsyncWriteExt;
+        // A server that answers, sends one keep-alive comment, then says nothing and keeps the
+        // connection open (a broker gone without a FIN).
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n6\r\n: hi\n\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut resp = reqwest::Client::new()
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap();
+        let silence = Duration::from_millis(300);
+        let first = next_chunk(&mut resp, silence).await.unwrap();
+        assert_eq!(first.as_deref(), Some(&b": hi\n\n"[..]));
+        let started = std::time::Instant::now();
+        let err = next_chunk(&mut resp, silence).await.unwrap_err();
+        assert!(err.contains("no data from the broker"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "given up after the limit, not at the server's close"
+        );
+        assert_eq!(
+            SILENCE,
+            Duration::from_secs(45),
+            "three missed 15 s keep-alives"
+        );
+        server.abort();
+    }
 
     #[test]
     fn events_are_split_across_chunks_and_comments_skipped() {

@@ -609,6 +609,43 @@ mod tests {
     }
 
     #[test]
+    fn mh_rebuilds_its_table_when_the_backend_list_changes_with_equal_weights() {
+        // Maglev's table depends on the backends' addresses: swapping one backend for another with
+        // the same weight must give the table a fresh service with the new list would build, not
+        // the old one (the weights alone do not change).
+        let spec = |port: u16| BackendSpec {
+            addr: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
+            weight: 100,
+            max_conn: 0,
+        };
+        let s = service("scheduler = \"mh\"\n");
+        let before: Vec<u16> = (0..60)
+            .map(|i| s.pick(client(i), &[]).unwrap().backend.addr.port())
+            .collect();
+        s.set_backends(&[spec(13), spec(11), spec(12)]);
+        s.sweep();
+        let after: Vec<u16> = (0..60)
+            .map(|i| s.pick(client(i), &[]).unwrap().backend.addr.port())
+            .collect();
+        let fresh = service("scheduler = \"mh\"\n");
+        fresh.set_backends(&[spec(13), spec(11), spec(12)]);
+        fresh.sweep();
+        let want: Vec<u16> = (0..60)
+            .map(|i| fresh.pick(client(i), &[]).unwrap().backend.addr.port())
+            .collect();
+        assert_eq!(after, want, "the table was rebuilt for the new list");
+        assert!(after.contains(&13) && !after.contains(&10));
+        // Clients of the unchanged backends mostly stay (Maglev's minimal disruption).
+        let stayed = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != 10 && b == a)
+            .count();
+        let kept = before.iter().filter(|b| **b != 10).count();
+        assert!(stayed * 10 >= kept * 7, "{stayed} of {kept} stayed");
+    }
+
+    #[test]
     fn rr_spreads_and_a_drained_backend_gets_nothing_new() {
         let s = service("scheduler = \"rr\"\n");
         let mut leases = Vec::new();
