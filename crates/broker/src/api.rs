@@ -873,7 +873,6 @@ async fn start_kube_session(
     body: Body,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-    use switchboard_k8s::Progress;
     let body = body_bytes(body)?;
     let req: KubeStartRequest = parse_body(&headers, &body)?;
     if !switchboard_auth::valid_user(&req.user) {
@@ -894,31 +893,12 @@ async fn start_kube_session(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if sse {
-        let stop = app.shutdown.clone();
-        let stream = futures_util::stream::unfold(Some((handle, true)), move |st| {
-            let stop = stop.clone();
-            async move {
-                let (mut h, first) = st?;
-                let p = if first {
-                    h.current()
-                } else {
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        p = h.next() => p?,
-                    }
-                };
-                let name = match &p {
-                    Progress::Ready(_) => "ready",
-                    Progress::Failed(_) => "failed",
-                    _ => "progress",
-                };
-                let ev = SseEvent::default()
-                    .event(name)
-                    .json_data(&p)
-                    .map_err(axum::Error::new);
-                let next = if p.is_final() { None } else { Some((h, false)) };
-                Some((ev, next))
-            }
+        use futures_util::StreamExt;
+        let stream = crate::kube::progress_events(handle, app.shutdown.clone()).map(|(name, p)| {
+            SseEvent::default()
+                .event(name)
+                .json_data(&p)
+                .map_err(axum::Error::new)
         });
         audit(&app, &actor, "start pod", &target, &Ok(())).await;
         return Ok(Sse::new(stream)

@@ -32,7 +32,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use switchboard_core::config::HostAddr;
-use switchboard_k8s::Progress;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -433,38 +432,13 @@ async fn events(State(gw): State<Gw>, User(user): User, UrlPath(ty): UrlPath<Str
                 .into_response();
         }
     };
-    let stop = gw.shutdown.clone();
-    let stream = futures_util::stream::unfold(Some((handle, true)), move |st| {
-        let stop = stop.clone();
-        async move {
-            let (mut h, first) = st?;
-            let p = if first {
-                h.current()
-            } else {
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    p = h.next() => p?,
-                }
-            };
-            let name = match &p {
-                Progress::Ready(_) => "ready",
-                Progress::Failed(_) => "failed",
-                _ => "progress",
-            };
-            let v = serde_json::to_value(&p).unwrap_or_default();
-            let v = match v {
-                // Flatten a failure's error fields next to `event` for the page.
-                serde_json::Value::Object(mut m) if name == "failed" => {
-                    if let Some(serde_json::Value::Object(inner)) = m.remove("Failed") {
-                        m.extend(inner);
-                    }
-                    serde_json::Value::Object(m)
-                }
-                v => v,
-            };
-            let next = if p.is_final() { None } else { Some((h, false)) };
-            Some((ev(name, &v), next))
-        }
+    // Progress is internally tagged (`{"event": …}`), a failure's fields next to the tag, as the
+    // waiting page reads them.
+    let stream = crate::kube::progress_events(handle, gw.shutdown.clone()).map(|(name, p)| {
+        Event::default()
+            .event(name)
+            .json_data(&p)
+            .map_err(axum::Error::new)
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -145,6 +145,37 @@ impl KubePool {
     }
 }
 
+/// The events of a start, from where it is now to its outcome (or until `stop`): each with its
+/// server-sent event name (`progress`, then `ready` or `failed`). The REST API and the gateway's
+/// waiting page stream the same sequence.
+pub fn progress_events(
+    handle: StartHandle,
+    stop: CancellationToken,
+) -> impl futures_util::Stream<Item = (&'static str, switchboard_k8s::Progress)> {
+    use switchboard_k8s::Progress;
+    futures_util::stream::unfold(Some((handle, true)), move |st| {
+        let stop = stop.clone();
+        async move {
+            let (mut h, first) = st?;
+            let p = if first {
+                h.current()
+            } else {
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    p = h.next() => p?,
+                }
+            };
+            let name = match &p {
+                Progress::Ready(_) => "ready",
+                Progress::Failed(_) => "failed",
+                _ => "progress",
+            };
+            let next = if p.is_final() { None } else { Some((h, false)) };
+            Some(((name, p), next))
+        }
+    })
+}
+
 /// `user` with their groups, uid and gid (through NSS, off the async threads).
 pub async fn owner(user: &str) -> Result<Owner, Refused> {
     let u = user.to_string();

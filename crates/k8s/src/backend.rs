@@ -592,3 +592,40 @@ pub fn session_port(pod: &Pod) -> Option<u16> {
         .find(|p| matches!(p.name.as_deref(), Some("session" | "xpra")))
         .and_then(|p| u16::try_from(p.container_port).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_events_are_flat_json_objects() {
+        // Clients (the gateway's waiting page, REST callers) read these fields directly.
+        let failed = Progress::Failed(StartError::Broken {
+            pod: "alice-xfce".into(),
+            reason: "ImagePullBackOff".into(),
+            message: "Back-off pulling image".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            serde_json::json!({ "event": "failed", "error": "broken", "pod": "alice-xfce",
+                "reason": "ImagePullBackOff", "message": "Back-off pulling image" })
+        );
+        let waiting = Progress::Waiting {
+            pod: "p".into(),
+            stage: Stage::Pulling,
+            detail: Some("ContainerCreating".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&waiting).unwrap(),
+            serde_json::json!({ "event": "waiting", "pod": "p", "stage": "pulling", "detail": "ContainerCreating" })
+        );
+        let ready = Progress::Ready(Target {
+            pod: "p".into(),
+            address: "10.0.0.1:14500".parse().unwrap(),
+        });
+        assert_eq!(
+            serde_json::to_value(&ready).unwrap(),
+            serde_json::json!({ "event": "ready", "pod": "p", "address": "10.0.0.1:14500" })
+        );
+    }
+}
