@@ -48,7 +48,8 @@ const MAX_FILE: u64 = 16 * 1024 * 1024;
 const RELAY_BUF: usize = 64 * 1024;
 /// Largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
-/// Longest wait for a session to become ready during an upgrade (the pool's budgets end it first).
+/// Longest wait for the TCP connection to a ready session (starting it is bounded by the pool's
+/// stage budgets).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running gateway.

@@ -247,7 +247,6 @@ impl Broker {
                 }
             }
         });
-        tracing::info!(gateway = ?gateway_addr, "gateway");
         tracing::info!(http = %http_addr, https, agents = ?agent_addr, mgmt = %config.management_socket.display(), store = %redact(&config.store_url), "broker started");
         Ok(Broker {
             x2go,
