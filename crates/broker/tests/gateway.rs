@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 struct Xpra {
     child: Child,
     port: u16,
+    display: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -31,7 +32,8 @@ impl Xpra {
         );
         let dir = tempfile::tempdir().unwrap();
         let port = switchboard_testkit::free_port();
-        let display = format!(":{}", 200 + port % 5000);
+        let display_number = 200 + port % 5000;
+        let display = format!(":{display_number}");
         let log = std::fs::File::create(dir.path().join("xpra.log")).unwrap();
         let child = Command::new("xpra")
             .args(["start", &display, &format!("--bind-tcp=127.0.0.1:{port}")])
@@ -61,11 +63,13 @@ impl Xpra {
             .env("XDG_RUNTIME_DIR", dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .expect("xpra starts");
         let x = Xpra {
             child,
             port,
+            display: display_number,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -82,9 +86,34 @@ impl Xpra {
 
 impl Drop for Xpra {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
+        // The server's Xvfb runs in a session of its own; its X lock file names it.
+        if let Ok(pid) = std::fs::read_to_string(format!("/tmp/.X{}-lock", self.display))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
+}
+
+/// Stops `child`'s process group (SIGTERM, then SIGKILL after 5 s) and reaps `child`.
+fn kill_group(child: &mut Child) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let group = Pid::from_raw(child.id() as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = child.wait();
 }
 
 /// Runs `xpra info URL` (the real client: websocket upgrade, hello, info request) against the
@@ -144,10 +173,7 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         // xvfb-run starts Xvfb and the client in the child's process group.
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
+        kill_group(&mut self.0);
     }
 }
 
