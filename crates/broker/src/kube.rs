@@ -89,26 +89,9 @@ impl KubePools {
         })
     }
 
-    /// Pools from already-built parts (tests).
-    pub fn from_pools(pools: impl IntoIterator<Item = KubePool>) -> KubePools {
-        KubePools {
-            pools: Arc::new(
-                pools
-                    .into_iter()
-                    .map(|p| (p.config.name.clone(), p))
-                    .collect(),
-            ),
-        }
-    }
-
     /// The pool `name`.
     pub fn get(&self, name: &str) -> Option<&KubePool> {
         self.pools.get(name)
-    }
-
-    /// Pool names.
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.pools.keys()
     }
 }
 

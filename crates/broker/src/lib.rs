@@ -100,6 +100,7 @@ pub struct Broker {
     agent_listening: bool,
     kube_pools: Vec<config::KubePoolConfig>,
     gateway_config: Option<config::GatewayConfig>,
+    gateway: Option<gateway::Gateway>,
     mgmt_task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
@@ -254,6 +255,7 @@ impl Broker {
             kube,
             kube_pools: config.kube_pools.clone(),
             gateway_config: config.gateway.clone(),
+            gateway,
             agent_listening: agent_addr.is_some(),
             http_addr,
             engine,
@@ -290,6 +292,9 @@ impl Broker {
     /// Waits until the broker has stopped (after its shutdown token was cancelled).
     pub async fn wait(self) -> Result<(), BrokerError> {
         let served = self.server.await;
+        if let Some(g) = self.gateway {
+            let _ = g.wait().await;
+        }
         let _ = self.mgmt_task.await;
         let _ = self.engine_task.await;
         self.store.close().await;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
@@ -545,21 +545,6 @@ impl Backend {
             stage: "deletion",
             budget_secs: self.inner.settings.deletion_timeout.as_secs(),
         })
-    }
-
-    /// Lists the pool's pods from the API server (not the cache).
-    pub async fn list(&self) -> Result<Vec<Pod>, StartError> {
-        let selector = format!(
-            "{}={}",
-            names::POOL_LABEL,
-            names::label_value(&self.inner.settings.render.pool)
-        );
-        Ok(self
-            .inner
-            .pods
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items)
     }
 }
 

@@ -386,17 +386,17 @@ impl Lifecycle {
         let now = unix_now();
         let pods = self.backend.pods();
         let templates = self.backend.templates();
-        let has_template = |user: &str, ty: &str| {
-            let owner = crate::template::Owner {
-                user: user.into(),
-                groups: Vec::new(),
-                uid: None,
-                gid: None,
-            };
-            // Group templates cannot be checked without the user's groups: only a type that no
-            // directory offers at all counts as removed.
-            templates.lookup(&owner, ty).is_ok() || any_template(templates.root(), ty)
-        };
+        // A type counts as removed only when no directory offers it at all (group templates
+        // cannot be told apart without each user's groups). Each type is looked up once a pass.
+        let offered: HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.annotations.as_ref()?.get(names::TYPE_ANNOTATION))
+            .map(String::as_str)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter(|ty| any_template(templates.root(), ty))
+            .collect();
+        let has_template = |_: &str, ty: &str| offered.contains(ty);
         let facts: Vec<PodFacts> = pods
             .iter()
             .map(|p| facts(p, self.policy, has_template))
