@@ -66,7 +66,7 @@ pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, 
             return;
         };
         let addr = lease.backend.addr;
-        match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(config.connect_timeout, connect(addr)).await {
             Ok(Ok(s)) => break (lease, s),
             Ok(Err(e)) => {
                 tracing::warn!(service = %service.name, backend = %addr, error = %e, "connect failed");
@@ -84,7 +84,6 @@ pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, 
         }
     };
     lease.connected();
-    tune_backend(&socket2::SockRef::from(&server));
     tracing::debug!(service = %service.name, client = %peer, backend = %lease.backend.addr, "connected");
     if config.proxy_protocol {
         let local = client.local_addr().unwrap_or(peer);
@@ -98,6 +97,37 @@ pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, 
     if let Err(e) = relay(&client, &server, &lease, config.idle_timeout, use_splice).await {
         tracing::debug!(service = %service.name, client = %peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Connects to a backend, with the backend leg's options set before the SYN goes out.
+///
+/// Like tokio's `TcpStream::connect`, but the outcome is read from the readiness event itself:
+/// a refused or failed connect reports a hang-up (`EPOLLHUP`), a successful one only writability.
+/// The socket error is fetched (`SO_ERROR`) only on failure, which saves a system call on every
+/// connection that works.
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    tune_backend(&socket2::SockRef::from(&sock));
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection closed while connecting",
+            )
+        }));
+    }
+    Ok(stream)
 }
 
 /// When bytes last moved, shared by both directions of a connection.
@@ -195,6 +225,32 @@ thread_local! {
     static BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; CHUNK].into_boxed_slice());
 }
 
+/// Reads what `from` holds into `buf`, as `try_read` does, but without the extra `recv` that
+/// would only answer "nothing more" after a short read.
+///
+/// A read that returns less than the buffer's size has emptied the socket's receive queue, so the
+/// readiness is cleared at once, as an `EAGAIN` would clear it (HAProxy does the same: one `recv`
+/// per event). It is safe with edge-triggered epoll: bytes that arrive after the read raise a new
+/// event, and tokio clears only the readiness it saw before the read (its tick), never a newer
+/// one, nor an end of stream already seen.
+fn read_once(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut short = None;
+    let r = from.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(from)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            // Reported as WouldBlock so that tokio clears the readiness it saw.
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (r, short) {
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+        (r, _) => r,
+    }
+}
+
 /// Ends a direction: passes the end of stream on with a shutdown of `to`'s write half, unless the
 /// other direction has ended already (then both sockets are about to be closed, which sends the
 /// FIN anyway).
@@ -222,7 +278,7 @@ async fn pump(
     loop {
         from.readable().await?;
         let step = BUF.with_borrow_mut(|buf| -> io::Result<Option<(usize, bool)>> {
-            let n = match from.try_read(buf) {
+            let n = match read_once(from, buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e),
@@ -378,6 +434,90 @@ pub fn proxy_v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn connect_sets_the_backend_options_and_reports_a_refusal() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = connect(addr).await.unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        drop(l);
+        let e = connect(addr).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+
+    /// Writes of mixed sizes (most short, some over the 64 KiB buffer, which moves the direction
+    /// to splice) through one direction on a two-thread runtime, where a socket's readiness
+    /// events can be handled on the other thread between a short read and the clearing of its
+    /// readiness. Each write is read in full at the far end before the next is sent, so a wake-up
+    /// lost by the relay (readiness cleared while bytes wait) stalls the test: every byte must
+    /// arrive, in order, and the end of stream too.
+    async fn relay_mixed_writes(splice: bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (inbound, _) = front.accept().await.unwrap();
+        let outbound = connect(back.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = back.accept().await.unwrap();
+        let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let m = moved.clone();
+        let relay = tokio::spawn(async move {
+            let last = Activity::new();
+            let ended = std::sync::atomic::AtomicU8::new(0);
+            pump(&inbound, &outbound, splice, &last, &ended, |n| {
+                m.fetch_add(n, Ordering::Relaxed);
+            })
+            .await
+        });
+        let mut seed = 0x2545_f491_u32;
+        let mut total = 0u64;
+        for i in 0..2000u32 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let len = if i % 100 == 99 {
+                200_000
+            } else {
+                1 + (seed % 1500) as usize
+            };
+            let chunk: Vec<u8> = (0..len).map(|k| (k as u32 ^ seed) as u8).collect();
+            client.write_all(&chunk).await.unwrap();
+            let mut got = vec![0u8; len];
+            tokio::time::timeout(Duration::from_secs(10), server.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| panic!("write {i} ({len} bytes) stalled in the relay"))
+                .unwrap();
+            assert!(got == chunk, "write {i}: the bytes differ");
+            total += len as u64;
+        }
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), server.read_to_end(&mut rest))
+            .await
+            .expect("the end of stream was not passed on")
+            .unwrap();
+        assert!(rest.is_empty());
+        relay.await.unwrap().unwrap();
+        assert_eq!(moved.load(Ordering::Relaxed), total);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copied_direction_loses_no_bytes_and_no_wake_up() {
+        relay_mixed_writes(false).await;
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direction_that_goes_over_to_splice_loses_no_bytes() {
+        relay_mixed_writes(true).await;
+    }
 
     #[test]
     fn proxy_v2_headers_match_the_specification() {
