@@ -59,6 +59,20 @@ pub(crate) fn tune(sock: &socket2::SockRef<'_>) {
 pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, splice: bool) {
     // Keepalive and TCP_NODELAY come from the listener (see `tune`).
     let config = service.config();
+    // The client's first bytes, when they are here already (under load, a client that speaks
+    // first has nearly always sent them by the time it is accepted): they go to the backend with
+    // the last packet of the handshake (see `connect`).
+    let early = match BUF.with_borrow_mut(|buf| match read_once(&client, buf) {
+        Ok(n) => Ok(buf[..n].to_vec()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }) {
+        Ok(early) => early,
+        Err(e) => {
+            tracing::debug!(service = %service.name, client = %peer, error = %e, "connection ended before it was relayed");
+            return;
+        }
+    };
     let mut tried = Vec::new();
     let (lease, server) = loop {
         let Some(lease) = service.pick(peer, &tried) else {
@@ -66,7 +80,7 @@ pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, 
             return;
         };
         let addr = lease.backend.addr;
-        match tokio::time::timeout(config.connect_timeout, connect(addr)).await {
+        match tokio::time::timeout(config.connect_timeout, connect(addr, !early.is_empty())).await {
             Ok(Ok(s)) => break (lease, s),
             Ok(Err(e)) => {
                 tracing::warn!(service = %service.name, backend = %addr, error = %e, "connect failed");
@@ -85,13 +99,22 @@ pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, 
     };
     lease.connected();
     tracing::debug!(service = %service.name, client = %peer, backend = %lease.backend.addr, "connected");
-    if config.proxy_protocol {
+    // The PROXY header and the client's first bytes go out in one write.
+    let early_len = early.len() as u64;
+    let first = if config.proxy_protocol {
         let local = client.local_addr().unwrap_or(peer);
-        let header = proxy_v2_header(peer, local);
-        if let Err(e) = write_all(&server, &header).await {
-            tracing::warn!(service = %service.name, backend = %lease.backend.addr, error = %e, "PROXY header not sent");
+        let mut header = proxy_v2_header(peer, local);
+        header.extend_from_slice(&early);
+        header
+    } else {
+        early
+    };
+    if !first.is_empty() {
+        if let Err(e) = write_all(&server, &first).await {
+            tracing::warn!(service = %service.name, backend = %lease.backend.addr, error = %e, "the first bytes could not be sent to the backend");
             return;
         }
+        lease.bytes_in(early_len);
     }
     let use_splice = splice && cfg!(target_os = "linux") && SPLICE_WORKS.load(Ordering::Relaxed);
     if let Err(e) = relay(&client, &server, &lease, config.idle_timeout, use_splice).await {
@@ -105,13 +128,24 @@ pub async fn handle(service: Arc<Service>, client: TcpStream, peer: SocketAddr, 
 /// a refused or failed connect reports a hang-up (`EPOLLHUP`), a successful one only writability.
 /// The socket error is fetched (`SO_ERROR`) only on failure, which saves a system call on every
 /// connection that works.
-async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+///
+/// With `data_ready` (the client's first bytes are in hand and are written as soon as this
+/// returns), the kernel is asked to hold back the handshake's final ACK (TCP_QUICKACK off, as
+/// HAProxy's `tcp-smart-connect`): it then travels with those bytes, one packet fewer per
+/// connection, and the backend accepts a connection that already has its request. Without data
+/// (a protocol where the server speaks first) the handshake is the usual one.
+async fn connect(addr: SocketAddr, data_ready: bool) -> io::Result<TcpStream> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM.nonblocking(),
         Some(socket2::Protocol::TCP),
     )?;
     tune_backend(&socket2::SockRef::from(&sock));
+    #[cfg(target_os = "linux")]
+    if data_ready {
+        let _ = sock.set_tcp_quickack(false);
+    }
+    let _ = data_ready;
     match sock.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
@@ -435,18 +469,119 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A client that has sent its first bytes by the time it is accepted: they are read before
+    /// the backend is connected and reach it right after the PROXY header, count as bytes in,
+    /// and the rest of the connection relays as usual both ways.
+    #[tokio::test]
+    async fn early_bytes_follow_the_proxy_header_and_count_as_bytes_in() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let back = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = crate::config::Config::parse(
+            &format!(
+                "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:1\"\nproxy_protocol = \"v2\"\n\
+                 backends = [\"{}\"]\n[service.health]\nkind = \"none\"\n",
+                back.local_addr().unwrap()
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let service = Service::new(Arc::new(c.services[0].clone()));
+        service.set_backends(&[crate::service::BackendSpec {
+            addr: back.local_addr().unwrap(),
+            weight: 100,
+            max_conn: 0,
+        }]);
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(b"hello").await.unwrap();
+        let (inbound, peer) = front.accept().await.unwrap();
+        let relay = tokio::spawn(handle(service.clone(), inbound, peer, true));
+        let (server, _) = back.accept().await.unwrap();
+        let mut first = [0u8; 64];
+        let n = server
+            .try_read(&mut first)
+            .expect("the backend's connection has its first bytes when it is accepted");
+        assert_eq!(
+            n,
+            28 + 5,
+            "the PROXY header and the early bytes in one segment"
+        );
+        assert_eq!(&first[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(
+            &first[24..26],
+            &client.local_addr().unwrap().port().to_be_bytes()
+        );
+        assert_eq!(&first[28..n], b"hello");
+        let mut server = server;
+        client.write_all(b" again").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b" again");
+        server.write_all(b"bye").await.unwrap();
+        drop(server);
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"bye");
+        relay.await.unwrap();
+        let b = service.backend(back.local_addr().unwrap()).unwrap();
+        assert_eq!(
+            b.counters.bytes_in.load(Ordering::Relaxed),
+            11,
+            "the early bytes count, the header does not"
+        );
+    }
+
+    /// With the client's bytes in hand, the handshake's last ACK is held back until they are
+    /// written: the backend cannot accept the connection before its first bytes (the kernel holds
+    /// the ACK up to 200 ms); without, the backend can accept it as soon as the connect is done.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_last_ack_of_the_handshake_waits_for_the_first_bytes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let plain = connect(addr, false).await.unwrap();
+        let accepted = l.accept();
+        assert!(
+            accepted.is_ok(),
+            "a plain connect is accepted at once: {accepted:?}"
+        );
+        drop(plain);
+        let held = connect(addr, true).await.unwrap();
+        let e = l.accept().unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::WouldBlock,
+            "accepted before any byte was sent"
+        );
+        write_all(&held, b"first").await.unwrap();
+        let (mut s, _) = (0..200)
+            .find_map(|_| {
+                std::thread::sleep(Duration::from_millis(5));
+                l.accept().ok()
+            })
+            .expect("accepted once the bytes are sent");
+        s.set_nonblocking(false).unwrap();
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut s, &mut got).unwrap();
+        assert_eq!(&got, b"first");
+    }
+
     #[tokio::test]
     async fn connect_sets_the_backend_options_and_reports_a_refusal() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let s = connect(addr).await.unwrap();
+        let s = connect(addr, false).await.unwrap();
         let sock = socket2::SockRef::from(&s);
         assert!(sock.tcp_nodelay().unwrap());
         assert!(sock.keepalive().unwrap());
         #[cfg(target_os = "linux")]
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
         drop(l);
-        let e = connect(addr).await.unwrap_err();
+        let e = connect(addr, true).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     }
 
@@ -464,7 +599,7 @@ mod tests {
             .await
             .unwrap();
         let (inbound, _) = front.accept().await.unwrap();
-        let outbound = connect(back.local_addr().unwrap()).await.unwrap();
+        let outbound = connect(back.local_addr().unwrap(), false).await.unwrap();
         let (mut server, _) = back.accept().await.unwrap();
         let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let m = moved.clone();
