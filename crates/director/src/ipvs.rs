@@ -176,6 +176,18 @@ fn managed_part(current: &Table, managed: &BTreeSet<String>) -> Table {
     }
 }
 
+/// Forgets managed services that are no longer in the kernel: deleted by a run that failed half
+/// way (`ipvsadm -R` goes on past a refused line, and its exit status does not say which lines
+/// took), or by hand. A service someone else creates later at that address is then theirs.
+fn prune_managed(managed: &mut BTreeSet<String>, current: &Table) {
+    managed.retain(|v| {
+        current
+            .services
+            .iter()
+            .any(|s| s.vaddr.normalized().to_string() == *v)
+    });
+}
+
 /// The changes that bring the kernel to `desired`, and the managed set after them.
 fn plan(
     current: &Table,
@@ -361,6 +373,7 @@ async fn reconcile(
             b.counters.active.store(n, Ordering::Relaxed);
         }
     }
+    prune_managed(managed, &current);
     let changes = plan(&current, &desired, &counts, managed);
     for s in &desired.services {
         managed.insert(s.vaddr.normalized().to_string());
@@ -460,5 +473,45 @@ mod tests {
             ipvsadm::render_changes(&changes),
             "-d -t 10.0.0.100:22 -r 10.0.1.12:22\n"
         );
+    }
+
+    /// A service this director added and that is gone from the kernel (a half-failed run, or an
+    /// administrator) is forgotten, so one created at that address later by someone else is
+    /// never deleted; a managed service still in the kernel stays managed.
+    #[test]
+    fn managed_services_gone_from_the_kernel_are_forgotten() {
+        let kept = VirtualAddr::Inet {
+            proto: Proto::Tcp,
+            addr: "10.0.0.100:22".parse().unwrap(),
+        };
+        let gone = VirtualAddr::Inet {
+            proto: Proto::Tcp,
+            addr: "10.0.0.100:3389".parse().unwrap(),
+        };
+        let mut managed: BTreeSet<String> = [kept, gone]
+            .iter()
+            .map(|v| v.normalized().to_string())
+            .collect();
+        let before = Table {
+            services: vec![VirtualService::new(kept, SchedulerKind::Rr)],
+        };
+        prune_managed(&mut managed, &before);
+        assert_eq!(
+            managed.iter().cloned().collect::<Vec<_>>(),
+            vec![kept.normalized().to_string()]
+        );
+        // Someone else creates a service at the forgotten address: a configuration without it
+        // leaves it alone.
+        let theirs = Table {
+            services: vec![
+                VirtualService::new(kept, SchedulerKind::Rr),
+                VirtualService::new(gone, SchedulerKind::Wlc),
+            ],
+        };
+        let desired = Table {
+            services: vec![VirtualService::new(kept, SchedulerKind::Rr)],
+        };
+        prune_managed(&mut managed, &theirs);
+        assert!(plan(&theirs, &desired, &HashMap::new(), &managed).is_empty());
     }
 }
