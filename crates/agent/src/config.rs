@@ -130,18 +130,9 @@ impl AgentConfig {
 
     /// Parses the text of a file (without reading the credential).
     pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let msg = e.message().trim().to_owned();
-            ConfigError {
-                file: file.to_owned(),
-                message: match e
-                    .span()
-                    .map(|s| switchboard_core::config::line_of(text, s.start))
-                {
-                    Some(l) => format!("line {l}: {msg}"),
-                    None => msg,
-                },
-            }
+        switchboard_core::config::parse_toml(text).map_err(|message| ConfigError {
+            file: file.to_owned(),
+            message,
         })
     }
 }

@@ -240,6 +240,41 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Cancels `token` on SIGINT or SIGTERM; calls `on_hup` on SIGHUP.
+/// The SIGHUP handler of a long-running command: reads `path` again with `load` and hands the
+/// new configuration to `apply`. A file that does not load, or a configuration that is not
+/// applied, is logged and the running configuration stays.
+fn reload_on_hup<C, LE, AE, F, Fut>(
+    path: &Path,
+    load: fn(&Path) -> std::result::Result<C, LE>,
+    apply: F,
+) -> Option<Box<dyn Fn() + Send>>
+where
+    C: Send + 'static,
+    LE: std::fmt::Display + 'static,
+    AE: std::fmt::Display,
+    F: Fn(C) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<(), AE>> + Send + 'static,
+{
+    let path = path.to_owned();
+    Some(Box::new(move || match load(&path) {
+        Ok(c) => {
+            let applied = apply(c);
+            let path = path.clone();
+            tokio::spawn(async move {
+                match applied.await {
+                    Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration not applied; keeping the running one")
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "configuration not reloaded; keeping the running one")
+        }
+    }))
+}
+
 fn signals(token: CancellationToken, on_hup: Option<Box<dyn Fn() + Send>>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -284,22 +319,12 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
         let shutdown = CancellationToken::new();
         let broker = switchboard_broker::Broker::start(config, shutdown.clone()).await?;
         let reloader = broker.reloader();
-        let path = config_path.to_owned();
         signals(
             shutdown,
-            Some(Box::new(move || {
+            reload_on_hup(config_path, Config::load, move |c| {
                 let reloader = reloader.clone();
-                let path = path.clone();
-                tokio::spawn(async move {
-                    match Config::load(&path) {
-                        Ok(c) => match reloader.apply(c).await {
-                            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
-                            Err(e) => tracing::error!(error = %e, "configuration not applied"),
-                        },
-                        Err(e) => tracing::error!(error = %e, "configuration not reloaded; keeping the running one"),
-                    }
-                });
-            })),
+                async move { reloader.apply(c).await }
+            }),
         )?;
         broker.wait().await?;
         Ok(ExitCode::SUCCESS)
@@ -360,22 +385,12 @@ fn director(config_path: &Path, check: bool, dry_run: bool) -> Result<ExitCode> 
         let shutdown = CancellationToken::new();
         let director = switchboard_director::Director::start(config, shutdown.clone()).await?;
         let d = director.clone();
-        let path = config_path.to_owned();
         signals(
             shutdown,
-            Some(Box::new(move || {
+            reload_on_hup(config_path, DirectorConfig::load, move |c| {
                 let d = d.clone();
-                let path = path.clone();
-                tokio::spawn(async move {
-                    match DirectorConfig::load(&path) {
-                        Ok(c) => match d.reload(c).await {
-                            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
-                            Err(e) => tracing::error!(error = %e, "configuration not applied; keeping the running one"),
-                        },
-                        Err(e) => tracing::error!(error = %e, "configuration not reloaded; keeping the running one"),
-                    }
-                });
-            })),
+                async move { d.reload(c).await }
+            }),
         )?;
         director.wait().await;
         Ok(ExitCode::SUCCESS)

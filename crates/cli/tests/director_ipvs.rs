@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! `switchboard director` in IPVS mode, end to end through the real `ipvsadm` binary (Debian's
 //! 1.31). These machines have no IPVS in the kernel, so ipvsadm runs with the stand-in kernel of
-//! `crates/proto/tests/ipvsadm_fake_kernel.c` preloaded (it answers ipvsadm's generic-netlink
+//! `crates/testkit/src/ipvsadm_fake_kernel.c` preloaded (it answers ipvsadm's generic-netlink
 //! requests from a state file, as Linux 6.1's ip_vs_ctl.c would). What is real: ipvsadm's option
 //! parser and printers, the director's process, its diff, its `ipvsadm -S -n`/`-L -n`/`-R`/
 //! `--set` calls and `switchboard ctl`. What is not: the kernel's forwarding of packets.
@@ -20,29 +20,12 @@ impl Drop for Kill {
     }
 }
 
-fn ipvsadm_binary() -> PathBuf {
-    ["/usr/sbin/ipvsadm", "/sbin/ipvsadm"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("ipvsadm is not installed (./scripts/test installs it)")
-}
-
 /// A wrapper script that runs the real ipvsadm against the stand-in kernel in `dir`.
 fn fake_ipvsadm(dir: &Path) -> PathBuf {
     let so = dir.join("fake_ipvs.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/tests/ipvsadm_fake_kernel.c");
-    let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    switchboard_testkit::ipvs::build_fake_kernel(&so).unwrap();
+    let ipvsadm = switchboard_testkit::ipvs::ipvsadm_binary()
+        .expect("ipvsadm is not installed (./scripts/test installs it)");
     let wrapper = dir.join("ipvsadm");
     std::fs::write(
         &wrapper,
@@ -50,7 +33,7 @@ fn fake_ipvsadm(dir: &Path) -> PathBuf {
             "#!/bin/sh\nLD_PRELOAD={so} FAKE_IPVS_STATE={state} LC_ALL=C exec {bin} \"$@\"\n",
             so = so.display(),
             state = dir.join("kernel.state").display(),
-            bin = ipvsadm_binary().display()
+            bin = ipvsadm.display()
         ),
     )
     .unwrap();

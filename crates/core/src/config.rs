@@ -49,6 +49,19 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// Deserializes a TOML config file's text; the error names the line (1-based) where the parser
+/// stopped, when it knows it: `line 3: unknown field `listn`, expected …`. The caller adds the
+/// file name.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e| {
+        let msg = e.message().trim().to_owned();
+        match e.span().map(|s| line_of(text, s.start)) {
+            Some(l) => format!("line {l}: {msg}"),
+            None => msg,
+        }
+    })
+}
+
 /// Parses a config duration: a humantime string or a bare integer number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, ConfigValueError> {
     let t = text.trim();

@@ -538,16 +538,7 @@ impl Config {
             file: file.to_owned(),
             message,
         };
-        let raw: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| switchboard_core::config::line_of(text, s.start));
-            let msg = e.message().trim().to_owned();
-            err(match line {
-                Some(l) => format!("line {l}: {msg}"),
-                None => msg,
-            })
-        })?;
+        let raw: FileConfig = switchboard_core::config::parse_toml(text).map_err(err)?;
         raw.check(text).map_err(err)
     }
 

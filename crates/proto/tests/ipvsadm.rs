@@ -9,7 +9,7 @@
 //! the binary checks nothing: a rules file and a line of garbage fail alike
 //! (`bare_ipvsadm_fails_before_reading_any_option`).
 //!
-//! So the tests that use the binary load `ipvsadm_fake_kernel.c` into it with `LD_PRELOAD`: a
+//! So the tests that use the binary load `crates/testkit/src/ipvsadm_fake_kernel.c` into it with `LD_PRELOAD`: a
 //! stand-in for the kernel's IPVS generic-netlink family that answers ipvsadm's libnl requests
 //! from a small table in a file, as Linux 6.1 would. That makes ipvsadm's own option parser,
 //! its libipvs encoding, and its own `-S`/`-L` printers run on our text:
@@ -835,14 +835,6 @@ fn fake() -> Result<&'static Fake, &'static str> {
         .map_err(String::as_str)
 }
 
-fn ipvsadm_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d: PathBuf| d.join("ipvsadm"))
-        .find(|p| p.is_file())
-}
-
 struct Fake {
     ipvsadm: PathBuf,
     so: PathBuf,
@@ -853,7 +845,8 @@ static KERNELS: AtomicUsize = AtomicUsize::new(0);
 
 impl Fake {
     fn build() -> Result<Fake, String> {
-        let ipvsadm = ipvsadm_binary().ok_or("ipvsadm is not installed")?;
+        let ipvsadm =
+            switchboard_testkit::ipvs::ipvsadm_binary().ok_or("ipvsadm is not installed")?;
         if Path::new("/proc/net/ip_vs").exists() {
             return Err("this kernel has IPVS; the tests never touch a real IPVS table".into());
         }
@@ -870,20 +863,7 @@ impl Fake {
         let dir = tmp.join(format!("ipvsadm-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let so = dir.join("fake_ipvs.so");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ipvsadm_fake_kernel.c");
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let out = Command::new(&cc)
-            .args(["-shared", "-fPIC", "-O1", "-o"])
-            .arg(&so)
-            .arg(&src)
-            .output()
-            .map_err(|e| format!("no C compiler ({cc}): {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "building the stand-in kernel failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        switchboard_testkit::ipvs::build_fake_kernel(&so)?;
         let fake = Fake { ipvsadm, so, dir };
         // Read-only check that the stand-in answers (it reports a connection table of 4242).
         let k = fake.kernel();
@@ -990,7 +970,7 @@ macro_rules! kernel_or_skip {
 
 #[test]
 fn bare_ipvsadm_fails_before_reading_any_option() {
-    let Some(ipvsadm) = ipvsadm_binary() else {
+    let Some(ipvsadm) = switchboard_testkit::ipvs::ipvsadm_binary() else {
         eprintln!("skipped: ipvsadm is not installed");
         return;
     };

@@ -2,7 +2,7 @@
  * A stand-in for the kernel's IPVS generic-netlink family, for testing Switchboard's ipvsadm
  * text against the real ipvsadm binary on machines without IPVS (CONFIG_IP_VS unset).
  *
- * Built by crates/proto/tests/ipvsadm.rs into a shared object and loaded into ipvsadm with
+ * Built by switchboard-testkit (ipvs::build_fake_kernel) into a shared object, loaded into ipvsadm with
  * LD_PRELOAD. ipvsadm talks to IPVS through libnl; this file overrides the few libnl entry points
  * ipvsadm's libipvs calls (genl_connect, genl_ctrl_resolve, nl_socket_modify_cb,
  * nl_socket_modify_err_cb, nl_send_auto_complete, nl_recvmsgs_default) and answers each request
