@@ -8,6 +8,9 @@
 //! calls are the `nix` crate's safe `splice` and `pipe2` wrappers: no `unsafe` here. Without
 //! splice (another OS, `[director] splice = false`, or a kernel that refuses it for a socket)
 //! the copy goes on. Either way:
+//! - a client's first bytes, when they are there at accept, are read before the backend connect
+//!   and leave with the handshake's last ACK (see `connect`);
+//! - one `recv` per readiness event: a short read clears the readiness (see `read_once`);
 //! - TCP keepalive is set on both legs, and TCP_NODELAY, so interactive protocols (ssh, RDP,
 //!   X2Go) see no added Nagle delay;
 //! - a half-close is passed on: when one side ends its stream, the other side's write half is
