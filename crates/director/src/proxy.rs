@@ -473,8 +473,9 @@ mod tests {
     use super::*;
 
     /// A client that has sent its first bytes by the time it is accepted: they are read before
-    /// the backend is connected and reach it right after the PROXY header, count as bytes in,
-    /// and the rest of the connection relays as usual both ways.
+    /// the backend is connected and reach it right after the PROXY header, already there when the
+    /// backend accepts (the handshake's last ACK waited for them); they count as bytes in, and the
+    /// rest of the connection relays as usual both ways.
     #[tokio::test]
     async fn early_bytes_follow_the_proxy_header_and_count_as_bytes_in() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -509,7 +510,7 @@ mod tests {
         assert_eq!(
             n,
             28 + 5,
-            "the PROXY header and the early bytes in one segment"
+            "the PROXY header and the early bytes are there when the backend accepts"
         );
         assert_eq!(&first[..12], b"\r\n\r\n\0\r\nQUIT\n");
         assert_eq!(
