@@ -239,7 +239,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Cancels `token` on SIGINT or SIGTERM; calls `on_hup` on SIGHUP.
 /// The SIGHUP handler of a long-running command: reads `path` again with `load` and hands the
 /// new configuration to `apply`. A file that does not load, or a configuration that is not
 /// applied, is logged and the running configuration stays.
@@ -275,6 +274,7 @@ where
     }))
 }
 
+/// Cancels `token` on SIGINT or SIGTERM; calls `on_hup` on SIGHUP.
 fn signals(token: CancellationToken, on_hup: Option<Box<dyn Fn() + Send>>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;

@@ -50,7 +50,7 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Deserializes a TOML config file's text; the error names the line (1-based) where the parser
-/// stopped, when it knows it: `line 3: unknown field `listn`, expected …`. The caller adds the
+/// stopped, when it knows it ("line 3: unknown field `listn`, expected …"). The caller adds the
 /// file name.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     toml::from_str(text).map_err(|e| {
@@ -332,6 +332,20 @@ fn parse_host(h: &str) -> Result<Host, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_errors_name_the_line() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            listen: String,
+        }
+        let e = parse_toml::<T>("# a comment\n\nlistn = \"x\"\n").unwrap_err();
+        assert!(e.starts_with("line 3: unknown field `listn`"), "{e}");
+        let ok: T = parse_toml("listen = \"x\"\n").unwrap();
+        assert_eq!(ok.listen, "x");
+    }
 
     #[test]
     fn durations_accept_humantime_and_bare_seconds() {
