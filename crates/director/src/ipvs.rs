@@ -180,15 +180,15 @@ fn managed_part(current: &Table, managed: &BTreeSet<String>) -> Table {
 /// way (`ipvsadm -R` goes on past a refused line, and its exit status does not say which lines
 /// took), or by hand. A service someone else creates later at that address is then theirs.
 fn prune_managed(managed: &mut BTreeSet<String>, current: &Table) {
-    managed.retain(|v| {
-        current
-            .services
-            .iter()
-            .any(|s| s.vaddr.normalized().to_string() == *v)
-    });
+    let present: BTreeSet<String> = current
+        .services
+        .iter()
+        .map(|s| s.vaddr.normalized().to_string())
+        .collect();
+    managed.retain(|v| present.contains(v));
 }
 
-/// The changes that bring the kernel to `desired`, and the managed set after them.
+/// The changes that bring the kernel to `desired`: in the managed services and the desired ones.
 fn plan(
     current: &Table,
     desired: &Table,
@@ -386,12 +386,7 @@ async fn reconcile(
         tracing::info!(rule = %line, "ipvsadm -R");
     }
     ipvsadm(bin, &["-R"], Some(&text)).await?;
-    // Services deleted from the kernel are no longer ours.
-    for c in &changes {
-        if let Change::DeleteService(v) = c {
-            managed.remove(&v.normalized().to_string());
-        }
-    }
+    // Services deleted from the kernel leave the managed set at the next pass (`prune_managed`).
     Ok(changes.len())
 }
 

@@ -388,14 +388,12 @@ impl Lifecycle {
         let templates = self.backend.templates();
         // A type counts as removed only when no directory offers it at all (group templates
         // cannot be told apart without each user's groups). Each type is looked up once a pass.
-        let offered: HashSet<&str> = pods
+        let mut offered: HashSet<&str> = pods
             .iter()
             .filter_map(|p| p.metadata.annotations.as_ref()?.get(names::TYPE_ANNOTATION))
             .map(String::as_str)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .filter(|ty| any_template(templates.root(), ty))
             .collect();
+        offered.retain(|ty| any_template(templates.root(), ty));
         let has_template = |_: &str, ty: &str| offered.contains(ty);
         let facts: Vec<PodFacts> = pods
             .iter()
