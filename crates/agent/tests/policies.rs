@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use switchboard_agent::config::AgentConfig;
 use switchboard_broker::Broker;
+use switchboard_broker::actions::{Actor, Surface};
 use switchboard_broker::config::Config;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -102,7 +103,11 @@ impl H {
         let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
             .await
             .unwrap();
-        let credential = broker.agents.enroll("h1").await.unwrap();
+        let credential = broker
+            .actions
+            .enroll(&Actor::new(Surface::Local, "test"), "h1")
+            .await
+            .unwrap();
         let script = d.join("source.sh").display().to_string();
         let state = d.display().to_string();
         let source = format!(

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use switchboard_agent::config::AgentConfig;
 use switchboard_broker::Broker;
+use switchboard_broker::actions::{Actor, Surface};
 use switchboard_broker::config::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +81,11 @@ impl H {
         let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
             .await
             .unwrap();
-        let credential = broker.agents.enroll("h1").await.unwrap();
+        let credential = broker
+            .actions
+            .enroll(&Actor::new(Surface::Local, "test"), "h1")
+            .await
+            .unwrap();
         let source = format!(
             "kind = \"x2go\"\nlist_command = [\"/bin/sh\", {list:?}, {state:?}]\n\
              sudo = {sudo:?}\nsuspend_command = {suspend:?}\n",

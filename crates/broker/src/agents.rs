@@ -17,7 +17,7 @@
 //! failure from an address doubles the wait before its next refusal, up to 10 s.
 
 use crate::engine::{EngineError, EngineHandle};
-use crate::lock;
+use crate::sync::lock;
 use futures_util::{SinkExt, StreamExt};
 use rustls::ServerConfig;
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchboard_core::model::ReportedSession;
-use switchboard_core::{Command, SessionId};
+use switchboard_core::Command;
 use switchboard_proto::agent::{
     Action, AgentMessage, BrokerMessage, Codec, FrameError, MAX_FRAME, MAX_HELLO, PROTOCOL_VERSION,
 };
@@ -80,38 +80,6 @@ pub enum CommandError {
         /// The agent's message.
         message: String,
     },
-}
-
-/// How an operator ends a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// Kill it now.
-    Kill,
-    /// Terminate it gracefully.
-    Terminate,
-    /// Terminate, then kill after this many seconds if it is still there.
-    Logoff(u64),
-}
-
-/// How a session was ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ended {
-    /// Its agent carried out the command (with this message); the session is `ending` until the
-    /// agent reports it gone.
-    ByAgent(String),
-    /// No agent could act on it (agentless host, or no backend id): the record was ended.
-    Record,
-}
-
-/// Why a session could not be ended.
-#[derive(Debug, thiserror::Error)]
-pub enum EndError {
-    /// The agent could not do it.
-    #[error(transparent)]
-    Agent(#[from] CommandError),
-    /// The engine refused (unknown session, store unavailable).
-    #[error(transparent)]
-    Engine(#[from] EngineError),
 }
 
 /// Links to agents, shared by the listener, the API and the watchdog. Cheap to clone.
@@ -233,76 +201,9 @@ impl AgentHub {
         }
     }
 
-    /// Issues a new credential for a configured agent host (replacing and disconnecting any
-    /// earlier one) and returns it: the only time it is shown. The store keeps its hash.
-    pub async fn enroll(&self, host: &str) -> Result<String, EngineError> {
-        let secret = new_credential().map_err(EngineError::Unavailable)?;
-        self.inner
-            .engine
-            .apply(Command::IssueCredential {
-                host: host.to_owned(),
-                hash: crate::tokens::hash(&secret),
-            })
-            .await?;
-        self.disconnect(host);
-        Ok(secret)
-    }
-
-    /// Revokes a host's credential and drops its link.
-    pub async fn revoke(&self, host: &str) -> Result<(), EngineError> {
-        self.inner
-            .engine
-            .apply(Command::RevokeCredential {
-                host: host.to_owned(),
-            })
-            .await?;
-        self.disconnect(host);
-        Ok(())
-    }
-
     /// Changes how many silent report intervals make a host unreachable (after a reload).
     pub fn set_missed(&self, n: u32) {
         self.inner.missed_now.store(n.max(1), Ordering::Relaxed);
-    }
-
-    /// Ends a live session: through its agent when it is on an agent host and has a backend id
-    /// (the session stays `ending` until the agent reports it gone), otherwise by ending the
-    /// record. Used by the REST API and the management socket.
-    pub async fn end_session(
-        &self,
-        id: SessionId,
-        how: Ending,
-        timeout: Duration,
-    ) -> Result<Ended, EndError> {
-        let engine = &self.inner.engine;
-        let target = engine
-            .query(move |s| {
-                let r = s.session(id)?;
-                let agent = s.host(&r.host).is_some_and(|h| h.spec.agent);
-                Some((r.host.to_string(), r.backend_id.filter(|_| agent)))
-            })
-            .await?;
-        let Some((host, Some(backend_id))) = target else {
-            engine.apply(Command::EndSession { id }).await?;
-            return Ok(Ended::Record);
-        };
-        let backend_id = backend_id.to_string();
-        let action = match how {
-            Ending::Kill => Action::Kill { backend_id },
-            Ending::Terminate => Action::Terminate { backend_id },
-            Ending::Logoff(grace) => Action::Logoff {
-                backend_id,
-                grace_ms: grace.saturating_mul(1000),
-            },
-        };
-        let message = self.command(&host, action, timeout).await?;
-        match engine.apply(Command::BeginEnding { id }).await {
-            // Already gone: the agent's report came first.
-            Ok(_) | Err(EngineError::Core(switchboard_core::CoreError::IdNotFound { .. })) => {
-                Ok(Ended::ByAgent(message))
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// The `info` line a host's agent last reported for a session (X2Go: its

@@ -12,12 +12,11 @@
 //! backoff), so nothing acknowledged is lost and nothing unacknowledged is half there. Volatile
 //! state (reservations, load reports) is rebuilt by the agents.
 
-use crate::config::Config;
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::snapshot::{PoolInfo, Snapshot, host_info};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard_core::model::{SessionState, Settings};
+use switchboard_core::model::Settings;
 use switchboard_core::placement::Exclusion;
 use switchboard_core::{
     AdminState, ClusterState, Command, CoreError, Event, HostSpec, Millis, PoolSpec,
@@ -61,140 +60,9 @@ enum Request {
 
     Query(Query),
     Reconfigure {
-        config: Box<Config>,
+        layout: Box<Layout>,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
-}
-
-/// Load figures of a host as the API shows them.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct LoadInfo {
-    /// 1, 5, 15 minute load averages.
-    pub load_avg: [f64; 3],
-    /// CPU busy fraction 0–1.
-    pub cpu_utilisation: f64,
-    /// CPUs.
-    pub cpu_count: u32,
-    /// CPU clock, MHz.
-    pub cpu_mhz: f64,
-    /// MemTotal, KiB.
-    pub mem_total_kib: u64,
-    /// MemAvailable, KiB.
-    pub mem_available_kib: u64,
-    /// PSI cpu some avg10, percent.
-    pub psi_cpu_some_avg10: Option<f64>,
-    /// PSI memory some avg10, percent.
-    pub psi_memory_some_avg10: Option<f64>,
-    /// Sessions the host counts itself.
-    pub session_count: u32,
-    /// Distinct users logged in on the host.
-    pub users: u32,
-    /// When the report arrived (ms since the epoch).
-    pub reported_at: Option<u64>,
-}
-
-/// One host as readers see it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct HostInfo {
-    /// Host name.
-    pub name: String,
-    /// Where clients connect.
-    pub address: String,
-    /// Client port.
-    pub port: u16,
-    /// Weight (0 = no new sessions).
-    pub weight: u32,
-    /// Session cap.
-    pub max_sessions: Option<u32>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// `online`, `draining` or `offline`.
-    pub admin: String,
-    /// `up`, `unreachable` or `unknown`.
-    pub health: String,
-    /// Whether an agent reports for it.
-    pub agent: bool,
-    /// Whether the broker judges it by TCP probes (agentless hosts).
-    pub probe: bool,
-    /// Live sessions.
-    pub sessions: u32,
-    /// Reservations holding capacity.
-    pub reservations: u32,
-    /// Why it takes no new sessions now (`null` when it does).
-    pub excluded: Option<String>,
-    /// End of a failure penalty in force (ms since the epoch).
-    pub penalized_until: Option<u64>,
-    /// Latest load report.
-    pub load: Option<LoadInfo>,
-    /// Pools it belongs to.
-    pub pools: Vec<String>,
-}
-
-/// One pool as readers see it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct PoolInfo {
-    /// Pool name.
-    pub name: String,
-    /// Placement policy identifier.
-    pub policy: String,
-    /// Member hosts in configured order.
-    #[schema(value_type = Vec<String>)]
-    pub hosts: Arc<Vec<String>>,
-    /// Hosts that can take a new session now.
-    pub eligible: u32,
-    /// Hosts that cannot, by cause.
-    pub excluded: BTreeMap<String, u32>,
-}
-
-/// What readers see without asking the engine: hosts, pools and counts.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// When it was taken.
-    pub at: Millis,
-    /// Every host, in configured order (shared with the next snapshot where unchanged).
-    pub hosts: Vec<Arc<HostInfo>>,
-    /// Every pool.
-    pub pools: Vec<PoolInfo>,
-    /// Live sessions by state.
-    pub sessions_by_state: Vec<(SessionState, usize)>,
-    /// Live reservations.
-    pub reservations: usize,
-    /// Whether the engine is serving (false while it waits for the store).
-    pub ready: bool,
-}
-
-/// A host as readers see it.
-pub fn host_info(h: &switchboard_core::state::HostView<'_>) -> HostInfo {
-    HostInfo {
-        name: h.name.to_string(),
-        address: h.spec.address.host_str(),
-        port: h.spec.address.port,
-        weight: h.spec.weight,
-        max_sessions: h.spec.max_sessions,
-        labels: h.spec.labels.clone(),
-        admin: h.admin.as_str().to_owned(),
-        health: h.health.as_str().to_owned(),
-        agent: h.spec.agent,
-        probe: h.spec.probe,
-        sessions: h.sessions,
-        reservations: h.reservations,
-        excluded: h.exclusion.map(|e| e.as_str().to_owned()),
-        penalized_until: h.penalized_until.map(|t| t.0),
-        load: h.load.map(|l| LoadInfo {
-            load_avg: l.load_avg,
-            cpu_utilisation: l.cpu_utilisation,
-            cpu_count: l.cpu_count,
-            cpu_mhz: l.cpu_mhz,
-            mem_total_kib: l.mem_total_kib,
-            mem_available_kib: l.mem_available_kib,
-            psi_cpu_some_avg10: l.psi_cpu_some_avg10,
-            psi_memory_some_avg10: l.psi_memory_some_avg10,
-            session_count: l.session_count,
-            users: l.users,
-            reported_at: h.last_report_at.map(|t| t.0),
-        }),
-        pools: h.pools.iter().map(|p| p.to_string()).collect(),
-    }
 }
 
 /// How often every host's view is rebuilt even if no event named it.
@@ -372,12 +240,12 @@ impl EngineHandle {
             .ok_or_else(|| EngineError::Unavailable("the broker is rebuilding its state".into()))
     }
 
-    /// Replaces hosts, pools and placement settings with those of a new configuration.
-    pub async fn reconfigure(&self, config: Config) -> Result<(), EngineError> {
+    /// Replaces hosts, pools and placement settings with a new layout.
+    pub async fn reconfigure(&self, layout: Layout) -> Result<(), EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Reconfigure {
-                config: Box::new(config),
+                layout: Box::new(layout),
                 reply,
             })
             .await
@@ -396,22 +264,16 @@ impl EngineHandle {
     }
 }
 
-/// The configured part of the state (hosts, pools, settings), kept to rebuild after a store outage.
-#[derive(Debug, Clone)]
-struct Layout {
-    settings: Settings,
-    hosts: Vec<HostSpec>,
-    pools: Vec<PoolSpec>,
-}
-
-impl Layout {
-    fn of(config: &Config) -> Layout {
-        Layout {
-            settings: config.settings.clone(),
-            hosts: config.hosts.clone(),
-            pools: config.pools.clone(),
-        }
-    }
+/// The configured part of the cluster (settings, hosts, pools): all the engine takes from the
+/// configuration, and what it rebuilds from after a store outage.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layout {
+    /// Cluster-wide placement settings.
+    pub settings: Settings,
+    /// Every host, once, in first-seen order.
+    pub hosts: Vec<HostSpec>,
+    /// Every pool.
+    pub pools: Vec<PoolSpec>,
 }
 
 /// How often queued agent load reports are applied.
@@ -460,6 +322,12 @@ async fn build_state<S: Store>(
         }
     }
     let mut overrides = HashSet::new();
+    let drains: Vec<(String, String)> = durable
+        .hosts
+        .iter()
+        .filter(|h| h.admin == AdminState::Draining)
+        .filter_map(|h| Some((h.name.clone(), h.offline_when_empty.clone()?)))
+        .collect();
     for h in durable.hosts {
         if state.host(&h.name).is_none() {
             tracing::warn!(host = %h.name, "stored state for a host that is no longer configured; ignored");
@@ -501,16 +369,27 @@ async fn build_state<S: Store>(
             "stored sessions on hosts that are no longer configured were not restored (kept in the store)"
         );
     }
+    // Pending "drain then offline"s, once the sessions are back: a host that is empty now (its
+    // last reservation lapsed with the broker) goes offline at once, and that is committed.
+    let mut changes = Vec::new();
+    for (host, by) in drains {
+        match state.apply(Command::DrainThenOffline { host, by }, now) {
+            Ok(events) => changes.extend(events.into_iter().filter(Event::is_durable)),
+            Err(e) => tracing::warn!(error = %e, "stored drain-then-offline not restored"),
+        }
+    }
+    if !changes.is_empty() {
+        store.commit(&changes).await?;
+    }
     Ok((state, overrides))
 }
 
 /// Starts the engine task. Fails if the store cannot be read at start-up.
 pub async fn start<S: Store>(
     store: Arc<S>,
-    config: &Config,
+    layout: Layout,
     shutdown: CancellationToken,
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
-    let layout = Layout::of(config);
     let started = Instant::now();
     let (state, weight_overrides) = build_state(&*store, &layout).await?;
     tracing::info!(
@@ -593,13 +472,10 @@ impl<S: Store> Engine<S> {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    match self.state.apply(Command::Tick, Millis::now_wall()) {
-                        Ok(events) if !events.is_empty() => {
-                            self.views.note(&events);
-                            self.dirty = true;
-                        }
-                        _ => {}
-                    }
+                    // Timers can make durable changes (a drained host going offline when its
+                    // last reservation lapses): a tick is committed like any command.
+                    let (reply, _) = oneshot::channel();
+                    self.process(vec![Request::Apply { command: Command::Tick, reply }]).await;
                     self.maybe_publish(false);
                     continue;
                 }
@@ -608,7 +484,7 @@ impl<S: Store> Engine<S> {
                     continue;
                 }
                 _ = drain.tick() => {
-                    let urgent = self.apply_reports();
+                    let urgent = self.apply_reports().await;
                     self.maybe_publish(urgent);
                     continue;
                 }
@@ -664,17 +540,19 @@ impl<S: Store> Engine<S> {
                             if is_placement {
                                 crate::metrics::placement_failed(&e, started.elapsed());
                             }
-                            // Timers that fired before the refusal (an expired reservation, a
-                            // stale report) changed the state without events reaching us: let
-                            // the next publish and its once-a-second full rebuild show them.
+                            // Timers that fired before the refusal still changed the state.
+                            let held = self.state.take_held();
+                            urgent |= held.iter().any(changes_hosts);
+                            self.views.note(&held);
+                            durable.extend(held.into_iter().filter(Event::is_durable));
                             self.dirty = true;
                             let _ = reply.send(Err(e.into()));
                         }
                     }
                 }
                 Request::Query(q) => queries.push(q),
-                Request::Reconfigure { config, reply } => {
-                    let events = self.reconfigure(&config);
+                Request::Reconfigure { layout, reply } => {
+                    let events = self.reconfigure(*layout);
                     self.views.everything();
                     durable.extend(events.into_iter().filter(Event::is_durable));
                     urgent = true;
@@ -764,14 +642,13 @@ impl<S: Store> Engine<S> {
 
     /// Moves hosts, pools and settings to a new configuration, keeping sessions and runtime
     /// state. Returns the events.
-    fn reconfigure(&mut self, config: &Config) -> Vec<Event> {
+    fn reconfigure(&mut self, new: Layout) -> Vec<Event> {
         let now = Millis::now_wall();
         let mut events = Vec::new();
         let mut run = |state: &mut ClusterState, c: Command| match state.apply(c, now) {
             Ok(ev) => events.extend(ev),
             Err(e) => tracing::warn!(error = %e, "configuration change not applied"),
         };
-        let new = Layout::of(config);
         run(
             &mut self.state,
             Command::UpdateSettings(new.settings.clone()),
@@ -832,7 +709,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Applies the queued agent reports; returns whether readers must see the result at once.
-    fn apply_reports(&mut self) -> bool {
+    /// Reports themselves change nothing durable, but timers that fire with them can.
+    async fn apply_reports(&mut self) -> bool {
         let reports = std::mem::take(
             &mut *self
                 .reports
@@ -840,20 +718,30 @@ impl<S: Store> Engine<S> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let mut urgent = false;
+        let mut durable = Vec::new();
         let now = Millis::now_wall();
         for (command, received) in reports {
             self.unpublished.push(received);
-            match self.state.apply(command, now) {
-                Ok(events) => {
-                    // Load reports change nothing durable.
-                    self.views.note(&events);
-                    urgent |= events.iter().any(changes_hosts);
-                    self.dirty = true;
-                }
+            let events = match self.state.apply(command, now) {
+                Ok(events) => events,
                 Err(e) => {
-                    self.dirty = true;
                     tracing::debug!(error = %e, "agent report not applied");
+                    self.state.take_held()
                 }
+            };
+            self.views.note(&events);
+            urgent |= events.iter().any(changes_hosts);
+            durable.extend(events.into_iter().filter(Event::is_durable));
+            self.dirty = true;
+        }
+        if !durable.is_empty() {
+            let started = Instant::now();
+            let r = self.store.commit(&durable).await;
+            crate::metrics::commit(started.elapsed(), r.is_ok());
+            if let Err(e) = r {
+                tracing::error!(error = %e, "store commit failed; rebuilding from the store");
+                self.recover().await;
+                return true;
             }
         }
         urgent

@@ -35,8 +35,7 @@ use switchboard_core::config::HostAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::GatewayConfig;
-use crate::kube::KubePools;
+use crate::kubernetes::KubePools;
 
 /// Name of the sign-in cookie.
 pub const COOKIE: &str = "switchboard_gateway";
@@ -127,30 +126,42 @@ impl Expiring {
     }
 }
 
+/// The gateway, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Listener.
+    pub listen: SocketAddr,
+    /// Certificate and key (HTTPS/WSS), if configured.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The Kubernetes pool for dynamic session types.
+    pub pool: Option<String>,
+    /// Static targets: type → (address, allowed users).
+    pub targets: BTreeMap<String, (HostAddr, Option<Vec<String>>)>,
+    /// Sign-in lifetime.
+    pub cookie_ttl: Duration,
+    /// Connect-URL token lifetime.
+    pub token_ttl: Duration,
+    /// The Xpra HTML5 client's directory.
+    pub html5_client: PathBuf,
+}
+
 fn secret() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS random source works");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Binds the gateway's listener and serves until `shutdown`.
-pub async fn start(
+/// Serves the gateway on `listener` (bound by the caller; with `tls` when it speaks HTTPS/WSS)
+/// until `shutdown`.
+pub fn start(
     cfg: GatewayConfig,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     auth: switchboard_auth::Authenticator,
     kube: KubePools,
     shutdown: CancellationToken,
-) -> Result<Gateway, crate::BrokerError> {
-    let tls = match &cfg.tls {
-        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
-        None => None,
-    };
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| crate::BrokerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(crate::BrokerError::Http)?;
+) -> std::io::Result<Gateway> {
+    let addr = listener.local_addr()?;
     let gw = Gw {
         tls: tls.is_some(),
         cfg: Arc::new(cfg),
@@ -224,7 +235,7 @@ fn page(title: &str, body: &str) -> Response {
          <meta name=\"viewport\" content=\"width=device-width\">\
          <style>body{{font-family:sans-serif;max-width:48em;margin:2em auto}}code{{word-break:break-all}}\
          li{{margin:.6em 0}}</style></head><body>{body}</body></html>",
-        crate::ui::escape(title)
+        crate::web::html::escape(title)
     );
     let mut r = Html(html).into_response();
     let h = r.headers_mut();
@@ -240,7 +251,7 @@ async fn login_page() -> Response {
 
 fn login_form(error: Option<&str>) -> Response {
     let err = error
-        .map(|e| format!("<p role=\"alert\"><b>{}</b></p>", crate::ui::escape(e)))
+        .map(|e| format!("<p role=\"alert\"><b>{}</b></p>", crate::web::html::escape(e)))
         .unwrap_or_default();
     page(
         "Sign in",
@@ -351,7 +362,7 @@ async fn landing(State(gw): State<Gw>, User(user): User, headers: HeaderMap) -> 
     let scheme = if gw.tls { "wss" } else { "ws" };
     let token = connect_token(&gw, &user);
     let mins = gw.cfg.token_ttl.as_secs().div_ceil(60);
-    let e = crate::ui::escape;
+    let e = crate::web::html::escape;
     let mut list = String::new();
     for t in &types {
         list.push_str(&format!(
@@ -383,7 +394,7 @@ async fn waiting_page(
     if !session_types(&gw, &user).await.contains(&ty) {
         return (StatusCode::NOT_FOUND, "no such session type\n").into_response();
     }
-    let t = crate::ui::escape(&ty);
+    let t = crate::web::html::escape(&ty);
     page(
         &format!("Starting {ty}"),
         &format!(
@@ -435,7 +446,7 @@ async fn events(State(gw): State<Gw>, User(user): User, UrlPath(ty): UrlPath<Str
     };
     // Progress is internally tagged (`{"event": …}`), a failure's fields next to the tag, as the
     // waiting page reads them.
-    let stream = crate::kube::progress_events(handle, gw.shutdown.clone()).map(|(name, p)| {
+    let stream = crate::kubernetes::progress_events(handle, gw.shutdown.clone()).map(|(name, p)| {
         Event::default()
             .event(name)
             .json_data(&p)
@@ -619,13 +630,13 @@ async fn resolve(
         .and_then(|p| gw.kube.get(p))
         .ok_or((StatusCode::NOT_FOUND, "no such session type".to_string()))?;
     let handle = pool.start(user, ty).await.map_err(|e| {
-        let a = crate::api::refused_error(&e);
+        let a = crate::web::error::refused_error(&e);
         (a.status(), e.to_string())
     })?;
     let t = handle
         .wait()
         .await
-        .map_err(|e| (crate::api::start_error(&e).status(), e.to_string()))?;
+        .map_err(|e| (crate::web::error::start_error(&e).status(), e.to_string()))?;
     let conn = pool.lifecycle.connect(&t.pod);
     Ok((t.address.to_string(), Some(conn)))
 }

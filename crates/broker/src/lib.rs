@@ -1,40 +1,46 @@
 //! The Switchboard broker: the cluster master.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, validated into [`config::Config`].
+//! Imports point down this list, never up it, and modules on one line never import each other
+//! (`tests/layers.rs` checks it; `docs/architecture.md` explains the order).
+//! - [`config`]: the TOML configuration, validated into [`config::Config`], composed of the
+//!   components' own configuration types.
+//! - The ways in: [`http`] (the HTTP listener: [`http::api`], the REST API with health,
+//!   readiness and metrics; [`http::x2go`], the X2Go broker frontend; [`http::ui`], the web
+//!   dashboard), [`gateway`] (its own HTTPS/WSS listener for browsers and Xpra), [`mgmt`] (the
+//!   management socket for `switchboard ctl`), [`sweeper`] (session policies: log-off after
+//!   disconnected, idle, age) and [`probe`] (TCP probes of agentless hosts).
+//! - [`web`]: what the web surfaces share: error bodies and HTML helpers.
+//! - [`actions`]: every operator action, written and audited once, called by every way in.
+//! - [`agents`]: the agent listener, liveness and commands to agents; [`kubernetes`]: the
+//!   Kubernetes pools.
 //! - [`engine`]: the single task that owns the cluster state, commits to the store before it
 //!   replies, and publishes snapshots.
-//! - [`audit`]: the audit log of operator actions.
-//! - [`api`]: the REST API, health, readiness and metrics endpoints.
-//! - [`tokens`]: API bearer tokens (a file of hashes).
-//! - [`agents`]: the agent listener, liveness and commands to agents.
-//! - [`pki`]: the agent listener's certificates (a private CA made on first start).
-//! - [`probe`]: TCP probes of agentless hosts.
-//! - [`policy`]: session policies (log-off after disconnected, idle, age), enforced through agents.
-//! - [`mgmt`]: the management socket (`switchboard ctl`).
-//! - [`metrics`]: Prometheus metrics.
-//! - [`x2go`]: the X2Go broker frontend (`/plain/`, `/json/`).
-//! - [`ui`]: the web dashboard (`/ui/`).
+//! - [`metrics`]: Prometheus metrics; [`snapshot`]: what readers see of the state.
+//! - Leaves: [`audit`] (the audit log), [`tokens`] (API bearer tokens), [`pki`] (the agent
+//!   listener's private CA), [`tls`] (rustls listeners), [`sync`] (poison-tolerant locks).
 //!
 //! [`Broker::start`] binds and starts everything and returns the bound address; [`run`] does the
 //! same and waits for shutdown. The `switchboard` binary only wires these.
 
+pub mod actions;
 pub mod agents;
-pub mod api;
 pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod gateway;
-pub mod kube;
+pub mod http;
+pub mod kubernetes;
 pub mod metrics;
 pub mod mgmt;
 pub mod pki;
-pub mod policy;
 pub mod probe;
+pub mod snapshot;
+pub mod sweeper;
+pub mod sync;
 pub mod tls;
 pub mod tokens;
-pub mod ui;
-pub mod x2go;
+pub mod web;
 
 use config::Config;
 use std::net::SocketAddr;
@@ -85,6 +91,8 @@ pub struct Broker {
     pub engine: engine::EngineHandle,
     /// Links to agents.
     pub agents: agents::AgentHub,
+    /// Operator actions, for embedding callers (`switchboard up` enrolls its agents) and tests.
+    pub actions: actions::Actions,
     /// Where the agent listener is bound, if it runs.
     pub agent_addr: Option<SocketAddr>,
     /// The CA certificate agents pin, when the broker made its own.
@@ -92,11 +100,11 @@ pub struct Broker {
     /// The management socket.
     pub mgmt_socket: std::path::PathBuf,
     /// The X2Go frontend, if configured.
-    pub x2go: Option<x2go::X2go>,
+    pub x2go: Option<http::x2go::X2go>,
     /// Where the gateway listens, if configured.
     pub gateway_addr: Option<SocketAddr>,
     /// Kubernetes pools.
-    pub kube: kube::KubePools,
+    pub kube: kubernetes::KubePools,
     agent_listening: bool,
     kube_pools: Vec<config::KubePoolConfig>,
     gateway_config: Option<config::GatewayConfig>,
@@ -124,17 +132,22 @@ impl Broker {
         }
         tokens.clone().watch(shutdown.child_token());
         let (engine, engine_task) =
-            engine::start(store.clone(), &config, shutdown.child_token()).await?;
-        probe::spawn(engine.clone(), &config, shutdown.child_token());
-        let hub = agents::AgentHub::new(engine.clone(), config.settings.stale_after_intervals);
-        policy::spawn(
+            engine::start(store.clone(), config.cluster.clone(), shutdown.child_token()).await?;
+        probe::spawn(engine.clone(), config.probe, shutdown.child_token());
+        let hub = agents::AgentHub::new(
+            engine.clone(),
+            config.cluster.settings.stale_after_intervals,
+        );
+        let actions = actions::Actions::new(engine.clone(), hub.clone(), store.clone());
+        sweeper::spawn(
             engine.clone(),
             hub.clone(),
-            store.clone(),
+            actions.clone(),
             config.policy_interval,
             shutdown.child_token(),
         );
         let agent_hosts: Vec<String> = config
+            .cluster
             .hosts
             .iter()
             .filter(|h| h.agent)
@@ -153,12 +166,7 @@ impl Broker {
             };
             let mut tls = (*tls::server_config(&cert, &key)?).clone();
             tls.alpn_protocols.clear();
-            let listener = tokio::net::TcpListener::bind(config.agent_listen)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: config.agent_listen,
-                    source,
-                })?;
+            let listener = bind(config.agent_listen).await?;
             let addr = listener.local_addr().map_err(BrokerError::Http)?;
             hub.expect(agent_hosts);
             hub.spawn_listener(listener, Arc::new(tls), shutdown.child_token());
@@ -178,7 +186,7 @@ impl Broker {
                 engine: engine.clone(),
                 agents: hub.clone(),
                 store: store.clone(),
-                shutdown: shutdown.child_token(),
+                actions: actions.clone(),
             },
             mgmt_listener,
             config.management_socket.clone(),
@@ -192,7 +200,7 @@ impl Broker {
             .clone()
             .map(switchboard_auth::Authenticator::new);
         let x2go = match (&config.x2go, &auth) {
-            (Some(x), Some(auth)) => Some(x2go::X2go::new(
+            (Some(x), Some(auth)) => Some(http::x2go::X2go::new(
                 x.clone(),
                 auth.clone(),
                 engine.clone(),
@@ -201,21 +209,35 @@ impl Broker {
             )),
             _ => None,
         };
-        let kube = kube::KubePools::start(&config.kube_pools, shutdown.child_token())
+        let kube = kubernetes::KubePools::start(&config.kube_pools, shutdown.child_token())
             .await
             .map_err(BrokerError::Kube)?;
         let gateway = match (&config.gateway, &auth) {
-            (Some(g), Some(a)) => Some(
-                gateway::start(g.clone(), a.clone(), kube.clone(), shutdown.child_token()).await?,
-            ),
+            (Some(g), Some(a)) => {
+                let gw_tls = match &g.tls {
+                    Some((cert, key)) => Some(tls::server_config(cert, key)?),
+                    None => None,
+                };
+                let listener = bind(g.listen).await?;
+                Some(
+                    gateway::start(
+                        g.clone(),
+                        listener,
+                        gw_tls,
+                        a.clone(),
+                        kube.clone(),
+                        shutdown.child_token(),
+                    )
+                    .map_err(BrokerError::Http)?,
+                )
+            }
             _ => None,
         };
         let gateway_addr = gateway.as_ref().map(|g| g.addr);
-        let ui = ui::Ui::new(auth, config.ui_admin_group.clone(), tls.is_some());
+        let ui = http::ui::Ui::new(auth, config.ui_admin_group.clone(), tls.is_some());
         ui.spawn_sampler(engine.clone(), shutdown.child_token());
-        let app = api::App {
-            ui,
-            x2go: x2go.clone(),
+        let app = http::AppState {
+            actions: actions.clone(),
             agents: hub.clone(),
             engine: engine.clone(),
             tokens,
@@ -225,14 +247,9 @@ impl Broker {
             shutdown: shutdown.clone(),
             kube: kube.clone(),
         };
-        let listener = tokio::net::TcpListener::bind(config.http_listen)
-            .await
-            .map_err(|source| BrokerError::Bind {
-                addr: config.http_listen,
-                source,
-            })?;
+        let listener = bind(config.http_listen).await?;
         let http_addr = listener.local_addr().map_err(BrokerError::Http)?;
-        let router = api::router(app);
+        let router = http::router::router(app, ui, x2go.clone());
         let stop = shutdown.clone();
         let https = tls.is_some();
         let server = tokio::spawn(async move {
@@ -259,6 +276,7 @@ impl Broker {
             agent_listening: agent_addr.is_some(),
             http_addr,
             engine,
+            actions,
             agents: hub,
             agent_addr,
             agent_ca,
@@ -313,7 +331,7 @@ impl Broker {
 pub struct Reloader {
     engine: engine::EngineHandle,
     agents: agents::AgentHub,
-    x2go: Option<x2go::X2go>,
+    x2go: Option<http::x2go::X2go>,
     agent_listening: bool,
     kube_pools: Vec<config::KubePoolConfig>,
     gateway: Option<config::GatewayConfig>,
@@ -322,8 +340,9 @@ pub struct Reloader {
 impl Reloader {
     /// Applies `c`; on an error nothing of it is applied by the engine.
     pub async fn apply(&self, c: Config) -> Result<(), engine::EngineError> {
-        self.engine.reconfigure(c.clone()).await?;
+        self.engine.reconfigure(c.cluster.clone()).await?;
         let agent_hosts: Vec<String> = c
+            .cluster
             .hosts
             .iter()
             .filter(|h| h.agent)
@@ -335,7 +354,7 @@ impl Reloader {
             );
         }
         self.agents.expect(agent_hosts);
-        self.agents.set_missed(c.settings.stale_after_intervals);
+        self.agents.set_missed(c.cluster.settings.stale_after_intervals);
         match &self.x2go {
             Some(x) => x.reload(c.x2go, c.auth),
             None if c.x2go.is_some() => {
@@ -355,10 +374,11 @@ impl Reloader {
     }
 }
 
-/// Locks a mutex, going on with the data if another thread panicked while holding it (every
-/// critical section in the broker leaves its data consistent).
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Binds a TCP listener, naming the address when it cannot.
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { addr, source })
 }
 
 /// A store URL with any password replaced, for logs.

@@ -4,7 +4,7 @@
 //! Gauges that describe the cluster (sessions by state and host, host load, reservations) are set
 //! from each published snapshot, so a scrape never walks the sessions.
 
-use crate::engine::Snapshot;
+use crate::snapshot::Snapshot;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;

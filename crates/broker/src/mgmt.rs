@@ -7,22 +7,20 @@
 //! own user, and members of the configured group are served; anyone else is told so and
 //! disconnected. Every action is audited with surface `ctl` and the peer's user name.
 
-use crate::agents::{AgentHub, Ended, Ending};
-use crate::engine::{EngineError, EngineHandle, HostInfo};
+use crate::actions::hosts::AdminChange;
+use crate::actions::{Actions, Actor, Ended, SessionEnd, Surface, Termination};
+use crate::agents::AgentHub;
+use crate::engine::{EngineError, EngineHandle};
+use crate::snapshot::HostInfo;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use switchboard_core::model::SessionRecord;
-use switchboard_core::{AdminState, Command, SessionId};
 use switchboard_proto::mgmt::{self, COMMANDS, Request, SessionFilter, Target, table};
 use switchboard_proto::mgmt_socket::{self, Reply};
 use switchboard_store::{SqlStore, Store};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
-
-/// How long a command waits for an agent.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the socket could not be set up.
 pub use switchboard_proto::mgmt_socket::SocketError as MgmtError;
@@ -37,8 +35,8 @@ pub struct Mgmt {
     pub agents: AgentHub,
     /// The store (audit log).
     pub store: Arc<SqlStore>,
-    /// Stops background work (drain-then-offline watchers).
-    pub shutdown: CancellationToken,
+    /// Operator actions.
+    pub actions: Actions,
 }
 
 impl std::fmt::Debug for Mgmt {
@@ -75,12 +73,59 @@ fn engine_err(e: EngineError) -> String {
 }
 
 impl Mgmt {
-    async fn audit(&self, actor: &str, action: &str, target: &str, r: &Result<Reply, String>) {
-        let result = match r {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.clone()),
+    async fn admin(&self, actor: &str, host: String, change: AdminChange) -> Result<Reply, String> {
+        let who = Actor::new(Surface::Ctl, actor);
+        self.actions
+            .set_admin(&who, &host, change)
+            .await
+            .map(|()| {
+                let state = change.state();
+                Reply::new(
+                    json!({"host": host, "admin": state.as_str()}),
+                    format!("{host}: {}", state.as_str()),
+                )
+            })
+            .map_err(|e| e.message())
+    }
+
+    async fn end(&self, actor: &str, target: Target, how: Termination) -> Result<Reply, String> {
+        let who = Actor::new(Surface::Ctl, actor);
+        let ends = self
+            .actions
+            .end_sessions(&who, &target, how)
+            .await
+            .map_err(|e| e.message())?;
+        let failed = ends.iter().filter(|e| e.result.is_err()).count();
+        let message = |e: &SessionEnd| match &e.result {
+            Ok(Ended::ByAgent(m)) => m.clone(),
+            Ok(Ended::Record | Ended::Released) => "ended (no agent to act on the host)".to_owned(),
+            Err(err) => err.to_string(),
         };
-        crate::audit::record(&self.store, actor, "ctl", action, target, result).await;
+        let rows = ends
+            .iter()
+            .map(|e| {
+                vec![
+                    e.session.id.0.to_string(),
+                    e.session.user.to_string(),
+                    e.session.host.to_string(),
+                    match &e.result {
+                        Ok(_) => message(e),
+                        Err(_) => format!("FAILED: {}", message(e)),
+                    },
+                ]
+            })
+            .collect::<Vec<_>>();
+        let j = json!(ends
+            .iter()
+            .map(|e| json!({"id": e.session.id.0, "user": e.session.user, "host": e.session.host,
+                            "ok": e.result.is_ok(), "message": message(e)}))
+            .collect::<Vec<_>>());
+        let text = table(&["SESSION", "USER", "HOST", "RESULT"], &rows);
+        if failed == 0 {
+            Ok(Reply::new(j, text))
+        } else {
+            Err(format!("{failed} of {} sessions not ended:\n{text}", ends.len()))
+        }
     }
 
     async fn execute(&self, r: Request, actor: &str) -> Result<Reply, String> {
@@ -360,50 +405,30 @@ impl Mgmt {
                     table(&["AT (ms)", "WHO", "FROM", "ACTION", "TARGET", "RESULT"], &rows),
                 ))
             }
-            Request::OfflineServer(h) => self.admin(actor, "offline", h, AdminState::Offline).await,
-            Request::OnlineServer(h) => self.admin(actor, "online", h, AdminState::Online).await,
-            Request::Undrain(h) => self.admin(actor, "undrain", h, AdminState::Online).await,
+            Request::OfflineServer(h) => self.admin(actor, h, AdminChange::Offline).await,
+            Request::OnlineServer(h) => self.admin(actor, h, AdminChange::Online).await,
+            Request::Undrain(h) => self.admin(actor, h, AdminChange::Undrain).await,
             Request::Drain { host, then_offline } => {
-                let r = self
-                    .admin(
-                        actor,
-                        if then_offline {
-                            "drain --then-offline"
-                        } else {
-                            "drain"
-                        },
-                        host.clone(),
-                        AdminState::Draining,
-                    )
-                    .await;
-                if r.is_ok() && then_offline {
-                    self.offline_when_empty(host, actor.to_owned());
-                }
-                r
+                self.admin(actor, host, AdminChange::Drain { then_offline })
+                    .await
             }
             Request::Weight(host, weight) => {
-                let r = self
-                    .engine
-                    .apply(Command::SetWeight {
-                        host: host.clone(),
-                        weight,
-                    })
+                let who = Actor::new(Surface::Ctl, actor);
+                self.actions
+                    .set_weight(&who, &host, weight)
                     .await
-                    .map(|_| {
+                    .map(|()| {
                         Reply::new(
                             json!({"host": host, "weight": weight}),
                             format!("{host}: weight {weight}"),
                         )
                     })
-                    .map_err(engine_err);
-                self.audit(actor, &format!("weight {weight}"), &host, &r)
-                    .await;
-                r
+                    .map_err(|e| e.message())
             }
             Request::Enroll(host) => {
-                let r = self
-                    .agents
-                    .enroll(&host)
+                let who = Actor::new(Surface::Ctl, actor);
+                self.actions
+                    .enroll(&who, &host)
                     .await
                     .map(|c| {
                         Reply::new(
@@ -411,14 +436,12 @@ impl Mgmt {
                             format!("{c}\n(the credential for {host}, shown only now: put it in the agent's credential_file, mode 0600)"),
                         )
                     })
-                    .map_err(engine_err);
-                self.audit(actor, "enroll", &host, &r).await;
-                r
+                    .map_err(|e| e.message())
             }
             Request::Revoke(host) => {
-                let r = self
-                    .agents
-                    .revoke(&host)
+                let who = Actor::new(Surface::Ctl, actor);
+                self.actions
+                    .revoke(&who, &host)
                     .await
                     .map(|()| {
                         Reply::new(
@@ -426,149 +449,12 @@ impl Mgmt {
                             format!("{host}: credential revoked, link dropped"),
                         )
                     })
-                    .map_err(engine_err);
-                self.audit(actor, "revoke", &host, &r).await;
-                r
+                    .map_err(|e| e.message())
             }
-            Request::AbortUser(t) => self.end(actor, "abortuser", t, Ending::Kill).await,
-            Request::ShutdownUser(t) => self.end(actor, "shutdownuser", t, Ending::Terminate).await,
-            Request::LogoffUser(t, grace) => {
-                self.end(actor, "logoffuser", t, Ending::Logoff(grace))
-                    .await
-            }
+            Request::AbortUser(t) => self.end(actor, t, Termination::Kill).await,
+            Request::ShutdownUser(t) => self.end(actor, t, Termination::Terminate).await,
+            Request::LogoffUser(t, grace) => self.end(actor, t, Termination::Logoff(grace)).await,
             Request::Quit | Request::Verbose(_) => Err("handled by the connection".into()),
-        }
-    }
-
-    async fn admin(
-        &self,
-        actor: &str,
-        action: &str,
-        host: String,
-        state: AdminState,
-    ) -> Result<Reply, String> {
-        let r = self
-            .engine
-            .apply(Command::SetAdminState {
-                host: host.clone(),
-                state,
-            })
-            .await
-            .map(|_| {
-                Reply::new(
-                    json!({"host": host, "admin": state.as_str()}),
-                    format!("{host}: {}", state.as_str()),
-                )
-            })
-            .map_err(engine_err);
-        self.audit(actor, action, &host, &r).await;
-        r
-    }
-
-    /// Takes `host` offline once it has neither sessions nor reservations, unless an operator
-    /// changed its state meanwhile. Not kept across a broker restart.
-    fn offline_when_empty(&self, host: String, actor: String) {
-        let m = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = m.shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let snap = m.engine.snapshot();
-                let Some(h) = snap.hosts.iter().find(|h| h.name == host) else {
-                    return;
-                };
-                if h.admin != "draining" {
-                    return;
-                }
-                if h.sessions == 0 && h.reservations == 0 {
-                    let r = m
-                        .admin(
-                            &actor,
-                            "offline (drained)",
-                            host.clone(),
-                            AdminState::Offline,
-                        )
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(host = %host, error = %e, "drained host not taken offline");
-                    }
-                    return;
-                }
-            }
-        });
-    }
-
-    async fn end(
-        &self,
-        actor: &str,
-        action: &str,
-        target: Target,
-        how: Ending,
-    ) -> Result<Reply, String> {
-        let t = target.clone();
-        let sessions = self
-            .engine
-            .query(move |s| match &t {
-                Target::Session(id) => s.session(SessionId(*id)).into_iter().collect::<Vec<_>>(),
-                Target::User(u) => s.sessions_of_user(u),
-            })
-            .await
-            .map_err(engine_err)?;
-        if sessions.is_empty() {
-            let r = Err(format!("no live sessions for {target}"));
-            self.audit(actor, action, &target.to_string(), &r).await;
-            return r;
-        }
-        let mut results = Vec::new();
-        let mut failed = 0;
-        for s in &sessions {
-            let outcome = self.end_one(s, how).await;
-            if outcome.is_err() {
-                failed += 1;
-            }
-            results.push((s, outcome));
-        }
-        let rows = results
-            .iter()
-            .map(|(s, o)| {
-                vec![
-                    s.id.0.to_string(),
-                    s.user.to_string(),
-                    s.host.to_string(),
-                    match o {
-                        Ok(m) => m.clone(),
-                        Err(e) => format!("FAILED: {e}"),
-                    },
-                ]
-            })
-            .collect::<Vec<_>>();
-        let j =
-            json!(results
-            .iter()
-            .map(|(s, o)| json!({"id": s.id.0, "user": s.user, "host": s.host, "ok": o.is_ok(),
-                                  "message": o.as_ref().map_or_else(Clone::clone, Clone::clone)}))
-            .collect::<Vec<_>>());
-        let text = table(&["SESSION", "USER", "HOST", "RESULT"], &rows);
-        let r = if failed == 0 {
-            Ok(Reply::new(j, text))
-        } else {
-            Err(format!(
-                "{failed} of {} sessions not ended:\n{text}",
-                sessions.len()
-            ))
-        };
-        self.audit(actor, action, &target.to_string(), &r).await;
-        r
-    }
-
-    async fn end_one(&self, s: &SessionRecord, how: Ending) -> Result<String, String> {
-        match self.agents.end_session(s.id, how, AGENT_TIMEOUT).await {
-            Ok(Ended::ByAgent(m)) => Ok(m),
-            Ok(Ended::Record) => Ok("ended (no agent to act on the host)".to_owned()),
-            Err(e) => Err(e.to_string()),
         }
     }
 }

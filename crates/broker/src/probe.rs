@@ -5,16 +5,38 @@
 //! the next good one brings it back. Probes run concurrently, so one dead host never delays the
 //! others.
 
-use crate::config::Config;
 use crate::engine::EngineHandle;
 use std::time::Duration;
 use switchboard_core::Command;
 use switchboard_core::config::HostAddr;
 use tokio_util::sync::CancellationToken;
 
+/// Default TCP probe interval for agentless hosts with `probe = true`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default TCP probe timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often and how patiently hosts are probed (`[probe]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Time between probes of a host.
+    pub interval: Duration,
+    /// Connect timeout of one probe.
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
 /// Starts probing the configured hosts (hosts added by a reload are picked up from the snapshot).
-pub fn spawn(engine: EngineHandle, config: &Config, shutdown: CancellationToken) {
-    let (interval, timeout) = (config.probe_interval, config.probe_timeout);
+pub fn spawn(engine: EngineHandle, config: Config, shutdown: CancellationToken) {
+    let Config { interval, timeout } = config;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -576,7 +576,7 @@ async fn operator_actions_are_audited_with_who_what_and_result() {
 #[test]
 fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
     use axum::http::HeaderMap;
-    use switchboard_broker::api::client_ip;
+    use switchboard_broker::http::client_ip;
     let proxy: std::net::IpAddr = "127.0.0.5".parse().unwrap();
     let mut h = HeaderMap::new();
     h.insert("x-forwarded-for", "203.0.113.7, 127.0.0.5".parse().unwrap());

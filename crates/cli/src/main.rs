@@ -309,8 +309,8 @@ fn broker(config_path: &Path, check: bool) -> Result<ExitCode> {
         println!(
             "{}: ok ({} pools, {} hosts, store {})",
             config_path.display(),
-            config.pools.len(),
-            config.hosts.len(),
+            config.cluster.pools.len(),
+            config.cluster.hosts.len(),
             switchboard_broker::redact(&config.store_url)
         );
         return Ok(ExitCode::SUCCESS);
@@ -652,6 +652,11 @@ session_profiles = {profiles:?}
         // the file is missing or the broker no longer knows it.
         let cred_path = data_dir.join("agent.credential");
         let known = std::fs::read_to_string(&cred_path).ok().map(|c| c.trim().to_owned());
+        // `up` enrols its own agents; the audit log says so.
+        let local = switchboard_broker::actions::Actor::new(
+            switchboard_broker::actions::Surface::Local,
+            "switchboard up",
+        );
         let wanted = host.clone();
         let stored = broker
             .engine
@@ -660,7 +665,7 @@ session_profiles = {profiles:?}
         let credential = match (known, stored) {
             (Some(c), Some(h)) if switchboard_broker::tokens::hash(&c) == h => c,
             _ => {
-                let c = broker.agents.enroll(&host).await?;
+                let c = broker.actions.enroll(&local, &host).await?;
                 let _ = std::fs::remove_file(&cred_path);
                 write_secret(&cred_path, &format!("{c}\n"))?;
                 c
@@ -686,10 +691,10 @@ session_profiles = {profiles:?}
             // Enrolled concurrently: the engine commits them in shared batches.
             let mut enrolling = tokio::task::JoinSet::new();
             for i in 0..simulate {
-                let agents = broker.agents.clone();
+                let (actions, local) = (broker.actions.clone(), local.clone());
                 enrolling.spawn(async move {
                     let name = switchboard_agent::sim::host_name(i);
-                    let credential = agents.enroll(&name).await;
+                    let credential = actions.enroll(&local, &name).await;
                     (i, name, credential)
                 });
             }

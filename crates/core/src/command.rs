@@ -36,6 +36,14 @@ pub enum Command {
         /// New admin state.
         state: AdminState,
     },
+    /// Drain a host and take it offline once it has neither sessions nor reservations. Kept
+    /// (durably) until then, or until an operator sets the host's admin state otherwise.
+    DrainThenOffline {
+        /// Host name.
+        host: String,
+        /// Who asked (for the audit record of the automatic step).
+        by: String,
+    },
     /// Set a host's weight (0 = no new sessions).
     SetWeight {
         /// Host name.

@@ -36,6 +36,21 @@ pub enum Event {
         /// New state.
         state: AdminState,
     },
+    /// A host is to go offline once empty (`by` says who asked), or no longer is (`None`).
+    OfflineWhenEmpty {
+        /// Host name.
+        host: Arc<str>,
+        /// Who asked, while pending.
+        by: Option<Arc<str>>,
+    },
+    /// A host drained with `DrainThenOffline` became empty and went offline (the admin change
+    /// itself is its own `AdminStateChanged`).
+    Drained {
+        /// Host name.
+        host: Arc<str>,
+        /// Who asked for it.
+        by: Arc<str>,
+    },
     /// A host's weight changed.
     WeightChanged {
         /// Host name.
@@ -121,6 +136,8 @@ impl Event {
         match self {
             Event::HostRemoved { name } => Some(name),
             Event::AdminStateChanged { host, .. }
+            | Event::OfflineWhenEmpty { host, .. }
+            | Event::Drained { host, .. }
             | Event::WeightChanged { host, .. }
             | Event::HealthChanged { host, .. }
             | Event::HostPenalized { host, .. }
@@ -154,6 +171,8 @@ impl Event {
             | Event::PoolDefined(_)
             | Event::PoolRemoved { .. }
             | Event::AdminStateChanged { .. }
+            | Event::OfflineWhenEmpty { .. }
+            | Event::Drained { .. }
             | Event::WeightChanged { .. }
             | Event::SessionStarted(_)
             | Event::SessionStateChanged { .. }

@@ -75,6 +75,11 @@ pub struct ClusterState {
     /// Agent credential hashes by host name. Kept apart from the host table: a host that leaves
     /// the configuration and comes back keeps its credential, as the store does.
     credentials: StrMap<Arc<str>>,
+    /// Hosts with `offline_when_empty` set: checked after every command.
+    drains: Vec<HostId>,
+    /// Events of timers that fired during a command that was then refused: handed out with the
+    /// next accepted command, or by [`ClusterState::take_held`].
+    held: Vec<Event>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -106,6 +111,8 @@ struct HostEntry {
     pending: u32,
     /// (pool, position in that pool's member list).
     pools: SmallVec<[(PoolId, u32); 2]>,
+    /// Draining to go offline once empty: who asked.
+    offline_when_empty: Option<Arc<str>>,
 }
 
 impl HostEntry {
@@ -474,6 +481,8 @@ pub struct HostView<'a> {
     pub report_interval: Duration,
     /// End of a failure penalty in force.
     pub penalized_until: Option<Millis>,
+    /// Who asked for it to go offline once empty, while that is pending.
+    pub offline_when_empty: Option<&'a str>,
     /// Why it takes no new sessions now, if it does not.
     pub exclusion: Option<Exclusion>,
     /// Names of the pools it belongs to.
@@ -551,6 +560,8 @@ impl ClusterState {
             by_state: [0; 6],
             timers: BinaryHeap::new(),
             credentials: StrMap::default(),
+            drains: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -565,6 +576,9 @@ impl ClusterState {
             Command::DefinePool(spec) => self.define_pool(spec, &mut events),
             Command::RemovePool { name } => self.remove_pool(&name, &mut events),
             Command::SetAdminState { host, state } => self.set_admin(&host, state, &mut events),
+            Command::DrainThenOffline { host, by } => {
+                self.drain_then_offline(&host, by, &mut events)
+            }
             Command::SetWeight { host, weight } => self.set_weight(&host, weight, &mut events),
             Command::UpdateSettings(settings) => {
                 self.update_settings(settings);
@@ -605,7 +619,27 @@ impl ClusterState {
             }
             Command::RevokeCredential { host } => self.revoke_credential(&host, &mut events),
         };
-        result.map(|()| events)
+        self.offline_drained(&mut events);
+        match result {
+            Ok(()) => {
+                if !self.held.is_empty() {
+                    events.splice(0..0, self.held.drain(..));
+                }
+                Ok(events)
+            }
+            Err(e) => {
+                // Timers fired before the refusal; nothing of the command itself changed.
+                self.held.append(&mut events);
+                Err(e)
+            }
+        }
+    }
+
+    /// Events of timers that fired during refused commands and have not been handed out with
+    /// an accepted one since. The engine takes them after a refusal, so that what they say (a
+    /// reservation expired, a drained host went offline) reaches readers and the store.
+    pub fn take_held(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.held)
     }
 
     // ----- time -----
@@ -809,6 +843,7 @@ impl ClusterState {
             reservations: 0,
             pending: 0,
             pools: SmallVec::new(),
+            offline_when_empty: None,
             spec: spec.clone(),
         };
         self.hosts.push(Some(entry));
@@ -880,6 +915,7 @@ impl ClusterState {
             .unwrap_or_default();
         let host_name = self.host_name(hid);
         self.hosts[hid.0 as usize] = None;
+        self.drains.retain(|d| *d != hid);
         self.host_names.remove(name);
         for pid in pools {
             if let Some(mut spec) = self.pool_ref(pid).map(|p| p.spec.clone()) {
@@ -901,6 +937,17 @@ impl ClusterState {
         let Some(h) = self.host_mut(hid) else {
             return Err(not_found("host", name));
         };
+        // An operator's own change replaces a pending "then offline".
+        if h.offline_when_empty.take().is_some() {
+            events.push(Event::OfflineWhenEmpty {
+                host: h.name.clone(),
+                by: None,
+            });
+            self.drains.retain(|d| *d != hid);
+        }
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
         if h.admin == state {
             return Ok(());
         }
@@ -911,6 +958,61 @@ impl ClusterState {
         });
         self.refresh_host(hid);
         Ok(())
+    }
+
+    fn drain_then_offline(
+        &mut self,
+        name: &str,
+        by: String,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        self.set_admin(name, AdminState::Draining, events)?;
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
+        let by: Arc<str> = Arc::from(by);
+        h.offline_when_empty = Some(by.clone());
+        events.push(Event::OfflineWhenEmpty {
+            host: h.name.clone(),
+            by: Some(by),
+        });
+        self.drains.push(hid);
+        Ok(())
+    }
+
+    /// Takes drained hosts that asked for it offline once they hold neither sessions nor
+    /// reservations (the drain rule's last step: see `placement/mod.rs`).
+    fn offline_drained(&mut self, events: &mut Vec<Event>) {
+        if self.drains.is_empty() {
+            return;
+        }
+        let drains = std::mem::take(&mut self.drains);
+        for hid in drains {
+            let Some(h) = self.host_mut(hid) else {
+                continue;
+            };
+            let Some(by) = h.offline_when_empty.clone() else {
+                continue;
+            };
+            if h.occupancy() > 0 || h.admin != AdminState::Draining {
+                self.drains.push(hid);
+                continue;
+            }
+            h.offline_when_empty = None;
+            h.admin = AdminState::Offline;
+            let host = h.name.clone();
+            events.push(Event::AdminStateChanged {
+                host: host.clone(),
+                state: AdminState::Offline,
+            });
+            events.push(Event::OfflineWhenEmpty {
+                host: host.clone(),
+                by: None,
+            });
+            events.push(Event::Drained { host, by });
+            self.refresh_host(hid);
+        }
     }
 
     fn set_weight(
@@ -1955,6 +2057,7 @@ impl ClusterState {
             last_report_at: h.last_report_at,
             report_interval: h.report_interval,
             penalized_until: h.penalty_until.filter(|t| *t > self.now),
+            offline_when_empty: h.offline_when_empty.as_deref(),
             exclusion: h.exclusion(self.now, self.settings.stale_after_intervals),
             pools: h
                 .pools

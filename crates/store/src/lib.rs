@@ -61,6 +61,8 @@ pub struct HostState {
     pub admin: AdminState,
     /// Weight set at run time, overriding the configuration's.
     pub weight: Option<u32>,
+    /// Draining to go offline once empty: who asked (`surface actor`), while pending.
+    pub offline_when_empty: Option<String>,
 }
 
 /// Everything the broker needs at start-up.
@@ -113,6 +115,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A unique audit record id that sorts in the order records were made (the log lists newest
+/// first, and several actions can share a millisecond): nanoseconds since the epoch, a
+/// process-wide sequence number, and random bits so that two brokers never collide.
+pub fn audit_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "{nanos:024}{:012}{:08x}",
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        u32::from_be_bytes(r)
+    )
 }
 
 /// Which database a [`SqlStore`] talks to.
@@ -323,7 +343,7 @@ async fn insert_sessions(
 
 impl Store for SqlStore {
     async fn load(&self) -> Result<Durable, StoreError> {
-        let host_rows = sqlx::query("SELECT name, admin, weight FROM host_state ORDER BY name")
+        let host_rows = sqlx::query("SELECT name, admin, weight, offline_when_empty FROM host_state ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
         let mut hosts = Vec::with_capacity(host_rows.len());
@@ -335,7 +355,10 @@ impl Store for SqlStore {
             let name: String = row.try_get("name").map_err(corrupt)?;
             let admin: String = row.try_get("admin").map_err(corrupt)?;
             let weight: Option<i64> = row.try_get("weight").map_err(corrupt)?;
+            let offline_when_empty: Option<String> =
+                row.try_get("offline_when_empty").map_err(corrupt)?;
             hosts.push(HostState {
+                offline_when_empty,
                 name,
                 admin: parse_admin(&admin)?,
                 weight: match weight {
@@ -410,6 +433,35 @@ impl Store for SqlStore {
                     .bind(&**host)
                     .bind(state.as_str())
                     .bind(to_i64(Millis::now_wall().0, "time")?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Event::OfflineWhenEmpty { host, by } => {
+                    sqlx::query(
+                        "INSERT INTO host_state (name, offline_when_empty, updated_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO UPDATE SET offline_when_empty = $2, updated_at = $3",
+                    )
+                    .bind(&**host)
+                    .bind(by.as_deref().map(str::to_owned))
+                    .bind(to_i64(Millis::now_wall().0, "time")?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Event::Drained { host, by } => {
+                    // The automatic step of an operator's "drain then offline", audited in the
+                    // same transaction as the change itself, as the operator who asked.
+                    let (surface, actor) = by.split_once(' ').unwrap_or(("broker", by));
+                    sqlx::query(
+                        "INSERT INTO audit (id, at, actor, surface, action, target, result) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(audit_id())
+                    .bind(to_i64(Millis::now_wall().0, "time")?)
+                    .bind(actor)
+                    .bind(surface)
+                    .bind("offline (drained)")
+                    .bind(&**host)
+                    .bind("ok")
                     .execute(&mut *tx)
                     .await?;
                 }

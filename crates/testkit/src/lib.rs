@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`http_client`]: an HTTP client for talking to a broker under test.
 //! - [`kubeapi`]: a fake Kubernetes API server (pods, claims, watches, scripted phases).
+//! - [`layers`]: a check that a crate's `crate::` and `super::` imports keep a layer order.
 //! - [`store`]: a fresh SQLite store in a temp dir, and a fresh PostgreSQL database on the server
 //!   the test script started (`SWITCHBOARD_TEST_POSTGRES_URL`).
 
 pub mod ipvs;
 pub mod kubeapi;
+pub mod layers;
 pub mod store;
 
 /// Installs rustls' ring provider for the process (reqwest is built without one, so that the

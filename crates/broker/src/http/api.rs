@@ -6,13 +6,16 @@
 //! file; read-only tokens may only read. The OpenAPI document is generated from the same handler
 //! annotations that register the routes (utoipa-axum), so the two cannot drift apart.
 
-use crate::agents::{CommandError, EndError, Ended, Ending};
-use crate::engine::{EngineError, EngineHandle, HostInfo, PoolInfo};
-use crate::tokens::{Access, Tokens};
+use super::{AppState as App, client_ip};
+use crate::actions::{Actor, Surface};
+use crate::actions::hosts::AdminChange;
+use crate::actions::{Ended, Termination};
+use crate::engine::EngineError;
+use crate::snapshot::{HostInfo, PoolInfo};
+use crate::tokens::Access;
+use crate::web::error::{ApiError, ErrorBody, refused_error, start_error};
 use axum::body::Bytes;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State,
-};
+use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,10 +24,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 use switchboard_core::model::{ReservationRecord, SessionRecord, SessionState};
-use switchboard_core::{AdminState, Command, CoreError, Event, PlacementOutcome, SessionId};
-use switchboard_store::{SqlStore, Store};
+use switchboard_core::{AdminState, Command, Event, PlacementOutcome, SessionId};
+use switchboard_store::Store;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,55 +38,6 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// Largest page size.
 pub const MAX_LIMIT: usize = 1000;
 
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct App {
-    /// The engine.
-    pub engine: EngineHandle,
-    /// Links to agents (commands such as terminate go through them).
-    pub agents: crate::agents::AgentHub,
-    /// Accepted bearer tokens.
-    pub tokens: Arc<Tokens>,
-    /// The store, for readiness and the audit log.
-    pub store: Arc<SqlStore>,
-    /// Whether `/metrics` answers non-loopback clients.
-    pub public_metrics: bool,
-    /// Proxies whose X-Forwarded-For is believed.
-    pub trusted_proxies: Arc<Vec<IpAddr>>,
-    /// The X2Go frontend, when `[x2go]` is configured.
-    pub x2go: Option<crate::x2go::X2go>,
-    /// The web dashboard.
-    pub ui: crate::ui::Ui,
-    /// Ends long-lived responses (pool watch streams) when the broker stops.
-    pub shutdown: tokio_util::sync::CancellationToken,
-    /// Kubernetes pools.
-    pub kube: crate::kube::KubePools,
-}
-
-/// Who made a request: the name of the token it carried.
-#[derive(Debug, Clone)]
-pub struct Actor(pub String);
-
-/// The address a request came from: the peer, or, when the peer is a trusted proxy, the last
-/// address in X-Forwarded-For that is not a trusted proxy.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
-        return peer;
-    }
-    let forwarded: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .collect();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|a| !trusted.contains(a))
-        .unwrap_or(peer)
-}
-
 /// Appends an operator action to the audit log (a failure to write it is logged, not hidden).
 async fn audit(
     app: &App,
@@ -95,113 +48,9 @@ async fn audit(
 ) {
     let result = match result {
         Ok(()) => Ok(()),
-        Err(e) => Err(format!("{}: {}", e.code, e.message)),
+        Err(e) => Err(format!("{}: {}", e.code(), e.message())),
     };
-    crate::audit::record(&app.store, &actor.0, "api", action, target, result).await;
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("tokens", &self.tokens.len())
-            .field("public_metrics", &self.public_metrics)
-            .finish_non_exhaustive()
-    }
-}
-
-/// An API error: status, stable code, human message.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// The HTTP status.
-    pub(crate) fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-}
-
-/// The error body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Code and message.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, machine-readable code (`not_found`, `bad_request`, `unauthorized`, …).
-    pub code: String,
-    /// What happened, for people.
-    pub message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> ApiError {
-        match e {
-            EngineError::Core(c) => {
-                let (status, code) = match &c {
-                    CoreError::NotFound { .. } | CoreError::IdNotFound { .. } => {
-                        (StatusCode::NOT_FOUND, "not_found")
-                    }
-                    CoreError::UserLimit { .. } => (StatusCode::CONFLICT, "user_limit"),
-                    CoreError::NoHostAvailable { .. } => {
-                        (StatusCode::SERVICE_UNAVAILABLE, "no_host_available")
-                    }
-                    CoreError::AlreadyExists { .. } | CoreError::HostHasSessions { .. } => {
-                        (StatusCode::CONFLICT, "conflict")
-                    }
-                    CoreError::BadTransition { .. } => (StatusCode::CONFLICT, "bad_transition"),
-                    CoreError::Invalid { .. } | CoreError::WrongHost { .. } => {
-                        (StatusCode::BAD_REQUEST, "bad_request")
-                    }
-                };
-                ApiError::new(status, code, c.to_string())
-            }
-            EngineError::Unavailable(m) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("the store is unavailable, nothing was changed: {m}"),
-            ),
-            EngineError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the broker is shutting down",
-            ),
-        }
-    }
+    crate::audit::record(&app.store, &actor.name, "api", action, target, result).await;
 }
 
 /// A request body, or why it could not be read (too large: 413).
@@ -484,7 +333,7 @@ pub struct ExplainParams {
 async fn find_host(app: &App, name: &str) -> Result<HostInfo, ApiError> {
     let n = name.to_owned();
     app.engine
-        .query(move |s| s.host(&n).map(|h| crate::engine::host_info(&h)))
+        .query(move |s| s.host(&n).map(|h| crate::snapshot::host_info(&h)))
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -523,34 +372,38 @@ async fn get_host(
 async fn set_admin(
     app: &App,
     actor: &Actor,
-    action: &str,
     name: String,
-    state: AdminState,
+    change: AdminChange,
 ) -> Result<Json<HostInfo>, ApiError> {
-    let r = app
-        .engine
-        .apply(Command::SetAdminState {
-            host: name.clone(),
-            state,
-        })
+    app.actions
+        .set_admin(&actor, &name, change)
         .await
-        .map(|_| ())
-        .map_err(ApiError::from);
-    audit(app, actor, action, &name, &r).await;
-    r?;
+        .map_err(ApiError::from)?;
     find_host(app, &name).await.map(Json)
 }
 
-/// Drain a host: it resumes its sessions but takes no new ones.
-#[utoipa::path(post, path = "/api/v1/hosts/{name}/drain", params(("name" = String, Path, description = "Host name")),
+/// `POST /hosts/{name}/drain` options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DrainParams {
+    /// Take the host offline by itself once it has neither sessions nor reservations (kept
+    /// across broker restarts; any later admin change of the host cancels it).
+    pub then_offline: Option<bool>,
+}
+
+/// Drain a host: it resumes its sessions but takes no new ones; with `then_offline=true` it goes
+/// offline by itself once empty.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/drain", params(("name" = String, Path, description = "Host name"), DrainParams),
     responses((status = 200, body = HostInfo), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn drain_host(
     State(app): State<App>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
+    q: Result<Query<DrainParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, &actor, "drain", name, AdminState::Draining).await
+    let then_offline = query(q)?.then_offline.unwrap_or(false);
+    set_admin(&app, &actor, name, AdminChange::Drain { then_offline }).await
 }
 
 /// Undo a drain: the host takes new sessions again.
@@ -562,7 +415,7 @@ async fn undrain_host(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, &actor, "undrain", name, AdminState::Online).await
+    set_admin(&app, &actor, name, AdminChange::Undrain).await
 }
 
 /// Take a host offline: no new sessions and no resumes.
@@ -574,7 +427,7 @@ async fn offline_host(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, &actor, "offline", name, AdminState::Offline).await
+    set_admin(&app, &actor, name, AdminChange::Offline).await
 }
 
 /// Bring a host online.
@@ -586,7 +439,7 @@ async fn online_host(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<HostInfo>, ApiError> {
-    set_admin(&app, &actor, "online", name, AdminState::Online).await
+    set_admin(&app, &actor, name, AdminChange::Online).await
 }
 
 /// Set a host's weight (kept across restarts and reloads).
@@ -602,17 +455,10 @@ async fn set_weight(
     body: Body,
 ) -> Result<Json<HostInfo>, ApiError> {
     let req: WeightRequest = parse_body(&headers, &body_bytes(body)?)?;
-    let r = app
-        .engine
-        .apply(Command::SetWeight {
-            host: name.clone(),
-            weight: req.weight,
-        })
+    app.actions
+        .set_weight(&actor, &name, req.weight)
         .await
-        .map(|_| ())
-        .map_err(ApiError::from);
-    audit(&app, &actor, &format!("weight {}", req.weight), &name, &r).await;
-    r?;
+        .map_err(ApiError::from)?;
     find_host(&app, &name).await.map(Json)
 }
 
@@ -662,7 +508,7 @@ pub struct PoolWatchEvent {
     pub hosts: Vec<PoolWatchHost>,
 }
 
-fn pool_view(snap: &crate::engine::Snapshot, pool: &str) -> Option<PoolWatchEvent> {
+fn pool_view(snap: &crate::snapshot::Snapshot, pool: &str) -> Option<PoolWatchEvent> {
     let p = snap.pools.iter().find(|p| p.name == pool)?;
     let hosts = p
         .hosts
@@ -788,7 +634,7 @@ pub struct KubeSession {
     pub disconnected_since: Option<u64>,
 }
 
-fn kube_pool<'a>(app: &'a App, pool: &str) -> Result<&'a crate::kube::KubePool, ApiError> {
+fn kube_pool<'a>(app: &'a App, pool: &str) -> Result<&'a crate::kubernetes::KubePool, ApiError> {
     app.kube.get(pool).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -796,35 +642,6 @@ fn kube_pool<'a>(app: &'a App, pool: &str) -> Result<&'a crate::kube::KubePool, 
             format!("no Kubernetes pool {pool:?}"),
         )
     })
-}
-
-/// The API error for a failed start.
-pub(crate) fn start_error(e: &switchboard_k8s::StartError) -> ApiError {
-    use switchboard_k8s::StartError as E;
-    let (status, code) = match e {
-        E::Template { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "no_template"),
-        E::Broken { .. } => (StatusCode::BAD_GATEWAY, "pod_failed"),
-        E::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "pod_timeout"),
-        E::NotOwner { .. } => (StatusCode::CONFLICT, "pod_not_owned"),
-        E::Api { .. } => (StatusCode::SERVICE_UNAVAILABLE, "kubernetes_unavailable"),
-    };
-    ApiError::new(status, code, e.to_string())
-}
-
-/// The API error for a refused start.
-pub(crate) fn refused_error(e: &crate::kube::Refused) -> ApiError {
-    match e {
-        crate::kube::Refused::Limit { .. } => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "session_limit",
-            e.to_string(),
-        ),
-        crate::kube::Refused::Groups(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "groups_unavailable",
-            e.to_string(),
-        ),
-    }
 }
 
 /// The sessions (pods) of a Kubernetes pool, from the broker's pod cache.
@@ -894,7 +711,7 @@ async fn start_kube_session(
         .is_some_and(|v| v.contains("text/event-stream"));
     if sse {
         use futures_util::StreamExt;
-        let stream = crate::kube::progress_events(handle, app.shutdown.clone()).map(|(name, p)| {
+        let stream = crate::kubernetes::progress_events(handle, app.shutdown.clone()).map(|(name, p)| {
             SseEvent::default()
                 .event(name)
                 .json_data(&p)
@@ -1084,61 +901,22 @@ async fn end_session(
     let grace = query(q)?.grace;
     let id = session_id(&raw)?;
     let mut info = session_info(&app, id).await?;
-    let target = format!("{id} ({} on {})", info.user, info.host);
-    // A session on an agent host with a backend id ends through its agent: the agent terminates
-    // it (or logs it off with a grace period), and its report that the session is gone ends it.
-    if info.state != "reserved" {
-        let how = grace.map_or(Ending::Terminate, Ending::Logoff);
-        let r = app
-            .agents
-            .end_session(id, how, AGENT_COMMAND_TIMEOUT)
-            .await
-            .map_err(|e| match e {
-                EndError::Agent(e) => agent_error(e),
-                EndError::Engine(e) => ApiError::from(e),
-            });
-        let outcome = r.as_ref().map(drop).map_err(Clone::clone);
-        audit(&app, &actor, "end session", &target, &outcome).await;
-        return Ok(match r? {
-            Ended::ByAgent(_) => {
-                info.state = "ending".to_owned();
-                (StatusCode::ACCEPTED, Json(info))
-            }
-            Ended::Record => {
-                info.state = "ended".to_owned();
-                (StatusCode::OK, Json(info))
-            }
-        });
-    }
-    let r = app
-        .engine
-        .apply(Command::Release { id })
+    let how = grace.map_or(Termination::Terminate, Termination::Logoff);
+    let ended = app
+        .actions
+        .end_session(&actor, id, how)
         .await
-        .map(|_| ())
-        .map_err(ApiError::from);
-    audit(&app, &actor, "end session", &target, &r).await;
-    r?;
-    info.state = "ended".to_owned();
-    Ok((StatusCode::OK, Json(info)))
-}
-
-/// How long the API waits for an agent to carry out a command.
-const AGENT_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn agent_error(e: CommandError) -> ApiError {
-    match e {
-        CommandError::NotConnected(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "agent_unavailable",
-            e.to_string(),
-        ),
-        CommandError::Timeout(..) => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", e.to_string())
+        .map_err(ApiError::from)?;
+    Ok(match ended {
+        Ended::ByAgent(_) => {
+            info.state = "ending".to_owned();
+            (StatusCode::ACCEPTED, Json(info))
         }
-        CommandError::Lost(_) | CommandError::Failed { .. } => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", e.to_string())
+        Ended::Record | Ended::Released => {
+            info.state = "ended".to_owned();
+            (StatusCode::OK, Json(info))
         }
-    }
+    })
 }
 
 /// A newly issued agent credential.
@@ -1160,14 +938,16 @@ async fn enroll_host(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<CredentialInfo>), ApiError> {
-    let r = app.agents.enroll(&name).await.map_err(ApiError::from);
-    let outcome = r.as_ref().map(|_| ()).map_err(Clone::clone);
-    audit(&app, &actor, "enroll", &name, &outcome).await;
+    let credential = app
+        .actions
+        .enroll(&actor, &name)
+        .await
+        .map_err(ApiError::from)?;
     Ok((
         StatusCode::CREATED,
         Json(CredentialInfo {
             host: name,
-            credential: r?,
+            credential,
         }),
     ))
 }
@@ -1181,9 +961,10 @@ async fn revoke_host(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let r = app.agents.revoke(&name).await.map_err(ApiError::from);
-    audit(&app, &actor, "revoke", &name, &r).await;
-    r?;
+    app.actions
+        .revoke(&actor, &name)
+        .await
+        .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1390,21 +1171,8 @@ async fn require_token(State(app): State<App>, req: Request, next: Next) -> Resp
         .into_response();
     }
     let mut req = req;
-    req.extensions_mut().insert(Actor(token.name));
+    req.extensions_mut().insert(Actor::new(Surface::Api, token.name));
     next.run(req).await
-}
-
-/// Records latency by route.
-async fn record_http(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().to_string();
-    let resp = next.run(req).await;
-    crate::metrics::http(&route, &method, resp.status().as_u16(), started.elapsed());
-    resp
 }
 
 async fn healthz() -> &'static str {
@@ -1443,11 +1211,13 @@ async fn metrics(
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn not_found() -> ApiError {
+/// The answer for a path nothing serves.
+pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-async fn method_not_allowed() -> ApiError {
+/// The answer for a method a path does not take.
+pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -1497,23 +1267,16 @@ pub fn api_routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole HTTP application.
-pub fn router(app: App) -> Router {
+/// The REST API with its bearer-token check, its OpenAPI document, health, readiness and metrics.
+pub fn routes(app: App) -> Router {
     let (api, doc) = api_routes();
     let doc = Arc::new(doc);
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         app.clone(),
         require_token,
     ));
-    let x2go = if app.x2go.is_some() {
-        crate::x2go::routes()
-    } else {
-        Router::new()
-    };
     Router::new()
         .merge(api)
-        .merge(x2go)
-        .merge(crate::ui::routes())
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -1524,9 +1287,5 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(record_http))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }

@@ -13,9 +13,11 @@
 //!
 //! Load sparklines: a sampler keeps each host's last 60 one-minute load averages, one every 2 s.
 
-use crate::agents::Ending;
-use crate::api::App;
-use crate::lock;
+use crate::actions::hosts::AdminChange;
+use crate::actions::{ActionError, Actor, Surface, Termination};
+use super::{AppState, client_ip};
+use crate::sync::lock;
+use crate::web::html::escape;
 use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
@@ -28,7 +30,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchboard_auth::{AuthError, Authenticator, printable};
-use switchboard_core::{AdminState, Command, SessionId};
+use switchboard_core::SessionId;
+use switchboard_proto::mgmt::Target;
 use switchboard_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +47,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 pub const MAX_ROWS: usize = 500;
 
 const COOKIE: &str = "sb_ui";
-const HTMX: &[u8] = include_bytes!("../assets/htmx-2.0.11.min.js");
-const STYLE: &[u8] = include_bytes!("../assets/style.css");
+const HTMX: &[u8] = include_bytes!("../../assets/htmx-2.0.11.min.js");
+const STYLE: &[u8] = include_bytes!("../../assets/style.css");
 
 #[derive(Debug, Clone)]
 struct UiSession {
@@ -95,23 +98,14 @@ impl Ui {
         let loads = self.loads.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
                 let snap = engine.snapshot();
-                let mut l = lock(&loads);
-                l.retain(|h, _| snap.hosts.iter().any(|x| &x.name == h));
-                for h in &snap.hosts {
-                    if let Some(load) = &h.load {
-                        let q = l.entry(h.name.clone()).or_default();
-                        if q.len() == SAMPLES {
-                            q.pop_front();
-                        }
-                        q.push_back(load.load_avg[0]);
-                    }
-                }
+                sample(&mut lock(&loads), &snap.hosts);
             }
         });
     }
@@ -181,6 +175,28 @@ impl Ui {
     }
 }
 
+/// Appends each host's latest one-minute load to its samples and forgets hosts that are gone:
+/// one pass over the snapshot (with 10,000 hosts, a scan of the snapshot per remembered host
+/// cost the broker most of a core every two seconds).
+fn sample(loads: &mut HashMap<String, VecDeque<f64>>, hosts: &[Arc<crate::snapshot::HostInfo>]) {
+    let mut next = HashMap::with_capacity(hosts.len());
+    for h in hosts {
+        let (name, mut q) = loads
+            .remove_entry(h.name.as_str())
+            .unwrap_or_else(|| (h.name.clone(), VecDeque::new()));
+        if let Some(load) = &h.load {
+            if q.len() == SAMPLES {
+                q.pop_front();
+            }
+            q.push_back(load.load_avg[0]);
+        }
+        if !q.is_empty() {
+            next.insert(name, q);
+        }
+    }
+    *loads = next;
+}
+
 /// A cookie's value from the request headers.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -212,22 +228,6 @@ fn render(t: &impl Template) -> Response {
     }
 }
 
-/// `text` safe to put in HTML.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn message(status: StatusCode, text: String) -> Response {
     (status, Html(escape(&text))).into_response()
 }
@@ -249,6 +249,7 @@ struct Dashboard<'a> {
 
 struct HostRow {
     name: String,
+    then_offline: bool,
     address: String,
     admin: String,
     health: String,
@@ -332,7 +333,7 @@ async fn login(
 ) -> Response {
     let ui = &app.ui;
     let f = form(&body);
-    let client = crate::api::client_ip(peer.ip(), &headers, &app.trusted_proxies);
+    let client = client_ip(peer.ip(), &headers, &app.trusted_proxies);
     let refuse = |m: &str| {
         let mut r = render(&LoginPage {
             error: Some(m),
@@ -500,6 +501,7 @@ async fn part(
                 .iter()
                 .map(|h| HostRow {
                     name: h.name.clone(),
+                    then_offline: h.then_offline,
                     address: format!("{}:{}", h.address, h.port),
                     admin: h.admin.clone(),
                     health: h.health.clone(),
@@ -611,19 +613,11 @@ async fn part(
     }
 }
 
-/// Runs an action, audits it, and answers with a status line for `#status`.
-async fn act(
-    app: &App,
-    who: &str,
-    action: &str,
-    target: &str,
-    result: Result<String, String>,
-) -> Response {
-    let audited = result.as_ref().map(|_| ()).map_err(Clone::clone);
-    crate::audit::record(&app.store, who, "ui", action, target, audited).await;
-    match result {
-        Ok(m) => message(StatusCode::OK, m),
-        Err(e) => message(StatusCode::CONFLICT, format!("{action} {target}: {e}")),
+/// The status line for `#status` after an action (which the action layer has audited).
+fn status_line<T>(action: &str, target: &str, r: Result<T, ActionError>, ok: String) -> Response {
+    match r {
+        Ok(_) => message(StatusCode::OK, ok),
+        Err(e) => message(StatusCode::CONFLICT, format!("{action} {target}: {}", e.message())),
     }
 }
 
@@ -637,40 +631,38 @@ async fn host_action(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let result = match action.as_str() {
-        "drain" | "undrain" | "offline" | "online" => {
-            let state = match action.as_str() {
-                "drain" => AdminState::Draining,
-                "offline" => AdminState::Offline,
-                _ => AdminState::Online,
-            };
-            app.engine
-                .apply(Command::SetAdminState {
-                    host: name.clone(),
-                    state,
-                })
-                .await
-                .map(|_| format!("{name} is {}", state.as_str()))
-                .map_err(|e| e.to_string())
-        }
-        "weight" => match form(&body)
-            .get("weight")
-            .and_then(|w| w.trim().parse::<u32>().ok())
-        {
-            Some(weight) => app
-                .engine
-                .apply(Command::SetWeight {
-                    host: name.clone(),
-                    weight,
-                })
-                .await
-                .map(|_| format!("{name} has weight {weight}"))
-                .map_err(|e| e.to_string()),
-            None => Err("the weight must be a whole number".into()),
+    let who = Actor::new(Surface::Ui, s.who);
+    let change = match action.as_str() {
+        "drain" => AdminChange::Drain {
+            then_offline: false,
         },
+        "drain-then-offline" => AdminChange::Drain { then_offline: true },
+        "undrain" => AdminChange::Undrain,
+        "offline" => AdminChange::Offline,
+        "online" => AdminChange::Online,
+        "weight" => {
+            let Some(weight) = form(&body)
+                .get("weight")
+                .and_then(|w| w.trim().parse::<u32>().ok())
+            else {
+                return message(
+                    StatusCode::CONFLICT,
+                    format!("weight {name}: the weight must be a whole number"),
+                );
+            };
+            let r = app.actions.set_weight(&who, &name, weight).await;
+            return status_line("weight", &name, r, format!("{name} has weight {weight}"));
+        }
         _ => return message(StatusCode::NOT_FOUND, "no such action".into()),
     };
-    act(&app, &s.who, &action, &name, result).await
+    let r = app.actions.set_admin(&who, &name, change).await;
+    let ok = match change {
+        AdminChange::Drain { then_offline: true } => {
+            format!("{name} is draining, and goes offline once empty")
+        }
+        c => format!("{name} is {}", c.state().as_str()),
+    };
+    status_line(&action, &name, r, ok)
 }
 
 async fn terminate_session(
@@ -683,13 +675,12 @@ async fn terminate_session(
         Ok(s) => s,
         Err(r) => return *r,
     };
+    let who = Actor::new(Surface::Ui, s.who);
     let r = app
-        .agents
-        .end_session(SessionId(id), Ending::Terminate, Duration::from_secs(15))
-        .await
-        .map(|_| format!("session {id} is ending"))
-        .map_err(|e| e.to_string());
-    act(&app, &s.who, "terminate", &id.to_string(), r).await
+        .actions
+        .end_session(&who, SessionId(id), Termination::Terminate)
+        .await;
+    status_line("terminate", &id.to_string(), r, format!("session {id} is ending"))
 }
 
 /// Logs a user off everywhere; the user name comes as a form field (never in the URL, where
@@ -702,37 +693,39 @@ async fn logoff_user(State(app): State<App>, headers: HeaderMap, body: Bytes) ->
     let Some(user) = form(&body).remove("user").filter(|u| !u.is_empty()) else {
         return message(StatusCode::BAD_REQUEST, "which user?".into());
     };
-    let u = user.clone();
-    let ids: Vec<SessionId> = app
-        .engine
-        .query(move |st| {
-            st.sessions_of_user(&u)
-                .into_iter()
-                .filter(|r| r.state.is_live())
-                .map(|r| r.id)
-                .collect()
-        })
-        .await
-        .unwrap_or_default();
-    let mut failed = Vec::new();
-    for id in &ids {
-        if let Err(e) = app
-            .agents
-            .end_session(*id, Ending::Logoff(60), Duration::from_secs(15))
-            .await
-        {
-            failed.push(format!("{}: {e}", id.0));
+    let who = Actor::new(Surface::Ui, s.who);
+    let target = Target::User(user.clone());
+    let how = Termination::Logoff(switchboard_proto::mgmt::DEFAULT_GRACE);
+    match app.actions.end_sessions(&who, &target, how).await {
+        Ok(ends) => {
+            let failed: Vec<String> = ends
+                .iter()
+                .filter_map(|e| {
+                    e.result
+                        .as_ref()
+                        .err()
+                        .map(|err| format!("{}: {err}", e.session.id))
+                })
+                .collect();
+            if failed.is_empty() {
+                message(
+                    StatusCode::OK,
+                    format!("{} session(s) of {user} are being logged off", ends.len()),
+                )
+            } else {
+                message(
+                    StatusCode::CONFLICT,
+                    format!("logoff {user}: {}", failed.join("; ")),
+                )
+            }
         }
+        // No live sessions is not a failure here: nothing was left to log off.
+        Err(ActionError::NoSessions(_)) => message(
+            StatusCode::OK,
+            format!("0 session(s) of {user} are being logged off"),
+        ),
+        Err(e) => message(StatusCode::CONFLICT, format!("logoff {user}: {}", e.message())),
     }
-    let r = if failed.is_empty() {
-        Ok(format!(
-            "{} session(s) of {user} are being logged off",
-            ids.len()
-        ))
-    } else {
-        Err(failed.join("; "))
-    };
-    act(&app, &s.who, "logoff", &user, r).await
 }
 
 async fn asset(Path(name): Path<String>) -> Response {
@@ -751,8 +744,22 @@ async fn asset(Path(name): Path<String>) -> Response {
         .into_response()
 }
 
+/// What the dashboard's handlers serve with: the listener's shared state and the dashboard's own.
+#[derive(Clone)]
+struct App {
+    shared: AppState,
+    ui: Ui,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.shared
+    }
+}
+
 /// The dashboard's routes.
-pub fn routes() -> Router<App> {
+pub fn routes(shared: AppState, ui: Ui) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/ui", get(root))
@@ -764,4 +771,5 @@ pub fn routes() -> Router<App> {
         .route("/ui/sessions/{id}/terminate", post(terminate_session))
         .route("/ui/logoff", post(logoff_user))
         .route("/ui/static/{name}", get(asset))
+        .with_state(App { shared, ui })
 }

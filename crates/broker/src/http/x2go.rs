@@ -18,9 +18,8 @@
 //!   works); GET is refused (passwords never travel in URLs).
 
 use crate::agents::AgentHub;
-use crate::config::X2goConfig;
 use crate::engine::{EngineError, EngineHandle};
-use crate::lock;
+use crate::sync::lock;
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -44,6 +43,50 @@ pub enum Proto {
     /// `/json/`: python3-x2go.
     Json,
 }
+
+/// The X2Go frontend's settings and profiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct X2goConfig {
+    /// The profiles file.
+    pub profiles_path: PathBuf,
+    /// Its profiles, sorted by id (each is also a pool in [`Config::pools`]).
+    pub profiles: Arc<Vec<Profile>>,
+    /// Whether each profile (same order) hands out autologin keys.
+    pub autologin: Arc<Vec<bool>>,
+    /// AUTHID chain lifetime.
+    pub token_ttl: Duration,
+    /// AUTHIDs bound to their address.
+    pub bind_to_address: bool,
+    /// Most live AUTHIDs.
+    pub max_tokens: usize,
+    /// Extra logins per broker user.
+    pub login_map: BTreeMap<String, Vec<String>>,
+    /// Primary groups count for group ACLs.
+    pub primary_groups: bool,
+    /// Autologin key lifetime when unused.
+    pub autologin_key_ttl: Duration,
+    /// Wait for an agent to suspend a running session.
+    pub suspend_timeout: Duration,
+}
+
+impl X2goConfig {
+    /// Whether broker user `user` may ask for X2Go server login `login`.
+    pub fn may_login(&self, user: &str, login: &str) -> bool {
+        user == login
+            || self
+                .login_map
+                .get(user)
+                .is_some_and(|l| l.iter().any(|x| x == login || x == "*"))
+    }
+}
+
+/// Default AUTHID chain lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(36_000);
+/// Default autologin key lifetime.
+pub const DEFAULT_AUTOLOGIN_KEY_TTL: Duration = Duration::from_secs(60);
+/// Default wait for an agent to suspend a session.
+pub const DEFAULT_SUSPEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 
 /// Backends a URL may name (x2gobroker's; both serve the configured profiles).
 pub const BACKENDS: &[&str] = &["inifile", "zeroconf"];
@@ -770,11 +813,18 @@ pub mod keys {
 
 // ----- routes -----
 
-use crate::api::App;
+use super::{AppState, client_ip};
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::routing::post;
 use std::net::SocketAddr;
+
+/// What the X2Go routes serve with.
+#[derive(Clone)]
+struct App {
+    x2go: X2go,
+    trusted_proxies: Arc<Vec<IpAddr>>,
+}
 
 async fn serve(
     app: &App,
@@ -784,11 +834,8 @@ async fn serve(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
-    let Some(x2go) = &app.x2go else {
-        return html(StatusCode::NOT_FOUND);
-    };
-    let client = crate::api::client_ip(peer.ip(), headers, &app.trusted_proxies);
-    x2go.handle(proto, backend, client, body).await
+    let client = client_ip(peer.ip(), headers, &app.trusted_proxies);
+    app.x2go.handle(proto, backend, client, body).await
 }
 
 macro_rules! handlers {
@@ -832,7 +879,11 @@ async fn refused(headers: HeaderMap) -> Response {
 }
 
 /// The X2Go routes: `/plain/[BACKEND/[…]]` and `/json/[BACKEND/[…]]`, POST only.
-pub fn routes() -> Router<App> {
+pub fn routes(shared: AppState, x2go: X2go) -> Router {
+    let app = App {
+        x2go,
+        trusted_proxies: shared.trusted_proxies,
+    };
     Router::new()
         .route("/plain/", post(plain_root).get(refused))
         .route("/plain/{backend}", post(plain_one).get(refused))
@@ -842,4 +893,5 @@ pub fn routes() -> Router<App> {
         .route("/json/{backend}", post(json_one).get(refused))
         .route("/json/{backend}/", post(json_one).get(refused))
         .route("/json/{backend}/{*rest}", post(json_rest).get(refused))
+    .with_state(app)
 }

@@ -9,7 +9,29 @@ use switchboard_k8s::template::Owner;
 use switchboard_k8s::{Backend, Lifecycle, PoolSettings, StartHandle, TemplateDir};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KubePoolConfig;
+use std::path::PathBuf;
+
+/// A Kubernetes pool, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubePoolConfig {
+    /// Pool name.
+    pub name: String,
+    /// kubeconfig file; `None` infers (in-cluster, then ~/.kube/config).
+    pub kubeconfig: Option<PathBuf>,
+    /// Template directory.
+    pub templates: PathBuf,
+    /// Rendering settings (namespace, port, home).
+    pub render: switchboard_k8s::RenderOptions,
+    /// Stage budgets.
+    pub budgets: switchboard_k8s::Budgets,
+    /// Log-off rules (pool defaults; template annotations override per type).
+    pub policy: switchboard_k8s::Policy,
+    /// Most sessions per user (default unlimited).
+    pub max_sessions_per_user: Option<u32>,
+    /// Reconciliation period.
+    pub reconcile_interval: Duration,
+}
+
 
 /// How long an old pod may take to go away before its replacement is created.
 const DELETION_TIMEOUT: Duration = Duration::from_secs(90);

@@ -5,61 +5,33 @@
 //!
 //! A sweep runs every `[placement] policy_interval` (default 10 s): one engine query finds the
 //! sessions ([`switchboard_core::ClusterState::policy_logoffs`]), and each log-off runs in its
-//! own task, so a slow agent delays nothing else. A session being logged off is `ending` and is
+//! own task (through [`crate::actions`], which audits it), so a slow agent delays nothing else. A session being logged off is `ending` and is
 //! not picked again; one whose log-off failed is retried after a wait that doubles from one
 //! interval up to 10 minutes (each attempt is audited). Only hosts whose agent is up are policed.
 
-use crate::agents::{AgentHub, Ending};
+use crate::actions::Actions;
+use crate::agents::AgentHub;
 use crate::engine::EngineHandle;
-use crate::lock;
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 use switchboard_core::SessionId;
 use switchboard_core::model::PolicyLogoff;
-use switchboard_store::SqlStore;
 use tokio_util::sync::CancellationToken;
 
 /// Default time between sweeps.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long a policy waits for an agent to accept a log-off.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait before a failed log-off is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
-
-fn human(ms: u64) -> String {
-    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
-}
-
-/// What the audit log says about a policy log-off.
-pub fn describe(p: &PolicyLogoff) -> (String, String) {
-    let why = match p.rule {
-        switchboard_core::model::LogoffRule::Disconnected => "disconnected for",
-        switchboard_core::model::LogoffRule::Idle => "idle for",
-        switchboard_core::model::LogoffRule::Age => "running for",
-    };
-    (
-        format!("logoff ({} policy)", p.rule.as_str()),
-        format!(
-            "session {} of {} on {} in pool {}: {} {} (limit {})",
-            p.session.id.0,
-            p.session.user,
-            p.session.host,
-            p.pool,
-            why,
-            human(p.for_ms),
-            human(p.limit_ms)
-        ),
-    )
-}
 
 /// Starts the sweeper.
 pub fn spawn(
     engine: EngineHandle,
     agents: AgentHub,
-    store: Arc<SqlStore>,
+    actions: Actions,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -98,29 +70,16 @@ pub fn spawn(
                 if !lock(&in_flight).insert(id) {
                     continue;
                 }
-                let (agents, store, in_flight, failed) = (
-                    agents.clone(),
-                    store.clone(),
-                    in_flight.clone(),
-                    failed.clone(),
-                );
+                let (actions, in_flight, failed) =
+                    (actions.clone(), in_flight.clone(), failed.clone());
                 tokio::spawn(async move {
-                    // Whole seconds, rounded up: a 500 ms grace must not become an immediate kill.
-                    let grace_secs = p.grace.as_millis().div_ceil(1000) as u64;
-                    let r = agents
-                        .end_session(id, Ending::Logoff(grace_secs), COMMAND_TIMEOUT)
-                        .await;
-                    let (action, target) = describe(&p);
-                    let result = r.map(|_| ()).map_err(|e| e.to_string());
-                    if result.is_err() {
+                    if actions.policy_logoff(&p).await.is_err() {
                         let mut f = lock(&failed);
                         let wait = f.get(&id).map_or(interval, |(_, w)| *w).min(MAX_BACKOFF);
                         f.insert(id, (Instant::now() + wait, (wait * 2).min(MAX_BACKOFF)));
                     } else {
                         lock(&failed).remove(&id);
                     }
-                    crate::audit::record(&store, "policy", "policy", &action, &target, result)
-                        .await;
                     lock(&in_flight).remove(&id);
                 });
             }

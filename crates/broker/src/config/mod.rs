@@ -1,0 +1,698 @@
+//! The broker's configuration file.
+//!
+//! Flow (as in sozu's `command/src/config.rs`): TOML text → [`FileConfig`] (serde, unknown keys
+//! refused) → [`FileConfig::validate`] with the `DEFAULT_*` values → [`Config`]. Errors name the
+//! file, the line and the key; the broker refuses to start on them and, on reload, keeps the
+//! configuration it runs.
+//!
+//! ```toml
+//! [store]
+//! url = "sqlite:///var/lib/switchboard/switchboard.db"
+//!
+//! [http]
+//! listen = "127.0.0.1:8080"
+//!
+//! [placement]
+//! reservation_ttl = "60s"
+//!
+//! [api]
+//! tokens_file = "/etc/switchboard/tokens"
+//!
+//! [[pool]]
+//! name = "desktops"
+//! policy = "wlc"
+//!
+//! [[pool.host]]
+//! name = "x2go1"
+//! address = "10.0.0.11:22"
+//! ```
+
+
+mod file;
+mod kubernetes;
+mod x2go;
+
+pub use file::*;
+pub use kubernetes::{DEFAULT_DOTFILES, RESERVED_PATHS};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use switchboard_core::model::{DEFAULT_WEIGHT, PoolOptions, SessionLimits};
+use switchboard_core::{HostSpec, PoolSpec, Settings};
+
+pub use crate::engine::Layout;
+pub use crate::gateway::GatewayConfig;
+pub use crate::http::x2go::X2goConfig;
+pub use crate::kubernetes::KubePoolConfig;
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/switchboard/broker.toml";
+/// Default state directory (FHS).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/switchboard";
+/// Default runtime directory (FHS).
+pub const DEFAULT_RUN_DIR: &str = "/run/switchboard";
+/// Default HTTP listen address: loopback only unless configured.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// Default agent listen address.
+pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:7443";
+
+/// A configuration error: where, and what.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file it came from.
+    pub file: String,
+    /// What is wrong, with line and key where known.
+    pub message: String,
+}
+/// The validated configuration the broker runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the file came from (for reloads and messages).
+    pub path: Option<PathBuf>,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Store URL.
+    pub store_url: String,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// HTTPS certificate and key, if configured.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Whether `/metrics` answers non-loopback clients.
+    pub public_metrics: bool,
+    /// Agent listener.
+    pub agent_listen: SocketAddr,
+    /// Whether `[agents] listen` was given (the listener then runs even without agent hosts).
+    pub agent_listen_set: bool,
+    /// Agent listener certificate and key, if configured (else generated in the data dir).
+    pub agent_tls: Option<(PathBuf, PathBuf)>,
+    /// Extra names for a generated agent listener certificate.
+    pub agent_names: Vec<String>,
+    /// Management socket path.
+    pub management_socket: PathBuf,
+    /// Its file mode (default 0660).
+    pub management_mode: u32,
+    /// The group that owns it (members may use it), if set.
+    pub management_group: Option<String>,
+    /// Tokens file.
+    pub tokens_file: PathBuf,
+    /// Settings, hosts and pools: what the engine runs with.
+    pub cluster: Layout,
+    /// How often session policies are checked.
+    pub policy_interval: Duration,
+    /// TCP probes of agentless hosts.
+    pub probe: crate::probe::Config,
+    /// `[auth]`, if configured.
+    pub auth: Option<switchboard_auth::Method>,
+    /// The X2Go frontend, if configured.
+    pub x2go: Option<X2goConfig>,
+    /// Group whose members may sign in to the dashboard with a password.
+    pub ui_admin_group: Option<String>,
+    /// Kubernetes pools.
+    pub kube_pools: Vec<KubePoolConfig>,
+    /// The gateway, if `[gateway] listen` is set.
+    pub gateway: Option<GatewayConfig>,
+}
+
+
+/// Checks a pool's session limits: a cap of at least 1, log-off times above zero.
+fn check_limits(l: &SessionLimits) -> Result<(), String> {
+    if l.max_sessions_per_user == Some(0) {
+        return Err("key `max_sessions_per_user` must be at least 1".into());
+    }
+    for (key, v) in [
+        ("logoff_disconnected_after", &l.logoff_disconnected_after),
+        ("logoff_idle_after", &l.logoff_idle_after),
+        ("max_session_age", &l.max_session_age),
+    ] {
+        if v.is_some_and(|d| d.0.is_zero()) {
+            return Err(format!("key `{key}` must be above zero"));
+        }
+    }
+    Ok(())
+}
+
+/// Adds `spec` to the host table, or checks it agrees with the same host listed elsewhere.
+fn merge_host(
+    hosts: &mut Vec<HostSpec>,
+    host_pool: &mut BTreeMap<String, (usize, String)>,
+    spec: HostSpec,
+    pool: &str,
+    here: &str,
+) -> Result<(), String> {
+    match host_pool.get(&spec.name) {
+        Some((idx, other)) => {
+            if hosts[*idx] != spec {
+                return Err(format!(
+                    "{here}, host {:?}: also defined in pool {other:?} with different \
+                     settings; a host's address, weight, cap, agent, probe and \
+                     labels must agree wherever it is listed",
+                    spec.name
+                ));
+            }
+        }
+        None => {
+            host_pool.insert(spec.name.clone(), (hosts.len(), pool.to_owned()));
+            hosts.push(spec);
+        }
+    }
+    Ok(())
+}
+
+fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("key `{key}`: {value:?} is not an IP:port listen address (e.g. 127.0.0.1:8080 or [::1]:8080)"))
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut c = Config::parse(&text, &path.display().to_string())?;
+        c.path = Some(path.to_owned());
+        Ok(c)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_owned(),
+            message,
+        };
+        let raw: FileConfig = switchboard_core::config::parse_toml(text).map_err(err)?;
+        raw.validate().map_err(err)
+    }
+}
+
+impl FileConfig {
+    /// Applies defaults and checks everything that is not a matter of syntax.
+    pub fn validate(self) -> Result<Config, String> {
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let store_url = self
+            .store
+            .url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("switchboard.db").display()));
+        switchboard_store::backend_of(&store_url).map_err(|e| format!("key `store.url`: {e}"))?;
+        let http_listen = parse_listen(
+            "http.listen",
+            self.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN),
+        )?;
+        let http_tls = match (self.http.tls_cert, self.http.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("keys `http.tls_cert` and `http.tls_key` go together".into()),
+        };
+        let agent_listen = parse_listen(
+            "agents.listen",
+            self.agents
+                .listen
+                .as_deref()
+                .unwrap_or(DEFAULT_AGENT_LISTEN),
+        )?;
+        let agent_tls = match (self.agents.tls_cert, self.agents.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("keys `agents.tls_cert` and `agents.tls_key` go together".into()),
+        };
+        let default_policy = self.placement.policy.unwrap_or_default();
+        let defaults = Settings::default();
+        let settings = Settings {
+            reservation_ttl: self
+                .placement
+                .reservation_ttl
+                .unwrap_or(defaults.reservation_ttl),
+            stale_after_intervals: self
+                .placement
+                .stale_after_intervals
+                .unwrap_or(defaults.stale_after_intervals),
+            failure_penalty: self
+                .placement
+                .failure_penalty
+                .unwrap_or(defaults.failure_penalty),
+            seed: self.placement.seed.unwrap_or(defaults.seed),
+        };
+        if settings.reservation_ttl.0.is_zero() {
+            return Err("key `placement.reservation_ttl`: must be above zero".into());
+        }
+        if settings.stale_after_intervals == 0 {
+            return Err("key `placement.stale_after_intervals`: must be at least 1".into());
+        }
+        let mut hosts: Vec<HostSpec> = Vec::new();
+        let mut host_pool: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        let mut pools = Vec::new();
+        let mut pool_names = std::collections::BTreeSet::new();
+        let mut kube_pools = Vec::new();
+        for (pi, p) in self.pool.into_iter().enumerate() {
+            let here = format!("pool[{pi}] ({:?})", p.name);
+            if p.name.is_empty() {
+                return Err(format!("{here}: key `name` must not be empty"));
+            }
+            if !pool_names.insert(p.name.clone()) {
+                return Err(format!(
+                    "{here}: a pool named {:?} is defined twice",
+                    p.name
+                ));
+            }
+            if p.kind.unwrap_or_default() == PoolKind::Kubernetes {
+                kube_pools.push(kubernetes::kube_pool(p).map_err(|m| format!("{here}: {m}"))?);
+                continue;
+            }
+            if let Some(k) = kubernetes::kube_only_key(&p) {
+                return Err(format!(
+                    "{here}: key `{k}` is for `kind = \"kubernetes\"` pools"
+                ));
+            }
+            let mut members = Vec::new();
+            for h in p.host {
+                if h.name.is_empty() {
+                    return Err(format!("{here}: key `host.name` must not be empty"));
+                }
+                if h.max_sessions == Some(0) {
+                    return Err(format!(
+                        "{here}, host {:?}: key `max_sessions` must be at least 1",
+                        h.name
+                    ));
+                }
+                let agent = h.agent.or(p.agent).unwrap_or(true);
+                if agent && h.probe {
+                    return Err(format!(
+                        "{here}, host {:?}: key `probe` is for agentless hosts; set `agent = false` \
+                         on the pool or the host, or drop `probe` (an agent's link is its health check)",
+                        h.name
+                    ));
+                }
+                let spec = HostSpec {
+                    name: h.name.clone(),
+                    address: h.address,
+                    weight: h.weight.unwrap_or(DEFAULT_WEIGHT),
+                    max_sessions: h.max_sessions,
+                    labels: h.labels,
+                    agent,
+                    probe: h.probe,
+                };
+                merge_host(&mut hosts, &mut host_pool, spec, &p.name, &here)?;
+                if members.contains(&h.name) {
+                    return Err(format!("{here}: host {:?} is listed twice", h.name));
+                }
+                members.push(h.name);
+            }
+            let session_ref = p.session_ref.unwrap_or(PoolOptions::default().session_ref);
+            if session_ref == 0 {
+                return Err(format!("{here}: key `session_ref` must be at least 1"));
+            }
+            let limits = SessionLimits {
+                max_sessions_per_user: p.max_sessions_per_user,
+                logoff_disconnected_after: p.logoff_disconnected_after,
+                logoff_idle_after: p.logoff_idle_after,
+                max_session_age: p.max_session_age,
+                logoff_grace: p
+                    .logoff_grace
+                    .unwrap_or(SessionLimits::default().logoff_grace),
+            };
+            check_limits(&limits).map_err(|m| format!("{here}: {m}"))?;
+            pools.push(PoolSpec {
+                name: p.name,
+                policy: p.policy.unwrap_or(default_policy),
+                options: PoolOptions {
+                    resume_prefer: p.resume_prefer.unwrap_or_default(),
+                    session_ref,
+                    limits,
+                },
+                hosts: members,
+            });
+        }
+        let auth = match &self.auth.method {
+            Some(m) => Some(
+                switchboard_auth::Method::parse(
+                    m,
+                    self.auth.pam_service.as_deref(),
+                    self.auth.pam_pool,
+                )
+                .map_err(|e| format!("key `auth.method`: {e}"))?,
+            ),
+            None => {
+                if self.auth.pam_service.is_some() || self.auth.pam_pool.is_some() {
+                    return Err("key `auth.method`: missing (pam, file:PATH or none)".into());
+                }
+                None
+            }
+        };
+        let x2go = x2go::frontend(
+            &self.x2go,
+            auth.is_some(),
+            default_policy,
+            &pool_names,
+            &mut hosts,
+            &mut host_pool,
+            &mut pools,
+        )?;
+        let management_mode = match &self.management.mode {
+            None => 0o660,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    format!(
+                        "key `management.mode`: {m:?} is not an octal file mode such as \"0660\""
+                    )
+                })?,
+        };
+        if management_mode & 0o007 != 0 {
+            return Err(format!(
+                "key `management.mode`: {:o} lets every local user drive the broker; use 0660 or tighter",
+                management_mode
+            ));
+        }
+        if let Some(g) = &self.management.group
+            && (g.is_empty() || g.contains(':') || g.contains('\n'))
+        {
+            return Err(format!("key `management.group`: {g:?} is not a group name"));
+        }
+        Ok(Config {
+            path: None,
+            management_mode,
+            management_group: self.management.group.clone(),
+            management_socket: self
+                .management
+                .socket
+                .unwrap_or_else(|| Path::new(DEFAULT_RUN_DIR).join("mgmt.sock")),
+            tokens_file: self
+                .api
+                .tokens_file
+                .unwrap_or_else(|| data_dir.join("tokens")),
+            data_dir,
+            store_url,
+            http_listen,
+            http_tls,
+            trusted_proxies: self.http.trusted_proxies,
+            public_metrics: self.http.public_metrics,
+            agent_listen,
+            agent_listen_set: self.agents.listen.is_some(),
+            agent_tls,
+            agent_names: self.agents.names,
+            cluster: Layout {
+                settings,
+                hosts,
+                pools,
+            },
+            policy_interval: self
+                .placement
+                .policy_interval
+                .map_or(crate::sweeper::DEFAULT_INTERVAL, |d| d.0)
+                .max(Duration::from_millis(100)),
+            probe: crate::probe::Config {
+                interval: self
+                    .probe
+                    .interval
+                    .map_or(crate::probe::DEFAULT_INTERVAL, |d| d.0)
+                    .max(Duration::from_millis(100)),
+                timeout: self
+                    .probe
+                    .timeout
+                    .map_or(crate::probe::DEFAULT_TIMEOUT, |d| d.0)
+                    .max(Duration::from_millis(10)),
+            },
+            auth,
+            x2go,
+            ui_admin_group: self.ui.admin_group,
+            gateway: kubernetes::gateway(self.gateway, &kube_pools, self.auth.method.is_some())?,
+            kube_pools,
+        })
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GOOD: &str = r#"
+[store]
+url = "sqlite:///tmp/x.db"
+
+[placement]
+reservation_ttl = "90s"
+failure_penalty = 600
+
+[[pool]]
+name = "desktops"
+policy = "least-load"
+
+[[pool.host]]
+name = "x2go1"
+address = "127.0.0.2:22"
+max_sessions = 40
+
+[[pool.host]]
+name = "x2go2"
+address = "[::1]:2222"
+weight = 200
+
+[[pool]]
+name = "shells"
+
+[[pool.host]]
+name = "x2go1"
+address = "127.0.0.2:22"
+max_sessions = 40
+"#;
+
+    #[test]
+    fn a_full_config_parses_with_defaults_filled_in() {
+        let c = Config::parse(GOOD, "broker.toml").unwrap();
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.cluster.settings.reservation_ttl.0, Duration::from_secs(90));
+        assert_eq!(c.cluster.settings.failure_penalty.0, Duration::from_secs(600));
+        assert_eq!(c.cluster.hosts.len(), 2, "a host listed in two pools is one host");
+        assert_eq!(c.cluster.hosts[1].weight, 200);
+        assert_eq!(c.cluster.hosts[0].weight, 100);
+        assert_eq!(c.cluster.pools[0].policy, Policy::LeastLoad);
+        assert_eq!(c.cluster.pools[1].policy, Policy::WeightedLeastSessions);
+        assert_eq!(c.cluster.pools[1].hosts, vec!["x2go1".to_string()]);
+        assert_eq!(c.tokens_file, Path::new("/var/lib/switchboard/tokens"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let text = "[http]\nlisten = \"127.0.0.1:1\"\nlisten_port = 8\n";
+        let e = Config::parse(text, "/etc/switchboard/broker.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/switchboard/broker.toml: line 3"), "{e}");
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let cases = [
+            ("[placement]\npolicy = \"fastest\"\n", "least-load"),
+            ("[placement]\nreservation_ttl = \"soon\"\n", "72h"),
+            ("[http]\nlisten = \"localhost\"\n", "http.listen"),
+            ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+            (
+                "[[pool]]\nname=\"p\"\n[[pool.host]]\nname=\"a\"\naddress=\"::1:22\"\n",
+                "brackets",
+            ),
+            (
+                "[[pool]]\nname=\"p\"\n[[pool]]\nname=\"p\"\n",
+                "defined twice",
+            ),
+            (
+                "[[pool]]\nname=\"p\"\n[[pool.host]]\nname=\"a\"\naddress=\"127.0.0.2:22\"\n[[pool]]\nname=\"q\"\n[[pool.host]]\nname=\"a\"\naddress=\"127.0.0.3:22\"\n",
+                "different settings",
+            ),
+            ("[http]\ntls_cert = \"/x\"\n", "go together"),
+            (
+                "[[pool]]\nname=\"p\"\nmax_sessions_per_user = 0\n",
+                "at least 1",
+            ),
+            (
+                "[[pool]]\nname=\"p\"\nlogoff_idle_after = 0\n",
+                "above zero",
+            ),
+            ("[agents]\ntls_key = \"/x\"\n", "go together"),
+            (
+                "[[pool]]\nname=\"p\"\n[[pool.host]]\nname=\"a\"\naddress=\"127.0.0.2:22\"\nprobe = true\n",
+                "agent = false",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse(text, "b.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let text = std::fs::read_to_string(examples.join("broker.toml"))
+            .unwrap()
+            .replace(
+                "/etc/x2go/broker/x2gobroker-sessionprofiles.conf",
+                &examples
+                    .join("x2gobroker-sessionprofiles.conf")
+                    .display()
+                    .to_string(),
+            );
+        let c = Config::parse(&text, "examples/broker.toml").unwrap();
+        // Two [[pool]]s and the four profiles of the example profiles file.
+        assert_eq!(c.cluster.pools.len(), 6);
+        let x = c.x2go.as_ref().unwrap();
+        assert_eq!(x.profiles.len(), 4);
+        assert_eq!(
+            *x.autologin,
+            [true, false, false, false],
+            "kiosk, legacy-shell, pool-mate, staff-xfce"
+        );
+        assert!(x.may_login("alice", "alice-admin"));
+        assert!(!x.may_login("bob", "alice"));
+        let legacy = c.cluster.hosts.iter().find(|h| h.name == "old1").unwrap();
+        assert!(!legacy.agent && legacy.probe);
+        let mate = c.cluster.pools.iter().find(|p| p.name == "pool-mate").unwrap();
+        assert_eq!(mate.policy, Policy::LeastLoad);
+        assert_eq!(mate.options.limits.max_sessions_per_user, Some(2));
+        assert_eq!(
+            mate.options.limits.logoff_disconnected_after.unwrap().0,
+            Duration::from_secs(8 * 3600)
+        );
+        let desktops = c.cluster.pools.iter().find(|p| p.name == "desktops").unwrap();
+        assert_eq!(
+            desktops.options.limits.max_session_age.unwrap().0,
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(c.policy_interval, Duration::from_secs(10));
+        assert_eq!(
+            c.cluster.hosts
+                .iter()
+                .find(|h| h.name == "x2go-c")
+                .unwrap()
+                .address
+                .to_string(),
+            "127.0.0.63:2222"
+        );
+        // Without [x2go]: only the [[pool]]s.
+        let text = std::fs::read_to_string(examples.join("broker.toml")).unwrap();
+        let without = text[..text.find("[x2go]").unwrap()].to_owned()
+            + &text[text.find("[probe]").unwrap()..];
+        let c = Config::parse(&without, "examples/broker.toml").unwrap();
+        assert!(c.x2go.is_none());
+        assert!(matches!(c.auth, Some(switchboard_auth::Method::Pam { .. })));
+        assert_eq!(c.cluster.pools.len(), 2);
+        assert_eq!(c.cluster.hosts.len(), 2);
+        assert_eq!(c.cluster.pools[1].policy, Policy::RoundRobin);
+        assert!(c.cluster.hosts[0].probe);
+    }
+
+    #[test]
+    fn the_x2go_frontend_needs_auth_and_a_readable_profiles_file() {
+        let e = Config::parse("[x2go]\nsession_profiles = \"/nonexistent\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[auth] method"), "{e}");
+        let e = Config::parse(
+            "[auth]\nmethod = \"none\"\n[x2go]\nsession_profiles = \"/nonexistent\"\n",
+            "b.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("x2go.session_profiles") && e.contains("/nonexistent"),
+            "{e}"
+        );
+        let e = Config::parse("[auth]\nmethod = \"ldap\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.method"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_file_is_a_valid_broker_with_no_pools() {
+        let c = Config::parse("", "b.toml").unwrap();
+        assert!(c.cluster.pools.is_empty());
+        assert!(c.store_url.starts_with("sqlite:///var/lib/switchboard/"));
+        assert_eq!(c.management_socket, Path::new("/run/switchboard/mgmt.sock"));
+    }
+
+    #[test]
+    fn kubernetes_pools_and_the_gateway_are_checked() {
+        let kube = "[[pool]]\nname = \"k\"\nkind = \"kubernetes\"\nnamespace = \"sessions\"\ntemplates = \"/t\"\n";
+        let c = Config::parse(kube, "b.toml").unwrap();
+        assert_eq!(c.kube_pools.len(), 1);
+        assert!(c.cluster.pools.is_empty(), "a Kubernetes pool is not a hosts pool");
+        assert_eq!(c.kube_pools[0].budgets, switchboard_k8s::Budgets::default());
+        let err = |text: &str| Config::parse(text, "b.toml").unwrap_err().message;
+        assert!(
+            err(&format!(
+                "{kube}[[pool.host]]\nname = \"h\"\naddress = \"127.0.0.2:22\"\n"
+            ))
+            .contains("`host`")
+        );
+        assert!(
+            err("[[pool]]\nname = \"k\"\nkind = \"kubernetes\"\ntemplates = \"/t\"\n")
+                .contains("namespace")
+        );
+        assert!(
+            err("[[pool]]\nname = \"h\"\nnamespace = \"x\"\n").contains("kind = \"kubernetes\"")
+        );
+        assert!(err(&format!("{kube}dotfiles_claim = \"d\"\n")).contains("home = \"dotfiles\""));
+        assert!(err(&format!("{kube}home = \"dotfiles\"\n")).contains("dotfiles_claim"));
+        assert!(
+            err(&format!(
+                "{kube}home = \"dotfiles\"\ndotfiles_claim = \"d\"\ndotfiles = [\"../x\"]\n"
+            ))
+            .contains("dotfiles")
+        );
+        let c = Config::parse(
+            &format!("{kube}home = \"dotfiles\"\ndotfiles_claim = \"d\"\n"),
+            "b.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.kube_pools[0].render.home, switchboard_k8s::Home::Dotfiles { files, .. } if files.len() == DEFAULT_DOTFILES.len())
+        );
+        // The gateway: needs auth, TLS off loopback, a real pool or targets.
+        let auth = "[auth]\nmethod = \"none\"\n";
+        assert!(err("[gateway]\nlisten = \"127.0.0.1:8443\"\npool = \"k\"\n").contains("[auth]"));
+        assert!(
+            err(&format!(
+                "{auth}{kube}[gateway]\nlisten = \"0.0.0.0:8443\"\npool = \"k\"\n"
+            ))
+            .contains("tls_cert")
+        );
+        assert!(
+            err(&format!(
+                "{auth}[gateway]\nlisten = \"127.0.0.1:8443\"\npool = \"nope\"\n"
+            ))
+            .contains("no Kubernetes pool")
+        );
+        assert!(
+            err(&format!("{auth}[gateway]\nlisten = \"127.0.0.1:8443\"\n"))
+                .contains("needs `pool`")
+        );
+        let t = "[[gateway.target]]\ntype = \"login\"\naddress = \"127.0.0.1:14500\"\n";
+        assert!(
+            err(&format!(
+                "{auth}[gateway]\nlisten = \"127.0.0.1:8443\"\n{t}"
+            ))
+            .contains("gateway.target.type")
+        );
+        let ok = format!(
+            "{auth}{kube}[gateway]\nlisten = \"127.0.0.1:8443\"\npool = \"k\"\n[[gateway.target]]\ntype = \"lab\"\naddress = \"127.0.0.1:14500\"\n"
+        );
+        let g = Config::parse(&ok, "b.toml").unwrap().gateway.unwrap();
+        assert_eq!(g.targets.len(), 1);
+        assert_eq!(g.token_ttl, Duration::from_secs(600));
+    }
+}
