@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_core::model::{LoadReport, ReportedSession};
 use switchboard_proto::agent::{
-    Action, AgentMessage, BrokerMessage, Codec, PROTOCOL_VERSION, Secret,
+    Action, AgentMessage, BrokerMessage, CAPABILITIES, Codec, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, Secret,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -262,6 +263,7 @@ async fn once(
                 report_interval_ms: u64::try_from(p.interval.as_millis()).unwrap_or(u64::MAX),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 credential: Secret(p.credential.clone()),
+                capabilities: Some(CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
             })
             .await
             .map_err(|e| format!("sending the hello: {e}"))?;
@@ -270,9 +272,11 @@ async fn once(
                 version,
                 heartbeat_ms,
             })) => {
-                if version != PROTOCOL_VERSION {
+                // The broker answers with the version the link speaks: ours, or (a broker of
+                // the next release talking to us) never newer than ours.
+                if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     return Err(format!(
-                        "broker speaks protocol {version}, this agent {PROTOCOL_VERSION}"
+                        "broker speaks protocol {version}, this agent {OLDEST_PROTOCOL_VERSION}–{PROTOCOL_VERSION}"
                     ));
                 }
                 Ok(Ok((framed, Duration::from_millis(heartbeat_ms.max(100)))))
@@ -351,6 +355,8 @@ async fn once(
                     None => return Ended::Closed("the broker closed the link".into()),
                     Some(Err(e)) => return Ended::Closed(e.to_string()),
                     Some(Ok(BrokerMessage::Heartbeat)) => continue,
+                    // A message of a newer broker: not for us.
+                    Some(Ok(BrokerMessage::Unknown)) => continue,
                     Some(Ok(BrokerMessage::Command { id, action })) => {
                         let exec = exec.clone();
                         let tx = results_tx.clone();

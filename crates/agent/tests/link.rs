@@ -511,6 +511,7 @@ async fn an_oversize_frame_closes_the_link() {
             report_interval_ms: 500,
             agent_version: "test".into(),
             credential: Secret(cred),
+            capabilities: None,
         })
         .await
         .unwrap();
@@ -609,6 +610,7 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
                 report_interval_ms: 500,
                 agent_version: "test".into(),
                 credential: Secret("sba_guess".into()),
+                capabilities: None,
             })
             .await
             .unwrap();
@@ -621,4 +623,183 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
     }
     assert!(waits[3] >= Duration::from_millis(800), "{waits:?}");
     assert!(waits[3] > waits[0] * 3, "{waits:?}");
+}
+
+/// Opens a TLS link to the broker's agent listener and sends `hello` as raw JSON, byte for byte.
+async fn raw_link(
+    h: &Harness,
+    hello: &str,
+) -> Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Codec<BrokerMessage, AgentMessage>>
+{
+    let tls = link::client_tls(&ca_of(h.dir.path())).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.agent_port))
+        .await
+        .unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(link::server_name("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let frame = [&(hello.len() as u32).to_be_bytes()[..], hello.as_bytes()].concat();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &frame)
+        .await
+        .unwrap();
+    Framed::new(stream, Codec::<BrokerMessage, AgentMessage>::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_the_previous_protocol_version_links_reports_and_takes_commands() {
+    let h = Harness::start().await;
+    let cred = h.enroll("h1.example.org").await;
+    // Exactly what an agent of the previous release sends: version 1, no capabilities.
+    let hello = format!(
+        r#"{{"type":"hello","version":1,"host":"h1.example.org","report_interval_ms":500,"agent_version":"0.1.0","credential":"{cred}"}}"#
+    );
+    let mut framed = raw_link(&h, &hello).await;
+    let welcome = framed.next().await.unwrap().unwrap();
+    assert!(
+        matches!(welcome, BrokerMessage::Welcome { version: 1, .. }),
+        "the link speaks the agent's version: {welcome:?}"
+    );
+    // Its reports are taken: an inventory makes a session the API lists.
+    framed
+        .send(AgentMessage::Inventory {
+            sessions: vec![switchboard_core::model::ReportedSession {
+                backend_id: "v1-session".into(),
+                user: "alice".into(),
+                state: switchboard_core::model::ReportedState::Running,
+                idle_secs: None,
+                info: None,
+            }],
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the version-1 agent's session is listed",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = h
+                .call(reqwest::Method::GET, "/api/v1/sessions?user=alice")
+                .await;
+            v["items"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["backend_id"] == "v1-session"))
+        },
+    )
+    .await;
+    // A message type of a newer agent is ignored, not the end of the link.
+    let unknown = br#"{"type":"added_later","x":1}"#;
+    let frame = [&(unknown.len() as u32).to_be_bytes()[..], &unknown[..]].concat();
+    tokio::io::AsyncWriteExt::write_all(framed.get_mut(), &frame)
+        .await
+        .unwrap();
+    // Commands of its release reach it, and it answers them.
+    let hub = h.broker().agents.clone();
+    let command = tokio::spawn(async move {
+        hub.command(
+            "h1.example.org",
+            Action::Disconnect {
+                backend_id: "v1-session".into(),
+            },
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    let id = loop {
+        match framed.next().await.unwrap().unwrap() {
+            BrokerMessage::Command { id, action } => {
+                assert_eq!(action.capability(), "disconnect");
+                break id;
+            }
+            BrokerMessage::Heartbeat => continue,
+            other => panic!("expected the command, got {other:?}"),
+        }
+    };
+    framed
+        .send(AgentMessage::CommandResult {
+            id,
+            ok: true,
+            message: "disconnected".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(command.await.unwrap().unwrap(), "disconnected");
+    assert!(h.broker().agents.is_connected("h1.example.org"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_agent_did_not_announce_is_refused_without_being_sent() {
+    let h = Harness::start().await;
+    let cred = h.enroll("h1.example.org").await;
+    let hello = format!(
+        r#"{{"type":"hello","version":{PROTOCOL_VERSION},"host":"h1.example.org","report_interval_ms":500,"agent_version":"test","credential":"{cred}","capabilities":["terminate","kill"]}}"#
+    );
+    let mut framed = raw_link(&h, &hello).await;
+    let welcome = framed.next().await.unwrap().unwrap();
+    assert!(
+        matches!(welcome, BrokerMessage::Welcome { version: PROTOCOL_VERSION, .. }),
+        "{welcome:?}"
+    );
+    let e = h
+        .broker()
+        .agents
+        .command(
+            "h1.example.org",
+            Action::Disconnect {
+                backend_id: "s".into(),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CommandError::Unsupported { capability: "disconnect", .. }),
+        "{e}"
+    );
+    // Nothing reached the agent: the next frame (within a heartbeat) is no command.
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(700), framed.next()).await {
+        assert!(!matches!(m, BrokerMessage::Command { .. }), "{m:?}");
+    }
+    // One it did announce goes through.
+    let hub = h.broker().agents.clone();
+    let command = tokio::spawn(async move {
+        hub.command(
+            "h1.example.org",
+            Action::Kill {
+                backend_id: "s".into(),
+            },
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    let id = loop {
+        match framed.next().await.unwrap().unwrap() {
+            BrokerMessage::Command { id, .. } => break id,
+            _ => continue,
+        }
+    };
+    framed
+        .send(AgentMessage::CommandResult {
+            id,
+            ok: true,
+            message: "killed".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(command.await.unwrap().unwrap(), "killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_an_unknown_protocol_version_is_refused_with_the_versions_spoken() {
+    let h = Harness::start().await;
+    let cred = h.enroll("h1.example.org").await;
+    let hello = format!(
+        r#"{{"type":"hello","version":{},"host":"h1.example.org","report_interval_ms":500,"agent_version":"test","credential":"{cred}"}}"#,
+        PROTOCOL_VERSION + 1
+    );
+    let mut framed = raw_link(&h, &hello).await;
+    let reply = framed.next().await.unwrap().unwrap();
+    assert!(
+        matches!(&reply, BrokerMessage::Refused { reason } if reason.contains("not supported") && reason.contains(&PROTOCOL_VERSION.to_string())),
+        "{reply:?}"
+    );
 }

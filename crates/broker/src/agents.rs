@@ -12,6 +12,11 @@
 //! `unknown` (kept, not ended) until the agent is back. After a broker start the clock starts
 //! at the start, with the default interval, so hosts whose agents never come back are marked too.
 //!
+//! The hello's protocol version may be this broker's or the one before; the welcome answers with
+//! the agent's own, and the capabilities the hello lists (a version-1 agent lists none and has
+//! that release's) decide which commands the link carries: [`AgentHub::command`] refuses one the
+//! agent did not announce without sending it. Message types of a newer agent are ignored.
+//!
 //! Rejected agents (unknown host, wrong or revoked credential, other protocol version) get a
 //! `refused` message with the reason, are logged, and are slowed down per source address: each
 //! failure from an address doubles the wait before its next refusal, up to 10 s.
@@ -28,7 +33,8 @@ use std::time::{Duration, Instant};
 use switchboard_core::model::ReportedSession;
 use switchboard_core::Command;
 use switchboard_proto::agent::{
-    Action, AgentMessage, BrokerMessage, Codec, FrameError, MAX_FRAME, MAX_HELLO, PROTOCOL_VERSION,
+    Action, AgentMessage, BrokerMessage, Codec, FrameError, MAX_FRAME, MAX_HELLO,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, V1_CAPABILITIES,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -72,6 +78,14 @@ pub enum CommandError {
     /// No answer in time.
     #[error("the agent on {0} did not answer within {1:?}")]
     Timeout(String, Duration),
+    /// The agent did not announce that it can do this (an older agent).
+    #[error("the agent on {host} cannot carry out `{capability}` (it did not announce it; upgrade the agent)")]
+    Unsupported {
+        /// The host.
+        host: String,
+        /// What it lacks.
+        capability: &'static str,
+    },
     /// The agent answered that it could not do it.
     #[error("the agent on {host} refused or failed: {message}")]
     Failed {
@@ -115,6 +129,13 @@ struct Extra {
     idle: Option<(u64, Instant)>,
 }
 
+/// What [`AgentHub::admit`] found in a hello: host, interval, credential hash, version,
+/// capabilities.
+type Admitted = (Arc<str>, Duration, String, u32, Arc<[String]>);
+
+/// Most capabilities kept from one hello (the hello's size is capped too).
+const MAX_CAPABILITIES: usize = 256;
+
 /// Longest session `info` kept from an agent.
 pub const MAX_SESSION_INFO: usize = 1024;
 
@@ -133,6 +154,8 @@ struct Link {
 #[derive(Debug)]
 struct LiveLink {
     conn: u64,
+    /// What the agent announced it can do.
+    capabilities: Arc<[String]>,
     tx: mpsc::Sender<BrokerMessage>,
     close: CancellationToken,
     pending: HashMap<u64, oneshot::Sender<(bool, String)>>,
@@ -309,6 +332,13 @@ impl AgentHub {
                 .get_mut(host)
                 .and_then(|l| l.live.as_mut())
                 .ok_or_else(|| CommandError::NotConnected(host.to_owned()))?;
+            let capability = action.capability();
+            if !live.capabilities.iter().any(|c| c == capability) {
+                return Err(CommandError::Unsupported {
+                    host: host.to_owned(),
+                    capability,
+                });
+            }
             live.pending.insert(id, reply);
             live.tx.clone()
         };
@@ -522,7 +552,7 @@ impl AgentHub {
                 return;
             }
         };
-        let (host, interval, hash) = match self.admit(hello).await {
+        let (host, interval, hash, version, capabilities) = match self.admit(hello).await {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(peer = %peer, reason = %reason, "agent refused");
@@ -557,6 +587,7 @@ impl AgentHub {
             }
             link.live = Some(LiveLink {
                 conn,
+                capabilities,
                 tx,
                 close: close.clone(),
                 pending: HashMap::new(),
@@ -606,7 +637,7 @@ impl AgentHub {
         }
         if framed
             .send(BrokerMessage::Welcome {
-                version: PROTOCOL_VERSION,
+                version,
                 heartbeat_ms: u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX),
             })
             .await
@@ -615,7 +646,7 @@ impl AgentHub {
             self.unlink(&host, conn);
             return;
         }
-        tracing::info!(host = %host, peer = %peer, interval_ms = interval.as_millis() as u64, "agent connected");
+        tracing::info!(host = %host, peer = %peer, interval_ms = interval.as_millis() as u64, protocol = version, "agent connected");
         let (mut sink, mut stream) = framed.split();
         // Writer: commands and heartbeats towards the agent.
         let writer_close = close.clone();
@@ -669,24 +700,29 @@ impl AgentHub {
         tracing::info!(host = %host, peer = %peer, reason = %why, "agent link closed");
     }
 
-    /// Checks a hello; returns the configured host name, the report interval and the hash of
-    /// the credential it was admitted with.
-    async fn admit(&self, hello: AgentMessage) -> Result<(Arc<str>, Duration, String), String> {
+    /// Checks a hello; returns the configured host name, the report interval, the hash of the
+    /// credential it was admitted with, the protocol version and the capabilities of the link.
+    async fn admit(&self, hello: AgentMessage) -> Result<Admitted, String> {
         let AgentMessage::Hello {
             version,
             host,
             report_interval_ms,
             agent_version: _,
             credential,
+            capabilities,
         } = hello
         else {
             return Err("the first message must be a hello".into());
         };
-        if version != PROTOCOL_VERSION {
+        if !switchboard_proto::agent::accepts(version) {
             return Err(format!(
-                "protocol version {version} is not supported (this broker speaks {PROTOCOL_VERSION})"
+                "protocol version {version} is not supported (this broker speaks {OLDEST_PROTOCOL_VERSION} and {PROTOCOL_VERSION}; upgrade the agent)"
             ));
         }
+        let capabilities: Arc<[String]> = match capabilities {
+            Some(c) => c.into_iter().take(MAX_CAPABILITIES).collect(),
+            None => V1_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        };
         let interval = Duration::from_millis(report_interval_ms);
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
             return Err(format!(
@@ -721,7 +757,7 @@ impl AgentHub {
         if !same(&crate::tokens::hash(&credential.0), &hash) {
             return Err(format!("credential rejected for host {name:?}"));
         }
-        Ok((name, interval, hash))
+        Ok((name, interval, hash, version, capabilities))
     }
 
     /// Milliseconds since the hub started (the clock of [`Link::seen`]).
@@ -762,6 +798,12 @@ impl AgentHub {
         let command = match msg {
             AgentMessage::Hello { .. } => return Err("a second hello on one link".into()),
             AgentMessage::Heartbeat => return Ok(()),
+            AgentMessage::Unknown => {
+                // A newer agent's message this broker does not know: not an error.
+                metrics::counter!("switchboard_agent_unknown_messages_total").increment(1);
+                tracing::debug!(host = %host, "agent message of an unknown type ignored");
+                return Ok(());
+            }
             AgentMessage::CommandResult { id, ok, message } => {
                 let waiter = lock(&self.inner.links)
                     .get_mut(&**host)

@@ -12,7 +12,7 @@
 //! backoff), so nothing acknowledged is lost and nothing unacknowledged is half there. Volatile
 //! state (reservations, load reports) is rebuilt by the agents.
 
-use crate::snapshot::{PoolInfo, Snapshot, host_info};
+use crate::snapshot::{HostInfo, PoolInfo, Snapshot, host_info};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

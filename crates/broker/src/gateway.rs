@@ -17,7 +17,7 @@
 //! Session types come from the gateway's Kubernetes pool (its templates) and from static targets
 //! (`[[gateway.target]]`: a fixed address, such as a host running Xpra).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};

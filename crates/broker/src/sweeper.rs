@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 use switchboard_core::SessionId;
-use switchboard_core::model::PolicyLogoff;
 use tokio_util::sync::CancellationToken;
 
 /// Default time between sweeps.

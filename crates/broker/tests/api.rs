@@ -519,7 +519,7 @@ async fn reload_adds_and_removes_hosts_keeping_sessions_and_runtime_weights() {
         .as_ref()
         .unwrap()
         .engine
-        .reconfigure(config)
+        .reconfigure(config.cluster)
         .await
         .unwrap();
     let hosts = b.ok("GET", "/api/v1/hosts", None).await;

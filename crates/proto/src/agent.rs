@@ -3,12 +3,24 @@
 //! A link carries frames: a 4-byte big-endian length, then that many bytes of one JSON message.
 //! A frame longer than [`MAX_FRAME`] is refused from its length header, before anything is
 //! allocated for it, and the link is closed with that reason. The first message each way is the
-//! hello ([`AgentMessage::Hello`], [`BrokerMessage::Welcome`]), which carries
-//! [`PROTOCOL_VERSION`]; a peer that speaks another version is refused.
+//! hello ([`AgentMessage::Hello`], [`BrokerMessage::Welcome`]).
+//!
+//! # How the protocol grows
+//! - A broker accepts agents of its [`PROTOCOL_VERSION`] and of the one before
+//!   ([`OLDEST_PROTOCOL_VERSION`]), so brokers are upgraded first and agents follow host by host;
+//!   the welcome says which version the link speaks (the agent's own). A version outside that
+//!   range is refused with a reason.
+//! - The hello lists the agent's capabilities: the commands it carries out (the `action` name of
+//!   each [`Action`] it implements), and any later optional behaviour by name. An agent of
+//!   version 1 lists none and has [`V1_CAPABILITIES`]. The broker sends a command only to an
+//!   agent that announced it (otherwise the command fails at once, naming the host and what it
+//!   lacks), so a new command never reaches an agent that would refuse it.
+//! - New agent-to-broker data travels as optional fields where it can: unknown fields are
+//!   ignored, so adding one needs no new version. A message type a peer does not know decodes
+//!   as `Unknown` and is ignored (and counted) rather than ending the link.
 //!
 //! Messages are serde enums tagged by `type`, so the format is plain JSON that non-Rust agents can
-//! speak too. An unknown message type is an error; unknown fields are ignored, so adding an
-//! optional field does not need a new protocol version.
+//! speak too.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -17,7 +29,28 @@ use switchboard_core::model::{LoadReport, ReportedSession};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version a broker of this version still accepts from agents.
+pub const OLDEST_PROTOCOL_VERSION: u32 = PROTOCOL_VERSION - 1;
+
+/// What an agent of protocol version 1 can do (it announces nothing): the commands of that
+/// release.
+pub const V1_CAPABILITIES: &[&str] = &[
+    "terminate",
+    "kill",
+    "disconnect",
+    "logoff",
+    "add_key",
+    "remove_key",
+];
+
+/// What an agent of this version announces.
+pub const CAPABILITIES: &[&str] = V1_CAPABILITIES;
+
+/// Whether a broker of this version accepts an agent speaking `version`.
+pub fn accepts(version: u32) -> bool {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
 /// Largest frame either side accepts (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -39,7 +72,7 @@ impl std::fmt::Debug for Secret {
 pub enum AgentMessage {
     /// First message: who the agent is and how often it reports.
     Hello {
-        /// Must equal [`PROTOCOL_VERSION`].
+        /// The agent's [`PROTOCOL_VERSION`].
         version: u32,
         /// The host's name as the agent knows it.
         host: String,
@@ -50,6 +83,9 @@ pub enum AgentMessage {
         /// The host's credential, as `switchboard ctl enroll` or the API printed it. The broker
         /// keeps only its SHA-256 and never logs it.
         credential: Secret,
+        /// What the agent can do (from version 2; absent means [`V1_CAPABILITIES`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capabilities: Option<Vec<String>>,
     },
     /// A load report.
     Load(LoadReport),
@@ -76,6 +112,9 @@ pub enum AgentMessage {
     },
     /// Still here (sent when nothing else was sent for a while).
     Heartbeat,
+    /// A message type of a newer agent: ignored.
+    #[serde(other)]
+    Unknown,
 }
 
 /// What the broker sends.
@@ -84,7 +123,7 @@ pub enum AgentMessage {
 pub enum BrokerMessage {
     /// Answer to the hello: the link is accepted.
     Welcome {
-        /// The broker's [`PROTOCOL_VERSION`].
+        /// The version the link speaks: the agent's own, when the broker accepts it.
         version: u32,
         /// How often the broker expects to hear from the agent, in milliseconds.
         heartbeat_ms: u64,
@@ -103,6 +142,9 @@ pub enum BrokerMessage {
     },
     /// Still here.
     Heartbeat,
+    /// A message type of a newer broker: ignored.
+    #[serde(other)]
+    Unknown,
 }
 
 /// A command for an agent. Agents refuse commands for sessions or users they do not know.
@@ -148,6 +190,20 @@ pub enum Action {
         /// The key line as it was added.
         key: String,
     },
+}
+
+impl Action {
+    /// The capability an agent must have announced for this command: its `action` name.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Action::Terminate { .. } => "terminate",
+            Action::Kill { .. } => "kill",
+            Action::Disconnect { .. } => "disconnect",
+            Action::Logoff { .. } => "logoff",
+            Action::AddKey { .. } => "add_key",
+            Action::RemoveKey { .. } => "remove_key",
+        }
+    }
 }
 
 /// Why a frame could not be read or written.
@@ -238,6 +294,7 @@ mod tests {
                 report_interval_ms: 3000,
                 agent_version: "0.1.0".into(),
                 credential: Secret("sb1_secret".into()),
+                capabilities: Some(vec!["terminate".into()]),
             },
             AgentMessage::Load(LoadReport {
                 load_avg: [0.5, 0.4, 0.3],
@@ -310,17 +367,86 @@ mod tests {
     }
 
     #[test]
-    fn malformed_and_unknown_messages_are_errors() {
-        for body in [
-            &b"not json"[..],
-            br#"{"type":"launch_missiles"}"#,
-            br#"{"type":"load"}"#,
-        ] {
+    fn malformed_messages_are_errors() {
+        for body in [&b"not json"[..], br#"{"type":"load"}"#, br#"{"no":"type"}"#] {
             let mut buf = BytesMut::new();
             buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
             buf.extend_from_slice(body);
             let e = BrokerSide::default().decode(&mut buf).unwrap_err();
             assert!(matches!(e, FrameError::Malformed(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn message_types_of_a_newer_peer_decode_as_unknown() {
+        let body = br#"{"type":"launch_missiles","at":"dawn"}"#;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        buf.extend_from_slice(body);
+        assert_eq!(
+            BrokerSide::default().decode(&mut buf).unwrap(),
+            Some(AgentMessage::Unknown)
+        );
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        buf.extend_from_slice(body);
+        assert_eq!(
+            AgentSide::default().decode(&mut buf).unwrap(),
+            Some(BrokerMessage::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_version_1_hello_decodes_without_capabilities() {
+        // Byte for byte what an agent of the previous release sends.
+        let body = br#"{"type":"hello","version":1,"host":"x2go1","report_interval_ms":3000,"agent_version":"0.1.0","credential":"sba_x"}"#;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        buf.extend_from_slice(body);
+        let Some(AgentMessage::Hello {
+            version,
+            capabilities,
+            ..
+        }) = BrokerSide::default().decode(&mut buf).unwrap()
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!((version, capabilities), (1, None));
+        assert!(accepts(1) && accepts(PROTOCOL_VERSION));
+        assert!(!accepts(0) && !accepts(PROTOCOL_VERSION + 1));
+    }
+
+    #[test]
+    fn every_command_names_the_capability_it_needs() {
+        let all = [
+            Action::Terminate {
+                backend_id: "s".into(),
+            },
+            Action::Kill {
+                backend_id: "s".into(),
+            },
+            Action::Disconnect {
+                backend_id: "s".into(),
+            },
+            Action::Logoff {
+                backend_id: "s".into(),
+                grace_ms: 1,
+            },
+            Action::AddKey {
+                user: "u".into(),
+                key: "k".into(),
+                expires_at_ms: 1,
+            },
+            Action::RemoveKey {
+                user: "u".into(),
+                key: "k".into(),
+            },
+        ];
+        for a in all {
+            // The capability is the command's own wire name.
+            let json = serde_json::to_value(&a).unwrap();
+            assert_eq!(json["action"], a.capability());
+            assert!(V1_CAPABILITIES.contains(&a.capability()));
         }
     }
 
@@ -344,6 +470,7 @@ mod tests {
             report_interval_ms: 3000,
             agent_version: "0.1.0".into(),
             credential: Secret("sb1_topsecret".into()),
+            capabilities: None,
         };
         let shown = format!("{hello:?}");
         assert!(!shown.contains("topsecret"), "{shown}");

@@ -126,6 +126,7 @@ impl ActionError {
             ActionError::Engine(EngineError::ShuttingDown) => "shutting_down",
             ActionError::Agent(CommandError::NotConnected(_)) => "agent_unavailable",
             ActionError::Agent(CommandError::Timeout(..)) => "agent_timeout",
+            ActionError::Agent(CommandError::Unsupported { .. }) => "agent_unsupported",
             ActionError::Agent(CommandError::Lost(_) | CommandError::Failed { .. }) => {
                 "agent_failed"
             }

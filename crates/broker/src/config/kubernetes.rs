@@ -2,6 +2,11 @@
 //! `[gateway]`, validated.
 
 use super::file::{GatewaySection, HomeKind, PoolSection};
+use super::parse_listen;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use switchboard_core::config::ConfigDuration;
 use crate::gateway::GatewayConfig;
 use crate::kubernetes::KubePoolConfig;
 

@@ -35,7 +35,6 @@ mod x2go;
 pub use file::*;
 pub use kubernetes::{DEFAULT_DOTFILES, RESERVED_PATHS};
 
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -437,6 +436,7 @@ impl FileConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use switchboard_core::Policy;
 
     const GOOD: &str = r#"
 [store]

@@ -8,7 +8,7 @@ use crate::http::x2go::{
 use std::sync::Arc;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use switchboard_core::config::HostAddr;
+use switchboard_core::config::ConfigDuration;
 use switchboard_core::model::{DEFAULT_WEIGHT, PoolOptions, SessionLimits};
 use switchboard_core::{HostSpec, Policy, PoolSpec};
 use switchboard_proto::x2go::Profile;
@@ -195,8 +195,7 @@ pub(super) fn frontend(
                     return Err("key `x2go.login_map`: empty user or login name".into());
                 }
             }
-            let max_tokens = self
-                .x2go
+            let max_tokens = section
                 .max_tokens
                 .unwrap_or(switchboard_auth::authid::DEFAULT_MAX);
             if max_tokens == 0 {
@@ -215,13 +214,11 @@ pub(super) fn frontend(
                 max_tokens,
                 login_map: section.login_map.clone(),
                 primary_groups: section.primary_groups.unwrap_or(false),
-                autologin_key_ttl: self
-                    .x2go
+                autologin_key_ttl: section
                     .autologin_key_ttl
                     .map_or(DEFAULT_AUTOLOGIN_KEY_TTL, |d| d.0)
                     .max(Duration::from_secs(1)),
-                suspend_timeout: self
-                    .x2go
+                suspend_timeout: section
                     .suspend_timeout
                     .map_or(DEFAULT_SUSPEND_TIMEOUT, |d| d.0)
                     .max(Duration::from_millis(100)),

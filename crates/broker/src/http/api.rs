@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use switchboard_core::model::{ReservationRecord, SessionRecord, SessionState};
-use switchboard_core::{AdminState, Command, Event, PlacementOutcome, SessionId};
+use switchboard_core::{Command, Event, PlacementOutcome, SessionId};
 use switchboard_store::Store;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;

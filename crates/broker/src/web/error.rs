@@ -106,6 +106,7 @@ fn status_of(code: &str) -> StatusCode {
         }
         "agent_timeout" => StatusCode::GATEWAY_TIMEOUT,
         "agent_failed" => StatusCode::BAD_GATEWAY,
+        "agent_unsupported" => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
