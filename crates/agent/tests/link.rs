@@ -629,8 +629,10 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
 async fn raw_link(
     h: &Harness,
     hello: &str,
-) -> Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Codec<BrokerMessage, AgentMessage>>
-{
+) -> Framed<
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Codec<BrokerMessage, AgentMessage>,
+> {
     let tls = link::client_tls(&ca_of(h.dir.path())).unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.agent_port))
         .await
@@ -736,7 +738,13 @@ async fn a_command_the_agent_did_not_announce_is_refused_without_being_sent() {
     let mut framed = raw_link(&h, &hello).await;
     let welcome = framed.next().await.unwrap().unwrap();
     assert!(
-        matches!(welcome, BrokerMessage::Welcome { version: PROTOCOL_VERSION, .. }),
+        matches!(
+            welcome,
+            BrokerMessage::Welcome {
+                version: PROTOCOL_VERSION,
+                ..
+            }
+        ),
         "{welcome:?}"
     );
     let e = h
@@ -752,7 +760,13 @@ async fn a_command_the_agent_did_not_announce_is_refused_without_being_sent() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, CommandError::Unsupported { capability: "disconnect", .. }),
+        matches!(
+            e,
+            CommandError::Unsupported {
+                capability: "disconnect",
+                ..
+            }
+        ),
         "{e}"
     );
     // Nothing reached the agent: the next frame (within a heartbeat) is no command.

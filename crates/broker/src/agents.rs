@@ -30,8 +30,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_core::model::ReportedSession;
 use switchboard_core::Command;
+use switchboard_core::model::ReportedSession;
 use switchboard_proto::agent::{
     Action, AgentMessage, BrokerMessage, Codec, FrameError, MAX_FRAME, MAX_HELLO,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, V1_CAPABILITIES,
@@ -79,7 +79,9 @@ pub enum CommandError {
     #[error("the agent on {0} did not answer within {1:?}")]
     Timeout(String, Duration),
     /// The agent did not announce that it can do this (an older agent).
-    #[error("the agent on {host} cannot carry out `{capability}` (it did not announce it; upgrade the agent)")]
+    #[error(
+        "the agent on {host} cannot carry out `{capability}` (it did not announce it; upgrade the agent)"
+    )]
     Unsupported {
         /// The host.
         host: String,

@@ -16,13 +16,13 @@ use crate::snapshot::{HostInfo, PoolInfo, Snapshot, host_info};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard_core::model::Settings;
+use switchboard_core::model::{SessionState, Settings};
 use switchboard_core::placement::Exclusion;
 use switchboard_core::{
-    AdminState, ClusterState, Command, CoreError, Event, HostSpec, Millis, PoolSpec,
+    AdminState, ClusterState, Command, CoreError, Event, HostSpec, Millis, Placement, PoolSpec,
 };
 use switchboard_store::{Store, StoreError};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Requests queued at most; senders wait when the engine is this far behind.
@@ -180,7 +180,20 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Request>,
     reports: Arc<std::sync::Mutex<Vec<(Command, Instant)>>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    running: broadcast::Sender<SessionRunning>,
 }
+
+/// A session that became `running` (committed): what waits for a login to arrive listens for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRunning {
+    /// Its user.
+    pub user: Arc<str>,
+    /// Its host.
+    pub host: Arc<str>,
+}
+
+/// Session news kept for slow listeners; one that falls further behind is told it lagged.
+const RUNNING_NEWS: usize = 4096;
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,6 +233,30 @@ impl EngineHandle {
             return;
         }
         q.push((command, received));
+    }
+
+    /// Places a session for `user` in `pool`: the user's live session there if there is one,
+    /// else a reservation on the best host. The answer carries what frontends need (host,
+    /// address, the resumed session and its backend id, the reason).
+    pub async fn place(
+        &self,
+        user: String,
+        pool: String,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Placement, EngineError> {
+        let events = self.apply(Command::Reserve { user, pool, client }).await?;
+        events
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Placed(p) => Some(p),
+                _ => None,
+            })
+            .ok_or_else(|| EngineError::Unavailable("placement produced no decision".into()))
+    }
+
+    /// Sessions that become `running` from now on (committed first).
+    pub fn subscribe_running(&self) -> broadcast::Receiver<SessionRunning> {
+        self.running.subscribe()
     }
 
     /// Runs a read-only function on the engine's current state.
@@ -301,6 +338,8 @@ struct Engine<S: Store> {
     last_metrics: Instant,
     /// Host and pool views between snapshots.
     views: Views,
+    /// Where sessions that became running are announced.
+    running: broadcast::Sender<SessionRunning>,
 }
 
 /// Builds the state from the configuration and the store's durable records.
@@ -402,7 +441,9 @@ pub async fn start<S: Store>(
     let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut views = Views::new();
     let (snap_tx, snap_rx) = watch::channel(Arc::new(views.build(&state, true)));
+    let (running, _) = broadcast::channel(RUNNING_NEWS);
     let engine = Engine {
+        running: running.clone(),
         state,
         store,
         layout,
@@ -422,6 +463,7 @@ pub async fn start<S: Store>(
             tx,
             reports,
             snapshots: snap_rx,
+            running,
         },
         task,
     ))
@@ -572,6 +614,7 @@ impl<S: Store> Engine<S> {
         match committed {
             Ok(()) => {
                 for (reply, events) in replies {
+                    self.announce(&events);
                     let _ = reply.send(Ok(events));
                 }
                 for reply in reconfigured {
@@ -745,6 +788,35 @@ impl<S: Store> Engine<S> {
             }
         }
         urgent
+    }
+
+    /// Tells listeners about sessions these (committed) events made running.
+    fn announce(&self, events: &[Event]) {
+        if self.running.receiver_count() == 0 {
+            return;
+        }
+        for e in events {
+            let news = match e {
+                Event::SessionStarted(s) if s.state == SessionState::Running => SessionRunning {
+                    user: s.user.clone(),
+                    host: s.host.clone(),
+                },
+                Event::SessionStateChanged {
+                    id,
+                    host,
+                    state: SessionState::Running,
+                    ..
+                } => match self.state.session(*id) {
+                    Some(s) => SessionRunning {
+                        user: s.user,
+                        host: host.clone(),
+                    },
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let _ = self.running.send(news);
+        }
     }
 
     fn maybe_publish(&mut self, urgent: bool) {

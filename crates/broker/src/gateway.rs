@@ -251,7 +251,12 @@ async fn login_page() -> Response {
 
 fn login_form(error: Option<&str>) -> Response {
     let err = error
-        .map(|e| format!("<p role=\"alert\"><b>{}</b></p>", crate::web::html::escape(e)))
+        .map(|e| {
+            format!(
+                "<p role=\"alert\"><b>{}</b></p>",
+                crate::web::html::escape(e)
+            )
+        })
         .unwrap_or_default();
     page(
         "Sign in",
@@ -446,12 +451,13 @@ async fn events(State(gw): State<Gw>, User(user): User, UrlPath(ty): UrlPath<Str
     };
     // Progress is internally tagged (`{"event": …}`), a failure's fields next to the tag, as the
     // waiting page reads them.
-    let stream = crate::kubernetes::progress_events(handle, gw.shutdown.clone()).map(|(name, p)| {
-        Event::default()
-            .event(name)
-            .json_data(&p)
-            .map_err(axum::Error::new)
-    });
+    let stream =
+        crate::kubernetes::progress_events(handle, gw.shutdown.clone()).map(|(name, p)| {
+            Event::default()
+                .event(name)
+                .json_data(&p)
+                .map_err(axum::Error::new)
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

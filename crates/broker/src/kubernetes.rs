@@ -1,5 +1,18 @@
 //! Kubernetes pools in the broker: one [`switchboard_k8s::Backend`] and its lifecycle loop per
 //! `[[pool]] kind = "kubernetes"`, shared by the REST API and the gateway.
+//!
+//! # Pods are sessions of the core
+//! Each Kubernetes pool is a core pool with one host of its own, `kubernetes:<pool>` (weight 0,
+//! so placement never picks it; no cap; no agent), and every ready session pod is a session of
+//! the core on that host, its backend id the pod's name. The pool's pod cache reports them to
+//! the engine as an agent reports its host's sessions: one inventory whenever the set changes
+//! (looked at every [`INVENTORY_EVERY`]), so pods found at start are adopted, a pod gone while
+//! the broker was away is ended, and the facts are committed like any other session's. A pod
+//! with a client connected through the gateway is `running`, one without is `disconnected`;
+//! pods still starting are not sessions yet (their progress is the start's event stream). So
+//! `GET /api/v1/sessions`, `ctl users`, `ctl user`, the dashboard and the per-user cap see
+//! them, and ending such a session (REST `DELETE`, `logoffuser`, `abortuser`, the dashboard)
+//! deletes its pod through the action layer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +22,10 @@ use switchboard_k8s::template::Owner;
 use switchboard_k8s::{Backend, Lifecycle, PoolSettings, StartHandle, TemplateDir};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::EngineHandle;
 use std::path::PathBuf;
+use switchboard_core::Command;
+use switchboard_core::model::{ReportedSession, ReportedState};
 
 /// A Kubernetes pool, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +48,13 @@ pub struct KubePoolConfig {
     pub reconcile_interval: Duration,
 }
 
+/// How often a pool's pods are compared with the sessions the engine holds for it.
+pub const INVENTORY_EVERY: Duration = Duration::from_secs(1);
+
+/// The core host that holds a Kubernetes pool's session pods.
+pub fn session_host(pool: &str) -> String {
+    format!("kubernetes:{pool}")
+}
 
 /// How long an old pod may take to go away before its replacement is created.
 const DELETION_TIMEOUT: Duration = Duration::from_secs(90);
@@ -74,6 +97,7 @@ impl KubePools {
     /// API server is away still starts: its cache fills once the server answers.
     pub async fn start(
         configs: &[KubePoolConfig],
+        engine: EngineHandle,
         shutdown: CancellationToken,
     ) -> Result<KubePools, String> {
         let mut pools = BTreeMap::new();
@@ -97,6 +121,12 @@ impl KubePools {
                     .clone()
                     .run(cfg.reconcile_interval, shutdown.child_token()),
             );
+            tokio::spawn(report_pods(
+                lifecycle.clone(),
+                session_host(&cfg.name),
+                engine.clone(),
+                shutdown.child_token(),
+            ));
             tracing::info!(pool = %cfg.name, namespace = %cfg.render.namespace, templates = %cfg.templates.display(), "kubernetes pool started");
             pools.insert(
                 cfg.name.clone(),
@@ -114,6 +144,74 @@ impl KubePools {
     /// The pool `name`.
     pub fn get(&self, name: &str) -> Option<&KubePool> {
         self.pools.get(name)
+    }
+
+    /// The pool whose session pods live on the core host `host`, if it is one.
+    pub fn by_host(&self, host: &str) -> Option<&KubePool> {
+        host.strip_prefix("kubernetes:").and_then(|p| self.get(p))
+    }
+}
+
+/// The engine's view of a pool's pods: one reported session per ready pod.
+fn pod_sessions(lifecycle: &Lifecycle) -> Vec<ReportedSession> {
+    let mut out: Vec<ReportedSession> = lifecycle
+        .sessions()
+        .into_iter()
+        .filter(|s| s.state == "ready")
+        .map(|s| ReportedSession {
+            state: if s.connections > 0 {
+                ReportedState::Running
+            } else {
+                ReportedState::Disconnected
+            },
+            info: Some(format!("type={}", s.session_type)),
+            idle_secs: None,
+            user: s.user,
+            backend_id: s.pod,
+        })
+        .collect();
+    out.sort_by(|a, b| a.backend_id.cmp(&b.backend_id));
+    out
+}
+
+/// Reports a pool's session pods to the engine as its host's inventory, whenever they differ
+/// from what was last reported (and again after a refusal, until one is taken).
+async fn report_pods(
+    lifecycle: Arc<Lifecycle>,
+    host: String,
+    engine: EngineHandle,
+    shutdown: CancellationToken,
+) {
+    // Until the pod cache has listed once, an empty cache says nothing about the pods.
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = lifecycle.backend().cache_ready() => {}
+    }
+    let mut tick = tokio::time::interval(INVENTORY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: Option<Vec<ReportedSession>> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = pod_sessions(&lifecycle);
+        if reported.as_ref() == Some(&now) {
+            continue;
+        }
+        match engine
+            .apply(Command::ReportInventory {
+                host: host.clone(),
+                sessions: now.clone(),
+            })
+            .await
+        {
+            Ok(_) => reported = Some(now),
+            Err(e) => {
+                tracing::warn!(host = %host, error = %e, "session pods not reported; retrying");
+                reported = None;
+            }
+        }
     }
 }
 

@@ -131,14 +131,26 @@ impl Broker {
             tracing::warn!(file = %config.tokens_file.display(), "no API tokens: every /api/v1 call will be refused; add one with `switchboard token add`");
         }
         tokens.clone().watch(shutdown.child_token());
-        let (engine, engine_task) =
-            engine::start(store.clone(), config.cluster.clone(), shutdown.child_token()).await?;
+        let (engine, engine_task) = engine::start(
+            store.clone(),
+            config.cluster.clone(),
+            shutdown.child_token(),
+        )
+        .await?;
         probe::spawn(engine.clone(), config.probe, shutdown.child_token());
         let hub = agents::AgentHub::new(
             engine.clone(),
             config.cluster.settings.stale_after_intervals,
         );
-        let actions = actions::Actions::new(engine.clone(), hub.clone(), store.clone());
+        let kube = kubernetes::KubePools::start(
+            &config.kube_pools,
+            engine.clone(),
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(BrokerError::Kube)?;
+        let actions =
+            actions::Actions::new(engine.clone(), hub.clone(), kube.clone(), store.clone());
         sweeper::spawn(
             engine.clone(),
             hub.clone(),
@@ -209,9 +221,6 @@ impl Broker {
             )),
             _ => None,
         };
-        let kube = kubernetes::KubePools::start(&config.kube_pools, shutdown.child_token())
-            .await
-            .map_err(BrokerError::Kube)?;
         let gateway = match (&config.gateway, &auth) {
             (Some(g), Some(a)) => {
                 let gw_tls = match &g.tls {
@@ -354,7 +363,8 @@ impl Reloader {
             );
         }
         self.agents.expect(agent_hosts);
-        self.agents.set_missed(c.cluster.settings.stale_after_intervals);
+        self.agents
+            .set_missed(c.cluster.settings.stale_after_intervals);
         match &self.x2go {
             Some(x) => x.reload(c.x2go, c.auth),
             None if c.x2go.is_some() => {

@@ -115,7 +115,8 @@ impl Mgmt {
                 ]
             })
             .collect::<Vec<_>>();
-        let j = json!(ends
+        let j =
+            json!(ends
             .iter()
             .map(|e| json!({"id": e.session.id.0, "user": e.session.user, "host": e.session.host,
                             "ok": e.result.is_ok(), "message": message(e)}))
@@ -124,7 +125,10 @@ impl Mgmt {
         if failed == 0 {
             Ok(Reply::new(j, text))
         } else {
-            Err(format!("{failed} of {} sessions not ended:\n{text}", ends.len()))
+            Err(format!(
+                "{failed} of {} sessions not ended:\n{text}",
+                ends.len()
+            ))
         }
     }
 

@@ -650,3 +650,118 @@ async fn a_pool_watch_streams_the_pool_and_its_changes() {
     assert_eq!(second["hosts"][1]["name"], "h2");
     assert_eq!(second["hosts"][1]["admin"], "draining");
 }
+
+/// `GET /hosts/{name}` as JSON.
+async fn host(b: &TestBroker, name: &str) -> Value {
+    b.ok("GET", &format!("/api/v1/hosts/{name}"), None).await
+}
+
+#[tokio::test]
+async fn drain_then_offline_takes_the_host_offline_once_its_last_session_ends() {
+    for kind in BOTH {
+        let b = TestBroker::start(kind, &pools_toml("desktops", &[("h1", 100)])).await;
+        let (id, _) = b.start_session("alice", "desktops").await;
+        let h = b
+            .ok("POST", "/api/v1/hosts/h1/drain?then_offline=true", None)
+            .await;
+        assert_eq!(h["admin"], "draining", "{kind:?}: {h}");
+        assert_eq!(h["then_offline"], true, "{kind:?}: {h}");
+        // Its user still resumes there while it drains.
+        let p = b
+            .ok(
+                "POST",
+                "/api/v1/sessions",
+                Some(json!({"user": "alice", "pool": "desktops"})),
+            )
+            .await;
+        assert_eq!(
+            (p["resumed"].as_bool(), p["id"].as_u64()),
+            (Some(true), Some(id))
+        );
+        // The last session ends: the host goes offline by itself.
+        b.ok("DELETE", &format!("/api/v1/sessions/{id}"), None)
+            .await;
+        let h = host(&b, "h1").await;
+        assert_eq!(h["admin"], "offline", "{kind:?}: {h}");
+        assert_eq!(h["then_offline"], false, "{kind:?}: {h}");
+        let log = b.ok("GET", "/api/v1/audit?limit=10", None).await;
+        let actions: Vec<(&str, &str, &str)> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["action"].as_str().unwrap(),
+                    r["surface"].as_str().unwrap(),
+                    r["actor"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            actions.contains(&("drain --then-offline", "api", "admin"))
+                && actions.contains(&("offline (drained)", "api", "admin")),
+            "{kind:?}: {actions:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn drain_then_offline_survives_a_broker_restart() {
+    for kind in BOTH {
+        let mut b =
+            TestBroker::start(kind, &pools_toml("desktops", &[("h1", 100), ("h2", 100)])).await;
+        let (a, ha) = b.start_session("alice", "desktops").await;
+        let (c, hc) = b.start_session("carol", "desktops").await;
+        assert_ne!(ha, hc, "one session on each host");
+        let on_h1 = if ha == "h1" { a } else { c };
+        b.ok("POST", "/api/v1/hosts/h1/drain?then_offline=true", None)
+            .await;
+        // An operator's later change of h2 is its own; h1's pending offline stays.
+        b.ok("POST", "/api/v1/hosts/h2/drain", None).await;
+        b.restart().await;
+        let h = host(&b, "h1").await;
+        assert_eq!(
+            (h["admin"].as_str(), h["then_offline"].as_bool()),
+            (Some("draining"), Some(true)),
+            "{kind:?}: the pending offline is durable: {h}"
+        );
+        assert_eq!(host(&b, "h2").await["then_offline"], false, "{kind:?}");
+        b.ok("DELETE", &format!("/api/v1/sessions/{on_h1}"), None)
+            .await;
+        assert_eq!(host(&b, "h1").await["admin"], "offline", "{kind:?}");
+        assert_eq!(host(&b, "h2").await["admin"], "draining", "{kind:?}");
+        // And that, too, survives a restart.
+        b.restart().await;
+        let h = host(&b, "h1").await;
+        assert_eq!(
+            (h["admin"].as_str(), h["then_offline"].as_bool()),
+            (Some("offline"), Some(false)),
+            "{kind:?}: {h}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_admin_change_cancels_a_pending_drain_then_offline() {
+    let b = TestBroker::start(Kind::Sqlite, &pools_toml("desktops", &[("h1", 100)])).await;
+    let (id, _) = b.start_session("alice", "desktops").await;
+    b.ok("POST", "/api/v1/hosts/h1/drain?then_offline=true", None)
+        .await;
+    let h = b.ok("POST", "/api/v1/hosts/h1/undrain", None).await;
+    assert_eq!(
+        (h["admin"].as_str(), h["then_offline"].as_bool()),
+        (Some("online"), Some(false))
+    );
+    b.ok("DELETE", &format!("/api/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(host(&b, "h1").await["admin"], "online");
+    // A drained host that is already empty goes offline at once.
+    let h = b
+        .ok("POST", "/api/v1/hosts/h1/drain?then_offline=true", None)
+        .await;
+    assert_eq!(h["admin"], "offline", "{h}");
+    let bad = b
+        .call("POST", "/api/v1/hosts/h1/drain?then_offline=maybe", None)
+        .await;
+    assert_error(&bad, 400, "bad_request");
+}

@@ -4,71 +4,10 @@
 
 mod support;
 
-use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 use support::*;
 use switchboard_testkit::store::Kind;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-
-struct Client {
-    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    writer: tokio::net::unix::OwnedWriteHalf,
-}
-
-impl Client {
-    async fn connect(b: &TestBroker) -> Client {
-        let s = UnixStream::connect(b.dir.path().join("mgmt.sock"))
-            .await
-            .unwrap();
-        let (r, w) = s.into_split();
-        Client {
-            reader: BufReader::new(r),
-            writer: w,
-        }
-    }
-
-    async fn line(&mut self) -> String {
-        let mut l = String::new();
-        tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut l))
-            .await
-            .unwrap()
-            .unwrap();
-        l.trim_end().to_owned()
-    }
-
-    /// JSON mode (the default): one object per reply.
-    async fn json(&mut self, cmd: &str) -> Value {
-        self.writer
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
-        serde_json::from_str(&self.line().await).unwrap()
-    }
-
-    async fn ok(&mut self, cmd: &str) -> Value {
-        let v = self.json(cmd).await;
-        assert_eq!(v["ok"], true, "{cmd}: {v}");
-        v["data"].clone()
-    }
-
-    /// Verbose mode: text lines up to ".".
-    async fn text(&mut self, cmd: &str) -> Vec<String> {
-        self.writer
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        loop {
-            let l = self.line().await;
-            if l == "." {
-                return out;
-            }
-            out.push(l);
-        }
-    }
-}
 
 fn pool() -> String {
     pools_toml("desktops", &[("h1", 100), ("h2", 100)])
@@ -81,7 +20,7 @@ async fn the_socket_is_0660_and_other_users_are_refused() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     // Root (this test) is served.
-    let mut c = Client::connect(&b).await;
+    let mut c = Ctl::connect(&b).await;
     assert_eq!(c.ok("hello").await["hosts"], 2);
     // An unprivileged user cannot even connect. (The test runs as root, as CI does.)
     std::fs::set_permissions(b.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -106,7 +45,7 @@ async fn the_socket_is_0660_and_other_users_are_refused() {
 #[tokio::test]
 async fn replies_are_json_lines_or_text_ending_with_a_dot_and_errors_keep_the_connection() {
     let b = TestBroker::start(Kind::Sqlite, &pool()).await;
-    let mut c = Client::connect(&b).await;
+    let mut c = Ctl::connect(&b).await;
     let v = c.json("frobnicate").await;
     assert_eq!(v["ok"], false);
     assert!(
@@ -141,7 +80,7 @@ async fn operator_commands_act_and_are_audited() {
     let b = TestBroker::start(Kind::Sqlite, &pool()).await;
     let (alice, alice_host) = b.start_session("alice", "desktops").await;
     b.start_session("bob", "desktops").await;
-    let mut c = Client::connect(&b).await;
+    let mut c = Ctl::connect(&b).await;
 
     let hello = c.ok("hello").await;
     assert_eq!(hello["sessions"], 2);

@@ -228,3 +228,88 @@ async fn admin_group_members_sign_in_with_their_password() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_drains_a_host_then_takes_it_offline_once_empty() {
+    let h = start("").await;
+    let api = |method: reqwest::Method, path: String| {
+        client()
+            .request(method, format!("{}{path}", h.base))
+            .bearer_auth(&h.rw)
+    };
+    let p: serde_json::Value = api(reqwest::Method::POST, "/api/v1/sessions".into())
+        .json(&serde_json::json!({"user": "alice", "pool": "p"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = p["id"].as_u64().unwrap();
+    api(
+        reqwest::Method::POST,
+        format!("/api/v1/sessions/{id}/confirm"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let (_, cookie) = sign_in(&h, format!("token={}", h.rw)).await;
+    let cookie = cookie.unwrap();
+    let t = csrf(&h, &cookie).await;
+    // The hosts fragment offers it for an online host.
+    let part = client()
+        .get(format!("{}/ui/part/hosts", h.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(part.contains("/ui/hosts/h1/drain-then-offline"), "{part}");
+    let r = client()
+        .post(format!("{}/ui/hosts/h1/drain-then-offline", h.base))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "h1 is draining, and goes offline once empty"
+    );
+    let host = || async {
+        api(reqwest::Method::GET, "/api/v1/hosts/h1".into())
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(host().await["then_offline"], true);
+    api(reqwest::Method::DELETE, format!("/api/v1/sessions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(host().await["admin"], "offline");
+    let audit: serde_json::Value = api(reqwest::Method::GET, "/api/v1/audit".into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_ui = |action: &str| {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["surface"] == "ui" && a["actor"] == "token:ops" && a["action"] == action)
+    };
+    assert!(
+        by_ui("drain --then-offline") && by_ui("offline (drained)"),
+        "{audit}"
+    );
+}

@@ -220,6 +220,8 @@ pub struct Placement {
     pub address: Arc<HostAddr>,
     /// Resume, new reservation, or the live one returned again.
     pub outcome: PlacementOutcome,
+    /// For a resumed session: the backend's own id for it (what an agent command names).
+    pub backend_id: Option<Arc<str>>,
     /// For reservations: when it lapses unless confirmed.
     pub expires_at: Option<Millis>,
     /// Why this host.

@@ -1538,16 +1538,25 @@ impl ClusterState {
             && let Some((id, state)) =
                 self.resume_candidate(uid, pid, pool.spec.options.resume_prefer)
         {
-            let (host, outcome, expires_at) = match state {
+            let (host, outcome, expires_at, backend_id) = match state {
                 None => {
                     let r = &self.reservations[&id];
                     (
                         r.host,
                         PlacementOutcome::ExistingReservation,
                         Some(r.expires_at),
+                        None,
                     )
                 }
-                Some(st) => (self.sessions[&id].host, PlacementOutcome::Resumed(st), None),
+                Some(st) => {
+                    let s = &self.sessions[&id];
+                    (
+                        s.host,
+                        PlacementOutcome::Resumed(st),
+                        None,
+                        s.backend_id.clone(),
+                    )
+                }
             };
             let h = self.host_ref(host).ok_or_else(|| not_found("host", ""))?;
             events.push(Event::Placed(Placement {
@@ -1557,6 +1566,7 @@ impl ClusterState {
                 host: h.name.clone(),
                 address: h.address.clone(),
                 outcome,
+                backend_id,
                 expires_at,
                 reason: self.reason(pool, state.is_some(), false),
             }));
@@ -1632,6 +1642,7 @@ impl ClusterState {
             host,
             address,
             outcome: PlacementOutcome::Reserved,
+            backend_id: None,
             expires_at: Some(expires_at),
             reason,
         }));

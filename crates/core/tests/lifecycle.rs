@@ -8,7 +8,7 @@ use support::*;
 use switchboard_core::event::ReservationEnd;
 use switchboard_core::model::{ReportedState, SessionRecord};
 use switchboard_core::{
-    AdminState, Command, CoreError, Event, Millis, Policy, SessionId, SessionState,
+    AdminState, Command, CoreError, Event, Millis, Policy, SessionId, SessionState, Settings,
 };
 
 fn agent_cluster() -> Cluster {
@@ -434,5 +434,88 @@ fn credentials_are_issued_only_for_agent_hosts_and_revoked_once() {
             host: "x2go1.example.org".into(),
         })
         .is_err()
+    );
+}
+
+#[test]
+fn a_drained_host_goes_offline_when_its_last_reservation_lapses() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::RoundRobin, &[100]);
+    let p = c.reserve("alice", "p");
+    let drain = c.apply(Command::DrainThenOffline {
+        host: "h00".into(),
+        by: "ctl root".into(),
+    });
+    assert!(drain.iter().all(Event::is_durable), "{drain:?}");
+    assert!(
+        drain.iter().any(
+            |e| matches!(e, Event::OfflineWhenEmpty { by: Some(b), .. } if &**b == "ctl root")
+        ),
+        "{drain:?}"
+    );
+    assert_eq!(c.state.host("h00").unwrap().admin, AdminState::Draining);
+    // Still held by the reservation; when it lapses, a timer empties the host.
+    let lapsed = c.advance(Settings::default().reservation_ttl.0 + Duration::from_secs(1));
+    assert!(
+        lapsed
+            .iter()
+            .any(|e| matches!(e, Event::ReservationEnded { id, .. } if *id == p.id)),
+        "{lapsed:?}"
+    );
+    assert!(
+        lapsed.iter().any(|e| matches!(
+            e,
+            Event::AdminStateChanged {
+                state: AdminState::Offline,
+                ..
+            }
+        )) && lapsed
+            .iter()
+            .any(|e| matches!(e, Event::Drained { by, .. } if &**by == "ctl root")),
+        "{lapsed:?}"
+    );
+    let h = c.state.host("h00").unwrap();
+    assert_eq!((h.admin, h.offline_when_empty), (AdminState::Offline, None));
+}
+
+#[test]
+fn timers_that_fire_during_a_refused_command_are_handed_out_later() {
+    let mut c = Cluster::new();
+    c.pool_with_weights(Policy::RoundRobin, &[100]);
+    let p = c.reserve("alice", "p");
+    c.now = c
+        .now
+        .after(Settings::default().reservation_ttl.0 + Duration::from_secs(1));
+    // The reservation lapses inside a command that is then refused.
+    assert!(
+        c.try_apply(Command::SetWeight {
+            host: "nope".into(),
+            weight: 1,
+        })
+        .is_err()
+    );
+    let held = c.state.take_held();
+    assert!(
+        held.iter()
+            .any(|e| matches!(e, Event::ReservationEnded { id, .. } if *id == p.id)),
+        "{held:?}"
+    );
+    assert!(c.state.take_held().is_empty(), "handed out once");
+    // Held events not taken ride along with the next accepted command.
+    c.reserve("bob", "p");
+    c.now = c
+        .now
+        .after(Settings::default().reservation_ttl.0 + Duration::from_secs(1));
+    assert!(
+        c.try_apply(Command::RemovePool {
+            name: "nope".into()
+        })
+        .is_err()
+    );
+    let next = c.apply(Command::Tick);
+    assert!(
+        next.iter()
+            .any(|e| matches!(e, Event::ReservationEnded { .. })),
+        "{next:?}"
     );
 }

@@ -343,9 +343,11 @@ async fn insert_sessions(
 
 impl Store for SqlStore {
     async fn load(&self) -> Result<Durable, StoreError> {
-        let host_rows = sqlx::query("SELECT name, admin, weight, offline_when_empty FROM host_state ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let host_rows = sqlx::query(
+            "SELECT name, admin, weight, offline_when_empty FROM host_state ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let mut hosts = Vec::with_capacity(host_rows.len());
         for row in &host_rows {
             let corrupt = |e: sqlx::Error| StoreError::Corrupt {

@@ -19,6 +19,7 @@ pub mod sessions;
 
 use crate::agents::{AgentHub, CommandError};
 use crate::engine::{EngineError, EngineHandle};
+use crate::kubernetes::KubePools;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::CoreError;
@@ -105,6 +106,9 @@ pub enum ActionError {
         /// Each failure, `id: why`, separated by `; `.
         details: String,
     },
+    /// The Kubernetes API could not delete a session's pod.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] switchboard_k8s::StartError),
     /// No randomness for a new secret.
     #[error("no randomness available: {0}")]
     Random(String),
@@ -131,6 +135,7 @@ impl ActionError {
                 "agent_failed"
             }
             ActionError::NoSessions(_) => "not_found",
+            ActionError::Kubernetes(_) => "kubernetes_unavailable",
             ActionError::Partial { .. } => "partial",
             ActionError::Random(_) => "internal",
         }
@@ -152,15 +157,22 @@ impl ActionError {
 pub struct Actions {
     engine: EngineHandle,
     agents: AgentHub,
+    kube: KubePools,
     store: Arc<SqlStore>,
 }
 
 impl Actions {
-    /// Actions through `engine` and `agents`, audited in `store`.
-    pub fn new(engine: EngineHandle, agents: AgentHub, store: Arc<SqlStore>) -> Actions {
+    /// Actions through `engine`, agents and Kubernetes pools, audited in `store`.
+    pub fn new(
+        engine: EngineHandle,
+        agents: AgentHub,
+        kube: KubePools,
+        store: Arc<SqlStore>,
+    ) -> Actions {
         Actions {
             engine,
             agents,
+            kube,
             store,
         }
     }

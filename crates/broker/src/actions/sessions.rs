@@ -36,8 +36,8 @@ impl Termination {
 /// How a session was ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
-    /// Its agent carried out the command (with this message); the session is `ending` until the
-    /// agent reports it gone.
+    /// Its agent carried out the command (with this message), or for a pod of a Kubernetes
+    /// pool, the pod is being deleted; the session is `ending` until it is reported gone.
     ByAgent(String),
     /// No agent could act on it (agentless host, or no backend id): the record was ended.
     Record,
@@ -75,7 +75,11 @@ impl Actions {
             Ok(None) => (
                 format!("session {id}"),
                 Err(ActionError::Engine(
-                    CoreError::IdNotFound { kind: "session", id }.into(),
+                    CoreError::IdNotFound {
+                        kind: "session",
+                        id,
+                    }
+                    .into(),
                 )),
             ),
             Ok(Some((user, host, reserved))) => {
@@ -159,7 +163,9 @@ impl Actions {
     pub async fn policy_logoff(&self, p: &PolicyLogoff) -> Result<Ended, ActionError> {
         // Whole seconds, rounded up: a 500 ms grace must not become an immediate kill.
         let grace_secs = p.grace.as_millis().div_ceil(1000) as u64;
-        let r = self.end(p.session.id, Termination::Logoff(grace_secs)).await;
+        let r = self
+            .end(p.session.id, Termination::Logoff(grace_secs))
+            .await;
         let (action, target) = describe(p);
         let actor = Actor::new(super::Surface::Policy, "policy");
         self.audit(&actor, &action, &target, &r).await;
@@ -167,16 +173,31 @@ impl Actions {
     }
 
     /// Ends a live session: through its agent when it is on an agent host and has a backend
-    /// id, otherwise by ending the record.
+    /// id, by deleting its pod when it is a Kubernetes pool's, otherwise by ending the record.
     async fn end(&self, id: SessionId, how: Termination) -> Result<Ended, ActionError> {
         let engine = &self.engine;
+        let kube = self.kube.clone();
         let target = engine
             .query(move |s| {
                 let r = s.session(id)?;
-                let agent = s.host(&r.host).is_some_and(|h| h.spec.agent);
-                Some((r.host.to_string(), r.backend_id.filter(|_| agent)))
+                let acts = s.host(&r.host).is_some_and(|h| h.spec.agent)
+                    || kube.by_host(&r.host).is_some();
+                Some((r.host.to_string(), r.backend_id.filter(|_| acts)))
             })
             .await?;
+        if let (Some((host, Some(pod))), Some(pool)) = (
+            &target,
+            target.as_ref().and_then(|(h, _)| self.kube.by_host(h)),
+        ) {
+            // Every way of ending a pod session deletes the pod; it ends when the pod is gone.
+            pool.backend().delete_pod(pod).await?;
+            return match engine.apply(Command::BeginEnding { id }).await {
+                Ok(_) | Err(crate::engine::EngineError::Core(CoreError::IdNotFound { .. })) => {
+                    Ok(Ended::ByAgent(format!("pod {pod} of {host} deleted")))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
         let Some((host, Some(backend_id))) = target else {
             engine.apply(Command::EndSession { id }).await?;
             return Ok(Ended::Record);
@@ -193,8 +214,7 @@ impl Actions {
         let message = self.agents.command(&host, action, AGENT_TIMEOUT).await?;
         match engine.apply(Command::BeginEnding { id }).await {
             // Already gone: the agent's report came first.
-            Ok(_)
-            | Err(crate::engine::EngineError::Core(CoreError::IdNotFound { .. })) => {
+            Ok(_) | Err(crate::engine::EngineError::Core(CoreError::IdNotFound { .. })) => {
                 Ok(Ended::ByAgent(message))
             }
             Err(e) => Err(e.into()),

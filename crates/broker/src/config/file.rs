@@ -4,9 +4,9 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use switchboard_core::Policy;
 use switchboard_core::config::{ConfigDuration, HostAddr};
 use switchboard_core::model::ResumePreference;
-use switchboard_core::Policy;
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]

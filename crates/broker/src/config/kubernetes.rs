@@ -3,12 +3,46 @@
 
 use super::file::{GatewaySection, HomeKind, PoolSection};
 use super::parse_listen;
+use crate::gateway::GatewayConfig;
+use crate::kubernetes::KubePoolConfig;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use switchboard_core::config::ConfigDuration;
-use crate::gateway::GatewayConfig;
-use crate::kubernetes::KubePoolConfig;
+use switchboard_core::config::{Host, HostAddr};
+use switchboard_core::model::{PoolOptions, SessionLimits};
+use switchboard_core::{HostSpec, Policy, PoolSpec};
+
+/// The core's side of a Kubernetes pool: the host that holds its session pods (weight 0, so
+/// placement never picks it) and a pool of that one host carrying the pool's per-user cap.
+pub(super) fn core_pool(k: &KubePoolConfig, policy: Policy) -> (HostSpec, PoolSpec) {
+    let name = crate::kubernetes::session_host(&k.name);
+    let host = HostSpec {
+        name: name.clone(),
+        address: HostAddr {
+            host: Host::Name(format!("pods.{}", k.render.namespace)),
+            port: k.render.default_port,
+        },
+        weight: 0,
+        max_sessions: None,
+        labels: [("kind".to_owned(), "kubernetes".to_owned())].into(),
+        agent: false,
+        probe: false,
+    };
+    let pool = PoolSpec {
+        name: k.name.clone(),
+        policy,
+        options: PoolOptions {
+            limits: SessionLimits {
+                max_sessions_per_user: k.max_sessions_per_user,
+                ..SessionLimits::default()
+            },
+            ..PoolOptions::default()
+        },
+        hosts: vec![name],
+    };
+    (host, pool)
+}
 
 /// The first Kubernetes-only key set on a hosts pool.
 pub(super) fn kube_only_key(p: &PoolSection) -> Option<&'static str> {

@@ -27,7 +27,6 @@
 //! address = "10.0.0.11:22"
 //! ```
 
-
 mod file;
 mod kubernetes;
 mod x2go;
@@ -117,7 +116,6 @@ pub struct Config {
     /// The gateway, if `[gateway] listen` is set.
     pub gateway: Option<GatewayConfig>,
 }
-
 
 /// Checks a pool's session limits: a cap of at least 1, log-off times above zero.
 fn check_limits(l: &SessionLimits) -> Result<(), String> {
@@ -331,6 +329,19 @@ impl FileConfig {
                 hosts: members,
             });
         }
+        // Each Kubernetes pool is a core pool too, with one host holding its session pods.
+        for k in &kube_pools {
+            let (host, pool) = kubernetes::core_pool(k, default_policy);
+            if hosts.iter().any(|h| h.name == host.name) {
+                return Err(format!(
+                    "host {:?}: the name is taken by Kubernetes pool {:?}'s sessions",
+                    host.name, k.name
+                ));
+            }
+            host_pool.insert(host.name.clone(), (hosts.len(), k.name.clone()));
+            hosts.push(host);
+            pools.push(pool);
+        }
         let auth = match &self.auth.method {
             Some(m) => Some(
                 switchboard_auth::Method::parse(
@@ -431,7 +442,6 @@ impl FileConfig {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -473,9 +483,19 @@ max_sessions = 40
     fn a_full_config_parses_with_defaults_filled_in() {
         let c = Config::parse(GOOD, "broker.toml").unwrap();
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.cluster.settings.reservation_ttl.0, Duration::from_secs(90));
-        assert_eq!(c.cluster.settings.failure_penalty.0, Duration::from_secs(600));
-        assert_eq!(c.cluster.hosts.len(), 2, "a host listed in two pools is one host");
+        assert_eq!(
+            c.cluster.settings.reservation_ttl.0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            c.cluster.settings.failure_penalty.0,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            c.cluster.hosts.len(),
+            2,
+            "a host listed in two pools is one host"
+        );
         assert_eq!(c.cluster.hosts[1].weight, 200);
         assert_eq!(c.cluster.hosts[0].weight, 100);
         assert_eq!(c.cluster.pools[0].policy, Policy::LeastLoad);
@@ -560,21 +580,32 @@ max_sessions = 40
         assert!(!x.may_login("bob", "alice"));
         let legacy = c.cluster.hosts.iter().find(|h| h.name == "old1").unwrap();
         assert!(!legacy.agent && legacy.probe);
-        let mate = c.cluster.pools.iter().find(|p| p.name == "pool-mate").unwrap();
+        let mate = c
+            .cluster
+            .pools
+            .iter()
+            .find(|p| p.name == "pool-mate")
+            .unwrap();
         assert_eq!(mate.policy, Policy::LeastLoad);
         assert_eq!(mate.options.limits.max_sessions_per_user, Some(2));
         assert_eq!(
             mate.options.limits.logoff_disconnected_after.unwrap().0,
             Duration::from_secs(8 * 3600)
         );
-        let desktops = c.cluster.pools.iter().find(|p| p.name == "desktops").unwrap();
+        let desktops = c
+            .cluster
+            .pools
+            .iter()
+            .find(|p| p.name == "desktops")
+            .unwrap();
         assert_eq!(
             desktops.options.limits.max_session_age.unwrap().0,
             Duration::from_secs(7 * 86400)
         );
         assert_eq!(c.policy_interval, Duration::from_secs(10));
         assert_eq!(
-            c.cluster.hosts
+            c.cluster
+                .hosts
                 .iter()
                 .find(|h| h.name == "x2go-c")
                 .unwrap()
@@ -625,12 +656,32 @@ max_sessions = 40
         assert_eq!(c.management_socket, Path::new("/run/switchboard/mgmt.sock"));
     }
 
+    fn err_of(text: &str) -> String {
+        Config::parse(text, "b.toml").unwrap_err().message
+    }
+
     #[test]
     fn kubernetes_pools_and_the_gateway_are_checked() {
         let kube = "[[pool]]\nname = \"k\"\nkind = \"kubernetes\"\nnamespace = \"sessions\"\ntemplates = \"/t\"\n";
         let c = Config::parse(kube, "b.toml").unwrap();
         assert_eq!(c.kube_pools.len(), 1);
-        assert!(c.cluster.pools.is_empty(), "a Kubernetes pool is not a hosts pool");
+        // A Kubernetes pool has no configured hosts: its core pool holds only the host of its
+        // session pods, which placement never picks.
+        let pools: Vec<(&str, &[String])> = c
+            .cluster
+            .pools
+            .iter()
+            .map(|p| (p.name.as_str(), p.hosts.as_slice()))
+            .collect();
+        assert_eq!(pools, [("k", &["kubernetes:k".to_owned()][..])]);
+        let h = &c.cluster.hosts[0];
+        assert_eq!((h.weight, h.agent, h.probe), (0, false, false));
+        assert!(
+            err_of(&format!(
+                "{kube}[[pool]]\nname = \"h\"\nagent = false\n[[pool.host]]\nname = \"kubernetes:k\"\naddress = \"127.0.0.2:22\"\n"
+            ))
+            .contains("taken by Kubernetes pool")
+        );
         assert_eq!(c.kube_pools[0].budgets, switchboard_k8s::Budgets::default());
         let err = |text: &str| Config::parse(text, "b.toml").unwrap_err().message;
         assert!(

@@ -5,8 +5,8 @@ use super::{check_limits, merge_host};
 use crate::http::x2go::{
     DEFAULT_AUTOLOGIN_KEY_TTL, DEFAULT_SUSPEND_TIMEOUT, DEFAULT_TOKEN_TTL, X2goConfig,
 };
-use std::sync::Arc;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::config::ConfigDuration;
 use switchboard_core::model::{DEFAULT_WEIGHT, PoolOptions, SessionLimits};

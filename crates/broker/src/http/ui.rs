@@ -13,9 +13,9 @@
 //!
 //! Load sparklines: a sampler keeps each host's last 60 one-minute load averages, one every 2 s.
 
+use super::{AppState, client_ip};
 use crate::actions::hosts::AdminChange;
 use crate::actions::{ActionError, Actor, Surface, Termination};
-use super::{AppState, client_ip};
 use crate::sync::lock;
 use crate::web::html::escape;
 use askama::Template;
@@ -617,7 +617,10 @@ async fn part(
 fn status_line<T>(action: &str, target: &str, r: Result<T, ActionError>, ok: String) -> Response {
     match r {
         Ok(_) => message(StatusCode::OK, ok),
-        Err(e) => message(StatusCode::CONFLICT, format!("{action} {target}: {}", e.message())),
+        Err(e) => message(
+            StatusCode::CONFLICT,
+            format!("{action} {target}: {}", e.message()),
+        ),
     }
 }
 
@@ -680,7 +683,12 @@ async fn terminate_session(
         .actions
         .end_session(&who, SessionId(id), Termination::Terminate)
         .await;
-    status_line("terminate", &id.to_string(), r, format!("session {id} is ending"))
+    status_line(
+        "terminate",
+        &id.to_string(),
+        r,
+        format!("session {id} is ending"),
+    )
 }
 
 /// Logs a user off everywhere; the user name comes as a form field (never in the URL, where
@@ -724,7 +732,10 @@ async fn logoff_user(State(app): State<App>, headers: HeaderMap, body: Bytes) ->
             StatusCode::OK,
             format!("0 session(s) of {user} are being logged off"),
         ),
-        Err(e) => message(StatusCode::CONFLICT, format!("logoff {user}: {}", e.message())),
+        Err(e) => message(
+            StatusCode::CONFLICT,
+            format!("logoff {user}: {}", e.message()),
+        ),
     }
 }
 

@@ -25,13 +25,13 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_auth::authid::AuthIds;
 use switchboard_auth::{AuthError, Authenticator, Method, printable, valid_user};
-use switchboard_core::{Command, CoreError, Event, PlacementOutcome, SessionState};
+use switchboard_core::{CoreError, PlacementOutcome, SessionState};
 use switchboard_proto::agent::Action;
 use switchboard_proto::x2go::{self as wire, Form, Profile, Selected};
 use switchboard_store::SqlStore;
@@ -87,7 +87,6 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(36_000);
 pub const DEFAULT_AUTOLOGIN_KEY_TTL: Duration = Duration::from_secs(60);
 /// Default wait for an agent to suspend a session.
 pub const DEFAULT_SUSPEND_TIMEOUT: Duration = Duration::from_secs(5);
-
 
 /// Backends a URL may name (x2gobroker's; both serve the configured profiles).
 pub const BACKENDS: &[&str] = &["inifile", "zeroconf"];
@@ -428,16 +427,12 @@ impl X2go {
             None
         };
         let sshport = profile.hosts.first().map_or(22, |h| h.address.port);
-        let events = match self
+        let p = match self
             .engine
-            .apply(Command::Reserve {
-                user: login.to_owned(),
-                pool: profile.id.clone(),
-                client: Some(client),
-            })
+            .place(login.to_owned(), profile.id.clone(), Some(client))
             .await
         {
-            Ok(e) => e,
+            Ok(p) => p,
             Err(EngineError::Core(CoreError::NoHostAvailable { excluded, .. })) => {
                 tracing::warn!(profile = %profile.id, login = %printable(login), %excluded, "x2go: no host available");
                 let server = if profile.hosts.len() > 1 {
@@ -460,12 +455,6 @@ impl X2go {
                 return html(StatusCode::SERVICE_UNAVAILABLE);
             }
         };
-        let Some(p) = events.into_iter().find_map(|e| match e {
-            Event::Placed(p) => Some(p),
-            _ => None,
-        }) else {
-            return html(StatusCode::SERVICE_UNAVAILABLE);
-        };
         tracing::info!(user = %p.user, pool = %p.pool, host = %p.host, id = p.id.0, reason = %p.reason, "x2go: placed");
         let entry = profile.hosts.iter().find(|h| *h.name == *p.host);
         let server = match (proto, entry) {
@@ -481,39 +470,32 @@ impl X2go {
             port: p.address.port,
             ..Selected::default()
         };
-        if let PlacementOutcome::Resumed(state) = p.outcome {
-            let id = p.id;
-            let backend = self
-                .engine
-                .query(move |s| s.session(id).and_then(|r| r.backend_id.clone()))
-                .await
-                .ok()
-                .flatten();
-            if let Some(backend) = backend {
-                let info = self.agents.session_info(&p.host, &backend);
-                if state == SessionState::Running {
-                    // Suspend it so this client can take it over; only this request waits.
-                    let r = self
-                        .agents
-                        .command(
-                            &p.host,
-                            Action::Disconnect {
-                                backend_id: backend.to_string(),
-                            },
-                            fe.cfg.suspend_timeout,
-                        )
-                        .await;
-                    sel.session_info = match &r {
-                        Ok(_) => info.map(|i| wire::as_suspended(&i)),
-                        Err(e) => {
-                            // The client is told the truth: the session is still running.
-                            tracing::warn!(host = %p.host, session = %backend, error = %e, "x2go: could not suspend the running session");
-                            info
-                        }
-                    };
-                } else {
-                    sel.session_info = info;
-                }
+        if let PlacementOutcome::Resumed(state) = p.outcome
+            && let Some(backend) = &p.backend_id
+        {
+            let info = self.agents.session_info(&p.host, backend);
+            if state == SessionState::Running {
+                // Suspend it so this client can take it over; only this request waits.
+                let r = self
+                    .agents
+                    .command(
+                        &p.host,
+                        Action::Disconnect {
+                            backend_id: backend.to_string(),
+                        },
+                        fe.cfg.suspend_timeout,
+                    )
+                    .await;
+                sel.session_info = match &r {
+                    Ok(_) => info.map(|i| wire::as_suspended(&i)),
+                    Err(e) => {
+                        // The client is told the truth: the session is still running.
+                        tracing::warn!(host = %p.host, session = %backend, error = %e, "x2go: could not suspend the running session");
+                        info
+                    }
+                };
+            } else {
+                sel.session_info = info;
             }
         }
         if fe.cfg.autologin[idx] {
@@ -596,6 +578,8 @@ impl X2go {
             }
         };
         let ttl = fe.cfg.autologin_key_ttl;
+        // Listening before the key exists: its first use cannot come before we hear of it.
+        let running = self.engine.subscribe_running();
         let expires_at_ms = switchboard_core::Millis::now_wall()
             .0
             .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
@@ -612,34 +596,38 @@ impl X2go {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(host, login = %printable(login), client_key, "x2go: autologin key installed");
-        self.spawn_key_removal(host.to_owned(), login.to_owned(), public, ttl);
+        self.spawn_key_removal(host.to_owned(), login.to_owned(), public, ttl, running);
         Ok(private)
     }
 
-    fn spawn_key_removal(&self, host: String, login: String, key: String, ttl: Duration) {
+    /// Removes the key once `running` announces a running session of `login` on `host` (the
+    /// key's first use), or once `ttl` passes unused.
+    fn spawn_key_removal(
+        &self,
+        host: String,
+        login: String,
+        key: String,
+        ttl: Duration,
+        mut running: tokio::sync::broadcast::Receiver<crate::engine::SessionRunning>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
         let this = self.clone();
         tokio::spawn(async move {
-            let started = switchboard_core::Millis::now_wall();
-            let deadline = tokio::time::Instant::now() + ttl;
-            let mut used = false;
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let (h, l) = (host.clone(), login.clone());
-                used = this
-                    .engine
-                    .query(move |s| {
-                        s.sessions_of_user(&l).into_iter().any(|r| {
-                            *r.host == *h
-                                && r.state == SessionState::Running
-                                && r.updated_at >= started
-                        })
-                    })
-                    .await
-                    .unwrap_or(false);
-                if used {
-                    break;
+            let deadline = tokio::time::sleep(ttl);
+            tokio::pin!(deadline);
+            let used = loop {
+                tokio::select! {
+                    () = &mut deadline => break false,
+                    news = running.recv() => match news {
+                        Ok(s) if *s.host == *host && *s.user == *login => break true,
+                        Ok(_) => {}
+                        // Too much news at once to keep up: the key stays until its TTL, as
+                        // it would without a login.
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => break false,
+                    },
                 }
-            }
+            };
             let r = this
                 .agents
                 .command(
@@ -894,5 +882,5 @@ pub fn routes(shared: AppState, x2go: X2go) -> Router {
         .route("/json/{backend}", post(json_one).get(refused))
         .route("/json/{backend}/", post(json_one).get(refused))
         .route("/json/{backend}/{*rest}", post(json_rest).get(refused))
-    .with_state(app)
+        .with_state(app)
 }

@@ -20,11 +20,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -107,6 +103,7 @@ fn status_of(code: &str) -> StatusCode {
         "agent_timeout" => StatusCode::GATEWAY_TIMEOUT,
         "agent_failed" => StatusCode::BAD_GATEWAY,
         "agent_unsupported" => StatusCode::NOT_IMPLEMENTED,
+        "kubernetes_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -3,10 +3,13 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
+use std::time::Duration;
 use switchboard_broker::Broker;
 use switchboard_broker::config::Config;
 use switchboard_broker::tokens::{self, Access};
 use switchboard_testkit::store::{Kind, fresh_url};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 /// Pools of agentless hosts at 127.0.0.x, as a broker config tail.
@@ -144,4 +147,63 @@ pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
             .as_str()
             .is_some_and(|m| !m.is_empty())
     );
+}
+
+/// A management-socket client (what `switchboard ctl` speaks).
+pub struct Ctl {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Ctl {
+    pub async fn connect(b: &TestBroker) -> Ctl {
+        let s = UnixStream::connect(b.dir.path().join("mgmt.sock"))
+            .await
+            .unwrap();
+        let (r, w) = s.into_split();
+        Ctl {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    pub async fn line(&mut self) -> String {
+        let mut l = String::new();
+        tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut l))
+            .await
+            .unwrap()
+            .unwrap();
+        l.trim_end().to_owned()
+    }
+
+    /// JSON mode (the default): one object per reply.
+    pub async fn json(&mut self, cmd: &str) -> Value {
+        self.writer
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .unwrap();
+        serde_json::from_str(&self.line().await).unwrap()
+    }
+
+    pub async fn ok(&mut self, cmd: &str) -> Value {
+        let v = self.json(cmd).await;
+        assert_eq!(v["ok"], true, "{cmd}: {v}");
+        v["data"].clone()
+    }
+
+    /// Verbose mode: text lines up to ".".
+    pub async fn text(&mut self, cmd: &str) -> Vec<String> {
+        self.writer
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        loop {
+            let l = self.line().await;
+            if l == "." {
+                return out;
+            }
+            out.push(l);
+        }
+    }
 }
