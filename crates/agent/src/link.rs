@@ -18,7 +18,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_core::model::{LoadReport, ReportedSession};
 use switchboard_proto::agent::{
     Action, AgentMessage, BrokerMessage, CAPABILITIES, Codec, OLDEST_PROTOCOL_VERSION,
@@ -26,6 +26,7 @@ use switchboard_proto::agent::{
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;

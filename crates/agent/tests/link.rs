@@ -6,7 +6,7 @@
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_agent::config::AgentConfig;
 use switchboard_agent::link::{self, LinkState};
 use switchboard_broker::Broker;
@@ -17,6 +17,7 @@ use switchboard_proto::agent::{
     Action, AgentMessage, BrokerMessage, Codec, PROTOCOL_VERSION, Secret,
 };
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 

@@ -208,7 +208,7 @@ fn real_proc_twice() {
     let mut s = LoadSampler::new();
     let a = s.sample(1).unwrap();
     // Burn a little CPU so the second delta has ticks to look at.
-    let t = std::time::Instant::now();
+    let t = tokio::time::Instant::now();
     let mut x = 0u64;
     while t.elapsed() < std::time::Duration::from_millis(150) {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);

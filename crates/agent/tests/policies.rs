@@ -6,12 +6,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_agent::config::AgentConfig;
 use switchboard_broker::Broker;
 use switchboard_broker::actions::{Actor, Surface};
 use switchboard_broker::config::Config;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const USER: &str = "sbtest-sess";

@@ -6,12 +6,13 @@
 use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_agent::sources::{
     self, RunLimits, SessionAct, Source, SourceConfig, SourceError, command, logind, run, x2go,
     xpra,
 };
 use switchboard_core::model::{ReportedSession, ReportedState};
+use tokio::time::Instant;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -10,11 +10,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_agent::config::AgentConfig;
 use switchboard_broker::Broker;
 use switchboard_broker::actions::{Actor, Surface};
 use switchboard_broker::config::Config;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const LIST: &str = "#!/bin/sh\ncat \"$1\" 2>/dev/null\n";

@@ -16,7 +16,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Default chain lifetime (X2Go's `auth-timeout` default, 10 hours).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(36_000);
@@ -96,11 +97,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A random UUID (version 4) string.
 pub fn random_uuid() -> Result<String, String> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| format!("no randomness available: {e}"))?;
+    let mut b = crate::secret::random_bytes::<16>().map_err(|e| e.to_string())?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = crate::secret::hex(&b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

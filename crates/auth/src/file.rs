@@ -89,8 +89,7 @@ pub fn check(hash: &str, password: &str) -> bool {
 
 /// An argon2id hash of `password` with a fresh salt.
 pub fn hash(password: &str) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| format!("no randomness available: {e}"))?;
+    let salt = crate::secret::random_bytes::<16>().map_err(|e| e.to_string())?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

@@ -13,11 +13,21 @@
 //! the last PAM slot, so users with clean records always get one. [`authid`] holds X2Go's AUTHID tokens
 //! (random, single-use, rotating, bound to an address, expiring, bounded in number). [`groups`]
 //! looks up a user's groups through NSS for group ACLs.
+//!
+//! # Layout
+//! - [`authid`]: X2Go's AUTHID tokens.
+//! - [`file`]: the `file:PATH` password file (argon2, bcrypt).
+//! - [`groups`]: a user's groups through NSS.
+//! - [`pam`]: the PAM method on its pool of blocking threads.
+//! - [`secret`]: random secrets (bytes, hex, prefixed base64url tokens), SHA-256 hex and
+//!   constant-time comparison: the one place in Switchboard where secrets are drawn and compared.
+//! - [`throttle`]: per-source failure delays.
 
 pub mod authid;
 pub mod file;
 pub mod groups;
 pub mod pam;
+pub mod secret;
 pub mod throttle;
 
 use std::net::IpAddr;

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
 
 /// Most sources remembered at once; beyond it idle entries are dropped first.
 pub const MAX_SOURCES: usize = 65_536;

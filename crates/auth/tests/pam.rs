@@ -3,8 +3,9 @@
 //! creates. Needs root (to create the user and the PAM service file), as `./scripts/test` runs.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_auth::{AuthError, Authenticator, Method, throttle::Throttle};
+use tokio::time::Instant;
 
 fn ensure_user() -> (&'static str, &'static str, &'static str) {
     switchboard_testkit::pam_test_user()

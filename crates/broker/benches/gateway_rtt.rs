@@ -5,6 +5,7 @@
 //!
 //! Run: `cargo bench -p switchboard-broker --bench gateway_rtt` (`ROUNDS=…`, default 20,000).
 #![allow(clippy::unwrap_used)] // a failed step fails the run loudly
+#![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_core::Command;
 use switchboard_core::model::ReportedSession;
 use switchboard_proto::agent::{
@@ -38,6 +38,7 @@ use switchboard_proto::agent::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -171,22 +172,7 @@ struct Penalty {
 
 /// A new agent credential: `sba_` and 43 base64url characters (256 bits of randomness).
 pub fn new_credential() -> Result<String, String> {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness available: {e}"))?;
-    Ok(format!(
-        "sba_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
-}
-
-/// Constant-time comparison of two equally long strings (hex hashes).
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    switchboard_auth::secret::random_token("sba_", 32).map_err(|e| e.to_string())
 }
 
 impl AgentHub {
@@ -756,7 +742,10 @@ impl AgentHub {
                 "no credential is enrolled for host {name:?}; issue one with `switchboard ctl enroll {name}` or POST /api/v1/hosts/{name}/credentials"
             ));
         };
-        if !same(&crate::tokens::hash(&credential.0), &hash) {
+        if !switchboard_auth::secret::ct_eq(
+            crate::tokens::hash(&credential.0).as_bytes(),
+            hash.as_bytes(),
+        ) {
             return Err(format!("credential rejected for host {name:?}"));
         }
         Ok((name, interval, hash, version, capabilities))
@@ -858,17 +847,5 @@ impl AgentHub {
                 Ok(())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same;
-
-    #[test]
-    fn hash_comparison_needs_equal_strings() {
-        assert!(same("abc", "abc"));
-        assert!(!same("abc", "abd"));
-        assert!(!same("abc", "abcd"));
     }
 }

@@ -15,7 +15,7 @@
 use crate::snapshot::{HostInfo, PoolInfo, Snapshot, host_info};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_core::model::{SessionState, Settings};
 use switchboard_core::placement::Exclusion;
 use switchboard_core::{
@@ -23,6 +23,7 @@ use switchboard_core::{
 };
 use switchboard_store::{Store, StoreError};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Requests queued at most; senders wait when the engine is this far behind.

@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -145,10 +146,9 @@ pub struct GatewayConfig {
     pub html5_client: PathBuf,
 }
 
-fn secret() -> String {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A new cookie or connect token: 128 random bits as hex.
+fn secret() -> Result<String, switchboard_auth::secret::SecretError> {
+    switchboard_auth::secret::random_hex(16)
 }
 
 /// Serves the gateway on `listener` (bound by the caller; with `tls` when it speaks HTTPS/WSS)
@@ -288,7 +288,15 @@ async fn login(
     };
     match gw.auth.verify(&user, &password, peer.ip()).await {
         Ok(()) => {
-            let c = secret();
+            let c = match secret() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "gateway sign-in: no session cookie");
+                    let mut r = login_form(Some("Sign-in is unavailable; try again later."));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    return r;
+                }
+            };
             gw.signed_in.lock().expect("sessions").insert(
                 c.clone(),
                 user.clone(),
@@ -348,14 +356,14 @@ async fn session_types(gw: &Gw, user: &str) -> Vec<String> {
 }
 
 /// The user's connect token (a live one with at least a minute left, or a new one).
-fn connect_token(gw: &Gw, user: &str) -> String {
+fn connect_token(gw: &Gw, user: &str) -> Result<String, switchboard_auth::secret::SecretError> {
     let mut tokens = gw.tokens.lock().expect("tokens");
     if let Some(t) = tokens.of_user(user, Duration::from_secs(60).min(gw.cfg.token_ttl / 2)) {
-        return t;
+        return Ok(t);
     }
-    let t = secret();
+    let t = secret()?;
     tokens.insert(t.clone(), user.to_string(), gw.cfg.token_ttl);
-    t
+    Ok(t)
 }
 
 async fn landing(State(gw): State<Gw>, User(user): User, headers: HeaderMap) -> Response {
@@ -365,7 +373,17 @@ async fn landing(State(gw): State<Gw>, User(user): User, headers: HeaderMap) -> 
         .and_then(|h| h.to_str().ok())
         .unwrap_or("HOST");
     let scheme = if gw.tls { "wss" } else { "ws" };
-    let token = connect_token(&gw, &user);
+    let token = match connect_token(&gw, &user) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway: no connect token");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no randomness available for a connect token; try again later\n",
+            )
+                .into_response();
+        }
+    };
     let mins = gw.cfg.token_ttl.as_secs().div_ceil(60);
     let e = crate::web::html::escape;
     let mut list = String::new();

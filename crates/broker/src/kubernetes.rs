@@ -182,11 +182,6 @@ async fn report_pods(
     engine: EngineHandle,
     shutdown: CancellationToken,
 ) {
-    // Until the pod cache has listed once, an empty cache says nothing about the pods.
-    tokio::select! {
-        () = shutdown.cancelled() => return,
-        () = lifecycle.backend().cache_ready() => {}
-    }
     let mut tick = tokio::time::interval(INVENTORY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported: Option<Vec<ReportedSession>> = None;
@@ -194,6 +189,12 @@ async fn report_pods(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        // Until the pod cache has listed once, an empty cache says nothing about the pods. Asked
+        // each tick rather than awaited: kube's readiness future wakes only the last of several
+        // tasks waiting on it, and the pool's lifecycle loop waits on it too.
+        if futures_util::FutureExt::now_or_never(lifecycle.backend().cache_ready()).is_none() {
+            continue;
         }
         let now = pod_sessions(&lifecycle);
         if reported.as_ref() == Some(&now) {

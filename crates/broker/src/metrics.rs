@@ -25,7 +25,7 @@ const REPORT_BUCKETS: &[f64] = &[
 
 /// Records, for each agent report applied since the last snapshot, the time from its arrival to
 /// `published` (when a snapshot showing it went out), and forgets them.
-pub fn reports_published(arrived: &mut Vec<std::time::Instant>, published: std::time::Instant) {
+pub fn reports_published(arrived: &mut Vec<tokio::time::Instant>, published: tokio::time::Instant) {
     if arrived.is_empty() {
         return;
     }

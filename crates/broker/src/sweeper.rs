@@ -16,8 +16,8 @@ use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::time::Instant;
 use switchboard_core::SessionId;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Default time between sweeps.

@@ -6,8 +6,6 @@
 //! The broker rereads the file when it changes, without a restart.
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -74,8 +72,7 @@ fn io(path: &Path, source: std::io::Error) -> TokenError {
 
 /// Hex SHA-256 of a token.
 pub fn hash(token: &str) -> String {
-    let d = Sha256::digest(token.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    switchboard_auth::secret::sha256_hex(token)
 }
 
 fn valid_name(n: &str) -> bool {
@@ -160,13 +157,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), TokenError> {
 
 /// A new random token: `sbt_` and 43 base64url characters (256 bits).
 pub fn generate() -> Result<String, TokenError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| TokenError::Name(format!("no randomness available: {e}")))?;
-    Ok(format!(
-        "sbt_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+    switchboard_auth::secret::random_token("sbt_", 32).map_err(|e| TokenError::Name(e.to_string()))
 }
 
 /// Adds a token named `name` and returns it (the file keeps only its hash).

@@ -198,13 +198,13 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     let b = TestBroker::start(Kind::Sqlite, &three_hosts()).await;
     assert_eq!(b.call("GET", "/api/v1/hosts", None).await.0, 200);
     switchboard_broker::tokens::revoke(&b.tokens_file, "admin").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if b.call("GET", "/api/v1/hosts", None).await.0 == 401 {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "revoked token still accepted"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -220,7 +220,7 @@ async fn revoked_tokens_stop_working_without_a_restart() {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "new token not picked up"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -7,10 +7,11 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 use switchboard_testkit::kubeapi::FakeApiServer;
 use switchboard_testkit::store::Kind;
+use tokio::time::Instant;
 
 fn template(ty: &str) -> String {
     format!(
@@ -37,8 +38,8 @@ async fn broker(api: &FakeApiServer, cap: u32, kind: Kind) -> (TestBroker, tempf
     (TestBroker::start(kind, &extra).await, tmp)
 }
 
-/// Polls `check` until it holds (at most 15 s).
-async fn eventually<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it holds (at most 15 s); the failure shows what the broker holds.
+async fn eventually<F, Fut>(b: &TestBroker, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -50,7 +51,15 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{what}: not within 15 s");
+    panic!("{what}: not within 15 s\n{}", views(b).await);
+}
+
+/// What the broker shows of pool `k8s` (for failure messages).
+async fn views(b: &TestBroker) -> String {
+    let pods = b.call("GET", "/api/v1/kubernetes/k8s/sessions", None).await;
+    let host = b.call("GET", "/api/v1/hosts/kubernetes:k8s", None).await;
+    let all = b.call("GET", "/api/v1/sessions", None).await;
+    format!("pods {pods:?}\nhost {host:?}\nsessions {all:?}")
 }
 
 async fn sessions_of(b: &TestBroker, user: &str) -> Vec<Value> {
@@ -73,7 +82,7 @@ async fn a_session_pod_is_a_session_everywhere_and_logoffuser_ends_it() {
         .await;
     assert_eq!(started["pod"], "alice-xfce", "{started}");
     // The core lists it: REST, with its pod as the backend id, on the pool's pod host.
-    eventually("the pod is a session of the core", || async {
+    eventually(&b, "the pod is a session of the core", || async {
         sessions_of(&b, "alice").await.len() == 1
     })
     .await;
@@ -116,11 +125,11 @@ async fn a_session_pod_is_a_session_everywhere_and_logoffuser_ends_it() {
     // logoffuser ends it: the pod is deleted, and the session ends when it is gone.
     let r = ctl.ok("logoffuser alice").await;
     assert_eq!(r[0]["ok"], true, "{r}");
-    eventually("the pod is deleted", || async {
+    eventually(&b, "the pod is deleted", || async {
         api.pod("sessions", "alice-xfce").is_none()
     })
     .await;
-    eventually("the session ended", || async {
+    eventually(&b, "the session ended", || async {
         sessions_of(&b, "alice").await.is_empty()
     })
     .await;
@@ -146,7 +155,7 @@ async fn the_dashboard_lists_pod_sessions_and_rest_delete_ends_them() {
         Some(json!({"user": "bob", "session_type": "kde"})),
     )
     .await;
-    eventually("the pod is a session", || async {
+    eventually(&b, "the pod is a session", || async {
         sessions_of(&b, "bob").await.len() == 1
     })
     .await;
@@ -188,11 +197,11 @@ async fn the_dashboard_lists_pod_sessions_and_rest_delete_ends_them() {
         .call("DELETE", &format!("/api/v1/sessions/{id}"), None)
         .await;
     assert_eq!(status, 202, "{body}");
-    eventually("the pod is deleted", || async {
+    eventually(&b, "the pod is deleted", || async {
         api.pod("sessions", "bob-kde").is_none()
     })
     .await;
-    eventually("the session ended", || async {
+    eventually(&b, "the session ended", || async {
         sessions_of(&b, "bob").await.is_empty()
     })
     .await;
@@ -208,14 +217,17 @@ async fn pods_found_at_start_are_adopted_and_vanished_ones_ended() {
         Some(json!({"user": "carol", "session_type": "xfce"})),
     )
     .await;
-    eventually("the pod is a session", || async {
-        sessions_of(&b, "carol").await.len() == 1
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while sessions_of(&b, "carol").await.len() != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    assert!(found.is_ok(), "the pod is a session: {}", views(&b).await);
     let id = sessions_of(&b, "carol").await[0]["id"].clone();
     // Across a restart the session keeps its id (it is durable, and the pod is still there).
     b.restart().await;
-    eventually("the session is back", || async {
+    eventually(&b, "the session is back", || async {
         sessions_of(&b, "carol")
             .await
             .first()
@@ -225,7 +237,7 @@ async fn pods_found_at_start_are_adopted_and_vanished_ones_ended() {
     .await;
     // A pod removed behind the broker's back ends its session.
     api.remove("sessions", "carol-xfce");
-    eventually("the vanished pod's session ended", || async {
+    eventually(&b, "the vanished pod's session ended", || async {
         sessions_of(&b, "carol").await.is_empty()
     })
     .await;

@@ -28,7 +28,7 @@ async fn metrics_count_placements_and_sessions() {
         None,
     )
     .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let text = b
             .client
@@ -48,7 +48,7 @@ async fn metrics_count_placements_and_sessions() {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "metrics missing:\n{text}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

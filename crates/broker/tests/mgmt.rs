@@ -5,9 +5,10 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 use switchboard_testkit::store::Kind;
+use tokio::time::Instant;
 
 fn pool() -> String {
     pools_toml("desktops", &[("h1", 100), ("h2", 100)])

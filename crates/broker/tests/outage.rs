@@ -7,9 +7,10 @@ mod support;
 
 use serde_json::json;
 use sqlx::Executor;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 use switchboard_testkit::store::{Kind, POSTGRES_URL_VAR};
+use tokio::time::Instant;
 
 async fn admin(sql: &str) {
     let base = std::env::var(POSTGRES_URL_VAR).unwrap();

@@ -3,9 +3,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 use switchboard_testkit::store::Kind;
+use tokio::time::Instant;
 
 #[tokio::test]
 async fn probes_bring_listening_hosts_up_and_keep_closed_ones_out() {

@@ -188,7 +188,7 @@ async fn a_token_sign_in_ends_when_the_token_is_revoked() {
     };
     assert_eq!(part().await.unwrap().status().as_u16(), 200);
     tokens::revoke(&h._dir.path().join("tokens"), "ops").unwrap();
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     while part().await.unwrap().status().as_u16() != 401 {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),

@@ -6,6 +6,7 @@
 //! parser and printers, the director's process, its diff, its `ipvsadm -S -n`/`-L -n`/`-R`/
 //! `--set` calls and `switchboard ctl`. What is not: the kernel's forwarding of packets.
 //! The test never runs where a real IPVS table exists.
+#![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,6 +2,7 @@
 //! stream of 1,000 mixed mutations, restarted on the same store, and checked. Runs on SQLite and
 //! on PostgreSQL.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+#![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};

@@ -2,6 +2,7 @@
 //! agent links to it over TLS and reports this machine's load, simulated hosts join with
 //! `--simulate`, and a second start reuses the credential and the CA.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+#![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

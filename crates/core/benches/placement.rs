@@ -8,7 +8,7 @@
 //!
 //! Targets (issue: foundation): placement median ≤ 2 µs, load report ≤ 1 µs, 1,000,000 sessions
 //! ≤ 300 MB.
-
+#![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 #![allow(clippy::unwrap_used)] // a benchmark aborts on any error, by design
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};

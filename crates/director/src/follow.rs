@@ -11,38 +11,15 @@
 use crate::Director;
 use crate::config::{Backends, BrokerConfig};
 use crate::service::BackendSpec;
-use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use switchboard_proto::watch::PoolEvent;
 use tokio_util::sync::CancellationToken;
 
-/// Largest event accepted from the broker.
-const MAX_EVENT: usize = 4 << 20;
-
-/// One host of a pool as the broker's watch stream sends it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct PoolHost {
-    /// Host name.
-    pub name: String,
-    /// Its address (an IP literal).
-    pub address: String,
-    /// Weight.
-    pub weight: u32,
-    /// `online`, `draining` or `offline`.
-    pub admin: String,
-    /// `up`, `unreachable` or `unknown`.
-    pub health: String,
-}
-
-/// A `pool` event.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct PoolView {
-    /// The pool.
-    pub pool: String,
-    /// Its hosts.
-    pub hosts: Vec<PoolHost>,
-}
+/// The watch stream's wire types (defined in `switchboard_proto::watch`, shared with the
+/// broker), re-exported under the names the director's public API has always had.
+pub use switchboard_proto::watch::{PoolEvent as PoolView, PoolHost, SseParser};
 
 /// The followers of pool-backed services, one task per service.
 #[derive(Debug)]
@@ -206,7 +183,7 @@ async fn stream(
             if event != "pool" {
                 continue;
             }
-            let view: PoolView =
+            let view: PoolEvent =
                 serde_json::from_str(&data).map_err(|e| format!("bad pool event: {e}"))?;
             apply(director, service, port, &view)?;
             seen = true;
@@ -220,7 +197,7 @@ pub(crate) fn apply(
     director: &Director,
     service: &str,
     port: u16,
-    view: &PoolView,
+    view: &PoolEvent,
 ) -> Result<(), String> {
     let s = director
         .service(service)
@@ -260,54 +237,6 @@ pub(crate) fn apply(
     Ok(())
 }
 
-/// A server-sent events parser with a size limit: yields (event, data) pairs.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-}
-
-impl SseParser {
-    /// Feeds bytes; returns the events completed by them.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        loop {
-            let text = &self.buf;
-            let end = text
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|i| (i, i + 2));
-            let Some((at, next)) = end else {
-                if self.buf.len() > MAX_EVENT {
-                    return Err(format!("event larger than {MAX_EVENT} bytes"));
-                }
-                return Ok(out);
-            };
-            let block = String::from_utf8(self.buf[..at].to_vec())
-                .map_err(|_| "event is not UTF-8".to_owned())?;
-            self.buf.drain(..next);
-            let mut event = String::from("message");
-            let mut data: Vec<&str> = Vec::new();
-            for line in block.lines() {
-                let line = line.strip_suffix('\r').unwrap_or(line);
-                if line.starts_with(':') {
-                    continue;
-                }
-                let (k, v) = line.split_once(':').unwrap_or((line, ""));
-                let v = v.strip_prefix(' ').unwrap_or(v);
-                match k {
-                    "event" => event = v.to_owned(),
-                    "data" => data.push(v),
-                    _ => {}
-                }
-            }
-            if !data.is_empty() {
-                out.push((event, data.join("\n")));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -339,7 +268,7 @@ mod tests {
         let silence = Duration::from_millis(300);
         let first = next_chunk(&mut resp, silence).await.unwrap();
         assert_eq!(first.as_deref(), Some(&b": hi\n\n"[..]));
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = next_chunk(&mut resp, silence).await.unwrap_err();
         assert!(err.contains("no data from the broker"), "{err}");
         assert!(
@@ -352,15 +281,5 @@ mod tests {
             "three missed 15 s keep-alives"
         );
         server.abort();
-    }
-
-    #[test]
-    fn events_are_split_across_chunks_and_comments_skipped() {
-        let mut p = SseParser::default();
-        assert!(p.push(b": keepalive\n\nevent: po").unwrap().is_empty());
-        let e = p.push(b"ol\ndata: {\"a\":\ndata: 1}\n\n").unwrap();
-        assert_eq!(e, vec![("pool".to_owned(), "{\"a\":\n1}".to_owned())]);
-        let big = vec![b'x'; MAX_EVENT + 1];
-        assert!(p.push(&big).is_err());
     }
 }

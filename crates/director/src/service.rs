@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_core::schedule::{Client, Dest, Scheduler};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Most persistence entries one service keeps; beyond, new clients are scheduled without one.

@@ -5,6 +5,7 @@
 //! Run: `cargo bench -p switchboard-k8s --bench start_or_get` (`PODS=…` to change the 10,000).
 //! Prints one table; nothing is asserted (targets are read off the figures).
 #![allow(clippy::unwrap_used)] // a failed step fails the run loudly
+#![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use std::time::{Duration, Instant};
 

@@ -252,7 +252,19 @@ impl Backend {
 
     /// Waits until the pod cache holds the first full list.
     pub async fn cache_ready(&self) {
-        let _ = self.inner.cache.wait_until_ready().await;
+        // kube's readiness future wakes only the last of several tasks waiting on it, so the
+        // others look again now and then instead of waiting for a wake-up that never comes.
+        loop {
+            match tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                self.inner.cache.wait_until_ready(),
+            )
+            .await
+            {
+                Ok(_) => return,
+                Err(_) => continue,
+            }
+        }
     }
 
     /// The pool's pods as last seen (for reconciliation and the API).

@@ -229,7 +229,7 @@ async fn broken_pods_fail_fast_with_the_kubernetes_reason() {
         ("huge", &["Unschedulable"][..]),
         ("crashy", &["CrashLoopBackOff"][..]),
     ] {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = tokio::time::timeout(Duration::from_secs(5), b.start_or_get(&alice(), ty).wait())
             .await
             .expect("fails fast, long before the 30 s budgets")

@@ -14,10 +14,15 @@
 //! - [`ipvsadm`]: `ipvsadm` text: the `-S -n` / `-R` rules, the change lines that apply an IPVS
 //!   table diff, `--set` timeouts and the `-L -n` connection counters.
 //!
+//! - [`watch`]: the broker's pool watch stream (`GET /api/v1/pools/{name}/watch`): the `pool`
+//!   event the broker sends and the director follows, and the server-sent events parser (at most
+//!   4 MiB an event).
+//!
 //! Each parser has a size limit and a fuzz target.
 
 pub mod agent;
 pub mod ipvsadm;
 pub mod mgmt;
 pub mod mgmt_socket;
+pub mod watch;
 pub mod x2go;

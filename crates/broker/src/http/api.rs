@@ -476,39 +476,10 @@ async fn list_pools(
     Ok(Json(PoolPage { items, next_cursor }))
 }
 
-/// One host of a pool as a watch stream sends it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct PoolWatchHost {
-    /// Host name.
-    pub name: String,
-    /// Its address as configured (an IP literal or a name).
-    pub address: String,
-    /// The port configured for it.
-    pub port: u16,
-    /// Weight.
-    pub weight: u32,
-    /// `online`, `draining` or `offline`.
-    pub admin: String,
-    /// `up`, `unreachable` or `unknown`.
-    pub health: String,
-    /// Whether placement would consider it now (and why not otherwise).
-    pub excluded: Option<String>,
-    /// Live sessions.
-    pub sessions: u32,
-    /// The 1-minute load average its agent last reported, to one decimal.
-    pub load_avg: Option<f64>,
-}
-
-/// A `pool` event of `GET /api/v1/pools/{name}/watch`: the pool's whole view.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct PoolWatchEvent {
-    /// The pool.
-    pub pool: String,
-    /// Its hosts, in configured order.
-    pub hosts: Vec<PoolWatchHost>,
-}
-
-fn pool_view(snap: &crate::snapshot::Snapshot, pool: &str) -> Option<PoolWatchEvent> {
+fn pool_view(
+    snap: &crate::snapshot::Snapshot,
+    pool: &str,
+) -> Option<switchboard_proto::watch::PoolEvent> {
     let p = snap.pools.iter().find(|p| p.name == pool)?;
     // One pass over the snapshot, not one per member: a pool of 10,000 hosts costs 10,000
     // lookups an event, not 50 million comparisons.
@@ -518,7 +489,7 @@ fn pool_view(snap: &crate::snapshot::Snapshot, pool: &str) -> Option<PoolWatchEv
         .hosts
         .iter()
         .filter_map(|name| by_name.get(name.as_str()).copied())
-        .map(|h| PoolWatchHost {
+        .map(|h| switchboard_proto::watch::PoolHost {
             name: h.name.clone(),
             address: h.address.clone(),
             port: h.port,
@@ -533,18 +504,18 @@ fn pool_view(snap: &crate::snapshot::Snapshot, pool: &str) -> Option<PoolWatchEv
                 .map(|l| (l.load_avg[0] * 10.0).round() / 10.0),
         })
         .collect();
-    Some(PoolWatchEvent {
+    Some(switchboard_proto::watch::PoolEvent {
         pool: p.name.clone(),
         hosts,
     })
 }
 
-/// Follow a pool: server-sent events, one `pool` event ([`PoolWatchEvent`]) at once and one after
+/// Follow a pool: server-sent events, one `pool` event ([`switchboard_proto::watch::PoolEvent`]) at once and one after
 /// every change of its hosts' state, weight, drain, health or load (at most one a second), and a
 /// comment line every 15 s to keep proxies from closing the stream. The director follows pools
 /// with it.
 #[utoipa::path(get, path = "/api/v1/pools/{name}/watch", params(("name" = String, Path, description = "Pool name")),
-    responses((status = 200, description = "text/event-stream of `pool` events", content_type = "text/event-stream", body = PoolWatchEvent),
+    responses((status = 200, description = "text/event-stream of `pool` events", content_type = "text/event-stream", body = switchboard_proto::watch::PoolEvent),
         (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn watch_pool(
@@ -560,7 +531,7 @@ async fn watch_pool(
             format!("no pool {name:?}"),
         )
     })?;
-    let event = |v: &PoolWatchEvent| {
+    let event = |v: &switchboard_proto::watch::PoolEvent| {
         SseEvent::default()
             .event("pool")
             .json_data(v)
@@ -568,7 +539,7 @@ async fn watch_pool(
     };
     let stop = app.shutdown.clone();
     let stream = futures_util::stream::unfold(
-        (rx, Some(first), None::<PoolWatchEvent>),
+        (rx, Some(first), None::<switchboard_proto::watch::PoolEvent>),
         move |(mut rx, pending, last)| {
             let (name, stop) = (name.clone(), stop.clone());
             async move {

@@ -23,8 +23,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use switchboard_store::SqlStore;
+use tokio::time::Instant;
 
 /// What every frontend on the HTTP listener can reach.
 #[derive(Clone)]

@@ -28,11 +28,12 @@ use axum::routing::{get, post};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use switchboard_auth::{AuthError, Authenticator, printable};
+use std::time::Duration;
+use switchboard_auth::{AuthError, Authenticator, printable, secret};
 use switchboard_core::SessionId;
 use switchboard_proto::mgmt::Target;
 use switchboard_store::Store;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a dashboard sign-in lasts.
@@ -70,13 +71,6 @@ pub struct Ui {
     https: bool,
 }
 
-/// 256 random bits as hex, or `None` when the system has no randomness to give.
-fn random_hex() -> Option<String> {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).ok()?;
-    Some(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
 impl Ui {
     /// A dashboard; password sign-in needs both `auth` (not `none`) and `admin_group`.
     pub fn new(auth: Option<Authenticator>, admin_group: Option<String>, https: bool) -> Ui {
@@ -111,8 +105,9 @@ impl Ui {
     }
 
     fn sign_in(&self, who: String, token_hash: Option<String>) -> Option<(String, String)> {
-        let sid = random_hex()?;
-        let csrf = random_hex()?;
+        // 256 random bits each; `None` when the system has no randomness to give.
+        let sid = secret::random_hex(32).ok()?;
+        let csrf = secret::random_hex(32).ok()?;
         let mut s = lock(&self.sessions);
         let now = Instant::now();
         s.retain(|_, v| v.expires > now);
@@ -434,13 +429,7 @@ fn authorised(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<UiSession,
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| form(body).remove("csrf"));
-    let ok = presented.is_some_and(|p| {
-        p.len() == s.csrf.len()
-            && p.bytes()
-                .zip(s.csrf.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    let ok = presented.is_some_and(|p| secret::ct_eq(p.as_bytes(), s.csrf.as_bytes()));
     if ok {
         Ok(s)
     } else {

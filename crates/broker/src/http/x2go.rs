@@ -28,22 +28,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_auth::authid::AuthIds;
 use switchboard_auth::{AuthError, Authenticator, Method, printable, valid_user};
 use switchboard_core::{CoreError, PlacementOutcome, SessionState};
 use switchboard_proto::agent::Action;
-use switchboard_proto::x2go::{self as wire, Form, Profile, Selected};
+use switchboard_proto::x2go::{self as wire, Form, Profile, Selected, dialect};
 use switchboard_store::SqlStore;
+use tokio::time::Instant;
 
-/// Which protocol a request speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    /// `/plain/`: X2Go Client.
-    Plain,
-    /// `/json/`: python3-x2go.
-    Json,
-}
+/// Which dialect a request speaks (the wire details are `switchboard_proto::x2go::dialect`).
+pub use switchboard_proto::x2go::dialect::Dialect as Proto;
 
 /// The X2Go frontend's settings and profiles.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,10 +209,7 @@ impl X2go {
             Err(e) => return bad_request(&e),
         };
         if form.task == "testcon" {
-            return match proto {
-                Proto::Plain => ok(proto, "Access granted\nOK\n".to_owned()),
-                Proto::Json => ok(proto, String::new()),
-            };
+            return ok(proto, proto.testcon().to_owned());
         }
         let (user, authid) = match self.authenticate(fe, &form, client).await {
             Ok(v) => v,
@@ -683,13 +675,11 @@ fn allowed(p: &Profile, user: &str, groups: Option<&[String]>, client: IpAddr) -
 }
 
 fn ok(proto: Proto, body: String) -> Response {
-    let ct = match proto {
-        Proto::Plain => "text/plain; charset=utf-8",
-        Proto::Json => "text/json; charset=utf-8",
-    };
     let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(proto.content_type()),
+    );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -697,33 +687,23 @@ fn ok(proto: Proto, body: String) -> Response {
 
 /// An error page as tornado writes it (X2Go clients show it).
 pub fn html(status: StatusCode) -> Response {
-    let text = format!(
-        "{}: {}",
+    let body = dialect::error_page(
         status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
+        status.canonical_reason().unwrap_or("Error"),
     );
-    let body = if status == StatusCode::UNAUTHORIZED {
-        wire::UNAUTHORIZED_BODY.to_owned()
-    } else {
-        format!("<html><title>{text}</title><body>{text}</body></html>")
-    };
     let mut r = (status, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+        HeaderValue::from_static(dialect::HTML),
     );
     r
 }
 
 fn bad_request(message: &str) -> Response {
-    let mut r = (
-        StatusCode::BAD_REQUEST,
-        format!("400: Bad Request: {message}\n"),
-    )
-        .into_response();
+    let mut r = (StatusCode::BAD_REQUEST, dialect::bad_request(message)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(dialect::TEXT),
     );
     r
 }

@@ -5,6 +5,7 @@
 //! limit; `fuzz/` has targets for the profiles file and the request form.
 
 pub mod acl;
+pub mod dialect;
 pub mod ini;
 
 use acl::Acl;
