@@ -12,10 +12,15 @@ Targets (issue: agent): CPU <= 50 % of one core, RSS <= 1 GiB, p99 <= 200 ms, al
 within 30 s of a restart.
 
 Usage: bench/agents.py BINARY [N] [STEADY_SECONDS]
+
+Besides the human output, every headline figure is printed once more as
+`FIGURE name=value unit higher|lower|info` (which way is better; info: not a performance figure),
+for bench/compare.sh.
 """
 
 import http.client
 import json
+import math
 import os
 import resource
 import signal
@@ -29,6 +34,12 @@ BIN = os.path.abspath(sys.argv[1])
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
 STEADY = int(sys.argv[3]) if len(sys.argv) > 3 else 30
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def figure(name, value, unit, better):
+    """One machine-readable line; nothing when the figure was not measured."""
+    if value is not None and math.isfinite(value):
+        print("FIGURE %s=%.6g %s %s" % (name, value, unit, better))
 
 
 def free_port():
@@ -159,6 +170,7 @@ def main():
     try:
         broker, ready_s = start_broker()
         print("broker ready in %.2f s with %d hosts configured" % (ready_s, N))
+        figure("start_ready_s", ready_s, "s", "lower")
         api = Api(http_port, token)
         t0 = time.time()
         creds = os.path.join(work, "credentials")
@@ -169,7 +181,9 @@ def main():
                 if status != 201:
                     raise RuntimeError("enroll %s: %d %s" % (sim_name(i), status, body[:200]))
                 f.write("%s %s\n" % (sim_name(i), json.loads(body)["credential"]))
-        print("enrolled %d hosts in %.1f s (durable, one API call each)" % (N, time.time() - t0))
+        enroll_s = time.time() - t0
+        print("enrolled %d hosts in %.1f s (durable, one API call each)" % (N, enroll_s))
+        figure("enroll_s", enroll_s, "s", "lower")
         agent_cfg = os.path.join(work, "agent.toml")
         with open(agent_cfg, "w") as f:
             f.write('broker = "127.0.0.1:%d"\nserver_name = "localhost"\n' % agent_port)
@@ -182,6 +196,7 @@ def main():
         if linked is None:
             raise RuntimeError("not all agents linked within 120 s")
         print("all %d agents linked %.1f s after the simulator started" % (N, linked))
+        figure("linked_s", linked, "s", "lower")
 
         # Steady state: reports every second from every host.
         time.sleep(5)
@@ -214,6 +229,14 @@ def main():
         ctotal = cdiff[-1][1] if cdiff else 0
         cp99 = next((le for le, n in cdiff if ctotal and n >= 0.99 * ctotal), float("nan"))
         print("  store commits   %.0f/s (session churn of the simulated hosts), p99 <= %.3f s" % (ctotal / (w1 - w0), cp99))
+        figure("reports_per_s", total / (w1 - w0), "1/s", "higher")
+        figure("broker_cpu_pct", cpu, "%", "lower")
+        figure("broker_rss_mib", rss, "MiB", "lower")
+        figure("broker_peak_rss_mib", hwm, "MiB", "lower")
+        figure("report_to_snapshot_p50_s", p50, "s", "lower")
+        figure("report_to_snapshot_p99_s", p99, "s", "lower")
+        figure("store_commits_per_s", ctotal / (w1 - w0), "1/s", "info")
+        figure("store_commit_p99_s", cp99, "s", "lower")
 
         # Restart: SIGTERM, start again on the same store and ports.
         broker.send_signal(signal.SIGTERM)
@@ -228,6 +251,9 @@ def main():
         else:
             print("  restart: broker ready in %.2f s; all %d agents back %.1f s after it was ready, %.1f s after the old one stopped (target <= 30 s)"
                   % (ready_s, N, back, since_start))
+            figure("restart_ready_s", ready_s, "s", "lower")
+            figure("restart_back_s", back, "s", "lower")
+            figure("restart_total_s", since_start, "s", "lower")
         ok = cpu <= 50 and rss <= 1024 and p99 <= 0.2 and back is not None and back + ready_s <= 30
         print("RESULT: %s" % ("all targets met" if ok else "target missed"))
     finally:

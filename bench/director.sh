@@ -31,7 +31,11 @@
 #   on an idle machine).
 #   Environment: ROUNDS, DURATION (seconds per iperf3/wrk run), RTT_N (20000 round trips),
 #   IDLE_MAX (15), IDLE_WAIT (60), REDO (2), PIN=1 (see (c)), KEEP=1 keeps the work directory,
-#   SWITCHBOARD (default target/release/switchboard; cargo build --release -p switchboard-cli).
+#   SWITCHBOARD (default target/release/switchboard; cargo build --release -p switchboard-cli);
+#   BENCH_BIN, when set, is used instead of SWITCHBOARD; BENCH_QUICK=1 without an argument is quick.
+# After the report it prints `FIGURE name=value unit higher|lower|info` lines, the medians of the
+# table (which way is better for the director's figures; the other legs are info), for
+# bench/compare.sh.
 # Needs haproxy, iperf3, nginx, wrk (apt-get install haproxy iperf3 nginx wrk), python3, ss
 # (iproute2), timeout (coreutils) and taskset (util-linux). Uses 127.0.0.1 only. Runs as root or as any user.
 # When the binary has no director yet (`switchboard director` exits 69), the director leg is
@@ -42,6 +46,7 @@ cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/sbin:/sbin
 
 MODE=${1:-full}
+if [ -z "${1:-}" ] && [ "${BENCH_QUICK:-0}" != 0 ]; then MODE=quick; fi
 case "$MODE" in
   full) ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10} ;;
   quick) ROUNDS=${ROUNDS:-1}; DURATION=${DURATION:-3} ;;
@@ -53,7 +58,7 @@ IDLE_MAX=${IDLE_MAX:-15}
 IDLE_WAIT=${IDLE_WAIT:-60}
 REDO=${REDO:-2}
 PIN=${PIN:-0}
-SWITCHBOARD=${SWITCHBOARD:-target/release/switchboard}
+SWITCHBOARD=${BENCH_BIN:-${SWITCHBOARD:-target/release/switchboard}}
 PYTHON=${PYTHON:-python3}
 for v in ROUNDS DURATION RTT_N IDLE_MAX IDLE_WAIT REDO PIN; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a whole number, not '${!v}'" >&2; exit 64; }
@@ -645,4 +650,34 @@ else:
     d99, h99, x99 = med("rttpin_p99_us", "director"), med("rttpin_p99_us", "haproxy"), med("rttpin_p99_us", "direct")
     if None not in (d99, h99, x99):
         target("  the same, all on CPU 0", f"{d99 - x99:+.1f} vs {h99 - x99:+.1f} µs", d99 - x99 <= h99 - x99)
+
+# Machine-readable figures for bench/compare.sh: FIGURE name=value unit higher|lower|info, the
+# medians of the table. Only the director's own figures say which way is better; direct, HAProxy,
+# the added latencies and the ratios are info.
+units = {
+    "gbps": ("Gbit/s", "higher"), "cps": ("conn/s", "higher"),
+    "wrk_p50_us": ("us", "lower"), "wrk_p99_us": ("us", "lower"),
+    "rtt_p50_us": ("us", "lower"), "rtt_p99_us": ("us", "lower"),
+    "rttpin_p50_us": ("us", "lower"), "rttpin_p99_us": ("us", "lower"),
+    "iperf_cores": ("cores", "info"), "s_per_gb": ("CPU-s/GB", "lower"),
+    "wrk_cores": ("cores", "info"), "us_per_conn": ("us", "lower"),
+    "us_per_rtt": ("us", "lower"), "foreign_pct": ("%", "info"),
+}
+print()
+for _, metric, _, ls in rows:
+    unit, better = units.get(metric, ("-", "info"))
+    for leg in ls:
+        m = med(metric, leg)
+        if m is not None:
+            print(f"FIGURE {leg}.{metric}={m:.6g} {unit} {better if leg == 'director' else 'info'}")
+for test in ["rtt", "rttpin"]:
+    for leg in ["haproxy", "director"]:
+        for q in ["p50", "p99"]:
+            d, p = med(f"{test}_{q}_us", "direct"), med(f"{test}_{q}_us", leg)
+            if None not in (d, p):
+                print(f"FIGURE {leg}.added_{test}_{q}_us={p - d:.6g} us info")
+for metric in ["gbps", "cps"]:
+    d, h = med(metric, "director"), med(metric, "haproxy")
+    if d and h:
+        print(f"FIGURE ratio.director_haproxy_{metric}={d / h:.6g} x info")
 EOF

@@ -4,7 +4,8 @@
 # port scan off), measured by wrk on loopback:
 #
 #   1. listsessions and selectsession requests/s without authentication
-#      (x2gobroker: require-password = false; Switchboard: [auth] method = "none");
+#      (x2gobroker: require-password = false; Switchboard: [auth] method = "none"); 1b. the same
+#      on a realistic profiles file (x2gobroker's 35 [DEFAULT] client keys written out);
 #   2. the same with PAM and AUTHID chains, as X2Go Client does (one password login per client, then
 #      the previous reply's AUTHID on every request; bench/x2go_chain.lua);
 #   3. token-chain latency (bench/x2go_chain.py, per request) while 20 wrong-password requests
@@ -16,9 +17,16 @@
 # Usage: bench/x2go.sh [DURATION_SECONDS]   (default 10). Needs root: it installs Debian packages
 # when missing (x2gobroker-daemon, x2gobroker-authservice, wrk), creates the local user
 # `sbbench-x2go` for PAM, and runs x2gobroker-daemon with --drop-privileges.
+# bench/x2go.sh quick [DURATION_SECONDS] (or BENCH_QUICK=1): default 3 s, a smoke check.
+# BENCH_BIN=/path/to/switchboard uses that binary instead of `cargo build --release`. At the end it
+# prints `FIGURE name=value unit higher|lower|info` lines for bench/compare.sh.
 set -euo pipefail
+[ -z "${BENCH_BIN:-}" ] || BENCH_BIN=$(realpath "$BENCH_BIN")
 cd "$(dirname "$0")/.."
+QUICK=${BENCH_QUICK:-0}
+if [ "${1:-}" = quick ]; then QUICK=1; shift; fi
 DURATION=${1:-10}
+if [ "$QUICK" != 0 ]; then DURATION=${1:-3}; fi
 [ "$(id -u)" -eq 0 ] || { echo "bench/x2go.sh needs root (PAM user, x2gobroker-daemon)" >&2; exit 1; }
 # x2gobroker's scripts start with `#!/usr/bin/env python3` and need Debian's Python.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$HOME/.cargo/bin
@@ -26,8 +34,12 @@ for p in x2gobroker-daemon x2gobroker-authservice wrk curl python3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || {
     echo "==> installing $p"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
 done
-cargo build --release -q -p switchboard-cli
-BIN=$PWD/target/release/switchboard
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+else
+  cargo build --release -q -p switchboard-cli
+  BIN=$PWD/target/release/switchboard
+fi
 
 USER_NAME=sbbench-x2go
 PASSWORD='Bench-Pw-42'
@@ -69,6 +81,50 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
   done
 } > "$WORK/profiles.conf"
 chmod 644 "$WORK/profiles.conf"
+# The same profiles with a realistic [DEFAULT]: the client keys of x2gobroker's shipped example
+# file (its built-in defaults, written out), as sites copy it. Work in proportion to a profile's
+# keys belongs at load time, so both files should serve at the same rate.
+{
+  echo "[DEFAULT]"
+  cat <<'KEYS'
+command=TERMINAL
+kdrive=false
+defsndport=true
+useiconv=false
+iconvfrom=UTF-8
+height=600
+export=
+quality=9
+fullscreen=false
+layout=
+useexports=true
+width=800
+speed=2
+soundsystem=pulse
+print=true
+type=auto
+sndport=4713
+xinerama=true
+variant=
+usekbd=true
+fstunnel=true
+applications=TERMINAL,WWWBROWSER,MAILCLIENT,OFFICE
+multidisp=false
+sshproxyport=22
+sound=true
+rootless=true
+iconvto=UTF-8
+soundtunnel=true
+dpi=96
+sshport=22
+setdpi=0
+pack=16m-jpeg
+directrdp=false
+usebrokerpass=true
+KEYS
+  sed -n '/^\[DEFAULT\]/d; p' "$WORK/profiles.conf"
+} > "$WORK/profiles-full.conf"
+chmod 644 "$WORK/profiles-full.conf"
 
 wait_http() {
   for _ in $(seq 1 100); do
@@ -110,6 +166,10 @@ PIDS+=($!)
 X2GOBROKER_CONFIG="$WORK/x2gobroker-noauth.conf" X2GOBROKER_SESSIONPROFILES="$WORK/profiles.conf" \
   x2gobroker-daemon --drop-privileges -i -b "127.0.0.1:$XB_PORT" > "$WORK/xb-noauth.log" 2>&1 &
 PIDS+=($!)
+XB_FULL_PORT=$(free_port)
+X2GOBROKER_CONFIG="$WORK/x2gobroker-noauth.conf" X2GOBROKER_SESSIONPROFILES="$WORK/profiles-full.conf" \
+  x2gobroker-daemon --drop-privileges -i -b "127.0.0.1:$XB_FULL_PORT" > "$WORK/xb-full.log" 2>&1 &
+PIDS+=($!)
 X2GOBROKER_CONFIG="$WORK/x2gobroker-pam.conf" X2GOBROKER_SESSIONPROFILES="$WORK/profiles.conf" \
   X2GOBROKER_AUTHSERVICE_SOCKET="$WORK/authservice.socket" \
   x2gobroker-daemon --drop-privileges -i -b "127.0.0.1:$XB_AUTH_PORT" > "$WORK/xb-pam.log" 2>&1 &
@@ -118,9 +178,11 @@ PIDS+=($!)
 # ---- Switchboard ----
 SB_PORT=$(free_port)
 SB_AUTH_PORT=$(free_port)
-for mode in noauth pam; do
-  port=$SB_PORT; method=none
+SB_FULL_PORT=$(free_port)
+for mode in noauth pam full; do
+  port=$SB_PORT; method=none; profiles=profiles.conf
   [ "$mode" = pam ] && { port=$SB_AUTH_PORT; method=pam; }
+  [ "$mode" = full ] && { port=$SB_FULL_PORT; profiles=profiles-full.conf; }
   cat > "$WORK/sb-$mode.toml" <<EOF
 data_dir = "$WORK/sb-$mode"
 [http]
@@ -132,13 +194,13 @@ reservation_ttl = "1h"
 [auth]
 method = "$method"
 [x2go]
-session_profiles = "$WORK/profiles.conf"
+session_profiles = "$WORK/$profiles"
 EOF
   mkdir -p "$WORK/sb-$mode"
   RUST_LOG=warn "$BIN" broker --config "$WORK/sb-$mode.toml" 2> "$WORK/sb-$mode.log" &
   PIDS+=($!)
 done
-for port in $XB_PORT $XB_AUTH_PORT $SB_PORT $SB_AUTH_PORT; do wait_http "http://127.0.0.1:$port/plain/"; done
+for port in $XB_PORT $XB_AUTH_PORT $XB_FULL_PORT $SB_PORT $SB_AUTH_PORT $SB_FULL_PORT; do wait_http "http://127.0.0.1:$port/plain/"; done
 
 rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
 p99_ms() {
@@ -174,6 +236,22 @@ for task in listsessions selectsession; do
   printf '   %-14s x2gobroker %10s req/s (p99 %s ms)   Switchboard %10s req/s (p99 %s ms)   ratio %s\n' \
     "$task" "$xb" "$(p99_ms "$WORK/xb-$task.wrk")" "$sb" "$(p99_ms "$WORK/sb-$task.wrk")" "$(ratio "$sb" "$xb")"
   RESULTS+=("noauth-$task $(ratio "$sb" "$xb")")
+done
+
+echo "== 1b. the same on the realistic profiles file (35 [DEFAULT] client keys), beside the minimal one"
+for task in listsessions selectsession; do
+  run_form "xbf-$task" "$XB_FULL_PORT" "$task"
+  run_form "sbf-$task" "$SB_FULL_PORT" "$task"
+  xb=$(rps "$WORK/xbf-$task.wrk"); sb=$(rps "$WORK/sbf-$task.wrk")
+  printf '   %-14s x2gobroker %10s req/s (p99 %s ms)   Switchboard %10s req/s (p99 %s ms)   ratio %s   (minimal file: Switchboard %s req/s)\n' \
+    "$task" "$xb" "$(p99_ms "$WORK/xbf-$task.wrk")" "$sb" "$(p99_ms "$WORK/sbf-$task.wrk")" "$(ratio "$sb" "$xb")" "$(rps "$WORK/sb-$task.wrk")"
+  RESULTS+=("full-$task $(ratio "$sb" "$xb")")
+done
+# Every select answered with a server of the profile, on both files (a refusal is a 200 too).
+for port in $SB_PORT $SB_FULL_PORT; do
+  reply=$(curl -s -X POST "http://127.0.0.1:$port/plain/" \
+    -d "task=selectsession&user=$USER_NAME&password=&authid=&login=$USER_NAME&sid=profile-1")
+  echo "$reply" | grep -qE '^SERVER:127\.0\.1\.1[1-3]:22' || { echo "select on port $port answered: $reply" >&2; exit 1; }
 done
 
 echo "== 2. PAM login, then AUTHID chains (wrk -t4 -c4: four X2Go clients, ${DURATION}s each)"
@@ -224,3 +302,26 @@ echo "   wrong passwords answered 401: x2gobroker $(grep -c '^401' "$WORK/xb-att
 
 echo "== ratios (target >= 50x): ${RESULTS[*]}"
 echo "   RSS after the run: x2gobroker-daemon $(ps -o rss= -C x2gobroker-daemon | awk '{s+=$1} END {print int(s/1024)}') MiB (both daemons), switchboard $(ps -o rss= -C switchboard | awk '{s+=$1} END {print int(s/1024)}') MiB (both brokers)"
+
+# ---- machine-readable figures (bench/compare.sh) ----
+# FIGURE name=value unit higher|lower|info: which way is better; info for x2gobroker's own figures
+# and the ratios. A figure that was not measured is left out.
+figure() { if [ -n "$2" ]; then echo "FIGURE $1=$2 $3 $4"; fi; }
+chain_field() { awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }' "$1" 2>/dev/null; }
+per() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b }'; }
+for task in listsessions selectsession; do
+  figure "noauth_${task}_rps" "$(rps "$WORK/sb-$task.wrk")" req/s higher
+  figure "noauth_${task}_p99_ms" "$(p99_ms "$WORK/sb-$task.wrk")" ms lower
+  figure "x2gobroker.noauth_${task}_rps" "$(rps "$WORK/xb-$task.wrk")" req/s info
+  figure "ratio.noauth_${task}" "$(per "$(rps "$WORK/sb-$task.wrk")" "$(rps "$WORK/xb-$task.wrk")")" x info
+  figure "full_${task}_rps" "$(rps "$WORK/sbf-$task.wrk")" req/s higher
+  figure "x2gobroker.full_${task}_rps" "$(rps "$WORK/xbf-$task.wrk")" req/s info
+  figure "token_${task}_rps" "$(rps "$WORK/sbc-$task.wrk")" req/s higher
+  figure "x2gobroker.token_${task}_rps" "$(rps "$WORK/xbc-$task.wrk")" req/s info
+  figure "ratio.token_${task}" "$(per "$(rps "$WORK/sbc-$task.wrk")" "$(rps "$WORK/xbc-$task.wrk")")" x info
+done
+figure attack_token_rps "$(chain_field "$WORK/sb-under-attack.txt" req/s)" req/s higher
+figure attack_token_p50_ms "$(chain_field "$WORK/sb-under-attack.txt" p50)" ms lower
+figure attack_token_p99_ms "$(chain_field "$WORK/sb-under-attack.txt" p99)" ms lower
+figure x2gobroker.attack_token_p99_ms "$(chain_field "$WORK/xb-under-attack.txt" p99)" ms info
+figure rss_mib "$(ps -o rss= -C switchboard | awk '{s+=$1} END {print int(s/1024)}')" MiB lower
