@@ -19,12 +19,13 @@ use crate::model::{
     PoolId, PoolSpec, ReportedSession, ReservationRecord, ResumePreference, SessionId,
     SessionRecord, SessionState, Settings, UserId,
 };
-use crate::placement::index::{self, MAIN, PENALIZED, PoolIndex, RankKey, Slot};
+use crate::placement::index::{MAIN, PENALIZED, PoolIndex, RankKey, Slot};
 use crate::placement::score::{self, ScoreInput};
 use crate::placement::{
     Exclusion, ExclusionCounts, Explanation, HostExplanation, PlacementReason, ResumeCandidate,
 };
 use crate::policy::Policy;
+use crate::schedule::rotation;
 use crate::table::{IdTable, UserTable};
 use crate::time::Millis;
 use rand_chacha::ChaCha8Rng;
@@ -360,16 +361,11 @@ impl PoolEntry {
                     p
                 } else {
                     let weight_at = |p: u32| match self.members.get(p as usize).map(|m| m.status) {
-                        Some(MemberStatus::Eligible(s)) => u64::from(s.key.weight.0),
+                        Some(MemberStatus::Eligible(s)) => s.key.weight.0,
                         _ => 0,
                     };
                     if *dirty {
-                        let (g, max) = set.iter().fold((0, 0), |(g, m), &p| {
-                            let w = weight_at(p);
-                            (index::gcd(g, w), m.max(w))
-                        });
-                        *di = g.max(1);
-                        *mw = max.saturating_sub(*di - 1);
+                        (*di, *mw) = rotation::interval_and_max(set.iter().map(|&p| weight_at(p)));
                         if *cw > *mw {
                             *cw = *mw;
                         }
@@ -382,15 +378,12 @@ impl PoolEntry {
                         let p = match next_after(*cursor) {
                             Some(p) => p,
                             None => {
-                                *cw = cw.saturating_sub(*di);
-                                if *cw == 0 {
-                                    *cw = *mw;
-                                }
+                                rotation::next_pass(cw, *di, *mw);
                                 first
                             }
                         };
                         *cursor = Some(p);
-                        if weight_at(p) >= *cw {
+                        if i64::from(weight_at(p)) >= *cw {
                             found = p;
                             break;
                         }

@@ -56,14 +56,14 @@ pub(crate) enum PoolIndex {
         tiers: [BTreeSet<u32>; 2],
         /// Position of the last pick.
         cursor: Option<u32>,
-        /// IPVS interleaved-WRR current weight.
-        cw: u64,
+        /// IPVS interleaved-WRR current weight (see `schedule::rotation`).
+        cw: i64,
         /// Whether the set of eligible weights changed since `mw`/`di` were computed.
         dirty: bool,
         /// gcd of the eligible weights.
-        di: u64,
+        di: i64,
         /// max eligible weight − (di − 1).
-        mw: u64,
+        mw: i64,
     },
     Sampled([Fenwick; 2]),
 }
@@ -317,13 +317,6 @@ impl Fenwick {
         }
         (pos < n && self.values[pos] > 0).then_some(pos)
     }
-}
-
-pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 #[cfg(test)]
