@@ -19,6 +19,7 @@ use crate::model::{
     PoolId, PoolSpec, ReportedSession, ReservationRecord, ResumePreference, SessionId,
     SessionRecord, SessionState, Settings, UserId,
 };
+use crate::placement::eligibility;
 use crate::placement::index::{MAIN, PENALIZED, PoolIndex, RankKey, Slot};
 use crate::placement::score::{self, ScoreInput};
 use crate::placement::{
@@ -90,20 +91,22 @@ enum Timer {
     PenaltyEnd(HostId, u64),
 }
 
+/// A host as the state holds it. The eligibility rules read the `pub(crate)` parts
+/// (`placement::eligibility`).
 #[derive(Debug)]
-struct HostEntry {
+pub(crate) struct HostEntry {
     name: Arc<str>,
-    spec: HostSpec,
+    pub(crate) spec: HostSpec,
     address: Arc<HostAddr>,
-    admin: AdminState,
-    health: Health,
+    pub(crate) admin: AdminState,
+    pub(crate) health: Health,
     report_interval: Duration,
     load: Option<LoadReport>,
-    last_report_at: Option<Millis>,
+    pub(crate) last_report_at: Option<Millis>,
     /// Whether a stale-report timer is pending for this host. One timer per host is kept and
     /// re-armed when it fires early, instead of one per report.
     stale_timer: bool,
-    penalty_until: Option<Millis>,
+    pub(crate) penalty_until: Option<Millis>,
     penalty_gen: u64,
     sessions: FxHashSet<SessionId>,
     by_backend: StrMap<SessionId>,
@@ -117,51 +120,12 @@ struct HostEntry {
 }
 
 impl HostEntry {
-    fn occupancy(&self) -> u64 {
+    pub(crate) fn occupancy(&self) -> u64 {
         self.sessions.len() as u64 + u64::from(self.reservations)
     }
 
-    fn stale_window(&self, intervals: u32) -> Duration {
+    pub(crate) fn stale_window(&self, intervals: u32) -> Duration {
         self.report_interval.saturating_mul(intervals.max(1))
-    }
-
-    fn exclusion(&self, now: Millis, stale_after_intervals: u32) -> Option<Exclusion> {
-        match self.admin {
-            AdminState::Offline => return Some(Exclusion::Offline),
-            AdminState::Draining => return Some(Exclusion::Draining),
-            AdminState::Online => {}
-        }
-        match self.health {
-            Health::Unreachable => return Some(Exclusion::Unreachable),
-            Health::Unknown => return Some(Exclusion::HealthUnknown),
-            Health::Up => {}
-        }
-        if self.spec.agent {
-            let fresh = self
-                .last_report_at
-                .is_some_and(|t| now.since(t) <= self.stale_window(stale_after_intervals));
-            if !fresh {
-                return Some(Exclusion::Stale);
-            }
-        }
-        if self.spec.weight == 0 {
-            return Some(Exclusion::ZeroWeight);
-        }
-        if let Some(cap) = self.spec.max_sessions
-            && self.occupancy() >= u64::from(cap)
-        {
-            return Some(Exclusion::AtCap);
-        }
-        None
-    }
-
-    fn penalized(&self, now: Millis) -> bool {
-        self.penalty_until.is_some_and(|t| t > now)
-    }
-
-    /// Whether the user's sessions here may be offered for resume.
-    fn resumable(&self) -> bool {
-        self.admin != AdminState::Offline && self.health == Health::Up
     }
 
     fn in_pool(&self, pid: PoolId) -> bool {
@@ -300,7 +264,8 @@ impl PoolEntry {
             m.dirty = false;
             let hid = m.host;
             if let Some(h) = hosts.get(hid.0 as usize).and_then(Option::as_ref) {
-                self.update_member(pos, h, h.exclusion(now, intervals), h.penalized(now), rng);
+                let exclusion = eligibility::exclusion(h, now, intervals);
+                self.update_member(pos, h, exclusion, eligibility::penalized(h, now), rng);
             }
         }
     }
@@ -751,8 +716,8 @@ impl ClusterState {
         let Some(host) = self.hosts.get(hid.0 as usize).and_then(Option::as_ref) else {
             return;
         };
-        let exclusion = host.exclusion(now, intervals);
-        let penalized = host.penalized(now);
+        let exclusion = eligibility::exclusion(host, now, intervals);
+        let penalized = eligibility::penalized(host, now);
         for &(pid, pos) in &host.pools {
             if let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) {
                 pool.update_member(pos, host, exclusion, penalized, &mut self.rng);
@@ -768,8 +733,8 @@ impl ClusterState {
         let Some(host) = self.hosts.get(hid.0 as usize).and_then(Option::as_ref) else {
             return;
         };
-        let exclusion = host.exclusion(now, intervals);
-        let penalized = host.penalized(now);
+        let exclusion = eligibility::exclusion(host, now, intervals);
+        let penalized = eligibility::penalized(host, now);
         let tier = if penalized { PENALIZED } else { MAIN };
         for &(pid, pos) in &host.pools {
             let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) else {
@@ -975,7 +940,7 @@ impl ClusterState {
     }
 
     /// Takes drained hosts that asked for it offline once they hold neither sessions nor
-    /// reservations (the drain rule's last step: see `placement/mod.rs`).
+    /// reservations (the drain rule's last step: see `placement/eligibility.rs`).
     fn offline_drained(&mut self, events: &mut Vec<Event>) {
         if self.drains.is_empty() {
             return;
@@ -1467,7 +1432,7 @@ impl ClusterState {
         let mut best: Option<(u8, Millis, SessionId, SessionState)> = None;
         for &id in ids {
             if let Some(r) = self.reservations.get(&id) {
-                if r.pool == pid && self.host_ref(r.host).is_some_and(HostEntry::resumable) {
+                if r.pool == pid && self.host_ref(r.host).is_some_and(eligibility::resumable) {
                     return Some((id, None));
                 }
                 continue;
@@ -1478,7 +1443,7 @@ impl ClusterState {
             let Some(h) = self.host_ref(s.host) else {
                 continue;
             };
-            if !h.in_pool(pid) || !h.resumable() {
+            if !h.in_pool(pid) || !eligibility::resumable(h) {
                 continue;
             }
             let rank = match (s.state, prefer) {
@@ -2051,7 +2016,7 @@ impl ClusterState {
             report_interval: h.report_interval,
             penalized_until: h.penalty_until.filter(|t| *t > self.now),
             offline_when_empty: h.offline_when_empty.as_deref(),
-            exclusion: h.exclusion(self.now, self.settings.stale_after_intervals),
+            exclusion: eligibility::exclusion(h, self.now, self.settings.stale_after_intervals),
             pools: h
                 .pools
                 .iter()
@@ -2352,7 +2317,8 @@ impl ClusterState {
                     ));
                 }
             }
-            let exclusion = h.exclusion(self.now, self.settings.stale_after_intervals);
+            let exclusion =
+                eligibility::exclusion(h, self.now, self.settings.stale_after_intervals);
             for &(pid, pos) in &h.pools {
                 let p = self
                     .pool_ref(pid)
@@ -2361,7 +2327,7 @@ impl ClusterState {
                 let ok = match (exclusion, status) {
                     (Some(c), Some(MemberStatus::Excluded(d))) => c == d,
                     (None, Some(MemberStatus::Eligible(s))) => {
-                        (s.tier == PENALIZED) == h.penalized(self.now)
+                        (s.tier == PENALIZED) == eligibility::penalized(h, self.now)
                     }
                     _ => false,
                 };

@@ -30,6 +30,7 @@
 //! `rr`, and O(log n) for `two-choices` (Fenwick tree sampling). Counts of excluded hosts by cause
 //! are kept with the index, so the reason costs nothing extra.
 
+pub(crate) mod eligibility;
 pub(crate) mod index;
 pub mod score;
 
