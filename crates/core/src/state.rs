@@ -20,17 +20,16 @@ use crate::model::{
     SessionRecord, SessionState, Settings, UserId,
 };
 use crate::placement::eligibility;
-use crate::placement::index::{MAIN, PENALIZED, PoolIndex, RankKey, Slot};
-use crate::placement::score::{self, ScoreInput};
+use crate::placement::index::{PENALIZED, PoolIndex, RankKey};
+use crate::placement::members::{Member, MemberStatus, PoolEntry};
+use crate::placement::score::ScoreInput;
 use crate::placement::{
     Exclusion, ExclusionCounts, Explanation, HostExplanation, PlacementReason, ResumeCandidate,
 };
-use crate::policy::Policy;
-use crate::schedule::rotation;
 use crate::table::{IdTable, UserTable};
 use crate::time::Millis;
 use rand_chacha::ChaCha8Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::SeedableRng;
 use rustc_hash::FxHashSet;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
@@ -91,8 +90,8 @@ enum Timer {
     PenaltyEnd(HostId, u64),
 }
 
-/// A host as the state holds it. The eligibility rules read the `pub(crate)` parts
-/// (`placement::eligibility`).
+/// A host as the state holds it. Placement reads the `pub(crate)` parts: the eligibility rules
+/// (`placement::eligibility`) and the ranking of pool members (`placement::members`).
 #[derive(Debug)]
 pub(crate) struct HostEntry {
     name: Arc<str>,
@@ -132,7 +131,7 @@ impl HostEntry {
         self.pools.iter().any(|&(p, _)| p == pid)
     }
 
-    fn score_input(&self, session_ref: u32) -> ScoreInput<'_> {
+    pub(crate) fn score_input(&self, session_ref: u32) -> ScoreInput<'_> {
         ScoreInput {
             sessions: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
             reservations: self.reservations,
@@ -141,255 +140,6 @@ impl HostEntry {
             load: self.load.as_ref(),
             pending: self.pending,
             session_ref,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct PoolEntry {
-    name: Arc<str>,
-    spec: PoolSpec,
-    members: Vec<Member>,
-    index: PoolIndex,
-    excluded: ExclusionCounts,
-    /// Members whose load report changed their score but not their eligibility. Re-ranking them
-    /// waits until the pool is next asked to decide or explain: reports arrive far more often
-    /// than decisions, and only the latest report of a host matters then.
-    stale_ranks: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    host: HostId,
-    status: MemberStatus,
-    /// Random draw that orders this host among equals in this pool; redrawn whenever its rank
-    /// changes, so equal hosts are picked uniformly at random (reproducibly for a seed).
-    tiebreak: u64,
-    /// Its load changed and its rank has not been recomputed yet (see `PoolEntry::stale_ranks`).
-    dirty: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MemberStatus {
-    /// Not yet placed in the index (only while a pool is being built).
-    New,
-    Excluded(Exclusion),
-    Eligible(Slot),
-}
-
-impl PoolEntry {
-    fn rank_key(&self, hid: HostId, host: &HostEntry, tiebreak: u64) -> RankKey {
-        let (tier, score) = score::score(
-            self.spec.policy,
-            &host.score_input(self.spec.options.session_ref),
-        );
-        RankKey {
-            tier,
-            score,
-            weight: Reverse(host.spec.weight),
-            tiebreak,
-            host: hid,
-            occupancy: host.occupancy(),
-        }
-    }
-
-    /// Moves a member to where its host's current state puts it.
-    fn update_member(
-        &mut self,
-        pos: u32,
-        host: &HostEntry,
-        exclusion: Option<Exclusion>,
-        penalized: bool,
-        rng: &mut ChaCha8Rng,
-    ) {
-        let Some(member) = self.members.get(pos as usize).copied() else {
-            return;
-        };
-        let mut new = match exclusion {
-            Some(c) => MemberStatus::Excluded(c),
-            None => MemberStatus::Eligible(Slot {
-                tier: if penalized { PENALIZED } else { MAIN },
-                key: self.rank_key(member.host, host, member.tiebreak),
-            }),
-        };
-        if new == member.status {
-            return;
-        }
-        if let MemberStatus::Eligible(slot) = &mut new {
-            slot.key.tiebreak = rng.next_u64();
-            self.members[pos as usize].tiebreak = slot.key.tiebreak;
-        }
-        let old_slot = match member.status {
-            MemberStatus::Excluded(c) => {
-                self.excluded.remove(c);
-                None
-            }
-            MemberStatus::Eligible(s) => {
-                if s.tier == PENALIZED {
-                    self.excluded.penalized = self.excluded.penalized.saturating_sub(1);
-                }
-                Some(s)
-            }
-            MemberStatus::New => None,
-        };
-        let new_slot = match new {
-            MemberStatus::Excluded(c) => {
-                self.excluded.add(c);
-                None
-            }
-            MemberStatus::Eligible(s) => {
-                if s.tier == PENALIZED {
-                    self.excluded.penalized += 1;
-                }
-                Some(s)
-            }
-            MemberStatus::New => None,
-        };
-        self.index.update(pos, old_slot.as_ref(), new_slot.as_ref());
-        self.members[pos as usize].status = new;
-    }
-
-    /// Re-ranks the members whose load changed since the last decision.
-    fn rerank(
-        &mut self,
-        hosts: &[Option<HostEntry>],
-        now: Millis,
-        intervals: u32,
-        rng: &mut ChaCha8Rng,
-    ) {
-        for pos in std::mem::take(&mut self.stale_ranks) {
-            let Some(m) = self.members.get_mut(pos as usize) else {
-                continue;
-            };
-            m.dirty = false;
-            let hid = m.host;
-            if let Some(h) = hosts.get(hid.0 as usize).and_then(Option::as_ref) {
-                let exclusion = eligibility::exclusion(h, now, intervals);
-                self.update_member(pos, h, exclusion, eligibility::penalized(h, now), rng);
-            }
-        }
-    }
-
-    fn eligible_count(&self) -> u32 {
-        u32::try_from(self.index.len(MAIN) + self.index.len(PENALIZED)).unwrap_or(u32::MAX)
-    }
-
-    fn slot_at(&self, pos: u32) -> Option<Slot> {
-        match self.members.get(pos as usize)?.status {
-            MemberStatus::Eligible(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The host a new session goes to, and whether it came from the penalized tier.
-    fn choose(&mut self, rng: &mut ChaCha8Rng) -> Option<(HostId, bool)> {
-        let tier = self.index.usable_tier()?;
-        let policy = self.spec.policy;
-        let pos_host = |members: &[Member], p: u32| members.get(p as usize).map(|m| m.host);
-        let chosen = match &mut self.index {
-            PoolIndex::Quota {
-                classes,
-                occupancy,
-                weight,
-                ..
-            } => {
-                // Balinski–Young quota method: the best (c+1)/w among hosts still under their
-                // weighted share of the next session, c < (T+1)·w/W. Plain c/w ranking (Adams'
-                // method) starves heavy hosts at the start of a storm; this keeps every host
-                // within one session of its share. Some host always qualifies (the shortfalls
-                // sum to 1). Within a weight class the least occupied host is both the best and
-                // the most likely to qualify, so only each class's first host is looked at.
-                let (t, w_total) = (u128::from(occupancy[tier]) + 1, u128::from(weight[tier]));
-                classes[tier]
-                    .values()
-                    .filter_map(|class| class.first())
-                    .filter(|k| u128::from(k.occupancy) * w_total < t * u128::from(k.weight.0))
-                    .min()
-                    .map(|k| k.host)
-            }
-            PoolIndex::Ranked(sets) => sets[tier].first().map(|k| k.host),
-            PoolIndex::Rotation {
-                tiers,
-                cursor,
-                cw,
-                dirty,
-                di,
-                mw,
-            } => {
-                let set = &tiers[tier];
-                let first = *set.first()?;
-                let next_after =
-                    |c: Option<u32>| c.and_then(|c| set.range(c + 1..).next().copied());
-                let pos = if policy == Policy::RoundRobin {
-                    let p = next_after(*cursor).unwrap_or(first);
-                    *cursor = Some(p);
-                    p
-                } else {
-                    let weight_at = |p: u32| match self.members.get(p as usize).map(|m| m.status) {
-                        Some(MemberStatus::Eligible(s)) => s.key.weight.0,
-                        _ => 0,
-                    };
-                    if *dirty {
-                        (*di, *mw) = rotation::interval_and_max(set.iter().map(|&p| weight_at(p)));
-                        if *cw > *mw {
-                            *cw = *mw;
-                        }
-                        *dirty = false;
-                    }
-                    // IPVS interleaved WRR: walk from the cursor; each wrap lowers the current
-                    // weight by the gcd; the heaviest host always qualifies, so two passes suffice.
-                    let mut found = first;
-                    for _ in 0..=2 * set.len() + 1 {
-                        let p = match next_after(*cursor) {
-                            Some(p) => p,
-                            None => {
-                                rotation::next_pass(cw, *di, *mw);
-                                first
-                            }
-                        };
-                        *cursor = Some(p);
-                        if i64::from(weight_at(p)) >= *cw {
-                            found = p;
-                            break;
-                        }
-                    }
-                    found
-                };
-                pos_host(&self.members, pos)
-            }
-            PoolIndex::Sampled(trees) => {
-                let tree = &trees[tier];
-                let total = tree.total();
-                if total == 0 {
-                    return None;
-                }
-                let a = tree.find(rng.next_u64() % total)?;
-                let b = tree.find(rng.next_u64() % total)?;
-                let ka = self.slot_at(a as u32)?.key;
-                let kb = self.slot_at(b as u32)?.key;
-                Some(if kb < ka { kb.host } else { ka.host })
-            }
-        }?;
-        Some((chosen, tier == PENALIZED))
-    }
-}
-
-impl PoolIndex {
-    /// Replaces a member's slot, doing nothing when the index would not change.
-    fn update(&mut self, pos: u32, old: Option<&Slot>, new: Option<&Slot>) {
-        let unchanged = match (old, new, &*self) {
-            (Some(o), Some(n), PoolIndex::Ranked(_) | PoolIndex::Quota { .. }) => o == n,
-            (Some(o), Some(n), _) => o.tier == n.tier && o.key.weight == n.key.weight,
-            _ => false,
-        };
-        if unchanged && !matches!(self, PoolIndex::Sampled(_)) {
-            return;
-        }
-        if let Some(o) = old {
-            self.remove(pos, o);
-        }
-        if let Some(n) = new {
-            self.insert(pos, n);
         }
     }
 }
@@ -735,24 +485,9 @@ impl ClusterState {
         };
         let exclusion = eligibility::exclusion(host, now, intervals);
         let penalized = eligibility::penalized(host, now);
-        let tier = if penalized { PENALIZED } else { MAIN };
         for &(pid, pos) in &host.pools {
-            let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            let load_ranked = matches!(pool.spec.policy, Policy::LeastLoad | Policy::X2goLoad);
-            let same_place = exclusion.is_none()
-                && matches!(pool.members.get(pos as usize).map(|m| m.status),
-                    Some(MemberStatus::Eligible(slot)) if slot.tier == tier);
-            if load_ranked && same_place {
-                if let Some(m) = pool.members.get_mut(pos as usize)
-                    && !m.dirty
-                {
-                    m.dirty = true;
-                    pool.stale_ranks.push(pos);
-                }
-            } else {
-                pool.update_member(pos, host, exclusion, penalized, &mut self.rng);
+            if let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) {
+                pool.update_member_after_report(pos, host, exclusion, penalized, &mut self.rng);
             }
         }
     }
@@ -1253,26 +988,14 @@ impl ClusterState {
             .hosts
             .iter()
             .filter_map(|n| self.host_names.get(n.as_str()).copied())
-            .map(|host| Member {
-                host,
-                status: MemberStatus::New,
-                tiebreak: 0,
-                dirty: false,
-            })
+            .map(Member::new)
             .collect();
         for (pos, m) in members.iter().enumerate() {
             if let Some(h) = self.host_mut(m.host) {
                 h.pools.push((pid, pos as u32));
             }
         }
-        let entry = PoolEntry {
-            name: Arc::from(spec.name.as_str()),
-            index: PoolIndex::new(spec.policy, members.len()),
-            excluded: ExclusionCounts::default(),
-            members: members.clone(),
-            stale_ranks: Vec::new(),
-            spec,
-        };
+        let entry = PoolEntry::new(spec, members.clone());
         self.pools[pid.0 as usize] = Some(entry);
         for m in members {
             self.refresh_host(m.host);

@@ -101,6 +101,24 @@ pub(crate) struct Slot {
 }
 
 impl PoolIndex {
+    /// Replaces a member's slot, doing nothing when the index would not change.
+    pub(crate) fn update(&mut self, pos: u32, old: Option<&Slot>, new: Option<&Slot>) {
+        let unchanged = match (old, new, &*self) {
+            (Some(o), Some(n), PoolIndex::Ranked(_) | PoolIndex::Quota { .. }) => o == n,
+            (Some(o), Some(n), _) => o.tier == n.tier && o.key.weight == n.key.weight,
+            _ => false,
+        };
+        if unchanged && !matches!(self, PoolIndex::Sampled(_)) {
+            return;
+        }
+        if let Some(o) = old {
+            self.remove(pos, o);
+        }
+        if let Some(n) = new {
+            self.insert(pos, n);
+        }
+    }
+
     pub(crate) fn remove(&mut self, pos: u32, slot: &Slot) {
         match self {
             PoolIndex::Ranked(sets) => {
