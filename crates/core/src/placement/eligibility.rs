@@ -6,7 +6,7 @@
 //! stranding anyone who only disconnected. An **offline** host does neither, and neither does a
 //! host whose health is not up: its sessions cannot be reached. `DrainThenOffline` adds the last
 //! step, taking the host offline once it holds neither sessions nor reservations
-//! (`ClusterState::offline_drained`).
+//! (`ClusterState::offline_drained` in `state/hosts.rs`).
 //!
 //! # New sessions
 //! [`exclusion`] checks, in the order of [`Exclusion::ALL`] (the first match is the reason given):

@@ -1,9 +1,9 @@
 //! A pool's members and where each one sits in the pool's index.
 //!
-//! Every command that changes a host ends with the state calling [`PoolEntry::update_member`] in
-//! each pool the host belongs to, with the host's [`exclusion`](super::eligibility::exclusion) and
-//! penalty: the member moves between the excluded counts and the index tiers, and is re-ranked.
-//! The decision itself reads only the index ([`PoolEntry::choose`](super::choose)).
+//! Every command that changes a host ends with the state calling `PoolEntry::update_member` in
+//! each pool the host belongs to, with the host's exclusion and penalty (`eligibility.rs`): the
+//! member moves between the excluded counts and the index tiers, and is re-ranked. The decision
+//! itself reads only the index (`PoolEntry::choose`, in `choose.rs`).
 
 use super::eligibility;
 use super::index::{MAIN, PENALIZED, PoolIndex, RankKey, Slot};
