@@ -44,6 +44,7 @@ use crate::command::Command;
 use crate::error::CoreError;
 use crate::event::{Event, ReservationEnd};
 use crate::model::{HostId, MAX_NAME_LEN, PoolId, SessionId, Settings, UserId};
+use crate::placement::Exclusion;
 use crate::placement::eligibility;
 use crate::placement::members::PoolEntry;
 use crate::table::{IdTable, UserTable};
@@ -341,23 +342,21 @@ impl ClusterState {
 
     /// Re-ranks a host in every pool it belongs to after anything about it changed.
     fn refresh_host(&mut self, hid: HostId) {
-        let now = self.now;
-        let intervals = self.settings.stale_after_intervals;
-        let Some(host) = self.hosts.get(hid.0 as usize).and_then(Option::as_ref) else {
-            return;
-        };
-        let exclusion = eligibility::exclusion(host, now, intervals);
-        let penalized = eligibility::penalized(host, now);
-        for &(pid, pos) in &host.pools {
-            if let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) {
-                pool.update_member(pos, host, exclusion, penalized, &mut self.rng);
-            }
-        }
+        self.update_in_pools(hid, PoolEntry::update_member);
     }
 
     /// After a load report: hosts whose eligibility did not change only get their rank marked
     /// stale in load-ranked pools (it is recomputed before the next decision there).
     fn refresh_after_report(&mut self, hid: HostId) {
+        self.update_in_pools(hid, PoolEntry::update_member_after_report);
+    }
+
+    /// Evaluates the host's eligibility once and hands it to each of its pools.
+    fn update_in_pools(
+        &mut self,
+        hid: HostId,
+        update: impl Fn(&mut PoolEntry, u32, &HostEntry, Option<Exclusion>, bool, &mut ChaCha8Rng),
+    ) {
         let now = self.now;
         let intervals = self.settings.stale_after_intervals;
         let Some(host) = self.hosts.get(hid.0 as usize).and_then(Option::as_ref) else {
@@ -367,7 +366,7 @@ impl ClusterState {
         let penalized = eligibility::penalized(host, now);
         for &(pid, pos) in &host.pools {
             if let Some(pool) = self.pools.get_mut(pid.0 as usize).and_then(Option::as_mut) {
-                pool.update_member_after_report(pos, host, exclusion, penalized, &mut self.rng);
+                update(pool, pos, host, exclusion, penalized, &mut self.rng);
             }
         }
     }
