@@ -301,7 +301,7 @@ echo "   Switchboard  $(cat "$WORK/sb-under-attack.txt")   (target: p99 <= 10 ms
 echo "   wrong passwords answered 401: x2gobroker $(grep -c '^401' "$WORK/xb-attack.codes" || true), Switchboard $(grep -c '^401' "$WORK/sb-attack.codes" || true)"
 
 echo "== ratios (target >= 50x): ${RESULTS[*]}"
-echo "   RSS after the run: x2gobroker-daemon $(ps -o rss= -C x2gobroker-daemon | awk '{s+=$1} END {print int(s/1024)}') MiB (both daemons), switchboard $(ps -o rss= -C switchboard | awk '{s+=$1} END {print int(s/1024)}') MiB (both brokers)"
+echo "   RSS after the run: x2gobroker-daemon $(ps -o rss= -C x2gobroker-daemon | awk '{s+=$1} END {print int(s/1024)}') MiB (both daemons), switchboard $(ps -o rss= -C "$(basename "$BIN")" | awk '{s+=$1} END {print int(s/1024)}') MiB (both brokers)"
 
 # ---- machine-readable figures (bench/compare.sh) ----
 # FIGURE name=value unit higher|lower|info: which way is better; info for x2gobroker's own figures
@@ -324,4 +324,4 @@ figure attack_token_rps "$(chain_field "$WORK/sb-under-attack.txt" req/s)" req/s
 figure attack_token_p50_ms "$(chain_field "$WORK/sb-under-attack.txt" p50)" ms lower
 figure attack_token_p99_ms "$(chain_field "$WORK/sb-under-attack.txt" p99)" ms lower
 figure x2gobroker.attack_token_p99_ms "$(chain_field "$WORK/xb-under-attack.txt" p99)" ms info
-figure rss_mib "$(ps -o rss= -C switchboard | awk '{s+=$1} END {print int(s/1024)}')" MiB lower
+figure rss_mib "$(ps -o rss= -C "$(basename "$BIN")" | awk '{s+=$1} END {print int(s/1024)}')" MiB lower

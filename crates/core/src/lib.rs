@@ -4,12 +4,18 @@
 //! # Layout
 //! - [`model`]: hosts, pools, sessions, reservations, load reports, settings.
 //! - [`command`] and [`event`]: what can be asked, and what changed.
-//! - [`state`]: [`ClusterState`], whose [`ClusterState::apply`] is the only mutator, plus queries.
-//! - [`placement`]: resume, eligibility, the per-pool indexes and the reason attached to every
-//!   decision; [`placement::score`] holds the scoring formulas.
+//! - [`state`]: [`ClusterState`], whose [`ClusterState::apply`] is the only mutator, plus queries;
+//!   one file per aggregate (hosts, agent reports, pools, reservations, sessions, queries,
+//!   invariants).
+//! - [`placement`]: the placement rules. `eligibility.rs` says which hosts may take a new session
+//!   or resume one (the drain rule); `members.rs` keeps each pool's members in the pool's index
+//!   (`index.rs`); `choose.rs` is the host choice of every policy (`wlc`'s quota method, `rr`,
+//!   interleaved `wrr`, `two-choices`); [`placement::score`] holds the scoring formulas, and
+//!   `placement/mod.rs` the reason attached to every decision.
 //! - [`policy`]: placement policy identifiers (`rr`, `wrr`, `lc`, `wlc`, `sed`, `least-load`,
 //!   `two-choices`, `x2go-load`).
-//! - [`schedule`]: L4 schedulers for the director, with IPVS semantics.
+//! - [`schedule`]: L4 schedulers for the director, with IPVS semantics; `schedule/rotation.rs`
+//!   holds the interleaved-WRR step that placement's `wrr` shares.
 //! - [`ipvs`]: the kernel IPVS table as typed data, and the diff that never deletes a real server
 //!   with live connections.
 //! - [`config`]: conventions every config file shares (durations, `host:port`).

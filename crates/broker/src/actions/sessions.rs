@@ -11,6 +11,18 @@ use switchboard_core::{Command, CoreError, SessionId};
 use switchboard_proto::agent::Action as AgentAction;
 use switchboard_proto::mgmt::Target;
 
+/// The sessions of `ends` that could not be ended, each as `id: why`.
+pub fn failures(ends: &[SessionEnd]) -> Vec<String> {
+    ends.iter()
+        .filter_map(|e| {
+            e.result
+                .as_ref()
+                .err()
+                .map(|err| format!("{}: {err}", e.session.id))
+        })
+        .collect()
+}
+
 /// How a session is ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Termination {
@@ -135,15 +147,7 @@ impl Actions {
             let result = self.end(session.id, how).await;
             ends.push(SessionEnd { session, result });
         }
-        let failures: Vec<String> = ends
-            .iter()
-            .filter_map(|e| {
-                e.result
-                    .as_ref()
-                    .err()
-                    .map(|err| format!("{}: {err}", e.session.id))
-            })
-            .collect();
+        let failures = failures(&ends);
         let outcome = if failures.is_empty() {
             Ok(())
         } else {

@@ -695,15 +695,7 @@ async fn logoff_user(State(app): State<App>, headers: HeaderMap, body: Bytes) ->
     let how = Termination::Logoff(switchboard_proto::mgmt::DEFAULT_GRACE);
     match app.actions.end_sessions(&who, &target, how).await {
         Ok(ends) => {
-            let failed: Vec<String> = ends
-                .iter()
-                .filter_map(|e| {
-                    e.result
-                        .as_ref()
-                        .err()
-                        .map(|err| format!("{}: {err}", e.session.id))
-                })
-                .collect();
+            let failed = crate::actions::sessions::failures(&ends);
             if failed.is_empty() {
                 message(
                     StatusCode::OK,

@@ -56,14 +56,14 @@ pub(crate) enum PoolIndex {
         tiers: [BTreeSet<u32>; 2],
         /// Position of the last pick.
         cursor: Option<u32>,
-        /// IPVS interleaved-WRR current weight.
-        cw: u64,
+        /// IPVS interleaved-WRR current weight (see `schedule::rotation`).
+        cw: i64,
         /// Whether the set of eligible weights changed since `mw`/`di` were computed.
         dirty: bool,
         /// gcd of the eligible weights.
-        di: u64,
+        di: i64,
         /// max eligible weight − (di − 1).
-        mw: u64,
+        mw: i64,
     },
     Sampled([Fenwick; 2]),
 }
@@ -101,6 +101,24 @@ pub(crate) struct Slot {
 }
 
 impl PoolIndex {
+    /// Replaces a member's slot, doing nothing when the index would not change.
+    pub(crate) fn update(&mut self, pos: u32, old: Option<&Slot>, new: Option<&Slot>) {
+        let unchanged = match (old, new, &*self) {
+            (Some(o), Some(n), PoolIndex::Ranked(_) | PoolIndex::Quota { .. }) => o == n,
+            (Some(o), Some(n), _) => o.tier == n.tier && o.key.weight == n.key.weight,
+            _ => false,
+        };
+        if unchanged && !matches!(self, PoolIndex::Sampled(_)) {
+            return;
+        }
+        if let Some(o) = old {
+            self.remove(pos, o);
+        }
+        if let Some(n) = new {
+            self.insert(pos, n);
+        }
+    }
+
     pub(crate) fn remove(&mut self, pos: u32, slot: &Slot) {
         match self {
             PoolIndex::Ranked(sets) => {
@@ -317,13 +335,6 @@ impl Fenwick {
         }
         (pos < n && self.values[pos] > 0).then_some(pos)
     }
-}
-
-pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 #[cfg(test)]

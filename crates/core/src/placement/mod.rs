@@ -4,33 +4,38 @@
 //! # Order of decisions
 //! 1. **Resume**: the user's live reservation in the pool is returned again; else the user's session
 //!    on a host of the pool (disconnected before running by default, see
-//!    [`crate::model::ResumePreference`]). Draining hosts still resume; offline or unreachable ones
-//!    do not.
+//!    [`crate::model::ResumePreference`]). Draining hosts still resume; offline hosts and hosts
+//!    whose health is not up do not (the drain rule, `eligibility.rs`).
 //! 2. **Eligibility** for a new session ([`Exclusion`] lists the causes, first match wins): online;
 //!    health up; for hosts with an agent, a load report younger than `stale_after_intervals` report
-//!    intervals; weight above 0; sessions plus reservations under the cap.
+//!    intervals; weight above 0; sessions plus reservations under the cap (`eligibility.rs`).
 //! 3. **Penalty**: a host that failed a start or a probe is skipped for the failure penalty unless no
 //!    other host is eligible.
-//! 4. **Policy** ([`crate::policy::Policy`]) ranks the eligible hosts. Equal scores prefer the heavier
-//!    host, then a seeded random draw, never the name.
+//! 4. **Policy** ([`crate::policy::Policy`]) chooses among the eligible hosts (`choose.rs`). Equal
+//!    scores prefer the heavier host, then a seeded random draw, never the name.
 //!
-//! # `wlc` and login storms
-//! Ranking by (sessions + reservations) / weight alone is Adams' apportionment method: every host
-//! gets one session before any gets two, so in a storm heavy hosts fall behind their share (with
-//! weights 200:50×7, 292 requests gave the heavy host 105 where its share is 106.2). `wlc` therefore
-//! ranks by (sessions + reservations + 1) / weight among the hosts whose occupancy is still below
-//! their weighted share of the next session, `c < (T+1)·w/W` over the eligible hosts: the
-//! Balinski–Young quota method. From any balanced start, N simultaneous requests leave every host
-//! within one session of its share; in steady state it picks the host with the least sessions per
-//! weight, as `wlc` always has.
+//! # Layout
+//! - `eligibility.rs`: the rules for new sessions and for resume, the drain rule among them.
+//! - `members.rs`: a pool's members, moved in the pool's index whenever their host changes.
+//! - `index.rs`: the per-pool index of eligible hosts, one structure per kind of policy.
+//! - `choose.rs`: the host choice of every policy, including `wlc`'s quota method.
+//! - [`score`]: the scores the ranked policies order hosts by.
+//! - this file: what a decision reports ([`Exclusion`], [`PlacementReason`], [`Explanation`]).
+//!
+//! The cluster state ([`crate::state`]) owns the hosts and pools: after every change to a host
+//! it updates the host's place in each of its pools, and a request runs resume, then the choice.
 //!
 //! # Speed
 //! Every pool keeps an index of its eligible hosts that is updated when a host changes, so a
-//! decision costs O(log n) for the ranked policies (a `BTreeSet` minimum), amortised O(log n) for
-//! `rr`, and O(log n) for `two-choices` (Fenwick tree sampling). Counts of excluded hosts by cause
-//! are kept with the index, so the reason costs nothing extra.
+//! decision costs O(log n) for the ranked policies (the root of a tournament tree; `wlc` looks at
+//! the first host of each weight class, O(classes · log n)), amortised O(log n) for `rr`, and
+//! O(log n) for `two-choices` (Fenwick tree sampling). Counts of excluded hosts by cause are kept
+//! with the index, so the reason costs nothing extra.
 
+mod choose;
+pub(crate) mod eligibility;
 pub(crate) mod index;
+pub(crate) mod members;
 pub mod score;
 
 use crate::policy::Policy;

@@ -71,7 +71,8 @@
 
 mod hashing;
 mod least;
-mod rotation;
+// Crate-visible for the interleaved-WRR step the `wrr` placement policy shares.
+pub(crate) mod rotation;
 
 use std::fmt;
 use std::net::IpAddr;

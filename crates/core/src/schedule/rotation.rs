@@ -3,6 +3,11 @@
 //! IPVS walks a linked list with a cursor that may point at the list head;
 //! here the cursor is `Option<usize>`, `None` standing for the head (scans
 //! then start at index 0).
+//!
+//! The weight side of interleaved WRR ([`interval_and_max`], [`next_pass`]) is
+//! also what the `wrr` placement policy steps with (`placement/choose.rs`), so
+//! the director and the broker interleave weights the same way. Each keeps its
+//! own cursor and its own rule for when the weights are measured again.
 
 use super::{Dest, gcd};
 
@@ -55,7 +60,7 @@ pub(super) struct WeightedRoundRobin {
 impl WeightedRoundRobin {
     /// `ip_vs_wrr_init_svc`: cursor at the head, `cw = mw`.
     pub(super) fn new(dests: &[Dest]) -> Self {
-        let (di, mw) = Self::interval_and_max(dests);
+        let (di, mw) = interval_and_max(dests.iter().map(|d| d.weight));
         WeightedRoundRobin {
             cl: None,
             cw: mw,
@@ -64,23 +69,14 @@ impl WeightedRoundRobin {
         }
     }
 
-    /// `(di, mw)` over all dests, usable or not: IPVS computes them on edits
-    /// only, while availability changes between picks. Unusable dests are
-    /// skipped during scans instead.
-    fn interval_and_max(dests: &[Dest]) -> (i64, i64) {
-        let g = dests.iter().map(|d| d.weight).fold(0, gcd);
-        let di = i64::from(g.max(1));
-        let max = i64::from(dests.iter().map(|d| d.weight).max().unwrap_or(0));
-        // With no positive weight, max = 0 and di = 1, so mw = 0: "no dest".
-        (di, max - (di - 1))
-    }
-
     /// `ip_vs_wrr_dest_changed`: cursor back to the head; `cw` is kept when
     /// still valid, else clamped to `mw` or aligned to the new `di` grid
     /// (`cw ≡ 1 mod di`), so the current round continues where it can.
     pub(super) fn rebuild(&mut self, dests: &[Dest]) {
         self.cl = None;
-        (self.di, self.mw) = Self::interval_and_max(dests);
+        // Over all dests, usable or not: IPVS measures on edits only, while
+        // availability changes between picks; scans skip unusable dests.
+        (self.di, self.mw) = interval_and_max(dests.iter().map(|d| d.weight));
         if self.cw > self.mw || self.cw == 0 {
             self.cw = self.mw;
         } else if self.di > 1 {
@@ -139,9 +135,7 @@ impl WeightedRoundRobin {
                     self.cw -= (passes - 1) * self.di;
                 }
             }
-            self.cw -= self.di;
-            if self.cw <= 0 {
-                self.cw = self.mw;
+            if next_pass(&mut self.cw, self.di, self.mw) {
                 // Stop if the last pass (weight >= 1) already covered the
                 // whole list: either it was flagged, or the search began at
                 // the head so the first pass was the whole list.
@@ -163,6 +157,29 @@ impl WeightedRoundRobin {
         // property test would catch it as a wrong `None`.
         None
     }
+}
+
+/// Interleaved WRR's decrease interval and highest current weight over
+/// `weights`: `di` is their gcd (1 if none is positive) and `mw` the largest
+/// minus `di - 1` (0 if none is positive, meaning nothing can be picked).
+pub(crate) fn interval_and_max(weights: impl IntoIterator<Item = u32>) -> (i64, i64) {
+    let (g, max) = weights
+        .into_iter()
+        .fold((0, 0), |(g, max), w| (gcd(g, w), max.max(w)));
+    let di = i64::from(g.max(1));
+    (di, i64::from(max) - (di - 1))
+}
+
+/// The step at the end of a pass over the list: lowers the current weight by
+/// `di`, and once it is no longer positive starts it again at `mw`. Returns
+/// whether it started again (a new cycle).
+pub(crate) fn next_pass(cw: &mut i64, di: i64, mw: i64) -> bool {
+    *cw -= di;
+    if *cw <= 0 {
+        *cw = mw;
+        return true;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -1,0 +1,257 @@
+//! What agents and probes report: load, connection and loss, probe results, and the sessions a
+//! host runs (inventory), which confirm reservations or adopt sessions the broker did not place.
+
+use super::{ClusterState, SessionEntry, Timer, check_name, not_found};
+use crate::error::CoreError;
+use crate::event::{Event, ReservationEnd};
+use crate::model::{Health, HostId, LoadReport, ReportedSession, SessionId, SessionState};
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest report interval an agent may announce.
+const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl ClusterState {
+    pub(super) fn report_load(
+        &mut self,
+        name: &str,
+        report: LoadReport,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        report.validate().map_err(|reason| CoreError::Invalid {
+            field: "load report",
+            reason,
+        })?;
+        let now = self.now;
+        let intervals = self.settings.stale_after_intervals;
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
+        if !h.spec.agent {
+            return Err(CoreError::Invalid {
+                field: "load report",
+                reason: format!("host {name:?} is configured without an agent"),
+            });
+        }
+        h.load = Some(report);
+        h.last_report_at = Some(now);
+        h.pending = 0;
+        let arm = !h.stale_timer;
+        h.stale_timer = true;
+        let due = now
+            .after(h.stale_window(intervals))
+            .after(Duration::from_millis(1));
+        events.push(Event::LoadReported {
+            host: h.name.clone(),
+        });
+        if arm {
+            self.timers.push(Reverse((due, Timer::ReportStale(hid))));
+        }
+        self.refresh_after_report(hid);
+        Ok(())
+    }
+
+    pub(super) fn agent_connected(
+        &mut self,
+        name: &str,
+        interval: Duration,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        if interval.is_zero() || interval > MAX_REPORT_INTERVAL {
+            return Err(CoreError::Invalid {
+                field: "report interval",
+                reason: format!("must be above 0 and at most 1h (got {interval:?})"),
+            });
+        }
+        let Some(h) = self.host_mut(hid) else {
+            return Err(not_found("host", name));
+        };
+        if !h.spec.agent {
+            return Err(CoreError::Invalid {
+                field: "agent",
+                reason: format!("host {name:?} is configured without an agent"),
+            });
+        }
+        h.report_interval = interval;
+        self.set_health(hid, Health::Up, events);
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    /// The host became unreachable: no new placements there, its sessions go `unknown`.
+    pub(super) fn host_lost(
+        &mut self,
+        name: &str,
+        agent: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let Some(h) = self.host_ref(hid) else {
+            return Err(not_found("host", name));
+        };
+        if h.spec.agent != agent {
+            return Err(CoreError::Invalid {
+                field: if agent { "agent" } else { "probe" },
+                reason: format!(
+                    "host {name:?} is configured {} an agent",
+                    if h.spec.agent { "with" } else { "without" }
+                ),
+            });
+        }
+        let ids: Vec<SessionId> = h.sessions.iter().copied().collect();
+        self.set_health(hid, Health::Unreachable, events);
+        for id in ids {
+            self.set_session_state(id, SessionState::Unknown, events);
+        }
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    pub(super) fn report_probe(
+        &mut self,
+        name: &str,
+        ok: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        if !ok {
+            self.host_lost(name, false, events)?;
+            self.penalize(hid, events);
+            self.refresh_host(hid);
+            return Ok(());
+        }
+        if self.host_ref(hid).is_some_and(|h| h.spec.agent) {
+            return Err(CoreError::Invalid {
+                field: "probe",
+                reason: format!("host {name:?} is configured with an agent"),
+            });
+        }
+        self.set_health(hid, Health::Up, events);
+        self.refresh_host(hid);
+        Ok(())
+    }
+
+    /// Applies one reported session: update a known one, confirm the user's reservation on this
+    /// host, or adopt it.
+    fn apply_reported(&mut self, hid: HostId, rs: ReportedSession, events: &mut Vec<Event>) {
+        let known = self
+            .host_ref(hid)
+            .and_then(|h| h.by_backend.get(rs.backend_id.as_str()).copied());
+        if let Some(id) = known {
+            let current = self.sessions.get(&id).map(|s| s.state);
+            // A session being terminated stays `ending` until it is gone.
+            if current != Some(SessionState::Ending) {
+                self.set_session_state(id, rs.state.into(), events);
+            }
+            return;
+        }
+        let uid = self.intern_user(&rs.user);
+        let reservation = self
+            .users
+            .items(uid)
+            .iter()
+            .copied()
+            .filter(|id| self.reservations.get(id).is_some_and(|r| r.host == hid))
+            .min_by_key(|id| self.reservations[id].created_at);
+        let (id, pool, client) = match reservation {
+            Some(id) => {
+                let (pool, client) = {
+                    let r = &self.reservations[&id];
+                    (Some(r.pool), r.client)
+                };
+                self.end_reservation(id, ReservationEnd::Confirmed, events);
+                (id, pool, client)
+            }
+            None => (self.alloc_id(), None, None),
+        };
+        let entry = SessionEntry {
+            user: uid,
+            host: hid,
+            pool,
+            state: rs.state.into(),
+            backend_id: Some(Arc::from(rs.backend_id)),
+            client,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        self.insert_session(id, entry, events, false);
+    }
+
+    fn check_reported(rs: &ReportedSession) -> Result<(), CoreError> {
+        check_name("backend id", &rs.backend_id)?;
+        check_name("user", &rs.user)
+    }
+
+    pub(super) fn report_inventory(
+        &mut self,
+        name: &str,
+        reported: Vec<ReportedSession>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        let mut seen = std::collections::HashSet::new();
+        for rs in &reported {
+            Self::check_reported(rs)?;
+            if !seen.insert(rs.backend_id.as_str()) {
+                return Err(CoreError::Invalid {
+                    field: "inventory",
+                    reason: format!("backend id {:?} is reported twice", rs.backend_id),
+                });
+            }
+        }
+        let missing: Vec<SessionId> = self
+            .host_ref(hid)
+            .map(|h| {
+                h.sessions
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        self.sessions[id]
+                            .backend_id
+                            .as_deref()
+                            .is_none_or(|b| !seen.contains(b))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        drop(seen);
+        for id in missing {
+            self.remove_session(id, events);
+        }
+        for rs in reported {
+            self.apply_reported(hid, rs, events);
+        }
+        Ok(())
+    }
+
+    pub(super) fn report_session(
+        &mut self,
+        name: &str,
+        rs: ReportedSession,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        Self::check_reported(&rs)?;
+        self.apply_reported(hid, rs, events);
+        Ok(())
+    }
+
+    pub(super) fn report_session_gone(
+        &mut self,
+        name: &str,
+        backend_id: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CoreError> {
+        let hid = self.host_id(name)?;
+        if let Some(id) = self
+            .host_ref(hid)
+            .and_then(|h| h.by_backend.get(backend_id).copied())
+        {
+            self.remove_session(id, events);
+        }
+        Ok(())
+    }
+}
