@@ -556,6 +556,8 @@ impl<S: Store> Engine<S> {
                 Request::Apply { command, reply } => {
                     let started = Instant::now();
                     let is_placement = matches!(command, Command::Reserve { .. });
+                    // A tick that fired no timer changed nothing readers see: no new snapshot.
+                    let is_tick = matches!(command, Command::Tick);
                     let weight_host = match &command {
                         Command::SetWeight { host, .. } => Some(host.clone()),
                         _ => None,
@@ -570,7 +572,7 @@ impl<S: Store> Engine<S> {
                             }
                             urgent |= events.iter().any(changes_hosts);
                             self.views.note(&events);
-                            self.dirty = true;
+                            self.dirty |= !is_tick || !events.is_empty();
                             if events.iter().any(Event::is_durable) {
                                 durable.extend(events.iter().filter(|e| e.is_durable()).cloned());
                                 replies.push((reply, events));
