@@ -17,7 +17,7 @@
 //! Session types come from the gateway's Kubernetes pool (its templates) and from static targets
 //! (`[[gateway.target]]`: a fixed address, such as a host running Xpra).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::kubernetes::KubePools;
+use crate::sync::lock;
+use crate::web::signin::{Cookie, SignIns};
 
 /// Name of the sign-in cookie.
 pub const COOKIE: &str = "switchboard_gateway";
@@ -73,8 +75,10 @@ struct Gw {
     auth: switchboard_auth::Authenticator,
     kube: KubePools,
     tls: bool,
-    signed_in: Arc<Mutex<Expiring>>,
-    tokens: Arc<Mutex<Expiring>>,
+    /// Sign-in cookies → user.
+    signed_in: Arc<Mutex<SignIns<String>>>,
+    /// Connect tokens → user.
+    tokens: Arc<Mutex<SignIns<String>>>,
     shutdown: CancellationToken,
 }
 
@@ -83,47 +87,6 @@ impl std::fmt::Debug for Gw {
         f.debug_struct("Gw")
             .field("listen", &self.cfg.listen)
             .finish_non_exhaustive()
-    }
-}
-
-/// Secrets (cookies, tokens) → (user, expiry).
-#[derive(Debug, Default)]
-struct Expiring {
-    map: HashMap<String, (String, Instant)>,
-}
-
-impl Expiring {
-    fn insert(&mut self, secret: String, user: String, ttl: Duration) {
-        let now = Instant::now();
-        if self.map.len() >= MAX_SESSIONS {
-            self.map.retain(|_, (_, exp)| *exp > now);
-            if self.map.len() >= MAX_SESSIONS
-                && let Some(oldest) = self
-                    .map
-                    .iter()
-                    .min_by_key(|(_, (_, e))| *e)
-                    .map(|(k, _)| k.clone())
-            {
-                self.map.remove(&oldest);
-            }
-        }
-        self.map.insert(secret, (user, now + ttl));
-    }
-
-    fn user(&self, secret: &str) -> Option<String> {
-        self.map
-            .get(secret)
-            .filter(|(_, exp)| *exp > Instant::now())
-            .map(|(u, _)| u.clone())
-    }
-
-    /// A live secret of `user` with at least `min` left, if any.
-    fn of_user(&self, user: &str, min: Duration) -> Option<String> {
-        let now = Instant::now();
-        self.map
-            .iter()
-            .find(|(_, (u, exp))| u == user && *exp > now + min)
-            .map(|(k, _)| k.clone())
     }
 }
 
@@ -148,7 +111,23 @@ pub struct GatewayConfig {
 
 /// A new cookie or connect token: 128 random bits as hex.
 fn secret() -> Result<String, switchboard_auth::secret::SecretError> {
-    switchboard_auth::secret::random_hex(16)
+    crate::web::signin::new_secret(16)
+}
+
+impl Gw {
+    fn cookie(&self) -> Cookie {
+        Cookie {
+            name: COOKIE,
+            path: "/",
+            secure: self.tls,
+        }
+    }
+
+    /// The user a request's sign-in cookie stands for.
+    fn user(&self, headers: &HeaderMap) -> Option<String> {
+        let c = self.cookie().read(headers)?;
+        lock(&self.signed_in).get(&c).cloned()
+    }
 }
 
 /// Serves the gateway on `listener` (bound by the caller; with `tls` when it speaks HTTPS/WSS)
@@ -164,11 +143,11 @@ pub fn start(
     let addr = listener.local_addr()?;
     let gw = Gw {
         tls: tls.is_some(),
+        signed_in: Arc::new(Mutex::new(SignIns::new(cfg.cookie_ttl, MAX_SESSIONS))),
+        tokens: Arc::new(Mutex::new(SignIns::new(cfg.token_ttl, MAX_SESSIONS))),
         cfg: Arc::new(cfg),
         auth,
         kube,
-        signed_in: Arc::default(),
-        tokens: Arc::default(),
         shutdown: shutdown.clone(),
     };
     let router = router(gw);
@@ -211,22 +190,10 @@ impl FromRequestParts<Gw> for User {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gw) -> Result<User, Response> {
-        let user =
-            cookie(&parts.headers).and_then(|c| gw.signed_in.lock().expect("sessions").user(&c));
-        user.map(User)
+        gw.user(&parts.headers)
+            .map(User)
             .ok_or_else(|| Redirect::to("/login").into_response())
     }
-}
-
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
 }
 
 fn page(title: &str, body: &str) -> Response {
@@ -297,21 +264,13 @@ async fn login(
                     return r;
                 }
             };
-            gw.signed_in.lock().expect("sessions").insert(
-                c.clone(),
-                user.clone(),
-                gw.cfg.cookie_ttl,
-            );
+            lock(&gw.signed_in).insert(c.clone(), user.clone());
             tracing::info!(user = %switchboard_auth::printable(&user), %peer, "gateway sign-in");
-            let secure = if gw.tls { "; Secure" } else { "" };
-            let set = format!(
-                "{COOKIE}={c}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-                gw.cfg.cookie_ttl.as_secs()
-            );
             let mut r = Redirect::to("/").into_response();
-            if let Ok(v) = HeaderValue::from_str(&set) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                gw.cookie().set(&c, gw.cfg.cookie_ttl),
+            );
             r
         }
         Err(switchboard_auth::AuthError::Denied) => {
@@ -324,16 +283,12 @@ async fn login(
 }
 
 async fn logout(State(gw): State<Gw>, headers: HeaderMap) -> Response {
-    if let Some(c) = cookie(&headers) {
-        gw.signed_in.lock().expect("sessions").map.remove(&c);
+    if let Some(c) = gw.cookie().read(&headers) {
+        lock(&gw.signed_in).remove(&c);
     }
     let mut r = Redirect::to("/login").into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "switchboard_gateway=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
-    );
+    r.headers_mut()
+        .insert(header::SET_COOKIE, gw.cookie().clear());
     r
 }
 
@@ -357,12 +312,13 @@ async fn session_types(gw: &Gw, user: &str) -> Vec<String> {
 
 /// The user's connect token (a live one with at least a minute left, or a new one).
 fn connect_token(gw: &Gw, user: &str) -> Result<String, switchboard_auth::secret::SecretError> {
-    let mut tokens = gw.tokens.lock().expect("tokens");
-    if let Some(t) = tokens.of_user(user, Duration::from_secs(60).min(gw.cfg.token_ttl / 2)) {
-        return Ok(t);
+    let mut tokens = lock(&gw.tokens);
+    let min = Duration::from_secs(60).min(gw.cfg.token_ttl / 2);
+    if let Some(t) = tokens.find(min, |u| u == user) {
+        return Ok(t.to_owned());
     }
     let t = secret()?;
-    tokens.insert(t.clone(), user.to_string(), gw.cfg.token_ttl);
+    tokens.insert(t.clone(), user.to_owned());
     Ok(t)
 }
 
@@ -530,7 +486,7 @@ async fn ws_cookie(
         let (token, ty) = (token.to_string(), ty.to_string());
         return ws_token(State(gw), UrlPath((token, ty)), headers, ws).await;
     }
-    let user = cookie(&headers).and_then(|c| gw.signed_in.lock().expect("sessions").user(&c));
+    let user = gw.user(&headers);
     let Ok(ws) = ws else {
         // A browser opening /<type> directly: send it through the waiting page.
         return match user {
@@ -571,7 +527,7 @@ async fn ws_token(
         )
             .into_response();
     }
-    let Some(user) = gw.tokens.lock().expect("tokens").user(&token) else {
+    let Some(user) = lock(&gw.tokens).get(&token).cloned() else {
         return (
             StatusCode::UNAUTHORIZED,
             "unknown or expired connect token\n",
@@ -745,7 +701,10 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; switchboard_gateway=xyz; b=2"),
         );
-        assert_eq!(cookie(&h).as_deref(), Some("xyz"));
+        assert_eq!(
+            crate::web::signin::read(&h, COOKIE).as_deref(),
+            Some("xyz")
+        );
         h.insert(
             header::HOST,
             HeaderValue::from_static("gw.example.org:8443"),
@@ -763,17 +722,4 @@ mod tests {
         assert!(!same_origin(&h));
     }
 
-    #[test]
-    fn expiring_secrets() {
-        let mut e = Expiring::default();
-        e.insert("s1".into(), "alice".into(), Duration::from_secs(60));
-        e.insert("s2".into(), "bob".into(), Duration::ZERO);
-        assert_eq!(e.user("s1").as_deref(), Some("alice"));
-        assert_eq!(e.user("s2"), None, "expired");
-        assert_eq!(
-            e.of_user("alice", Duration::from_secs(10)).as_deref(),
-            Some("s1")
-        );
-        assert_eq!(e.of_user("alice", Duration::from_secs(120)), None);
-    }
 }

@@ -18,6 +18,7 @@ use crate::actions::hosts::AdminChange;
 use crate::actions::{ActionError, Actor, Surface, Termination};
 use crate::sync::lock;
 use crate::web::html::escape;
+use crate::web::signin::{self, Cookie, SignIns};
 use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
@@ -33,7 +34,6 @@ use switchboard_auth::{AuthError, Authenticator, printable, secret};
 use switchboard_core::SessionId;
 use switchboard_proto::mgmt::Target;
 use switchboard_store::Store;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a dashboard sign-in lasts.
@@ -55,7 +55,6 @@ const STYLE: &[u8] = include_bytes!("../../assets/style.css");
 struct UiSession {
     who: String,
     csrf: String,
-    expires: Instant,
     /// For token sign-ins, the token's hash: the session ends when the token is revoked.
     token_hash: Option<String>,
 }
@@ -63,7 +62,7 @@ struct UiSession {
 /// The dashboard's state. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ui {
-    sessions: Arc<Mutex<HashMap<String, UiSession>>>,
+    sessions: Arc<Mutex<SignIns<UiSession>>>,
     loads: Arc<Mutex<HashMap<String, VecDeque<f64>>>>,
     /// Members of this group may sign in with their password through `auth`.
     admin_group: Option<String>,
@@ -75,7 +74,7 @@ impl Ui {
     /// A dashboard; password sign-in needs both `auth` (not `none`) and `admin_group`.
     pub fn new(auth: Option<Authenticator>, admin_group: Option<String>, https: bool) -> Ui {
         Ui {
-            sessions: Arc::new(Mutex::new(HashMap::new())),
+            sessions: Arc::new(Mutex::new(SignIns::new(SESSION_TTL, MAX_SESSIONS))),
             loads: Arc::new(Mutex::new(HashMap::new())),
             auth: auth.filter(Authenticator::checks),
             admin_group,
@@ -106,27 +105,13 @@ impl Ui {
 
     fn sign_in(&self, who: String, token_hash: Option<String>) -> Option<(String, String)> {
         // 256 random bits each; `None` when the system has no randomness to give.
-        let sid = secret::random_hex(32).ok()?;
-        let csrf = secret::random_hex(32).ok()?;
-        let mut s = lock(&self.sessions);
-        let now = Instant::now();
-        s.retain(|_, v| v.expires > now);
-        while s.len() >= MAX_SESSIONS {
-            let Some(oldest) = s
-                .iter()
-                .min_by_key(|(_, v)| v.expires)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            s.remove(&oldest);
-        }
-        s.insert(
+        let sid = signin::new_secret(32).ok()?;
+        let csrf = signin::new_secret(32).ok()?;
+        lock(&self.sessions).insert(
             sid.clone(),
             UiSession {
                 who,
                 csrf: csrf.clone(),
-                expires: now + SESSION_TTL,
                 token_hash,
             },
         );
@@ -134,18 +119,17 @@ impl Ui {
     }
 
     fn session(&self, headers: &HeaderMap) -> Option<(String, UiSession)> {
-        let sid = cookie(headers, COOKIE)?;
-        let s = lock(&self.sessions);
-        let v = s.get(&sid)?;
-        (v.expires > Instant::now()).then(|| (sid, v.clone()))
+        let sid = self.cookie().read(headers)?;
+        let s = lock(&self.sessions).get(&sid).cloned()?;
+        Some((sid, s))
     }
 
-    fn cookie(&self, sid: &str, max_age: u64) -> HeaderValue {
-        let secure = if self.https { "; Secure" } else { "" };
-        HeaderValue::from_str(&format!(
-            "{COOKIE}={sid}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    fn cookie(&self) -> Cookie {
+        Cookie {
+            name: COOKIE,
+            path: "/ui",
+            secure: self.https,
+        }
     }
 
     fn spark(&self, host: &str) -> String {
@@ -190,18 +174,6 @@ fn sample(loads: &mut HashMap<String, VecDeque<f64>>, hosts: &[Arc<crate::snapsh
         }
     }
     *loads = next;
-}
-
-/// A cookie's value from the request headers.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 fn form(body: &Bytes) -> HashMap<String, String> {
@@ -387,7 +359,7 @@ async fn login(
     });
     let mut r = Redirect::to("/ui/").into_response();
     r.headers_mut()
-        .insert(header::SET_COOKIE, ui.cookie(&sid, SESSION_TTL.as_secs()));
+        .insert(header::SET_COOKIE, ui.cookie().set(&sid, SESSION_TTL));
     r
 }
 
@@ -452,7 +424,7 @@ async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
     }
     let mut r = Redirect::to("/ui/login").into_response();
     r.headers_mut()
-        .insert(header::SET_COOKIE, app.ui.cookie("", 0));
+        .insert(header::SET_COOKIE, app.ui.cookie().clear());
     r
 }
 

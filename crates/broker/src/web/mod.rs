@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`error`]: [`error::ApiError`] and the mapping of engine, agent and Kubernetes errors.
 //! - [`html`]: escaping and the small HTML answers.
+//! - [`signin`]: cookie sign-ins (the dashboard's, the gateway's and its connect tokens).
 
 pub mod error;
 pub mod html;
+pub mod signin;
