@@ -35,6 +35,41 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 /// Time passes for the core (reservation expiry, stale reports) at least this often.
 const TICK_EVERY: Duration = Duration::from_secs(1);
 
+/// Where the engine's time comes from. The core never reads a clock: the engine passes it the
+/// time with every command, from here.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// The system's wall clock (what the broker runs on).
+    Wall,
+    /// A wall-clock start, moved on by tokio's clock: tests that pause tokio's time move the
+    /// engine's with `tokio::time::advance`, so reservation expiry, liveness and the policies
+    /// are tested without waiting for them.
+    Tokio {
+        /// The time at `at`.
+        start: Millis,
+        /// When the clock was made.
+        at: Instant,
+    },
+}
+
+impl Clock {
+    /// A clock that follows tokio's (paused in tests), starting at the wall clock's now.
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
+            start: Millis::now_wall(),
+            at: Instant::now(),
+        }
+    }
+
+    /// The time now.
+    pub fn now(&self) -> Millis {
+        match self {
+            Clock::Wall => Millis::now_wall(),
+            Clock::Tokio { start, at } => start.after(at.elapsed()),
+        }
+    }
+}
+
 /// Why the engine could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -324,6 +359,7 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 struct Engine<S: Store> {
     state: ClusterState,
+    clock: Clock,
     store: Arc<S>,
     layout: Layout,
     /// Hosts whose weight was set at run time: a reload keeps their weight.
@@ -347,10 +383,11 @@ struct Engine<S: Store> {
 async fn build_state<S: Store>(
     store: &S,
     layout: &Layout,
+    clock: Clock,
 ) -> Result<(ClusterState, HashSet<String>), StoreError> {
     let durable = store.load().await?;
     let mut state = ClusterState::new(layout.settings.clone());
-    let now = Millis::now_wall();
+    let now = clock.now();
     for h in &layout.hosts {
         if let Err(e) = state.apply(Command::AddHost(h.clone()), now) {
             tracing::error!(host = %h.name, error = %e, "host from the configuration refused");
@@ -424,14 +461,24 @@ async fn build_state<S: Store>(
     Ok((state, overrides))
 }
 
-/// Starts the engine task. Fails if the store cannot be read at start-up.
+/// Starts the engine task on the wall clock. Fails if the store cannot be read at start-up.
 pub async fn start<S: Store>(
     store: Arc<S>,
     layout: Layout,
     shutdown: CancellationToken,
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
+    start_with_clock(store, layout, Clock::Wall, shutdown).await
+}
+
+/// Starts the engine task on `clock`. Fails if the store cannot be read at start-up.
+pub async fn start_with_clock<S: Store>(
+    store: Arc<S>,
+    layout: Layout,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), StoreError> {
     let started = Instant::now();
-    let (state, weight_overrides) = build_state(&*store, &layout).await?;
+    let (state, weight_overrides) = build_state(&*store, &layout, clock).await?;
     tracing::info!(
         hosts = state.host_count(),
         sessions = state.session_count(),
@@ -446,6 +493,7 @@ pub async fn start<S: Store>(
     let engine = Engine {
         running: running.clone(),
         state,
+        clock,
         store,
         layout,
         weight_overrides,
@@ -562,7 +610,7 @@ impl<S: Store> Engine<S> {
                         Command::SetWeight { host, .. } => Some(host.clone()),
                         _ => None,
                     };
-                    match self.state.apply(command, Millis::now_wall()) {
+                    match self.state.apply(command, self.clock.now()) {
                         Ok(events) => {
                             if is_placement {
                                 crate::metrics::placement(&events, started.elapsed());
@@ -655,7 +703,7 @@ impl<S: Store> Engine<S> {
         self.snapshots.send_replace(Arc::new(last));
         let mut delay = Duration::from_millis(100);
         loop {
-            match build_state(&*self.store, &self.layout).await {
+            match build_state(&*self.store, &self.layout, self.clock).await {
                 Ok((state, overrides)) => {
                     self.state = state;
                     self.weight_overrides = overrides;
@@ -689,7 +737,7 @@ impl<S: Store> Engine<S> {
     /// Moves hosts, pools and settings to a new configuration, keeping sessions and runtime
     /// state. Returns the events.
     fn reconfigure(&mut self, new: Layout) -> Vec<Event> {
-        let now = Millis::now_wall();
+        let now = self.clock.now();
         let mut events = Vec::new();
         let mut run = |state: &mut ClusterState, c: Command| match state.apply(c, now) {
             Ok(ev) => events.extend(ev),
@@ -765,7 +813,7 @@ impl<S: Store> Engine<S> {
         );
         let mut urgent = false;
         let mut durable = Vec::new();
-        let now = Millis::now_wall();
+        let now = self.clock.now();
         for (command, received) in reports {
             self.unpublished.push(received);
             let events = match self.state.apply(command, now) {

@@ -267,10 +267,8 @@ async fn login(
             lock(&gw.signed_in).insert(c.clone(), user.clone());
             tracing::info!(user = %switchboard_auth::printable(&user), %peer, "gateway sign-in");
             let mut r = Redirect::to("/").into_response();
-            r.headers_mut().insert(
-                header::SET_COOKIE,
-                gw.cookie().set(&c, gw.cfg.cookie_ttl),
-            );
+            r.headers_mut()
+                .insert(header::SET_COOKIE, gw.cookie().set(&c, gw.cfg.cookie_ttl));
             r
         }
         Err(switchboard_auth::AuthError::Denied) => {
@@ -701,10 +699,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; switchboard_gateway=xyz; b=2"),
         );
-        assert_eq!(
-            crate::web::signin::read(&h, COOKIE).as_deref(),
-            Some("xyz")
-        );
+        assert_eq!(crate::web::signin::read(&h, COOKIE).as_deref(), Some("xyz"));
         h.insert(
             header::HOST,
             HeaderValue::from_static("gw.example.org:8443"),
@@ -721,5 +716,4 @@ mod tests {
         );
         assert!(!same_origin(&h));
     }
-
 }

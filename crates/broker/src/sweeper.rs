@@ -35,9 +35,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let in_flight: Arc<Mutex<HashSet<SessionId>>> = Arc::new(Mutex::new(HashSet::new()));
-    // Failed log-offs: when to try again, and the wait after the next failure.
-    let failed: Arc<Mutex<HashMap<SessionId, (Instant, Duration)>>> =
-        Arc::new(Mutex::new(HashMap::new()));
+    let failed = Arc::new(Mutex::new(Retries::new(interval)));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,14 +54,11 @@ pub fn spawn(
             };
             {
                 let ids: HashSet<SessionId> = due.iter().map(|p| p.session.id).collect();
-                lock(&failed).retain(|id, _| ids.contains(id));
+                lock(&failed).keep(&ids);
             }
             for p in due {
                 let id = p.session.id;
-                if lock(&failed)
-                    .get(&id)
-                    .is_some_and(|(next, _)| Instant::now() < *next)
-                {
+                if lock(&failed).waiting(id) {
                     continue;
                 }
                 if !lock(&in_flight).insert(id) {
@@ -73,15 +68,110 @@ pub fn spawn(
                     (actions.clone(), in_flight.clone(), failed.clone());
                 tokio::spawn(async move {
                     if actions.policy_logoff(&p).await.is_err() {
-                        let mut f = lock(&failed);
-                        let wait = f.get(&id).map_or(interval, |(_, w)| *w).min(MAX_BACKOFF);
-                        f.insert(id, (Instant::now() + wait, (wait * 2).min(MAX_BACKOFF)));
+                        lock(&failed).failed(id);
                     } else {
-                        lock(&failed).remove(&id);
+                        lock(&failed).succeeded(id);
                     }
                     lock(&in_flight).remove(&id);
                 });
             }
         }
     })
+}
+
+/// Failed log-offs and when each may be tried again: one interval after the first failure, then
+/// twice as long after each further one, up to [`MAX_BACKOFF`].
+#[derive(Debug)]
+struct Retries {
+    interval: Duration,
+    /// When to try again, and the wait after the next failure.
+    next: HashMap<SessionId, (Instant, Duration)>,
+}
+
+impl Retries {
+    fn new(interval: Duration) -> Retries {
+        Retries {
+            interval,
+            next: HashMap::new(),
+        }
+    }
+
+    /// Whether `id` failed and its wait is not over.
+    fn waiting(&self, id: SessionId) -> bool {
+        self.next
+            .get(&id)
+            .is_some_and(|(next, _)| Instant::now() < *next)
+    }
+
+    fn failed(&mut self, id: SessionId) {
+        let wait = self
+            .next
+            .get(&id)
+            .map_or(self.interval, |(_, w)| *w)
+            .min(MAX_BACKOFF);
+        self.next
+            .insert(id, (Instant::now() + wait, (wait * 2).min(MAX_BACKOFF)));
+    }
+
+    fn succeeded(&mut self, id: SessionId) {
+        self.next.remove(&id);
+    }
+
+    /// Forgets the sessions no longer due (ended, or back within the policy).
+    fn keep(&mut self, due: &HashSet<SessionId>) {
+        self.next.retain(|id, _| due.contains(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Advances paused time by `secs` and says whether `id` is still waiting.
+    async fn after(r: &Retries, id: SessionId, secs: u64) -> bool {
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        r.waiting(id)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_policy_logoff_waits_twice_as_long_each_time_up_to_ten_minutes() {
+        let id = SessionId(7);
+        let mut r = Retries::new(Duration::from_secs(10));
+        assert!(!r.waiting(id), "never failed: due at once");
+        r.failed(id);
+        assert!(after(&r, id, 9).await, "first wait: one interval");
+        assert!(!after(&r, id, 1).await);
+        r.failed(id);
+        assert!(after(&r, id, 19).await, "second wait: two intervals");
+        assert!(!after(&r, id, 1).await);
+        r.failed(id);
+        assert!(after(&r, id, 39).await, "third wait: four intervals");
+        assert!(!after(&r, id, 1).await);
+        for _ in 0..10 {
+            r.failed(id);
+        }
+        assert!(
+            after(&r, id, 599).await,
+            "the wait stops growing at ten minutes"
+        );
+        assert!(!after(&r, id, 1).await);
+        r.succeeded(id);
+        r.failed(id);
+        assert!(
+            after(&r, id, 9).await,
+            "a success starts the schedule again"
+        );
+        assert!(!after(&r, id, 1).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_no_longer_due_are_forgotten() {
+        let (a, b) = (SessionId(1), SessionId(2));
+        let mut r = Retries::new(Duration::from_secs(10));
+        r.failed(a);
+        r.failed(b);
+        r.keep(&HashSet::from([b]));
+        assert!(!r.waiting(a), "a's record went with it");
+        assert!(r.waiting(b));
+    }
 }

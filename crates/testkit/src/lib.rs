@@ -5,7 +5,8 @@
 //! - [`kubeapi`]: a fake Kubernetes API server (pods, claims, watches, scripted phases).
 //! - [`layers`]: a check that a crate's `crate::` and `super::` imports keep a layer order.
 //! - [`store`]: a fresh SQLite store in a temp dir, and a fresh PostgreSQL database on the server
-//!   the test script started (`SWITCHBOARD_TEST_POSTGRES_URL`).
+//!   the test script started (`SWITCHBOARD_TEST_POSTGRES_URL`), and a store in memory for tests
+//!   on paused time.
 
 pub mod ipvs;
 pub mod kubeapi;

@@ -85,3 +85,205 @@ pub async fn fresh_postgres_database() -> String {
     let (prefix, _) = base.rsplit_once('/').expect("URL with a database path");
     format!("{prefix}/{name}")
 }
+
+/// A store in memory, for tests of the engine on paused time (a real store does I/O, during
+/// which a paused tokio clock jumps to the next timer). It keeps what [`SqlStore`] keeps, in the
+/// same way: runtime host state, live sessions, credentials and the audit log. Commits can be
+/// made to fail, as a store outage would.
+#[derive(Debug, Default)]
+pub struct Memory {
+    inner: std::sync::Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    hosts: std::collections::BTreeMap<String, switchboard_store::HostState>,
+    sessions: std::collections::BTreeMap<
+        switchboard_core::SessionId,
+        switchboard_core::model::SessionRecord,
+    >,
+    credentials: std::collections::BTreeMap<String, String>,
+    audit: Vec<switchboard_store::AuditRecord>,
+    commits: u64,
+    failing: bool,
+}
+
+impl Memory {
+    /// An empty store.
+    pub fn new() -> Memory {
+        Memory::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// From now on every commit fails (`true`) or succeeds again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.state().failing = failing;
+    }
+
+    /// Transactions committed so far (those with durable events).
+    pub fn commits(&self) -> u64 {
+        self.state().commits
+    }
+
+    /// Every audit record, oldest first.
+    pub fn audit_log(&self) -> Vec<switchboard_store::AuditRecord> {
+        self.state().audit.clone()
+    }
+
+    /// The stored record of a session (ended ones included).
+    pub fn session(
+        &self,
+        id: switchboard_core::SessionId,
+    ) -> Option<switchboard_core::model::SessionRecord> {
+        self.state().sessions.get(&id).cloned()
+    }
+}
+
+fn unavailable() -> switchboard_store::StoreError {
+    switchboard_store::StoreError::Unavailable("the test made the store fail".into())
+}
+
+impl switchboard_store::Store for Memory {
+    async fn load(&self) -> Result<switchboard_store::Durable, switchboard_store::StoreError> {
+        let s = self.state();
+        if s.failing {
+            return Err(unavailable());
+        }
+        Ok(switchboard_store::Durable {
+            hosts: s.hosts.values().cloned().collect(),
+            sessions: s
+                .sessions
+                .values()
+                .filter(|r| r.state != switchboard_core::SessionState::Ended)
+                .cloned()
+                .collect(),
+            credentials: s
+                .credentials
+                .iter()
+                .map(|(h, c)| (h.clone(), c.clone()))
+                .collect(),
+        })
+    }
+
+    async fn commit(
+        &self,
+        events: &[switchboard_core::Event],
+    ) -> Result<(), switchboard_store::StoreError> {
+        use switchboard_core::Event;
+        if !events.iter().any(Event::is_durable) {
+            return Ok(());
+        }
+        let mut s = self.state();
+        if s.failing {
+            return Err(unavailable());
+        }
+        let host = |s: &mut MemoryState, name: &str| {
+            s.hosts
+                .entry(name.to_owned())
+                .or_insert_with(|| switchboard_store::HostState {
+                    name: name.to_owned(),
+                    admin: switchboard_core::AdminState::Online,
+                    weight: None,
+                    offline_when_empty: None,
+                })
+                .clone()
+        };
+        for e in events {
+            match e {
+                Event::AdminStateChanged { host: h, state } => {
+                    let mut row = host(&mut s, h);
+                    row.admin = *state;
+                    s.hosts.insert(row.name.clone(), row);
+                }
+                Event::OfflineWhenEmpty { host: h, by } => {
+                    let mut row = host(&mut s, h);
+                    row.offline_when_empty = by.as_deref().map(str::to_owned);
+                    s.hosts.insert(row.name.clone(), row);
+                }
+                Event::WeightChanged { host: h, weight } => {
+                    let mut row = host(&mut s, h);
+                    row.weight = Some(*weight);
+                    s.hosts.insert(row.name.clone(), row);
+                }
+                Event::Drained { host: h, by } => {
+                    let (surface, actor) = by.split_once(' ').unwrap_or(("broker", by));
+                    let record = switchboard_store::AuditRecord {
+                        id: switchboard_store::audit_id(),
+                        at: switchboard_core::Millis::now_wall(),
+                        actor: actor.to_owned(),
+                        surface: surface.to_owned(),
+                        action: "offline (drained)".to_owned(),
+                        target: h.to_string(),
+                        result: "ok".to_owned(),
+                    };
+                    s.audit.push(record);
+                }
+                Event::HostRemoved { name } => {
+                    s.hosts.remove(&**name);
+                }
+                Event::SessionStarted(r) => {
+                    s.sessions.insert(r.id, r.clone());
+                }
+                Event::SessionStateChanged { id, state, at, .. } => {
+                    if let Some(r) = s.sessions.get_mut(id) {
+                        r.state = *state;
+                        r.updated_at = *at;
+                    }
+                }
+                Event::SessionEnded { id, at, .. } => {
+                    if let Some(r) = s.sessions.get_mut(id) {
+                        r.state = switchboard_core::SessionState::Ended;
+                        r.updated_at = *at;
+                    }
+                }
+                Event::CredentialIssued { host: h, hash } => {
+                    s.credentials.insert(h.to_string(), hash.to_string());
+                }
+                Event::CredentialRevoked { host: h } => {
+                    s.credentials.remove(&**h);
+                }
+                _ => {}
+            }
+        }
+        s.commits += 1;
+        Ok(())
+    }
+
+    async fn append_audit(
+        &self,
+        record: &switchboard_store::AuditRecord,
+    ) -> Result<(), switchboard_store::StoreError> {
+        let mut s = self.state();
+        if s.failing {
+            return Err(unavailable());
+        }
+        s.audit.push(record.clone());
+        Ok(())
+    }
+
+    async fn audit(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<switchboard_store::AuditRecord>, switchboard_store::StoreError> {
+        let s = self.state();
+        Ok(s.audit
+            .iter()
+            .rev()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), switchboard_store::StoreError> {
+        if self.state().failing {
+            Err(unavailable())
+        } else {
+            Ok(())
+        }
+    }
+}

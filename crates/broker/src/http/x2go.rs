@@ -602,24 +602,9 @@ impl X2go {
         ttl: Duration,
         mut running: tokio::sync::broadcast::Receiver<crate::engine::SessionRunning>,
     ) {
-        use tokio::sync::broadcast::error::RecvError;
         let this = self.clone();
         tokio::spawn(async move {
-            let deadline = tokio::time::sleep(ttl);
-            tokio::pin!(deadline);
-            let used = loop {
-                tokio::select! {
-                    () = &mut deadline => break false,
-                    news = running.recv() => match news {
-                        Ok(s) if *s.host == *host && *s.user == *login => break true,
-                        Ok(_) => {}
-                        // Too much news at once to keep up: the key stays until its TTL, as
-                        // it would without a login.
-                        Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => break false,
-                    },
-                }
-            };
+            let used = first_use(&host, &login, ttl, &mut running).await;
             let r = this
                 .agents
                 .command(
@@ -780,6 +765,32 @@ pub mod keys {
     }
 }
 
+/// Waits for the first use of an autologin key: `true` once `running` announces a running
+/// session of `login` on `host`, `false` once `ttl` passes without one (or the news stops).
+async fn first_use(
+    host: &str,
+    login: &str,
+    ttl: Duration,
+    running: &mut tokio::sync::broadcast::Receiver<crate::engine::SessionRunning>,
+) -> bool {
+    use tokio::sync::broadcast::error::RecvError;
+    let deadline = tokio::time::sleep(ttl);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return false,
+            news = running.recv() => match news {
+                Ok(s) if *s.host == *host && *s.user == *login => return true,
+                Ok(_) => {}
+                // Too much news at once to keep up: the key stays until its TTL, as it would
+                // without a login.
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return false,
+            },
+        }
+    }
+}
+
 // ----- routes -----
 
 use super::{AppState, client_ip};
@@ -863,4 +874,58 @@ pub fn routes(shared: AppState, x2go: X2go) -> Router {
         .route("/json/{backend}/", post(json_one).get(refused))
         .route("/json/{backend}/{*rest}", post(json_rest).get(refused))
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::first_use;
+    use crate::engine::SessionRunning;
+    use std::time::Duration;
+    use tokio::sync::broadcast;
+
+    fn news(user: &str, host: &str) -> SessionRunning {
+        SessionRunning {
+            user: user.into(),
+            host: host.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_autologin_key_is_used_by_its_users_session_on_its_host() {
+        let (tx, mut rx) = broadcast::channel(16);
+        let wait = tokio::spawn(async move {
+            first_use("h1", "alice", Duration::from_secs(120), &mut rx).await
+        });
+        // Let the wait start (and its TTL with it) before time moves.
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(60)).await;
+        tx.send(news("bob", "h1")).unwrap();
+        tx.send(news("alice", "h2")).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            !wait.is_finished(),
+            "another user's or host's session is not the key's use"
+        );
+        tx.send(news("alice", "h1")).unwrap();
+        assert!(
+            wait.await.unwrap(),
+            "the user's session on the host uses the key"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unused_autologin_key_lapses_at_its_ttl_and_not_before() {
+        let (tx, mut rx) = broadcast::channel::<SessionRunning>(16);
+        let wait = tokio::spawn(async move {
+            first_use("h1", "alice", Duration::from_secs(120), &mut rx).await
+        });
+        // Let the wait start (and its TTL with it) before time moves.
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert!(!wait.is_finished(), "still waiting a second before the TTL");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!wait.await.unwrap(), "lapsed unused at the TTL");
+        drop(tx);
+    }
 }

@@ -191,14 +191,21 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(s.get("s1"), None, "expired at its ttl");
         s.insert("s2".into(), "bob");
-        assert_eq!(s.len(), 1, "the expired entry is dropped by the next insert");
+        assert_eq!(
+            s.len(),
+            1,
+            "the expired entry is dropped by the next insert"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn find_wants_time_left() {
         let mut s = SignIns::new(Duration::from_secs(300), 10);
         s.insert("t1".into(), "alice".to_string());
-        assert_eq!(s.find(Duration::from_secs(60), |u| u == "alice"), Some("t1"));
+        assert_eq!(
+            s.find(Duration::from_secs(60), |u| u == "alice"),
+            Some("t1")
+        );
         assert_eq!(s.find(Duration::from_secs(60), |u| u == "bob"), None);
         tokio::time::advance(Duration::from_secs(250)).await;
         assert_eq!(
@@ -231,7 +238,10 @@ mod tests {
             assert_eq!(s.remove(&format!("s{i}")), Some(i));
         }
         assert!(s.is_empty());
-        assert!(s.order.len() <= 8, "removed secrets do not pile up in the queue");
+        assert!(
+            s.order.len() <= 8,
+            "removed secrets do not pile up in the queue"
+        );
         // A secret signed in again after removal keeps its new expiry.
         s.insert("again".into(), 1);
         s.remove("again");
@@ -239,7 +249,11 @@ mod tests {
         s.insert("again".into(), 2);
         tokio::time::advance(Duration::from_secs(3595)).await;
         s.insert("other".into(), 3);
-        assert_eq!(s.get("again"), Some(&2), "the stale queue entry did not expire it");
+        assert_eq!(
+            s.get("again"),
+            Some(&2),
+            "the stale queue entry did not expire it"
+        );
     }
 
     #[test]
