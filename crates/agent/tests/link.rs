@@ -11,11 +11,10 @@ use switchboard_agent::config::AgentConfig;
 use switchboard_agent::link::{self, LinkState};
 use switchboard_broker::Broker;
 use switchboard_broker::agents::CommandError;
-use switchboard_broker::config::Config;
-use switchboard_broker::tokens::{self, Access};
 use switchboard_proto::agent::{
     Action, AgentMessage, BrokerMessage, Codec, PROTOCOL_VERSION, Secret,
 };
+use switchboard_testkit::broker::{BrokerBuilder, Host, Pool, TestBroker};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -56,78 +55,51 @@ esac
 const INTERVAL: Duration = Duration::from_millis(500);
 
 struct Harness {
-    dir: tempfile::TempDir,
-    broker: Option<Broker>,
-    stop: CancellationToken,
+    b: TestBroker,
     agent_port: u16,
-    base: String,
-    token: String,
-    client: reqwest::Client,
 }
-
-use switchboard_testkit::free_port;
 
 impl Harness {
     async fn start() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let token = tokens::add(&dir.path().join("tokens"), "admin", Access::ReadWrite).unwrap();
-        std::fs::write(dir.path().join("site.sh"), SCRIPT).unwrap();
-        std::fs::write(dir.path().join("stubborn.sh"), STUBBORN).unwrap();
-        let mut h = Harness {
-            dir,
-            broker: None,
-            stop: CancellationToken::new(),
-            agent_port: free_port(),
-            base: String::new(),
-            token,
-            client: switchboard_testkit::http_client(),
-        };
-        h.boot().await;
-        h
-    }
-
-    fn config(&self) -> Config {
-        let d = self.dir.path();
-        let text = format!(
-            "data_dir = {:?}\n[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [agents]\nlisten = \"127.0.0.1:{}\"\n[api]\ntokens_file = {:?}\n\
-             [management]\nsocket = \"{}/mgmt.sock\"\n\
-             [[pool]]\nname = \"desktops\"\n\
-             [[pool.host]]\nname = \"h1.example.org\"\naddress = \"127.0.0.2:22\"\n\
-             [[pool.host]]\nname = \"h2\"\naddress = \"127.0.0.3:22\"\n",
-            d.display().to_string(),
-            d.join("db").display(),
-            self.agent_port,
-            d.join("tokens").display().to_string(),
-            d.display()
-        );
-        Config::parse(&text, "test.toml").unwrap()
-    }
-
-    async fn boot(&mut self) {
-        self.stop = CancellationToken::new();
-        let b = Broker::start(self.config(), self.stop.clone())
-            .await
-            .unwrap();
-        self.base = format!("http://{}", b.http_addr);
-        self.broker = Some(b);
-    }
-
-    async fn stop_broker(&mut self) {
-        if let Some(b) = self.broker.take() {
-            b.stop().await.unwrap();
+        let b = BrokerBuilder::new()
+            .agents()
+            .pool(
+                Pool::new("desktops")
+                    .host(Host::new("h1.example.org", "127.0.0.2:22"))
+                    .host(Host::new("h2", "127.0.0.3:22")),
+            )
+            .start()
+            .await;
+        std::fs::write(b.path().join("site.sh"), SCRIPT).unwrap();
+        std::fs::write(b.path().join("stubborn.sh"), STUBBORN).unwrap();
+        Harness {
+            agent_port: b.agent_port(),
+            b,
         }
     }
 
+    async fn boot(&mut self) {
+        self.b.boot().await;
+    }
+
+    async fn stop_broker(&mut self) {
+        self.b.stop().await;
+    }
+
     fn broker(&self) -> &Broker {
-        self.broker.as_ref().unwrap()
+        self.b.broker()
+    }
+
+    fn dir(&self) -> &Path {
+        self.b.path()
     }
 
     async fn call(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
         let r = self
+            .b
             .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .request(method, format!("{}{path}", self.b.base))
+            .bearer_auth(&self.b.token)
             .send()
             .await
             .unwrap();
@@ -148,7 +120,7 @@ impl Harness {
     }
 
     fn state_file(&self) -> PathBuf {
-        self.dir.path().join("sessions.state")
+        self.dir().join("sessions.state")
     }
 
     fn set_sessions(&self, lines: &str) {
@@ -182,7 +154,7 @@ impl Harness {
     }
 
     fn agent_config_with(&self, host: &str, credential: &str, script: &str) -> AgentConfig {
-        let script = self.dir.path().join(script).display().to_string();
+        let script = self.dir().join(script).display().to_string();
         let state = self.state_file().display().to_string();
         let source = format!(
             "kind = \"command\"\nlist = [\"/bin/sh\", {script:?}, {state:?}, \"list\"]\n\
@@ -193,7 +165,7 @@ impl Harness {
         AgentConfig {
             broker: format!("127.0.0.1:{}", self.agent_port),
             server_name: "localhost".into(),
-            ca: ca_of(self.dir.path()),
+            ca: ca_of(self.dir()),
             credential: credential.to_owned(),
             host: host.to_owned(),
             report_interval: INTERVAL,
@@ -389,14 +361,14 @@ async fn a_silent_agent_makes_its_host_unreachable_until_it_returns() {
     let s = h.sessions().await;
     assert_eq!(s.len(), 1, "kept, not ended");
     assert_eq!(s[0]["state"], "unknown");
-    let r = h
-        .client
-        .post(format!("{}/api/v1/sessions", h.base))
-        .bearer_auth(&h.token)
-        .json(&serde_json::json!({"user": "carol", "pool": "desktops"}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        h.b.client
+            .post(format!("{}/api/v1/sessions", h.b.base))
+            .bearer_auth(&h.b.token)
+            .json(&serde_json::json!({"user": "carol", "pool": "desktops"}))
+            .send()
+            .await
+            .unwrap();
     let status = r.status().as_u16();
     let body = r.text().await.unwrap();
     assert_eq!(status, 503, "no placement on an unreachable host: {body}");
@@ -496,7 +468,7 @@ async fn commands_go_through_the_agent_and_unknown_sessions_are_refused() {
 async fn an_oversize_frame_closes_the_link() {
     let h = Harness::start().await;
     let cred = h.enroll("h1.example.org").await;
-    let tls = link::client_tls(&ca_of(h.dir.path())).unwrap();
+    let tls = link::client_tls(&ca_of(h.dir())).unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.agent_port))
         .await
         .unwrap();
@@ -590,7 +562,7 @@ async fn logoff_terminates_then_kills_after_the_grace_period() {
 async fn repeated_failures_from_one_address_are_slowed_down() {
     let h = Harness::start().await;
     h.enroll("h1.example.org").await;
-    let tls = link::client_tls(&ca_of(h.dir.path())).unwrap();
+    let tls = link::client_tls(&ca_of(h.dir())).unwrap();
     // Each refusal from the same address waits twice as long as the one before: 100, 200,
     // 400 ms…
     let mut waits = Vec::new();
@@ -634,7 +606,7 @@ async fn raw_link(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     Codec<BrokerMessage, AgentMessage>,
 > {
-    let tls = link::client_tls(&ca_of(h.dir.path())).unwrap();
+    let tls = link::client_tls(&ca_of(h.dir())).unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.agent_port))
         .await
         .unwrap();

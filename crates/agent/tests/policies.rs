@@ -7,13 +7,9 @@
 
 use std::process::Command;
 use std::time::Duration;
-use switchboard_agent::config::AgentConfig;
 use switchboard_broker::Broker;
-use switchboard_broker::actions::{Actor, Surface};
-use switchboard_broker::config::Config;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use switchboard_testkit::broker::{AgentGuard, BrokerBuilder, Ctl, Host, Pool, TestBroker};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 const USER: &str = "sbtest-sess";
 
@@ -77,10 +73,8 @@ fn alive(id: &str) -> bool {
 struct H {
     /// Distinguishes this test's sessions from those of tests running beside it.
     n: usize,
-    dir: tempfile::TempDir,
-    broker: Broker,
-    stop: CancellationToken,
-    agent_stop: CancellationToken,
+    b: TestBroker,
+    _agent: AgentGuard,
 }
 
 impl H {
@@ -88,27 +82,19 @@ impl H {
         ensure_user();
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
+        let b = BrokerBuilder::new()
+            .agents()
+            .set("placement", "policy_interval = \"200ms\"")
+            .pool(
+                Pool::new("desk")
+                    .set(pool_extra.trim_end())
+                    .host(Host::new("h1", "127.0.0.52:22")),
+            )
+            .start()
+            .await;
+        let d = b.path();
         std::fs::write(d.join("source.sh"), SOURCE).unwrap();
         std::fs::write(d.join("suffix"), format!("-{}-{n}", std::process::id())).unwrap();
-        let agent_port = switchboard_testkit::free_port();
-        let text = format!(
-            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [agents]\nlisten = \"127.0.0.1:{agent_port}\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
-             [placement]\npolicy_interval = \"200ms\"\n\
-             [[pool]]\nname = \"desk\"\n{pool_extra}\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.52:22\"\n",
-            dir = d.display()
-        );
-        let stop = CancellationToken::new();
-        let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
-            .await
-            .unwrap();
-        let credential = broker
-            .actions
-            .enroll(&Actor::new(Surface::Local, "test"), "h1")
-            .await
-            .unwrap();
         let script = d.join("source.sh").display().to_string();
         let state = d.display().to_string();
         let source = format!(
@@ -116,24 +102,18 @@ impl H {
              terminate = [\"/bin/sh\", {script:?}, {state:?}, \"terminate\"]\n\
              kill = [\"/bin/sh\", {script:?}, {state:?}, \"kill\"]\n"
         );
-        let agent = AgentConfig {
-            broker: format!("127.0.0.1:{agent_port}"),
-            server_name: "localhost".into(),
-            ca: d.join("tls").join(switchboard_broker::pki::CA_CERT),
-            credential,
-            host: "h1".into(),
-            report_interval: Duration::from_millis(500),
-            sources: vec![toml::from_str(&source).unwrap()],
-        };
-        let agent_stop = CancellationToken::new();
-        switchboard_agent::host::spawn(agent, agent_stop.clone()).unwrap();
+        let agent = b
+            .spawn_agent("h1", &[source], Duration::from_millis(500))
+            .await;
         H {
             n,
-            dir,
-            broker,
-            stop,
-            agent_stop,
+            b,
+            _agent: agent,
         }
+    }
+
+    fn broker(&self) -> &Broker {
+        self.b.broker()
     }
 
     /// Switchboard's id of session `backend` once the agent has reported it.
@@ -142,7 +122,7 @@ impl H {
         loop {
             let b = backend.to_owned();
             let id = self
-                .broker
+                .broker()
                 .engine
                 .query(move |s| {
                     s.sessions_of_user(USER)
@@ -165,23 +145,13 @@ impl H {
 
     /// One management command in JSON mode.
     async fn ctl(&self, line: &str) -> serde_json::Value {
-        let s = tokio::net::UnixStream::connect(self.dir.path().join("mgmt.sock"))
-            .await
-            .unwrap();
-        let (r, mut w) = s.into_split();
-        let mut r = BufReader::new(r);
         // JSON mode is the default on the socket: one object per reply.
-        w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-        let mut reply = String::new();
-        r.read_line(&mut reply).await.unwrap();
-        serde_json::from_str(&reply).unwrap()
+        Ctl::connect(&self.b).await.json(line).await
     }
 }
 
 impl Drop for H {
     fn drop(&mut self) {
-        self.agent_stop.cancel();
-        self.stop.cancel();
         // Only this test's sessions: the tests run in parallel under one user.
         let _ = Command::new("pkill")
             .args([
@@ -253,7 +223,7 @@ async fn a_pool_policy_logs_off_a_disconnected_session_and_audits_it() {
     let (keep, drop_) = (tag(&h, "kept"), tag(&h, "idle"));
     start_session(&keep, false);
     start_session(&drop_, false);
-    std::fs::write(h.dir.path().join(format!("{drop_}.disconnected")), "").unwrap();
+    std::fs::write(h.b.path().join(format!("{drop_}.disconnected")), "").unwrap();
     let id = h.session_id(&drop_).await;
     h.session_id(&keep).await;
     // Disconnected for a second: the policy logs it off through the agent.
@@ -293,11 +263,11 @@ async fn max_sessions_per_user_refuses_one_more_but_resumes() {
     let h = H::start("max_sessions_per_user = 1\n").await;
     let one = tag(&h, "one");
     start_session(&one, false);
-    std::fs::write(h.dir.path().join(format!("{one}.disconnected")), "").unwrap();
+    std::fs::write(h.b.path().join(format!("{one}.disconnected")), "").unwrap();
     let id = h.session_id(&one).await;
     // Asking again resumes the session the user has.
     let placed = h
-        .broker
+        .broker()
         .engine
         .apply(switchboard_core::Command::Reserve {
             user: USER.into(),
@@ -313,7 +283,7 @@ async fn max_sessions_per_user_refuses_one_more_but_resumes() {
     // With the host offline it cannot be resumed, and a new session would be one too many.
     assert_eq!(h.ctl("offlineserver h1").await["ok"], true);
     let e = h
-        .broker
+        .broker()
         .engine
         .apply(switchboard_core::Command::Reserve {
             user: USER.into(),

@@ -11,12 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use switchboard_agent::config::AgentConfig;
 use switchboard_broker::Broker;
-use switchboard_broker::actions::{Actor, Surface};
-use switchboard_broker::config::Config;
+use switchboard_testkit::broker::{AgentGuard, BrokerBuilder, TestBroker};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 const LIST: &str = "#!/bin/sh\ncat \"$1\" 2>/dev/null\n";
 const SUSPEND: &str = "#!/bin/sh\n# suspend.sh STATE ID: field 5 of the session's line becomes S\nawk -F'|' -v OFS='|' -v id=\"$2\" '$2==id {$5=\"S\"} {print}' \"$1\" > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"\n";
@@ -30,10 +27,8 @@ fn line(user: &str, id: &str, state: &str) -> String {
 }
 
 struct H {
-    dir: tempfile::TempDir,
-    broker: Broker,
-    stop: CancellationToken,
-    agent_stop: CancellationToken,
+    b: TestBroker,
+    _agent: AgentGuard,
     base: String,
 }
 
@@ -44,8 +39,17 @@ impl H {
 
     /// With `autologin_key_ttl = TTL`.
     async fn start_ttl(sessions: &str, ttl: &str) -> H {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
+        let b = BrokerBuilder::new()
+            .agents()
+            .set("auth", "method = \"none\"")
+            .x2go(
+                "[desk]\nname=Desktop\nhost=h1 (127.0.0.51)\ncommand=XFCE\n\n\
+                 [auto]\nname=Autologin desktop\nhost=h1 (127.0.0.51)\nbroker-session-autologin=true\n",
+            )
+            .set("x2go", &format!("autologin_key_ttl = \"{ttl}\""))
+            .start()
+            .await;
+        let d = b.path();
         std::fs::write(d.join("list.sh"), LIST).unwrap();
         // The suspend script gets the state file from a wrapper, as the agent passes only the id.
         std::fs::write(
@@ -64,29 +68,6 @@ impl H {
             std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         std::fs::write(d.join("state"), sessions).unwrap();
-        std::fs::write(
-            d.join("profiles.conf"),
-            "[desk]\nname=Desktop\nhost=h1 (127.0.0.51)\ncommand=XFCE\n\n\
-             [auto]\nname=Autologin desktop\nhost=h1 (127.0.0.51)\nbroker-session-autologin=true\n",
-        )
-        .unwrap();
-        let agent_port = switchboard_testkit::free_port();
-        let text = format!(
-            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [agents]\nlisten = \"127.0.0.1:{agent_port}\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
-             [auth]\nmethod = \"none\"\n\
-             [x2go]\nsession_profiles = \"{dir}/profiles.conf\"\nautologin_key_ttl = \"{ttl}\"\n",
-            dir = d.display()
-        );
-        let stop = CancellationToken::new();
-        let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
-            .await
-            .unwrap();
-        let credential = broker
-            .actions
-            .enroll(&Actor::new(Surface::Local, "test"), "h1")
-            .await
-            .unwrap();
         let source = format!(
             "kind = \"x2go\"\nlist_command = [\"/bin/sh\", {list:?}, {state:?}]\n\
              sudo = {sudo:?}\nsuspend_command = {suspend:?}\n",
@@ -95,25 +76,19 @@ impl H {
             sudo = d.join("sudo.sh").display().to_string(),
             suspend = d.join("suspend-wrapper.sh").display().to_string(),
         );
-        let agent = AgentConfig {
-            broker: format!("127.0.0.1:{agent_port}"),
-            server_name: "localhost".into(),
-            ca: d.join("tls").join(switchboard_broker::pki::CA_CERT),
-            credential,
-            host: "h1".into(),
-            report_interval: Duration::from_millis(500),
-            sources: vec![toml::from_str(&source).unwrap()],
-        };
-        let agent_stop = CancellationToken::new();
-        switchboard_agent::host::spawn(agent, agent_stop.clone()).unwrap();
-        let base = format!("http://{}", broker.http_addr);
+        let agent = b
+            .spawn_agent("h1", &[source], Duration::from_millis(500))
+            .await;
+        let base = b.base.clone();
         H {
-            dir,
-            broker,
-            stop,
-            agent_stop,
+            b,
+            _agent: agent,
             base,
         }
+    }
+
+    fn broker(&self) -> &Broker {
+        self.b.broker()
     }
 
     async fn wait_sessions(&self, user: &str, n: usize) {
@@ -121,15 +96,15 @@ impl H {
         while start.elapsed() < Duration::from_secs(15) {
             let u = user.to_owned();
             let have = self
-                .broker
+                .broker()
                 .engine
                 .query(move |s| s.sessions_of_user(&u).len())
                 .await
                 .unwrap();
             // Linked, and its first load report in: the host takes sessions.
-            let up = self.broker.agents.is_connected("h1")
+            let up = self.broker().agents.is_connected("h1")
                 && self
-                    .broker
+                    .broker()
                     .engine
                     .snapshot()
                     .hosts
@@ -157,14 +132,7 @@ impl H {
     }
 
     fn state(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("state")).unwrap()
-    }
-}
-
-impl Drop for H {
-    fn drop(&mut self) {
-        self.agent_stop.cancel();
-        self.stop.cancel();
+        std::fs::read_to_string(self.b.path().join("state")).unwrap()
     }
 }
 
@@ -337,7 +305,7 @@ async fn an_autologin_key_is_removed_after_its_first_use() {
     assert!(keys_in(&home).contains("switchboard-autologin"));
     // The client logs in with the key and starts its session: the agent reports it running.
     std::fs::write(
-        h.dir.path().join("state"),
+        h.b.path().join("state"),
         line(KEY_USER2, "sbtest-x2go2-52-1795304446_stDXFCE_dp24", "R"),
     )
     .unwrap();

@@ -12,10 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use switchboard_broker::Broker;
-use switchboard_broker::config::Config;
-use switchboard_broker::tokens::{self, Access};
+use switchboard_testkit::broker::{BrokerBuilder, TestBroker};
 use switchboard_testkit::kubeapi::FakeApiServer;
-use tokio_util::sync::CancellationToken;
 
 /// A real Xpra server on a loopback TCP port; killed on drop.
 struct Xpra {
@@ -191,8 +189,7 @@ fn clients_of(port: u16) -> Option<u32> {
 }
 
 struct H {
-    dir: tempfile::TempDir,
-    stop: CancellationToken,
+    b: TestBroker,
     broker: Broker,
     gw: String,
     ca: PathBuf,
@@ -200,37 +197,28 @@ struct H {
     token: String,
 }
 
-impl Drop for H {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 impl H {
     async fn start(extra: impl FnOnce(&Path) -> String) -> H {
         switchboard_testkit::install_crypto();
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        switchboard_auth::file::set_password(&d.join("passwd"), "alice", "alice-pw").unwrap();
-        let token = tokens::add(&d.join("tokens"), "admin", Access::ReadWrite).unwrap();
+        let b = BrokerBuilder::new().password("alice", "alice-pw");
+        let d = b.path().to_owned();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .unwrap();
         let ca = d.join("gw.crt");
         std::fs::write(&ca, cert.cert.pem()).unwrap();
         std::fs::write(d.join("gw.key"), cert.signing_key.serialize_pem()).unwrap();
-        let text = format!(
-            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [api]\ntokens_file = \"{dir}/tokens\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
-             [auth]\nmethod = \"file:{dir}/passwd\"\n{extra}\
-             [gateway]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{dir}/gw.crt\"\ntls_key = \"{dir}/gw.key\"\n",
-            dir = d.display(),
-            extra = extra(d),
+        let extra = extra(&d);
+        let gateway = format!(
+            "listen = \"127.0.0.1:0\"\ntls_cert = \"{d}/gw.crt\"\ntls_key = \"{d}/gw.key\"\n{}",
+            gateway_extra(&extra),
+            d = d.display()
         );
-        let text = format!("{text}{}", gateway_extra(&text));
-        let stop = CancellationToken::new();
-        let broker = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
-            .await
-            .unwrap();
+        let mut b = b
+            .set("gateway", gateway.trim_end())
+            .toml(&extra)
+            .start()
+            .await;
+        let broker = b.broker.take().unwrap();
         let gw = format!("127.0.0.1:{}", broker.gateway_addr.unwrap().port());
         let client = reqwest::Client::builder()
             .add_root_certificate(
@@ -241,13 +229,12 @@ impl H {
             .build()
             .unwrap();
         H {
-            dir,
-            stop,
+            token: b.token.clone(),
+            b,
             broker,
             gw,
             ca,
             client,
-            token,
         }
     }
 
@@ -346,7 +333,7 @@ async fn xpra_client_reaches_a_static_target_through_the_gateway() {
         browser_dir.join("node_modules/playwright-core").exists(),
         "playwright-core is missing: run `npm ci --prefix tests/browser` (./scripts/test does)"
     );
-    let shots = h.dir.path().join("shots");
+    let shots = h.b.path().join("shots");
     std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("timeout")
         .arg("120")
@@ -504,6 +491,6 @@ async fn xpra_client_reaches_a_kubernetes_session_through_the_gateway() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = &h.dir;
+    let _ = &h.b;
     drop(xpra);
 }

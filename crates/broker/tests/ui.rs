@@ -4,46 +4,31 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
-use switchboard_broker::Broker;
-use switchboard_broker::config::Config;
-use switchboard_broker::tokens::{self, Access};
-use tokio_util::sync::CancellationToken;
+use switchboard_broker::tokens;
+use switchboard_testkit::broker::{BrokerBuilder, Host, Pool, TestBroker};
 
 struct H {
-    _dir: tempfile::TempDir,
-    stop: CancellationToken,
+    b: TestBroker,
     base: String,
     rw: String,
     ro: String,
 }
 
-impl Drop for H {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 async fn start(extra: &str) -> H {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let rw = tokens::add(&d.join("tokens"), "ops", Access::ReadWrite).unwrap();
-    let ro = tokens::add(&d.join("tokens"), "grafana", Access::ReadOnly).unwrap();
-    let text = format!(
-        "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [api]\ntokens_file = \"{dir}/tokens\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n{extra}\n\
-         [[pool]]\nname = \"p\"\nagent = false\n[[pool.host]]\nname = \"h1\"\naddress = \"127.0.0.61:22\"\n",
-        dir = d.display()
-    );
-    let stop = CancellationToken::new();
-    let b = Broker::start(Config::parse(&text, "t.toml").unwrap(), stop.clone())
-        .await
-        .unwrap();
+    let b = BrokerBuilder::new()
+        .toml(extra)
+        .pool(
+            Pool::new("p")
+                .agentless()
+                .host(Host::new("h1", "127.0.0.61:22")),
+        )
+        .start()
+        .await;
     H {
-        base: format!("http://{}", b.http_addr),
-        _dir: dir,
-        stop,
-        rw,
-        ro,
+        base: b.base.clone(),
+        rw: b.token.clone(),
+        ro: b.read_only.clone(),
+        b,
     }
 }
 
@@ -187,7 +172,7 @@ async fn a_token_sign_in_ends_when_the_token_is_revoked() {
             .send()
     };
     assert_eq!(part().await.unwrap().status().as_u16(), 200);
-    tokens::revoke(&h._dir.path().join("tokens"), "ops").unwrap();
+    tokens::revoke(&h.b.tokens_file, "admin").unwrap();
     let start = tokio::time::Instant::now();
     while part().await.unwrap().status().as_u16() != 401 {
         assert!(
@@ -301,13 +286,12 @@ async fn the_dashboard_drains_a_host_then_takes_it_offline_once_empty() {
         .json()
         .await
         .unwrap();
-    let by_ui = |action: &str| {
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["surface"] == "ui" && a["actor"] == "token:ops" && a["action"] == action)
-    };
+    let by_ui =
+        |action: &str| {
+            audit.as_array().unwrap().iter().any(|a| {
+                a["surface"] == "ui" && a["actor"] == "token:admin" && a["action"] == action
+            })
+        };
     assert!(
         by_ui("drain --then-offline") && by_ui("offline (drained)"),
         "{audit}"

@@ -8,8 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use switchboard_broker::Broker;
 use switchboard_broker::config::Config;
-use switchboard_broker::tokens::{self, Access};
-use tokio_util::sync::CancellationToken;
+use switchboard_testkit::broker::{BrokerBuilder, TestBroker};
 
 const PROFILES: &str = "\
 # Test profiles: x2gobroker's format, loopback addresses only.
@@ -46,10 +45,7 @@ host=target (127.0.0.41:2)
 ";
 
 struct H {
-    auth: String,
-    dir: tempfile::TempDir,
-    broker: Option<Broker>,
-    stop: CancellationToken,
+    b: TestBroker,
     base: String,
     token: String,
 }
@@ -59,46 +55,42 @@ impl H {
         H::start_auth("", extra).await
     }
 
-    /// With `auth` as the `[auth]` section's body (empty: a password file with alice and bob).
+    /// With `auth` as the `[auth]` section's body (empty: a password file with alice and bob),
+    /// and `extra`: keys of `[x2go]`, then tables of their own.
     async fn start_auth(auth: &str, extra: &str) -> H {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("profiles.conf"), PROFILES).unwrap();
-        switchboard_auth::file::set_password(&d.join("passwd"), "alice", "alice-pw").unwrap();
-        switchboard_auth::file::set_password(&d.join("passwd"), "bob", "bob-pw").unwrap();
-        let token = tokens::add(&d.join("tokens"), "admin", Access::ReadWrite).unwrap();
-        let auth = if auth.is_empty() {
-            format!("method = \"file:{}/passwd\"\n", d.display())
-        } else {
-            auth.to_owned()
-        };
-        let mut h = H {
-            auth,
-            dir,
-            broker: None,
-            stop: CancellationToken::new(),
-            base: String::new(),
-            token,
-        };
-        let b = Broker::start(h.config(extra), h.stop.clone())
-            .await
-            .unwrap();
-        h.base = format!("http://{}", b.http_addr);
-        h.broker = Some(b);
-        h
+        let mut b = BrokerBuilder::new()
+            .x2go(PROFILES)
+            .password("alice", "alice-pw")
+            .password("bob", "bob-pw");
+        if !auth.is_empty() {
+            b = b.set("auth", auth.trim_end());
+        }
+        let tables = extra.find("\n[").map_or(
+            if extra.starts_with('[') {
+                0
+            } else {
+                extra.len()
+            },
+            |i| i + 1,
+        );
+        let (keys, tables) = extra.split_at(tables);
+        if !keys.trim().is_empty() {
+            b = b.set("x2go", keys.trim_end());
+        }
+        let b = b.toml(tables).start().await;
+        H {
+            base: b.base.clone(),
+            token: b.token.clone(),
+            b,
+        }
     }
 
-    fn config(&self, extra: &str) -> Config {
-        let d = self.dir.path();
-        let text = format!(
-            "data_dir = {dir:?}\n[store]\nurl = \"sqlite://{dir}/db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [api]\ntokens_file = \"{dir}/tokens\"\n[management]\nsocket = \"{dir}/mgmt.sock\"\n\
-             [auth]\n{auth}\
-             [x2go]\nsession_profiles = \"{dir}/profiles.conf\"\n{extra}",
-            dir = d.display(),
-            auth = self.auth,
-        );
-        Config::parse(&text, "test.toml").unwrap()
+    fn config(&self) -> Config {
+        self.b.config()
+    }
+
+    fn broker(&self) -> &Broker {
+        self.b.broker()
     }
 
     async fn post_from(&self, from: &str, path: &str, body: &str) -> (u16, String, String) {
@@ -125,12 +117,6 @@ impl H {
 
     async fn post(&self, path: &str, body: &str) -> (u16, String, String) {
         self.post_from("127.0.0.1", path, body).await
-    }
-}
-
-impl Drop for H {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -523,14 +509,14 @@ async fn client_events_reach_the_audit_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_are_reloaded_with_the_configuration() {
     let h = H::start("").await;
-    let reloader = h.broker.as_ref().unwrap().reloader();
-    let path = h.dir.path().join("profiles.conf");
+    let reloader = h.broker().reloader();
+    let path = h.b.path().join("profiles.conf");
     std::fs::write(
         &path,
         format!("{PROFILES}\n[late]\nname=Added later\nhost=late1 (127.0.0.31)\n"),
     )
     .unwrap();
-    reloader.apply(h.config("")).await.unwrap();
+    reloader.apply(h.config()).await.unwrap();
     let (_, _, body) = h
         .post(
             "/plain/",
@@ -543,7 +529,7 @@ async fn profiles_are_reloaded_with_the_configuration() {
     let e = Config::parse(
         &format!(
             "data_dir = {:?}\n[auth]\nmethod = \"none\"\n[x2go]\nsession_profiles = {:?}\n",
-            h.dir.path().display().to_string(),
+            h.b.path().display().to_string(),
             path.display().to_string()
         ),
         "b.toml",
@@ -565,7 +551,7 @@ async fn python_x2go_lists_profiles_and_selects_a_session() {
         .arg(&script)
         .args([&format!("{}/json/", h.base), "alice", "alice-pw", "clients"])
         .env("PATH", DEBIAN_PATH)
-        .env("HOME", h.dir.path())
+        .env("HOME", h.b.path())
         .output()
         .await
         .expect("python3-x2go is installed (./scripts/test installs it)");
@@ -604,7 +590,7 @@ async fn pyhoca_cli_lists_profiles_and_connects_where_it_was_sent() {
     let h = H::start("").await;
     let url = format!("{}/json/", h.base).replace("http://", "http://alice@");
     let run = |args: Vec<String>| {
-        let home = h.dir.path().to_owned();
+        let home = h.b.path().to_owned();
         async move {
             let out = tokio::time::timeout(
                 std::time::Duration::from_secs(60),

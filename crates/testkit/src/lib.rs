@@ -1,6 +1,8 @@
 //! Shared test harness: stores on both backends, fixtures.
 //!
 //! # Layout
+//! - [`broker`] (feature `broker`): a broker started in-process from a typed builder, with an
+//!   HTTP client, a management-socket client and in-process agents on request.
 //! - [`http_client`]: an HTTP client for talking to a broker under test.
 //! - [`kubeapi`]: a fake Kubernetes API server (pods, claims, watches, scripted phases).
 //! - [`layers`]: a check that a crate's `crate::` and `super::` imports keep a layer order.
@@ -8,6 +10,8 @@
 //!   the test script started (`SWITCHBOARD_TEST_POSTGRES_URL`), and a store in memory for tests
 //!   on paused time.
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod ipvs;
 pub mod kubeapi;
 pub mod layers;
