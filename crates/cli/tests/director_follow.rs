@@ -11,6 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use switchboard_broker::tokens::{self, Access};
+use switchboard_testkit::broker::{BrokerBuilder, Host, Pool};
 use switchboard_testkit::free_port;
 
 struct Kill(Child);
@@ -71,32 +72,23 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_dies() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let tokens_file = d.join("tokens");
-    let reader = tokens::add(&tokens_file, "director", Access::ReadOnly).unwrap();
-    std::fs::write(d.join("director.token"), format!("{reader}\n")).unwrap();
     let (api, port, listen) = (free_port(), free_port(), free_port());
+    let pool = (1..=3).fold(Pool::new("login").agentless(), |p, i| {
+        p.host(Host::new(&format!("h{i}"), &format!("127.0.0.{i}:22")))
+    });
+    let files = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(BrokerBuilder::new().http_port(api).pool(pool).write());
+    let d = files.path();
+    let reader = tokens::add(&files.tokens_file, "director", Access::ReadOnly).unwrap();
+    std::fs::write(d.join("director.token"), format!("{reader}\n")).unwrap();
     for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
         backend(ip, port);
     }
-    let mut broker_toml = format!(
-        "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:{api}\"\n[api]\ntokens_file = {:?}\n\
-         [management]\nsocket = {:?}\n[[pool]]\nname = \"login\"\nagent = false\n",
-        d.join("sb.db").display(),
-        tokens_file.display().to_string(),
-        d.join("broker.sock").display().to_string(),
-    );
-    for i in 1..=3 {
-        broker_toml.push_str(&format!(
-            "[[pool.host]]\nname = \"h{i}\"\naddress = \"127.0.0.{i}:22\"\n"
-        ));
-    }
-    std::fs::write(d.join("broker.toml"), broker_toml).unwrap();
     let broker = Kill(
         Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["broker", "--config"])
-            .arg(d.join("broker.toml"))
+            .arg(files.config_path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -146,7 +138,7 @@ fn the_director_follows_a_broker_pool_and_keeps_the_last_view_when_the_broker_di
     );
 
     // Drain h2 on the broker: the director stops sending it new connections.
-    let out = ctl(&d.join("broker.sock"), &["drain", "h2"]);
+    let out = ctl(&d.join("mgmt.sock"), &["drain", "h2"]);
     assert!(out.contains("h2"), "{out}");
     let row = format!("127.0.0.2:{port} ");
     wait_until("the drain to reach the director", || {

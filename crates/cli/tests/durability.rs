@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use switchboard_broker::tokens::{self, Access};
-use switchboard_testkit::store::{Kind, fresh_url};
+use switchboard_testkit::broker::{BrokerBuilder, Host, Pool};
+use switchboard_testkit::store::Kind;
 
 const HOSTS: usize = 8;
 const MUTATIONS: usize = 1000;
@@ -171,27 +171,20 @@ async fn client_stream(
 }
 
 async fn kill_mid_stream(kind: Kind) {
-    let dir = tempfile::tempdir().unwrap();
-    let (store_url, _store_dir) = fresh_url(kind).await;
-    let tokens_file = dir.path().join("tokens");
-    let token = tokens::add(&tokens_file, "admin", Access::ReadWrite).unwrap();
     let port = free_port();
-    let mut config = format!(
-        "[store]\nurl = {store_url:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {:?}\n\
-         [management]\nsocket = {:?}\n",
-        tokens_file.display().to_string(),
-        dir.path().join("mgmt.sock").display().to_string()
-    );
     // One pool per client, each with the client's own host, so every host's history has one
     // writer and "the last acknowledged value" is well defined.
-    for k in 0..HOSTS {
-        config.push_str(&format!(
-            "[[pool]]\nname = \"p{k}\"\nagent = false\n[[pool.host]]\nname = \"h{k}\"\naddress = \"127.0.0.{}:22\"\n",
-            k + 2
-        ));
-    }
-    let config_path = dir.path().join("broker.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let files = (0..HOSTS)
+        .fold(BrokerBuilder::new().store(kind).http_port(port), |b, k| {
+            b.pool(Pool::new(&format!("p{k}")).agentless().host(Host::new(
+                &format!("h{k}"),
+                &format!("127.0.0.{}:22", k + 2),
+            )))
+        })
+        .write()
+        .await;
+    let (config_path, token) = (files.config_path(), files.token.clone());
+    let dir = &files.dir;
     let client = switchboard_testkit::http_client();
     let mut b = spawn(&config_path, port, &dir.path().join("first.log"));
     wait_ready(&client, &mut b).await;

@@ -6,21 +6,14 @@
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use switchboard_broker::tokens::{self, Access};
+use switchboard_testkit::broker::BrokerBuilder;
 
-fn config(store: &str, port: u16, tokens: &str, hosts: &[&str]) -> String {
-    let socket = format!("{tokens}.mgmt.sock");
-    let mut s = format!(
-        "[store]\nurl = {store:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[api]\ntokens_file = {tokens:?}\n\
-         [management]\nsocket = {socket:?}\n[[pool]]\nname = \"p\"\nagent = false\n"
-    );
-    for (i, h) in hosts.iter().enumerate() {
-        s.push_str(&format!(
-            "[[pool.host]]\nname = {h:?}\naddress = \"127.0.0.{}:22\"\n",
-            i + 2
-        ));
-    }
-    s
+/// An agentless pool `p` of these hosts, as the configuration's tail.
+fn pool(hosts: &[&str]) -> String {
+    switchboard_testkit::broker::pools_toml(
+        "p",
+        &hosts.iter().map(|h| (*h, 100)).collect::<Vec<_>>(),
+    )
 }
 
 async fn host_names(client: &reqwest::Client, base: &str, token: &str) -> Option<Vec<String>> {
@@ -59,14 +52,13 @@ impl Drop for Guard {
 
 #[tokio::test]
 async fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", dir.path().join("sb.db").display());
-    let tokens_file = dir.path().join("tokens");
-    let token = tokens::add(&tokens_file, "admin", Access::ReadWrite).unwrap();
-    let tf = tokens_file.display().to_string();
     let port = switchboard_testkit::free_port();
-    let path = dir.path().join("broker.toml");
-    std::fs::write(&path, config(&store, port, &tf, &["a", "b"])).unwrap();
+    let mut files = BrokerBuilder::new()
+        .http_port(port)
+        .toml(&pool(&["a", "b"]))
+        .write()
+        .await;
+    let (path, token) = (files.config_path(), files.token.clone());
     let mut child = Guard(
         Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["broker", "--config", path.to_str().unwrap()])
@@ -96,7 +88,8 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_configuration() {
                 .success()
         );
     };
-    std::fs::write(&path, config(&store, port, &tf, &["a", "b", "c"])).unwrap();
+    files.extra = pool(&["a", "b", "c"]);
+    files.rewrite();
     hup(child.id());
     wait_for("reload", async || {
         host_names(&client, &base, &token)

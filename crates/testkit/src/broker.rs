@@ -144,6 +144,7 @@ pub struct BrokerBuilder {
     sections: BTreeMap<&'static str, Vec<String>>,
     pools: Vec<Pool>,
     agents: bool,
+    http_port: Option<u16>,
     profiles: Option<String>,
     passwords: Vec<(String, String)>,
     tail: String,
@@ -164,6 +165,7 @@ impl BrokerBuilder {
             sections: BTreeMap::new(),
             pools: Vec::new(),
             agents: false,
+            http_port: None,
             profiles: None,
             passwords: Vec::new(),
             tail: String::new(),
@@ -234,6 +236,27 @@ impl BrokerBuilder {
 
     /// Starts the broker, or says why it did not.
     pub async fn try_start(self) -> Result<TestBroker, String> {
+        let mut t = self.prepare().await;
+        t.try_boot().await?;
+        Ok(t)
+    }
+
+    /// Writes the configuration to `broker.toml` in the temp dir for a broker process the test
+    /// starts itself (the real binary), without starting one here. Give the HTTP listener a
+    /// port with [`BrokerBuilder::http_port`] so that the test knows where to reach it.
+    pub async fn write(self) -> TestBroker {
+        let t = self.prepare().await;
+        t.rewrite();
+        t
+    }
+
+    /// The HTTP listener on this loopback port (default: any free one, for in-process brokers).
+    pub fn http_port(mut self, port: u16) -> BrokerBuilder {
+        self.http_port = Some(port);
+        self
+    }
+
+    async fn prepare(self) -> TestBroker {
         let (store_url, store_dir) = fresh_url(self.kind).await;
         let dir = self.dir;
         let d = dir.path();
@@ -269,7 +292,10 @@ impl BrokerBuilder {
         let quoted = |p: &Path| format!("{:?}", p.display().to_string());
         for (section, line) in [
             ("store", format!("url = {store_url:?}")),
-            ("http", "listen = \"127.0.0.1:0\"".to_owned()),
+            (
+                "http",
+                format!("listen = \"127.0.0.1:{}\"", self.http_port.unwrap_or(0)),
+            ),
             ("api", format!("tokens_file = {}", quoted(&tokens_file))),
             (
                 "management",
@@ -289,9 +315,12 @@ impl BrokerBuilder {
         for p in &self.pools {
             extra.push_str(&p.toml());
         }
-        let mut t = TestBroker {
+        TestBroker {
             broker: None,
-            base: String::new(),
+            base: self
+                .http_port
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .unwrap_or_default(),
             token,
             read_only,
             dir,
@@ -302,9 +331,7 @@ impl BrokerBuilder {
             agent_port,
             _store_dir: store_dir,
             client: crate::http_client(),
-        };
-        t.try_boot().await?;
-        Ok(t)
+        }
     }
 }
 
@@ -339,6 +366,16 @@ impl TestBroker {
     /// A broker on `kind` with this configuration tail (pools and sections).
     pub async fn start(kind: Kind, extra: &str) -> TestBroker {
         BrokerBuilder::new().store(kind).toml(extra).start().await
+    }
+
+    /// The configuration file [`BrokerBuilder::write`] writes (and [`TestBroker::rewrite`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("broker.toml")
+    }
+
+    /// Writes the configuration (with the current `extra`) to [`TestBroker::config_path`].
+    pub fn rewrite(&self) {
+        std::fs::write(self.config_path(), format!("{}{}", self.head, self.extra)).unwrap();
     }
 
     /// The configuration, parsed as the broker parses its file.
