@@ -207,6 +207,13 @@ pub(super) fn frontend(
             }
             Some(X2goConfig {
                 profiles_path: path,
+                listings: Arc::new(
+                    profiles
+                        .iter()
+                        .zip(&autologin)
+                        .map(|(p, a)| p.plain_listing(*a))
+                        .collect(),
+                ),
                 profiles: Arc::new(profiles),
                 autologin: Arc::new(autologin),
                 token_ttl,

@@ -49,6 +49,8 @@ pub struct X2goConfig {
     pub profiles: Arc<Vec<Profile>>,
     /// Whether each profile (same order) hands out autologin keys.
     pub autologin: Arc<Vec<bool>>,
+    /// Each profile's `/plain/` listing (same order), rendered when the file was loaded.
+    pub listings: Arc<Vec<switchboard_proto::x2go::PlainListing>>,
     /// AUTHID chain lifetime.
     pub token_ttl: Duration,
     /// AUTHIDs bound to their address.
@@ -218,18 +220,30 @@ impl X2go {
         let authid = authid.as_deref();
         match form.task.as_str() {
             "listsessions" | "listprofiles" => {
-                let list = self.profile_list(fe, &user, client, proto).await;
-                let items: Vec<(&str, Vec<(String, wire::Value)>)> = list
-                    .iter()
-                    .map(|(p, k)| (p.id.as_str(), k.clone()))
-                    .collect();
-                ok(
-                    proto,
-                    match proto {
-                        Proto::Plain => wire::plain_list(authid, &items),
-                        Proto::Json => wire::json_list(authid, &items),
-                    },
-                )
+                let list = self.profile_list(fe, &user, client).await;
+                fn session(s: &Option<(String, char)>) -> Option<(&str, char)> {
+                    s.as_ref().map(|(h, c)| (h.as_str(), *c))
+                }
+                let body = match proto {
+                    Proto::Plain => wire::plain_list_rendered(
+                        authid,
+                        &user,
+                        list.iter().map(|(i, s)| (&fe.cfg.listings[*i], session(s))),
+                    ),
+                    Proto::Json => {
+                        let items: Vec<(&str, Vec<(String, wire::Value)>)> = list
+                            .iter()
+                            .map(|(i, s)| {
+                                let p = &fe.cfg.profiles[*i];
+                                let keys =
+                                    p.for_user(&user, session(s), fe.cfg.autologin[*i], true);
+                                (p.id.as_str(), keys)
+                            })
+                            .collect();
+                        wire::json_list(authid, &items)
+                    }
+                };
+                ok(proto, body)
             }
             "selectsession" => self.select(fe, &form, &user, client, proto, authid).await,
             task => {
@@ -289,15 +303,14 @@ impl X2go {
         }
     }
 
-    /// The profiles `user` at `client` may see, rendered, with the user's live session in each
-    /// (a disconnected one first) reduced to its host.
+    /// The profiles `user` at `client` may see (their indexes), each with the user's live
+    /// session there, if any (a disconnected one first): its host and `R` or `S`.
     async fn profile_list(
         &self,
         fe: &Frontend,
         user: &str,
         client: IpAddr,
-        proto: Proto,
-    ) -> Vec<(Profile, Vec<(String, wire::Value)>)> {
+    ) -> Vec<(usize, Option<(String, char)>)> {
         let groups = self.groups(fe, user).await;
         let visible: Vec<(usize, &Profile)> = fe
             .cfg
@@ -324,7 +337,7 @@ impl X2go {
         visible
             .into_iter()
             .map(|(i, p)| {
-                let mut found: Option<(&str, char)> = None;
+                let mut found: Option<(String, char)> = None;
                 for (host, state) in &sessions {
                     if p.hosts.iter().any(|h| &h.name == host) {
                         let c = if *state == SessionState::Disconnected {
@@ -333,12 +346,11 @@ impl X2go {
                             'R'
                         };
                         if found.is_none() || c == 'S' {
-                            found = Some((host.as_str(), c));
+                            found = Some((host.clone(), c));
                         }
                     }
                 }
-                let keys = p.for_user(user, found, fe.cfg.autologin[i], proto == Proto::Json);
-                (p.clone(), keys)
+                (i, found)
             })
             .collect()
     }

@@ -516,6 +516,127 @@ impl Profile {
     }
 }
 
+/// A profile's `/plain/` listing (`[id]`, its keys and the blank line after them), rendered
+/// once when the profiles are loaded: a request only fills in the parts that depend on it, the
+/// user (`user=BROKER_USER`), the host list (one host when the user has a session there) and the
+/// session's `status`. A realistic profile carries some 35 client keys; rendering them for
+/// every request would make `listsessions` cost in proportion to them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlainListing {
+    pieces: Vec<Piece>,
+    /// Every host name, comma-separated (the host list without a session).
+    hosts: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    User,
+    Hosts,
+    Status,
+}
+
+/// Stand-ins that no user or host name can contain (NUL), so that the rendering can find them.
+const USER_SLOT: &str = "\u{0}user\u{0}";
+const HOST_SLOT: &str = "\u{0}host\u{0}";
+
+impl PlainListing {
+    /// Appends the listing for `user`, with `session` (its host and `R`/`S`) if the user has one.
+    pub fn write(&self, out: &mut String, user: &str, session: Option<(&str, char)>) {
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::User => out.push_str(&user.replace(['\n', '\r'], " ")),
+                Piece::Hosts => match session {
+                    Some((host, _)) => out.push_str(host),
+                    None => out.push_str(&self.hosts),
+                },
+                Piece::Status => {
+                    if let Some((_, status)) = session {
+                        out.push_str("status=");
+                        out.push(status);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Profile {
+    /// This profile's `/plain/` listing, rendered now (see [`PlainListing`]). The rules are
+    /// [`Profile::for_user`]'s: it is rendered through it, with stand-ins for what varies.
+    pub fn plain_listing(&self, autologin: bool) -> PlainListing {
+        let keys = self.for_user(USER_SLOT, Some((HOST_SLOT, 'S')), autologin, false);
+        let mut pieces = Vec::new();
+        let mut text = format!("[{}]\n", self.id);
+        let mut cut = |text: &mut String, piece: Piece| {
+            pieces.push(Piece::Text(std::mem::take(text)));
+            pieces.push(piece);
+        };
+        for (k, v) in &keys {
+            if k == "status" {
+                cut(&mut text, Piece::Status);
+                continue;
+            }
+            text.push_str(k);
+            text.push('=');
+            let value = v.plain().replace(['\n', '\r'], " ");
+            let mut rest = value.as_str();
+            while let Some(i) = rest.find('\u{0}') {
+                text.push_str(&rest[..i]);
+                let slot = &rest[i..];
+                let (piece, len) = if slot.starts_with(USER_SLOT) {
+                    (Piece::User, USER_SLOT.len())
+                } else if slot.starts_with(HOST_SLOT) {
+                    (Piece::Hosts, HOST_SLOT.len())
+                } else {
+                    // A NUL of the file itself (the parser keeps values as written).
+                    text.push('\u{0}');
+                    rest = &slot[1..];
+                    continue;
+                };
+                cut(&mut text, piece);
+                rest = &slot[len..];
+            }
+            text.push_str(rest);
+            text.push('\n');
+        }
+        text.push('\n');
+        pieces.push(Piece::Text(text));
+        pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
+        PlainListing {
+            pieces,
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+/// The `/plain/` reply to `listsessions`/`listprofiles` from pre-rendered listings, each with
+/// the user's session in it if there is one; the same text as [`plain_list`] of
+/// [`Profile::for_user`].
+pub fn plain_list_rendered<'a>(
+    authid: Option<&str>,
+    user: &str,
+    profiles: impl ExactSizeIterator<Item = (&'a PlainListing, Option<(&'a str, char)>)>,
+) -> String {
+    let mut s = plain_head(authid);
+    if profiles.len() == 0 {
+        return s;
+    }
+    s.push_str("START_USER_SESSIONS\n\n");
+    for (listing, session) in profiles {
+        listing.write(&mut s, user, session);
+    }
+    s.push_str("END_USER_SESSIONS\n");
+    s
+}
+
 // ----- requests -----
 
 /// The fields of a `/plain/` or `/json/` request. Its `Debug` leaves out the password, the

@@ -195,3 +195,57 @@ fn a_running_session_is_reported_suspended() {
     assert_eq!(s.split('|').nth(4), Some("S"));
     assert_eq!(s.len(), line.len());
 }
+
+#[test]
+fn a_listing_rendered_at_load_is_the_per_request_rendering() {
+    // The test file's profiles, and the same under x2gobroker's shipped [DEFAULT] client keys.
+    let full = format!(
+        "[DEFAULT]\nuser=BROKER_USER\ncommand=TERMINAL\nheight=600\nexport=\nquality=9\n\
+         fullscreen=false\nlayout=\nuseexports=true\nwidth=800\nspeed=2\nsoundsystem=pulse\n\
+         print=true\ntype=auto\nsndport=4713\nxinerama=true\nvariant=\nusekbd=true\n\
+         fstunnel=true\napplications=TERMINAL,WWWBROWSER,MAILCLIENT,OFFICE\nmultidisp=false\n\
+         sshproxyport=22\nsound=true\nrootless=true\niconvto=UTF-8\nsoundtunnel=true\ndpi=96\n\
+         sshport=22\nsetdpi=0\npack=16m-jpeg\ndirectrdp=false\nusebrokerpass=true\n{}\n\
+         [desk]\nname=Desktop\nhost=a (127.0.0.1),b (127.0.0.2)\ncommand=xfce\n\
+         [auto]\nname=Auto\nhost=c (127.0.0.3)\nkey=/etc/x\nautologin=false\n",
+        FILE.split_once("\n\n").unwrap().1
+    );
+    for text in [FILE, full.as_str()] {
+        let profiles = parse_profiles(text).unwrap();
+        assert!(profiles.len() >= 3);
+        for autologin in [false, true] {
+            for user in ["alice", "bob.smith"] {
+                for status in [None, Some('R'), Some('S')] {
+                    let listings: Vec<PlainListing> = profiles
+                        .iter()
+                        .map(|p| p.plain_listing(autologin))
+                        .collect();
+                    fn session_in(p: &Profile, status: Option<char>) -> Option<(&str, char)> {
+                        status.map(|c| (p.hosts.last().map_or("x", |h| h.name.as_str()), c))
+                    }
+                    let session = |p| session_in(p, status);
+                    let keys: Vec<(String, Vec<(String, Value)>)> = profiles
+                        .iter()
+                        .map(|p| (p.id.clone(), p.for_user(user, session(p), autologin, false)))
+                        .collect();
+                    let items: Vec<(&str, Vec<(String, Value)>)> = keys
+                        .iter()
+                        .map(|(id, k)| (id.as_str(), k.clone()))
+                        .collect();
+                    let want = plain_list(Some("AUTH"), &items);
+                    let got = plain_list_rendered(
+                        Some("AUTH"),
+                        user,
+                        listings.iter().zip(&profiles).map(|(l, p)| (l, session(p))),
+                    );
+                    assert_eq!(got, want, "autologin {autologin}, {user}, {status:?}");
+                }
+            }
+        }
+    }
+    // No profiles: the head only, as before.
+    assert_eq!(
+        plain_list_rendered(None, "alice", std::iter::empty()),
+        plain_list(None, &[])
+    );
+}
