@@ -527,6 +527,30 @@ fn shorter_staleness_setting_applies_to_reports_already_received() {
 }
 
 #[test]
+fn an_agent_back_with_a_shorter_interval_goes_stale_on_the_new_window() {
+    let mut c = Cluster::new();
+    c.add_agent_host("a1", 0);
+    c.define_pool("p", Policy::WeightedLeastSessions, &["a1".into()]);
+    c.apply(Command::AgentConnected {
+        host: "a1".into(),
+        report_interval: Duration::from_secs(20),
+    });
+    c.load("a1", report(0.5, 0.1, 0.8));
+    // The link drops and the agent comes back reporting every second; its last report stands.
+    c.apply(Command::AgentConnected {
+        host: "a1".into(),
+        report_interval: Duration::from_secs(1),
+    });
+    c.reserve("u1", "p");
+    // Three 1 s intervals without a report: stale, although the old window was a minute.
+    c.advance(Duration::from_millis(3001));
+    let e = c.try_reserve("u2", "p").unwrap_err();
+    assert!(e.to_string().contains("stale=1"), "{e}");
+    c.load("a1", report(0.5, 0.1, 0.8));
+    c.reserve("u2", "p");
+}
+
+#[test]
 fn frequent_reports_keep_a_host_fresh() {
     let mut c = Cluster::new();
     c.add_agent_host("a1", 0);

@@ -60,6 +60,7 @@ impl ClusterState {
         events: &mut Vec<Event>,
     ) -> Result<(), CoreError> {
         let hid = self.host_id(name)?;
+        let intervals = self.settings.stale_after_intervals;
         if interval.is_zero() || interval > MAX_REPORT_INTERVAL {
             return Err(CoreError::Invalid {
                 field: "report interval",
@@ -75,7 +76,18 @@ impl ClusterState {
                 reason: format!("host {name:?} is configured without an agent"),
             });
         }
+        let shorter = interval < h.report_interval;
         h.report_interval = interval;
+        // A shorter interval shortens the staleness window of the report already received: a
+        // timer at the new deadline (the one armed for the old, later deadline would keep the
+        // host choosable past it; a timer that fires early re-arms itself).
+        if shorter && let Some(t) = h.last_report_at {
+            h.stale_timer = true;
+            let due = t
+                .after(h.stale_window(intervals))
+                .after(Duration::from_millis(1));
+            self.timers.push(Reverse((due, Timer::ReportStale(hid))));
+        }
         self.set_health(hid, Health::Up, events);
         self.refresh_host(hid);
         Ok(())
