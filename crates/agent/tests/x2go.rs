@@ -41,7 +41,11 @@ impl H {
     async fn start_ttl(sessions: &str, ttl: &str) -> H {
         let b = BrokerBuilder::new()
             .agents()
-            .set("auth", "method = \"none\"")
+            // A password file: `none` cannot go with autologin (it would install keys for anyone).
+            .password("alice", "pw")
+            .password("bob", "pw")
+            .password(KEY_USER, "pw")
+            .password(KEY_USER2, "pw")
             .x2go(
                 "[desk]\nname=Desktop\nhost=h1 (127.0.0.51)\ncommand=XFCE\n\n\
                  [auto]\nname=Autologin desktop\nhost=h1 (127.0.0.51)\nbroker-session-autologin=true\n",
@@ -128,7 +132,12 @@ impl H {
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
-        r.text().await.unwrap()
+        // The reply without its AUTHID line (the next request signs in with the password again).
+        let text = r.text().await.unwrap();
+        match text.split_once('\n') {
+            Some((first, rest)) if first.starts_with("AUTHID:") => rest.to_owned(),
+            _ => text,
+        }
     }
 
     fn state(&self) -> String {
@@ -143,12 +152,12 @@ async fn a_disconnected_session_reported_by_the_agent_is_resumed() {
     h.wait_sessions("alice", 1).await;
     // The profile list names the host and the session's state.
     let list = h
-        .post("task=listsessions&user=alice&password=&authid=")
+        .post("task=listsessions&user=alice&password=pw&authid=")
         .await;
     assert!(list.contains("[desk]\nname=Desktop\nhost=h1\n"), "{list}");
     assert!(list.contains("\nstatus=S\n"), "{list}");
     let body = h
-        .post("task=selectsession&sid=desk&user=alice&password=&authid=&login=alice")
+        .post("task=selectsession&sid=desk&user=alice&password=pw&authid=&login=alice")
         .await;
     assert_eq!(
         body,
@@ -166,7 +175,7 @@ async fn a_running_session_is_suspended_through_the_agent_then_resumed() {
     h.wait_sessions("bob", 1).await;
     let started = Instant::now();
     let body = h
-        .post("task=selectsession&sid=desk&user=bob&password=&authid=&login=bob")
+        .post("task=selectsession&sid=desk&user=bob&password=pw&authid=&login=bob")
         .await;
     assert_eq!(
         body,
@@ -229,7 +238,7 @@ async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
     h.wait_sessions(KEY_USER, 0).await;
     let body = h
         .post(&format!(
-            "task=selectsession&sid=auto&user={KEY_USER}&password=&authid=&login={KEY_USER}"
+            "task=selectsession&sid=auto&user={KEY_USER}&password=pw&authid=&login={KEY_USER}"
         ))
         .await;
     assert!(
@@ -251,7 +260,7 @@ async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
     // The profile list announces autologin.
     let list = h
         .post(&format!(
-            "task=listsessions&user={KEY_USER}&password=&authid="
+            "task=listsessions&user={KEY_USER}&password=pw&authid="
         ))
         .await;
     assert!(
@@ -266,6 +275,7 @@ async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
             ("task", "selectsession"),
             ("sid", "auto"),
             ("user", KEY_USER),
+            ("password", "pw"),
             ("login", KEY_USER),
             ("pubkey", &format!("command=\"/bin/sh\" {pubkey}")),
         ]))
@@ -279,6 +289,7 @@ async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
             ("task", "selectsession"),
             ("profile-id", "auto"),
             ("user", KEY_USER),
+            ("password", "pw"),
             ("pubkey", pubkey),
         ]))
         .send()
@@ -298,7 +309,7 @@ async fn an_autologin_key_is_removed_after_its_first_use() {
     h.wait_sessions(KEY_USER2, 0).await;
     let body = h
         .post(&format!(
-            "task=selectsession&sid=auto&user={KEY_USER2}&password=&authid=&login={KEY_USER2}"
+            "task=selectsession&sid=auto&user={KEY_USER2}&password=pw&authid=&login={KEY_USER2}"
         ))
         .await;
     assert!(body.contains("-----BEGIN RSA PRIVATE KEY-----"), "{body}");
@@ -318,4 +329,79 @@ async fn an_autologin_key_is_removed_after_its_first_use() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Distinct valid ed25519 public keys (only key bytes differ).
+fn test_key(i: usize) -> String {
+    let mut b = *b"AAAAC3NzaC1lZDI1NTE5AAAAIGn2bVbY7nqjZyK0dYxJ4r8sJ1u3m6yWqfIh0pQzX9aB";
+    b[40] = b"ABCDEFGH"[i / 8 % 8];
+    b[41] = b"ABCDEFGH"[i % 8];
+    format!("ssh-ed25519 {}", String::from_utf8(b.to_vec()).unwrap())
+}
+
+fn managed_lines(home: &Path) -> usize {
+    keys_in(home)
+        .lines()
+        .filter(|l| l.contains("switchboard-expires="))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_edits_of_one_user_lose_nothing() {
+    use switchboard_agent::authkeys::{KeyOp, apply};
+    const USER: &str = "sbtest-x2go3";
+    let home = user_home(USER);
+    let until = switchboard_core::Millis::now_wall().0 + 3_600_000;
+    let add = |i| apply(USER, KeyOp::Add { key: test_key(i), expires_at_ms: until });
+    for r in futures_util::future::join_all((0..32).map(add)).await {
+        r.unwrap();
+    }
+    assert_eq!(managed_lines(&home), 32, "an edit at once with another lost a key");
+    // Sixteen removals interleaved with sixteen new keys leave exactly the others.
+    let ops = (0..16).flat_map(|i| {
+        [
+            apply(USER, KeyOp::Remove { key: test_key(i) }),
+            apply(USER, KeyOp::Add { key: test_key(32 + i), expires_at_ms: until }),
+        ]
+    });
+    for r in futures_util::future::join_all(ops).await {
+        r.unwrap();
+    }
+    let text = keys_in(&home);
+    assert_eq!(managed_lines(&home), 32, "{text}");
+    for i in 0..16 {
+        assert!(!text.contains(&test_key(i)), "removed key {i} is back");
+        assert!(text.contains(&test_key(16 + i)) && text.contains(&test_key(32 + i)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorized_keys_that_is_a_hard_link_or_not_the_users_is_refused() {
+    use switchboard_agent::authkeys::{AuthKeysError, KeyOp, apply};
+    const USER: &str = "sbtest-x2go4";
+    let home = user_home(USER);
+    let until = switchboard_core::Millis::now_wall().0 + 3_600_000;
+    apply(USER, KeyOp::Add { key: test_key(0), expires_at_ms: until })
+        .await
+        .unwrap();
+    let file = home.join(".x2go/authorized_keys");
+    // A file only root may read, hard-linked in place of the user's file.
+    let secret = PathBuf::from(format!("/tmp/{USER}-secret"));
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::fs::hard_link(&secret, &file).unwrap();
+    let e = apply(USER, KeyOp::Add { key: test_key(1), expires_at_ms: until })
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, AuthKeysError::Unsafe { why, .. } if why.contains("hard links")), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "root only\n", "not rewritten");
+    // A file of someone else's (root's), one link: refused too.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(&file, "not the user's\n").unwrap();
+    let e = apply(USER, KeyOp::Add { key: test_key(1), expires_at_ms: until })
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, AuthKeysError::Unsafe { why, .. } if why.contains("owned by uid 0")), "{e}");
+    std::fs::remove_file(&file).unwrap();
+    let _ = std::fs::remove_file(&secret);
 }

@@ -681,3 +681,41 @@ async fn pam_logins_through_the_system_stack() {
         .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_none_takes_the_user_from_the_trusted_proxys_header_only() {
+    let b = BrokerBuilder::new()
+        .x2go(PROFILES)
+        .set("auth", "method = \"none\"\nuser_header = \"X-Remote-User\"")
+        .set("http", "trusted_proxies = [\"127.0.0.1\"]")
+        .start()
+        .await;
+    let post = |from: &'static str, header: Option<&'static str>, user: &'static str| {
+        let base = b.base.clone();
+        async move {
+            switchboard_testkit::install_crypto();
+            let client = reqwest::Client::builder()
+                .local_address(from.parse::<IpAddr>().unwrap())
+                .build()
+                .unwrap();
+            let mut r = client
+                .post(format!("{base}/plain/"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("task=listsessions&user={user}&password=&authid="));
+            if let Some(h) = header {
+                r = r.header("X-Remote-User", h);
+            }
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // The proxy (127.0.0.1, trusted) signed alice in: her request is served.
+    let (status, body) = post("127.0.0.1", Some("alice"), "alice").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[single-xfce]"), "{body}");
+    // Another name in the request than the proxy's, no header, or the header from a peer that
+    // is not a trusted proxy: refused.
+    assert_eq!(post("127.0.0.1", Some("alice"), "bob").await.0, 401);
+    assert_eq!(post("127.0.0.1", None, "alice").await.0, 401);
+    assert_eq!(post("127.0.0.2", Some("alice"), "alice").await.0, 401);
+}

@@ -125,6 +125,10 @@ pub struct AuthSection {
     pub pam_service: Option<String>,
     /// Most PAM conversations at once (default 2).
     pub pam_pool: Option<usize>,
+    /// With `method = "none"`: the request header that names the user, set by a proxy in
+    /// `[http] trusted_proxies` that has signed the user in (for example `X-Remote-User`).
+    /// Needed for `none` on a listener that is not on loopback.
+    pub user_header: Option<String>,
 }
 
 /// `[ui]`.

@@ -358,7 +358,7 @@ impl FileConfig {
                 None
             }
         };
-        let x2go = x2go::frontend(
+        let mut x2go = x2go::frontend(
             &self.x2go,
             auth.is_some(),
             default_policy,
@@ -367,6 +367,7 @@ impl FileConfig {
             &mut host_pool,
             &mut pools,
         )?;
+
         let management_mode = match &self.management.mode {
             None => 0o660,
             Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
@@ -388,6 +389,18 @@ impl FileConfig {
             && (g.is_empty() || g.contains(':') || g.contains('\n'))
         {
             return Err(format!("key `management.group`: {g:?} is not a group name"));
+        }
+        let gateway = kubernetes::gateway(self.gateway, &kube_pools, self.auth.method.is_some())?;
+        let user_header = none_auth(
+            auth.as_ref(),
+            self.auth.user_header.as_deref(),
+            x2go.as_ref(),
+            http_listen,
+            &self.http.trusted_proxies,
+            gateway.as_ref().map(|g| g.listen),
+        )?;
+        if let Some(x) = &mut x2go {
+            x.user_header = user_header;
         }
         Ok(Config {
             path: None,
@@ -436,10 +449,76 @@ impl FileConfig {
             auth,
             x2go,
             ui_admin_group: self.ui.admin_group,
-            gateway: kubernetes::gateway(self.gateway, &kube_pools, self.auth.method.is_some())?,
+            gateway,
             kube_pools,
         })
     }
+}
+
+/// The checks `[auth] method = "none"` needs, which trusts whatever user name a request
+/// carries: no autologin (it would install a key for anyone, as anyone), and on a listener off
+/// loopback only with the user from a header that a trusted proxy sets (`[auth] user_header`
+/// and `[http] trusted_proxies`). The gateway has no such header: `none` there stays on
+/// loopback. Returns the header to read.
+fn none_auth(
+    auth: Option<&switchboard_auth::Method>,
+    user_header: Option<&str>,
+    x2go: Option<&crate::http::x2go::X2goConfig>,
+    http_listen: std::net::SocketAddr,
+    trusted_proxies: &[std::net::IpAddr],
+    gateway_listen: Option<std::net::SocketAddr>,
+) -> Result<Option<axum::http::HeaderName>, String> {
+    let none = matches!(auth, Some(switchboard_auth::Method::None));
+    let header = match user_header {
+        None => None,
+        Some(_) if !none => {
+            return Err(
+                "key `auth.user_header`: only used with method = \"none\" (other methods check \
+                 the password themselves)"
+                    .into(),
+            );
+        }
+        Some(h) => Some(axum::http::HeaderName::try_from(h).map_err(|_| {
+            format!("key `auth.user_header`: {h:?} is not an HTTP header name")
+        })?),
+    };
+    if !none {
+        return Ok(None);
+    }
+    if header.is_some() && trusted_proxies.is_empty() {
+        return Err(
+            "key `auth.user_header`: needs `http.trusted_proxies`, the proxies whose header is \
+             believed (from anyone else it would be a name anyone can send)"
+                .into(),
+        );
+    }
+    if let Some(x) = x2go {
+        if let Some((p, _)) = x.profiles.iter().zip(x.autologin.iter()).find(|(_, a)| **a) {
+            return Err(format!(
+                "key `auth.method`: \"none\" cannot go with X2Go autologin (profile {:?} has \
+                 broker-session-autologin): anyone could have a key installed as anyone; use pam \
+                 or file:PATH",
+                p.id
+            ));
+        }
+        if !http_listen.ip().is_loopback() && header.is_none() {
+            return Err(format!(
+                "key `auth.method`: \"none\" on {http_listen}, which is not loopback, would \
+                 believe any user name a client sends; set `auth.user_header` and \
+                 `http.trusted_proxies` so that the name comes from your signing-in proxy, or \
+                 use pam or file:PATH"
+            ));
+        }
+    }
+    if let Some(g) = gateway_listen
+        && !g.ip().is_loopback()
+    {
+        return Err(format!(
+            "key `auth.method`: \"none\" would sign anyone in as anyone on the gateway at {g}, \
+             which is not loopback; use pam or file:PATH"
+        ));
+    }
+    Ok(header)
 }
 
 #[cfg(test)]
@@ -624,6 +703,79 @@ max_sessions = 40
         assert_eq!(c.cluster.hosts.len(), 2);
         assert_eq!(c.cluster.pools[1].policy, Policy::RoundRobin);
         assert!(c.cluster.hosts[0].probe);
+    }
+
+    #[test]
+    fn method_none_is_refused_with_autologin_and_off_loopback_without_a_proxy_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.conf");
+        std::fs::write(&plain, "[desk]\nname=Desk\nhost=h1 (127.0.0.2)\n").unwrap();
+        let auto = dir.path().join("auto.conf");
+        std::fs::write(
+            &auto,
+            "[desk]\nname=Desk\nhost=h1 (127.0.0.2)\nbroker-session-autologin=true\n",
+        )
+        .unwrap();
+        let file = |auth: &str, http: &str, profiles: &Path| {
+            format!(
+                "[auth]\n{auth}\n[http]\n{http}\n[x2go]\nsession_profiles = {:?}\n",
+                profiles.display().to_string()
+            )
+        };
+        let parse = |text: String| Config::parse(&text, "b.toml").map_err(|e| e.to_string());
+        let none = "method = \"none\"";
+        // On loopback without autologin: as before.
+        let c = parse(file(none, "listen = \"127.0.0.1:8080\"", &plain)).unwrap();
+        assert_eq!(c.x2go.unwrap().user_header, None);
+        // Autologin would install a key for anyone, as anyone.
+        let e = parse(file(none, "listen = \"127.0.0.1:8080\"", &auto)).unwrap_err();
+        assert!(e.contains("autologin") && e.contains("\"desk\""), "{e}");
+        // Off loopback the user must come from a trusted proxy's header.
+        let e = parse(file(none, "listen = \"0.0.0.0:8080\"", &plain)).unwrap_err();
+        assert!(e.contains("not loopback") && e.contains("auth.user_header"), "{e}");
+        let e = parse(file(
+            &format!("{none}\nuser_header = \"X-Remote-User\""),
+            "listen = \"0.0.0.0:8080\"",
+            &plain,
+        ))
+        .unwrap_err();
+        assert!(e.contains("http.trusted_proxies"), "{e}");
+        let c = parse(file(
+            &format!("{none}\nuser_header = \"X-Remote-User\""),
+            "listen = \"0.0.0.0:8080\"\ntrusted_proxies = [\"10.0.0.5\"]",
+            &plain,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.x2go.unwrap().user_header.as_ref().map(|h| h.as_str()),
+            Some("x-remote-user")
+        );
+        // The header means nothing to methods that check passwords, and must be a header name.
+        let e = parse(file(
+            "method = \"pam\"\nuser_header = \"X-Remote-User\"",
+            "listen = \"127.0.0.1:8080\"",
+            &plain,
+        ))
+        .unwrap_err();
+        assert!(e.contains("auth.user_header"), "{e}");
+        let e = parse(file(
+            &format!("{none}\nuser_header = \"not a header\""),
+            "listen = \"0.0.0.0:8080\"\ntrusted_proxies = [\"10.0.0.5\"]",
+            &plain,
+        ))
+        .unwrap_err();
+        assert!(e.contains("not an HTTP header name"), "{e}");
+        // The gateway has no proxy header: `none` there stays on loopback.
+        let gateway = |listen: &str| {
+            format!(
+                "[auth]\n{none}\n[gateway]\nlisten = \"{listen}\"\ntls_cert = \"/x.crt\"\n\
+                 tls_key = \"/x.key\"\n[[gateway.target]]\ntype = \"desktop\"\n\
+                 address = \"127.0.0.1:14500\"\n"
+            )
+        };
+        let e = parse(gateway("0.0.0.0:8443")).unwrap_err();
+        assert!(e.contains("gateway") && e.contains("anyone in as anyone"), "{e}");
+        parse(gateway("127.0.0.1:8443")).unwrap();
     }
 
     #[test]

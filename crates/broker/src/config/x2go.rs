@@ -229,6 +229,8 @@ pub(super) fn frontend(
                     .suspend_timeout
                     .map_or(DEFAULT_SUSPEND_TIMEOUT, |d| d.0)
                     .max(Duration::from_millis(100)),
+                // Set by the whole file's check (it is an `[auth]` key).
+                user_header: None,
             })
         }
     })

@@ -65,6 +65,9 @@ pub struct X2goConfig {
     pub autologin_key_ttl: Duration,
     /// Wait for an agent to suspend a running session.
     pub suspend_timeout: Duration,
+    /// With `[auth] method = "none"`: the header a trusted proxy names the user in
+    /// (`[auth] user_header`); without it, `none` takes the request's user (loopback only).
+    pub user_header: Option<axum::http::HeaderName>,
 }
 
 impl X2goConfig {
@@ -189,12 +192,19 @@ impl X2go {
         self.current.store(Arc::new(new));
     }
 
+    /// The `[auth] user_header` of the configuration in force, if any.
+    pub fn user_header(&self) -> Option<axum::http::HeaderName> {
+        self.current.load().as_ref().as_ref()?.cfg.user_header.clone()
+    }
+
     /// Answers one request.
+    /// `proxied`: the user named by `[auth] user_header`, when a trusted proxy sent it.
     pub async fn handle(
         &self,
         proto: Proto,
         backend: Option<&str>,
         client: IpAddr,
+        proxied: Option<&str>,
         body: &Bytes,
     ) -> Response {
         let guard = self.current.load_full();
@@ -213,7 +223,7 @@ impl X2go {
         if form.task == "testcon" {
             return ok(proto, proto.testcon().to_owned());
         }
-        let (user, authid) = match self.authenticate(fe, &form, client).await {
+        let (user, authid) = match self.authenticate(fe, &form, client, proxied).await {
             Ok(v) => v,
             Err(r) => return r,
         };
@@ -268,13 +278,23 @@ impl X2go {
         fe: &Frontend,
         form: &Form,
         client: IpAddr,
+        proxied: Option<&str>,
     ) -> Result<(String, Option<String>), Response> {
         if !valid_user(&form.user) {
             tracing::info!(%client, "x2go: request without a usable user name");
             return Err(html(StatusCode::UNAUTHORIZED));
         }
         if !fe.auth.checks() {
-            return Ok((form.user.clone(), None));
+            // `none`: the user is whoever the request says (a loopback listener, see the
+            // config check), or, with `user_header`, whom the trusted proxy signed in.
+            return match (&fe.cfg.user_header, proxied) {
+                (None, _) => Ok((form.user.clone(), None)),
+                (Some(_), Some(u)) if u == form.user => Ok((form.user.clone(), None)),
+                (Some(h), p) => {
+                    tracing::info!(user = %printable(&form.user), %client, header = %h, proxied = p.is_some(), "x2go: refused: method none takes the user from the trusted proxy's header only");
+                    Err(html(StatusCode::UNAUTHORIZED))
+                }
+            };
         }
         let origin = if form.authid.is_empty() {
             match fe.auth.verify(&form.user, &form.password, client).await {
@@ -827,7 +847,16 @@ async fn serve(
     body: &Bytes,
 ) -> Response {
     let client = client_ip(peer.ip(), headers, &app.trusted_proxies);
-    app.x2go.handle(proto, backend, client, body).await
+    // The user header counts only from a trusted proxy: anyone else could send it.
+    let proxied = app
+        .x2go
+        .user_header()
+        .filter(|_| app.trusted_proxies.contains(&peer.ip()))
+        .and_then(|h| headers.get(&h)?.to_str().ok().map(str::to_owned))
+        .filter(|u| valid_user(u));
+    app.x2go
+        .handle(proto, backend, client, proxied.as_deref(), body)
+        .await
 }
 
 macro_rules! handlers {
