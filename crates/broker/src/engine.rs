@@ -433,6 +433,12 @@ async fn build_state<S: Store>(
             tracing::warn!(error = %e, "stored agent credential not restored");
         }
     }
+    let _ = state.apply(
+        Command::SeedIds {
+            above: switchboard_core::SessionId(durable.max_session_id),
+        },
+        now,
+    );
     let mut orphans = 0usize;
     for s in durable.sessions {
         if let Err(e) = state.apply(Command::RestoreSession(s), now) {

@@ -765,3 +765,37 @@ async fn an_admin_change_cancels_a_pending_drain_then_offline() {
         .await;
     assert_error(&bad, 400, "bad_request");
 }
+
+/// The ids the store already holds from now on, as if the clock had been stepped back by the
+/// length of the run: 20,000 ended sessions, one each millisecond from now, for 20 seconds.
+async fn ended_sessions_ahead(url: &str) -> u64 {
+    use sqlx::{Connection, Executor};
+    sqlx::any::install_default_drivers();
+    let base = switchboard_core::Millis::now_wall().0 * 1000;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    // Digits only: nothing to inject.
+    let sql = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 19999) \
+         INSERT INTO sessions (id, user_name, host, pool, state, backend_id, client, created_at, \
+         updated_at, ended_at) \
+         SELECT {base} + i * 1000, 'ghost', 'h1', NULL, 'ended', NULL, NULL, 1, 1, 1 FROM n"
+    );
+    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str())))
+        .await
+        .unwrap();
+    base + 19_999 * 1000
+}
+
+#[tokio::test]
+async fn session_ids_never_repeat_an_ended_sessions_after_the_clock_steps_back() {
+    for kind in BOTH {
+        let mut b = TestBroker::start(kind, &three_hosts()).await;
+        let highest = ended_sessions_ahead(&b.store_url).await;
+        b.restart().await;
+        // Each new id lands in the range the ended sessions hold unless it is seeded above it.
+        for user in ["alice", "bob", "carol"] {
+            let (id, _) = b.start_session(user, "desktops").await;
+            assert!(id > highest, "{kind:?}: id {id} is not above the stored {highest}");
+        }
+    }
+}

@@ -160,4 +160,10 @@ pub enum Command {
         /// The host.
         host: String,
     },
+    /// At start-up: new session ids are above this one, the highest the store has ever given
+    /// (ended sessions included), so that a clock stepped back never hands out an id again.
+    SeedIds {
+        /// The highest id in the store.
+        above: SessionId,
+    },
 }

@@ -74,6 +74,9 @@ pub struct Durable {
     pub sessions: Vec<SessionRecord>,
     /// Agent credentials: (host, SHA-256 of the secret).
     pub credentials: Vec<(String, String)>,
+    /// The highest session id ever stored, ended sessions included (0 for none): new ids go
+    /// above it even after the clock stepped back.
+    pub max_session_id: u64,
 }
 
 /// One operator action or policy decision, for the audit log.
@@ -398,10 +401,14 @@ impl Store for SqlStore {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
+        let max_session_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM sessions")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Durable {
             hosts,
             sessions,
             credentials,
+            max_session_id: to_u64(max_session_id, "session id")?,
         })
     }
 

@@ -167,6 +167,7 @@ impl switchboard_store::Store for Memory {
                 .iter()
                 .map(|(h, c)| (h.clone(), c.clone()))
                 .collect(),
+            max_session_id: s.sessions.keys().next_back().map_or(0, |id| id.0),
         })
     }
 

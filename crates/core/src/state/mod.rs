@@ -211,6 +211,10 @@ impl ClusterState {
                 self.issue_credential(&host, hash, &mut events)
             }
             Command::RevokeCredential { host } => self.revoke_credential(&host, &mut events),
+            Command::SeedIds { above } => {
+                self.next_id = self.next_id.max(above.0.saturating_add(1));
+                Ok(())
+            }
         };
         self.offline_drained(&mut events);
         match result {
