@@ -519,3 +519,44 @@ fn timers_that_fire_during_a_refused_command_are_handed_out_later() {
         "{next:?}"
     );
 }
+
+#[test]
+fn a_revoked_or_replaced_credential_makes_its_host_unplaceable_at_once() {
+    let hash = |c: char| c.to_string().repeat(64);
+    for replace in [false, true] {
+        let mut c = agent_cluster();
+        c.apply(Command::IssueCredential {
+            host: "a1".into(),
+            hash: hash('a'),
+        });
+        let p = c.reserve("alice", "p");
+        c.confirm(p.id);
+        let ev = if replace {
+            c.apply(Command::IssueCredential {
+                host: "a1".into(),
+                hash: hash('b'),
+            })
+        } else {
+            c.apply(Command::RevokeCredential { host: "a1".into() })
+        };
+        assert!(ev[0].is_durable(), "{ev:?}");
+        let h = c.state.host("a1").unwrap();
+        assert_eq!(h.health, switchboard_core::Health::Unreachable, "replace: {replace}");
+        assert_eq!(
+            c.state.session(p.id).unwrap().state,
+            SessionState::Unknown,
+            "its sessions wait for an agent with a valid credential"
+        );
+        let e = c.try_reserve("bob", "p").unwrap_err();
+        assert!(e.to_string().contains("unreachable"), "{e}");
+    }
+    // Issuing the same credential again (enrolment retried) cuts nothing off.
+    let mut c = agent_cluster();
+    for _ in 0..2 {
+        c.apply(Command::IssueCredential {
+            host: "a1".into(),
+            hash: hash('a'),
+        });
+    }
+    c.reserve("bob", "p");
+}

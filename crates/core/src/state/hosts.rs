@@ -389,9 +389,31 @@ impl ClusterState {
         }
         let host = h.name.clone();
         let hash: Arc<str> = Arc::from(hash);
-        self.credentials.insert(host.clone(), hash.clone());
+        let replaced = self
+            .credentials
+            .insert(host.clone(), hash.clone())
+            .is_some_and(|old| old != hash);
         events.push(Event::CredentialIssued { host, hash });
+        if replaced {
+            // The agent linked with the old credential is being cut off.
+            self.cut_off(hid, events);
+        }
         Ok(())
+    }
+
+    /// A host whose agent credential went away: unreachable in the same command (not placeable
+    /// while its old link is being closed), its sessions `unknown` until an agent with a valid
+    /// credential reports them. A host that was not up stays as it was.
+    fn cut_off(&mut self, hid: HostId, events: &mut Vec<Event>) {
+        let Some(h) = self.host_ref(hid) else {
+            return;
+        };
+        if h.health != Health::Up || !h.spec.agent {
+            return;
+        }
+        let name = h.name.clone();
+        // Cannot fail: the host exists and has an agent.
+        let _ = self.host_lost(&name, true, events);
     }
 
     pub(super) fn revoke_credential(
@@ -402,6 +424,9 @@ impl ClusterState {
         match self.credentials.remove_entry(name) {
             Some((host, _)) => {
                 events.push(Event::CredentialRevoked { host });
+                if let Ok(hid) = self.host_id(name) {
+                    self.cut_off(hid, events);
+                }
                 Ok(())
             }
             None => Err(not_found("credential for host", name)),
