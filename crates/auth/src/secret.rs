@@ -7,7 +7,10 @@
 //!   credentials `sba_…`), so a leaked secret says what it is;
 //! - [`sha256_hex`]: what is stored instead of a token;
 //! - [`ct_eq`]: comparing a presented secret with the expected one without telling, by how long
-//!   the comparison took, how much of it was right.
+//!   the comparison took, how much of it was right;
+//! - [`write_atomically`] and [`lock_for_update`]: how a secret or state file is replaced, so
+//!   that a crash leaves the old file or the new one, never an empty one, and two writers never
+//!   lose each other's change.
 //!
 //! Ids that are not secrets (audit record ids) are drawn where they are used: the store does not
 //! depend on this crate.
@@ -72,6 +75,56 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     // subtle keeps the comparison branch-free and hides it from the optimiser, which a
     // hand-written fold of XORs cannot promise.
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Replaces `path` with `data`, created with `mode`: written to a temp file of its own in the
+/// same directory (`create_new`, so it follows no link and clobbers no other writer's), synced,
+/// renamed over `path`, and the directory synced, so that after a crash the file is the old one
+/// or the new one, whole.
+pub fn write_atomically(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let unique = random_hex(8).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = dir.join(format!(".{name}.{}.{unique}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        // The mode exactly, whatever the umask.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// An exclusive lock for a read-modify-write of `path` by several processes (`switchboard
+/// token add` beside a running broker, two `up`s): an advisory lock on `PATH.lock` (made 0600
+/// and left in place), held until the returned file is dropped.
+pub fn lock_for_update(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(std::path::Path::new(&lock))?;
+    f.lock()?;
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -120,17 +120,7 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
         path: path.display().to_string(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    switchboard_auth::secret::write_atomically(path, data, mode).map_err(io)
 }
 
 #[cfg(test)]

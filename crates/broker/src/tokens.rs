@@ -140,19 +140,18 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), TokenError> {
     if !dir.as_os_str().is_empty() {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io(&tmp, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    switchboard_auth::secret::write_atomically(path, text.as_bytes(), 0o600)
+        .map_err(|e| io(path, e))
+}
+
+/// Holds the tokens file's lock for a read-modify-write (two `token add`s at once, or one
+/// beside a running broker's `up`, must not lose a token).
+fn lock(path: &Path) -> Result<std::fs::File, TokenError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.as_os_str().is_empty() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    switchboard_auth::secret::lock_for_update(path).map_err(|e| io(path, e))
 }
 
 /// A new random token: `sbt_` and 43 base64url characters (256 bits).
@@ -167,6 +166,7 @@ pub fn add(path: &Path, name: &str, access: Access) -> Result<String, TokenError
             "bad token name {name:?}: use up to 64 letters, digits, '-', '_', '.', '@'"
         )));
     }
+    let _lock = lock(path)?;
     let text = read(path)?;
     let existing = parse(&text, path)?;
     if existing.values().any(|t| t.name == name) {
@@ -196,6 +196,7 @@ pub fn add(path: &Path, name: &str, access: Access) -> Result<String, TokenError
 
 /// Removes the token named `name`.
 pub fn revoke(path: &Path, name: &str) -> Result<(), TokenError> {
+    let _lock = lock(path)?;
     let text = read(path)?;
     parse(&text, path)?;
     let mut found = false;
@@ -296,6 +297,32 @@ impl Tokens {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn tokens_added_at_once_by_many_writers_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let added: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || add(path, &format!("t{i}"), Access::ReadOnly).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let file = Tokens::load(&path).unwrap();
+        for t in &added {
+            assert!(file.check(t).is_some(), "a concurrent add lost a token");
+        }
+        // No temp files left behind; the lock file is the only other file.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["tokens", "tokens.lock"]);
+    }
 
     #[test]
     fn added_tokens_check_and_revoked_ones_do_not() {
