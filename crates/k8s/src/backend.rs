@@ -80,8 +80,9 @@ pub enum StartError {
         /// Its budget.
         budget_secs: u64,
     },
-    /// A pod with this name exists and belongs to another user or type.
-    #[error("pod {pod} exists but belongs to another user or session type")]
+    /// A pod (or the user's home claim) with this name exists and belongs to another user or
+    /// type.
+    #[error("{pod} exists but belongs to another user or session type")]
     NotOwner {
         /// Pod name.
         pod: String,
@@ -197,7 +198,15 @@ struct Inner {
     templates: TemplateDir,
     settings: PoolSettings,
     cache: Store<Pod>,
-    inflight: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    /// Starts in flight: pod name → (user, session type, progress).
+    inflight: Mutex<HashMap<String, Inflight>>,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    user: String,
+    session_type: String,
+    rx: watch::Receiver<Progress>,
 }
 
 impl Backend {
@@ -296,17 +305,56 @@ impl Backend {
     /// Starts or gets `owner`'s session of `session_type`. Returns at once; the handle gives
     /// progress and the outcome. A ready, owned pod in the cache gives a finished handle.
     pub fn start_or_get(&self, owner: &Owner, session_type: &str) -> StartHandle {
+        // Without a limit nothing is refused.
+        self.start_or_get_within(owner, session_type, None)
+            .unwrap_or_else(|n| unreachable!("a start without a limit refused at {n}"))
+    }
+
+    /// [`Backend::start_or_get`], unless `owner` has `max` sessions of other types already
+    /// (pods in the cache and starts in flight): then `Err` with how many. The count and the
+    /// start are one step, so starts at once cannot all pass the check.
+    pub fn start_or_get_within(
+        &self,
+        owner: &Owner,
+        session_type: &str,
+        max: Option<usize>,
+    ) -> Result<StartHandle, usize> {
         let name = names::pod_name(&owner.user, session_type);
         if let Some(target) = self.cached_ready(&name, owner, session_type) {
             let (_tx, rx) = watch::channel(Progress::Ready(target));
-            return StartHandle { rx };
+            return Ok(StartHandle { rx });
         }
         let mut inflight = self.inner.inflight.lock().expect("inflight");
-        if let Some(rx) = inflight.get(&name) {
-            return StartHandle { rx: rx.clone() };
+        if let Some(i) = inflight.get(&name) {
+            return Ok(StartHandle { rx: i.rx.clone() });
+        }
+        if let Some(max) = max {
+            let mut types: std::collections::HashSet<String> = inflight
+                .values()
+                .filter(|i| i.user == owner.user)
+                .map(|i| i.session_type.clone())
+                .collect();
+            for pod in self.inner.cache.state() {
+                let a = pod.metadata.annotations.as_ref();
+                if a.and_then(|a| a.get(names::USER_ANNOTATION)) == Some(&owner.user)
+                    && let Some(t) = a.and_then(|a| a.get(names::TYPE_ANNOTATION))
+                {
+                    types.insert(t.clone());
+                }
+            }
+            if types.len() >= max && !types.contains(session_type) {
+                return Err(types.len());
+            }
         }
         let (tx, rx) = watch::channel(Progress::Looking { pod: name.clone() });
-        inflight.insert(name.clone(), rx.clone());
+        inflight.insert(
+            name.clone(),
+            Inflight {
+                user: owner.user.clone(),
+                session_type: session_type.to_owned(),
+                rx: rx.clone(),
+            },
+        );
         drop(inflight);
         let me = self.clone();
         let owner = owner.clone();
@@ -322,7 +370,7 @@ impl Backend {
                 }
             });
         });
-        StartHandle { rx }
+        Ok(StartHandle { rx })
     }
 
     /// Deletes `owner`'s pod of `session_type` (log-off). `Ok(false)` when there was none.
@@ -384,7 +432,21 @@ impl Backend {
         if let Some(claim) = &rendered.claim {
             match inner.claims.create(&PostParams::default(), claim).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    // The user's home from an earlier session, or a claim of that name made by
+                    // someone else (two names hashing alike, or made by hand): only the first
+                    // is mounted.
+                    let claim_name = claim.metadata.name.clone().unwrap_or_default();
+                    let existing = inner.claims.get(&claim_name).await?;
+                    let owner_of = existing
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(names::USER_ANNOTATION));
+                    if owner_of.map(String::as_str) != Some(owner.user.as_str()) {
+                        return Err(StartError::NotOwner { pod: claim_name });
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }

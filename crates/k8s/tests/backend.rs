@@ -68,6 +68,10 @@ impl Fixture {
     }
 
     async fn backend(&self, budgets: Budgets) -> Backend {
+        self.backend_with_home(budgets, Home::None).await
+    }
+
+    async fn backend_with_home(&self, budgets: Budgets, home: Home) -> Backend {
         let config = kube::Config::new(self.api.url().parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let settings = PoolSettings {
@@ -75,7 +79,7 @@ impl Fixture {
                 namespace: NS.into(),
                 pool: "desktops".into(),
                 default_port: 14500,
-                home: Home::None,
+                home,
                 allow_host_path: false,
             },
             budgets,
@@ -343,6 +347,28 @@ async fn a_pod_of_someone_else_is_never_handed_out() {
     let err = b.start_or_get(&alice(), "xfce").wait().await.unwrap_err();
     assert!(matches!(err, StartError::NotOwner { .. }), "{err}");
     assert!(f.api.pod(NS, "alice-xfce").is_some(), "left alone");
+}
+
+#[tokio::test]
+async fn a_home_claim_of_someone_else_is_never_mounted() {
+    let f = Fixture::new().await;
+    let home = || Home::PerUser {
+        storage_class: None,
+        size: "1Gi".into(),
+        mount: "/home".into(),
+    };
+    let claim = switchboard_k8s::template::home_claim_name("alice");
+    f.api.insert_claim(NS, &claim, "mallory");
+    let b = f.backend_with_home(short(), home()).await;
+    let err = b.start_or_get(&alice(), "xfce").wait().await.unwrap_err();
+    assert!(matches!(&err, StartError::NotOwner { pod } if *pod == claim), "{err}");
+    assert!(f.api.pod(NS, "alice-xfce").is_none(), "no pod mounts mallory's claim");
+    // Alice's own claim from an earlier session is simply mounted again.
+    let f = Fixture::new().await;
+    f.api.insert_claim(NS, &claim, "alice");
+    let b = f.backend_with_home(short(), home()).await;
+    b.start_or_get(&alice(), "xfce").wait().await.unwrap();
+    assert!(f.api.has_claim(NS, &claim));
 }
 
 #[tokio::test]

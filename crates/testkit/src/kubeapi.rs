@@ -302,6 +302,31 @@ impl FakeApiServer {
         });
     }
 
+    /// A PersistentVolumeClaim `ns/name` that exists already, annotated as `user`'s (someone
+    /// made it by hand, or another user's name hashed alike).
+    pub fn insert_claim(&self, ns: &str, name: &str, user: &str) {
+        let mut inner = self.shared.inner.lock().expect("fake API state");
+        let v = json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "annotations": { "switchboard.io/user": user },
+            },
+            "spec": {},
+            "status": { "phase": "Bound" },
+        });
+        let v = commit(&mut inner, &self.shared.events, ns, "PersistentVolumeClaim", "ADDED", v);
+        inner.claims.insert((ns.to_string(), name.to_string()), v);
+    }
+
+    /// Whether PersistentVolumeClaim `ns/name` exists.
+    pub fn has_claim(&self, ns: &str, name: &str) -> bool {
+        let inner = self.shared.inner.lock().expect("fake API state");
+        inner.claims.contains_key(&(ns.to_string(), name.to_string()))
+    }
+
     /// Removes pod `ns/name` at once (as if its node vanished and the pod was force-deleted).
     pub fn remove(&self, ns: &str, name: &str) {
         let mut inner = self.shared.inner.lock().expect("fake API state");
