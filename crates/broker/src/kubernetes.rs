@@ -225,18 +225,16 @@ impl KubePool {
     /// Starts or gets `user`'s session of `session_type`, after the pool's limits.
     pub async fn start(&self, user: &str, session_type: &str) -> Result<StartHandle, Refused> {
         let owner = owner(user).await?;
-        if let Some(max) = self.config.max_sessions_per_user {
-            let sessions = self.lifecycle.sessions();
-            let mine: Vec<_> = sessions.iter().filter(|s| s.user == user).collect();
-            if mine.len() >= max as usize && !mine.iter().any(|s| s.session_type == session_type) {
-                return Err(Refused::Limit {
-                    user: user.to_string(),
-                    count: mine.len(),
-                    pool: self.config.name.clone(),
-                });
-            }
-        }
-        Ok(self.backend().start_or_get(&owner, session_type))
+        let max = self.config.max_sessions_per_user.map(|m| m as usize);
+        // Counted with the starts in flight, in one step with this one: parallel starts of
+        // several types cannot all slip under the limit.
+        self.backend()
+            .start_or_get_within(&owner, session_type, max)
+            .map_err(|count| Refused::Limit {
+                user: user.to_string(),
+                count,
+                pool: self.config.name.clone(),
+            })
     }
 
     /// The session types `user` may start.

@@ -242,3 +242,28 @@ async fn pods_found_at_start_are_adopted_and_vanished_ones_ended() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_at_once_of_several_types_stay_within_the_per_user_cap() {
+    let api = FakeApiServer::start().await;
+    let (b, _dir) = broker(&api, 1, Kind::Sqlite).await;
+    let start = |ty: &'static str| {
+        b.call(
+            "POST",
+            "/api/v1/kubernetes/k8s/sessions",
+            Some(json!({"user": "alice", "session_type": ty})),
+        )
+    };
+    // Both before either pod exists: the cap counts the start in flight too.
+    let (x, k) = tokio::join!(start("xfce"), start("kde"));
+    let refused = [&x, &k].iter().filter(|r| r.0 == 429).count();
+    assert_eq!(refused, 1, "exactly one of two is refused with a cap of 1: {x:?} {k:?}");
+    let accepted = if x.0 == 429 { &k } else { &x };
+    assert!(accepted.0 < 300, "{accepted:?}");
+    let refused = if x.0 == 429 { &x } else { &k };
+    assert_error(refused, 429, "session_limit");
+    eventually(&b, "one pod", || async {
+        api.pod_names("sessions").len() == 1
+    })
+    .await;
+}
