@@ -434,15 +434,18 @@ fn edit_file(acct: &Account, op: &KeyOp, chown: bool, now: u64) -> Result<String
     )
     .map_err(io_err("opening", &acct.home))?;
     let dir = open_x2go_dir(&home, acct, &dir_path, chown)?;
+    // One edit of a user's file at a time, across the agent's tasks and the sudo helper
+    // (another process): an exclusive lock on the directory, held until `dir` is closed.
+    lock_dir(&dir, &dir_path)?;
 
-    // Current content (none if the file does not exist yet).
+    // Current content (none if the file does not exist yet), read under the lock.
     let existing = match rustix::fs::openat(
         &dir,
         "authorized_keys",
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => read_regular(fd, &file_path)?,
+        Ok(fd) => read_regular(fd, &file_path, acct.uid)?,
         Err(rustix::io::Errno::NOENT) => String::new(),
         Err(rustix::io::Errno::LOOP) => {
             return Err(AuthKeysError::Unsafe {
@@ -523,12 +526,48 @@ fn open_x2go_dir(
     Ok(fd)
 }
 
-fn read_regular(fd: OwnedFd, path: &Path) -> Result<String, AuthKeysError> {
+/// How long an edit waits for another one of the same user's file.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the exclusive `flock` of the user's `.x2go` directory, waiting at most [`LOCK_WAIT`].
+fn lock_dir(dir: &OwnedFd, path: &Path) -> Result<(), AuthKeysError> {
+    use rustix::fs::FlockOperation;
+    const STEP: Duration = Duration::from_millis(10);
+    let mut waited = Duration::ZERO;
+    loop {
+        match rustix::fs::flock(dir, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) if waited < LOCK_WAIT => {
+                // A blocking thread of its own (the edit runs in `spawn_blocking`).
+                std::thread::sleep(STEP);
+                waited += STEP;
+            }
+            Err(e) => return Err(io_err("locking", path)(e)),
+        }
+    }
+}
+
+/// Reads the user's file: a regular file, owned by the user, with one link. A hard link to
+/// another file (`ln /etc/shadow ~/.x2go/authorized_keys`) or a file someone else put there is
+/// refused, so that a root agent never copies a file it did not write into one the user owns.
+fn read_regular(fd: OwnedFd, path: &Path, uid: u32) -> Result<String, AuthKeysError> {
     let st = rustix::fs::fstat(&fd).map_err(io_err("checking", path))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(AuthKeysError::Unsafe {
             path: path.to_owned(),
             why: "is not a regular file".to_owned(),
+        });
+    }
+    if st.st_nlink != 1 {
+        return Err(AuthKeysError::Unsafe {
+            path: path.to_owned(),
+            why: format!("has {} hard links (a link to another file?)", st.st_nlink),
+        });
+    }
+    if st.st_uid != uid {
+        return Err(AuthKeysError::Unsafe {
+            path: path.to_owned(),
+            why: format!("is owned by uid {}, not by the user ({uid})", st.st_uid),
         });
     }
     let mut buf = Vec::new();
@@ -592,7 +631,9 @@ fn write_replace(
         f.write_all(content).map_err(wrap("writing"))?;
         f.sync_all().map_err(wrap("syncing"))?;
         rustix::fs::renameat(dir, tmp_name.as_str(), dir, "authorized_keys")
-            .map_err(io_err("replacing", path))
+            .map_err(io_err("replacing", path))?;
+        // The rename itself is durable only once the directory is.
+        rustix::fs::fsync(dir).map_err(io_err("syncing the directory of", path))
     })();
     if result.is_err() {
         let _ = rustix::fs::unlinkat(dir, tmp_name.as_str(), AtFlags::empty());
