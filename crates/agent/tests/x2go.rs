@@ -352,16 +352,34 @@ async fn concurrent_key_edits_of_one_user_lose_nothing() {
     const USER: &str = "sbtest-x2go3";
     let home = user_home(USER);
     let until = switchboard_core::Millis::now_wall().0 + 3_600_000;
-    let add = |i| apply(USER, KeyOp::Add { key: test_key(i), expires_at_ms: until });
+    let add = |i| {
+        apply(
+            USER,
+            KeyOp::Add {
+                key: test_key(i),
+                expires_at_ms: until,
+            },
+        )
+    };
     for r in futures_util::future::join_all((0..32).map(add)).await {
         r.unwrap();
     }
-    assert_eq!(managed_lines(&home), 32, "an edit at once with another lost a key");
+    assert_eq!(
+        managed_lines(&home),
+        32,
+        "an edit at once with another lost a key"
+    );
     // Sixteen removals interleaved with sixteen new keys leave exactly the others.
     let ops = (0..16).flat_map(|i| {
         [
             apply(USER, KeyOp::Remove { key: test_key(i) }),
-            apply(USER, KeyOp::Add { key: test_key(32 + i), expires_at_ms: until }),
+            apply(
+                USER,
+                KeyOp::Add {
+                    key: test_key(32 + i),
+                    expires_at_ms: until,
+                },
+            ),
         ]
     });
     for r in futures_util::future::join_all(ops).await {
@@ -381,27 +399,55 @@ async fn an_authorized_keys_that_is_a_hard_link_or_not_the_users_is_refused() {
     const USER: &str = "sbtest-x2go4";
     let home = user_home(USER);
     let until = switchboard_core::Millis::now_wall().0 + 3_600_000;
-    apply(USER, KeyOp::Add { key: test_key(0), expires_at_ms: until })
-        .await
-        .unwrap();
+    apply(
+        USER,
+        KeyOp::Add {
+            key: test_key(0),
+            expires_at_ms: until,
+        },
+    )
+    .await
+    .unwrap();
     let file = home.join(".x2go/authorized_keys");
     // A file only root may read, hard-linked in place of the user's file.
     let secret = PathBuf::from(format!("/tmp/{USER}-secret"));
     std::fs::write(&secret, "root only\n").unwrap();
     std::fs::remove_file(&file).unwrap();
     std::fs::hard_link(&secret, &file).unwrap();
-    let e = apply(USER, KeyOp::Add { key: test_key(1), expires_at_ms: until })
-        .await
-        .unwrap_err();
-    assert!(matches!(&e, AuthKeysError::Unsafe { why, .. } if why.contains("hard links")), "{e}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "root only\n", "not rewritten");
+    let e = apply(
+        USER,
+        KeyOp::Add {
+            key: test_key(1),
+            expires_at_ms: until,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, AuthKeysError::Unsafe { why, .. } if why.contains("hard links")),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "root only\n",
+        "not rewritten"
+    );
     // A file of someone else's (root's), one link: refused too.
     std::fs::remove_file(&file).unwrap();
     std::fs::write(&file, "not the user's\n").unwrap();
-    let e = apply(USER, KeyOp::Add { key: test_key(1), expires_at_ms: until })
-        .await
-        .unwrap_err();
-    assert!(matches!(&e, AuthKeysError::Unsafe { why, .. } if why.contains("owned by uid 0")), "{e}");
+    let e = apply(
+        USER,
+        KeyOp::Add {
+            key: test_key(1),
+            expires_at_ms: until,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, AuthKeysError::Unsafe { why, .. } if why.contains("owned by uid 0")),
+        "{e}"
+    );
     std::fs::remove_file(&file).unwrap();
     let _ = std::fs::remove_file(&secret);
 }

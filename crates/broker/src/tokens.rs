@@ -7,8 +7,6 @@
 
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -331,6 +329,7 @@ mod tests {
         let admin = add(&path, "admin", Access::ReadWrite).unwrap();
         let viewer = add(&path, "viewer", Access::ReadOnly).unwrap();
         assert!(admin.starts_with("sbt_") && admin.len() == 47);
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();

@@ -795,7 +795,10 @@ async fn session_ids_never_repeat_an_ended_sessions_after_the_clock_steps_back()
         // Each new id lands in the range the ended sessions hold unless it is seeded above it.
         for user in ["alice", "bob", "carol"] {
             let (id, _) = b.start_session(user, "desktops").await;
-            assert!(id > highest, "{kind:?}: id {id} is not above the stored {highest}");
+            assert!(
+                id > highest,
+                "{kind:?}: id {id} is not above the stored {highest}"
+            );
         }
     }
 }

@@ -257,7 +257,10 @@ async fn starts_at_once_of_several_types_stay_within_the_per_user_cap() {
     // Both before either pod exists: the cap counts the start in flight too.
     let (x, k) = tokio::join!(start("xfce"), start("kde"));
     let refused = [&x, &k].iter().filter(|r| r.0 == 429).count();
-    assert_eq!(refused, 1, "exactly one of two is refused with a cap of 1: {x:?} {k:?}");
+    assert_eq!(
+        refused, 1,
+        "exactly one of two is refused with a cap of 1: {x:?} {k:?}"
+    );
     let accepted = if x.0 == 429 { &k } else { &x };
     assert!(accepted.0 < 300, "{accepted:?}");
     let refused = if x.0 == 429 { &x } else { &k };

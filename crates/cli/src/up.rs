@@ -48,8 +48,8 @@ pub(crate) fn up(
     let token_path = data_dir.join("admin.token");
     let mut new_token = None;
     // A token file cut short (a crash of an older version while writing it) counts as missing.
-    let have_token = std::fs::read_to_string(&token_path)
-        .is_ok_and(|t| t.trim().starts_with("sbt_"));
+    let have_token =
+        std::fs::read_to_string(&token_path).is_ok_and(|t| t.trim().starts_with("sbt_"));
     if !have_token {
         let _ = tokens::revoke(&tokens_file, "admin");
         let token = tokens::add(&tokens_file, "admin", Access::ReadWrite)?;

@@ -541,7 +541,11 @@ fn a_revoked_or_replaced_credential_makes_its_host_unplaceable_at_once() {
         };
         assert!(ev[0].is_durable(), "{ev:?}");
         let h = c.state.host("a1").unwrap();
-        assert_eq!(h.health, switchboard_core::Health::Unreachable, "replace: {replace}");
+        assert_eq!(
+            h.health,
+            switchboard_core::Health::Unreachable,
+            "replace: {replace}"
+        );
         assert_eq!(
             c.state.session(p.id).unwrap().state,
             SessionState::Unknown,

@@ -361,8 +361,14 @@ async fn a_home_claim_of_someone_else_is_never_mounted() {
     f.api.insert_claim(NS, &claim, "mallory");
     let b = f.backend_with_home(short(), home()).await;
     let err = b.start_or_get(&alice(), "xfce").wait().await.unwrap_err();
-    assert!(matches!(&err, StartError::NotOwner { pod } if *pod == claim), "{err}");
-    assert!(f.api.pod(NS, "alice-xfce").is_none(), "no pod mounts mallory's claim");
+    assert!(
+        matches!(&err, StartError::NotOwner { pod } if *pod == claim),
+        "{err}"
+    );
+    assert!(
+        f.api.pod(NS, "alice-xfce").is_none(),
+        "no pod mounts mallory's claim"
+    );
     // Alice's own claim from an earlier session is simply mounted again.
     let f = Fixture::new().await;
     f.api.insert_claim(NS, &claim, "alice");

@@ -317,14 +317,23 @@ impl FakeApiServer {
             "spec": {},
             "status": { "phase": "Bound" },
         });
-        let v = commit(&mut inner, &self.shared.events, ns, "PersistentVolumeClaim", "ADDED", v);
+        let v = commit(
+            &mut inner,
+            &self.shared.events,
+            ns,
+            "PersistentVolumeClaim",
+            "ADDED",
+            v,
+        );
         inner.claims.insert((ns.to_string(), name.to_string()), v);
     }
 
     /// Whether PersistentVolumeClaim `ns/name` exists.
     pub fn has_claim(&self, ns: &str, name: &str) -> bool {
         let inner = self.shared.inner.lock().expect("fake API state");
-        inner.claims.contains_key(&(ns.to_string(), name.to_string()))
+        inner
+            .claims
+            .contains_key(&(ns.to_string(), name.to_string()))
     }
 
     /// Removes pod `ns/name` at once (as if its node vanished and the pod was force-deleted).

@@ -478,9 +478,10 @@ fn none_auth(
                     .into(),
             );
         }
-        Some(h) => Some(axum::http::HeaderName::try_from(h).map_err(|_| {
-            format!("key `auth.user_header`: {h:?} is not an HTTP header name")
-        })?),
+        Some(h) => Some(
+            axum::http::HeaderName::try_from(h)
+                .map_err(|_| format!("key `auth.user_header`: {h:?} is not an HTTP header name"))?,
+        ),
     };
     if !none {
         return Ok(None);
@@ -732,7 +733,10 @@ max_sessions = 40
         assert!(e.contains("autologin") && e.contains("\"desk\""), "{e}");
         // Off loopback the user must come from a trusted proxy's header.
         let e = parse(file(none, "listen = \"0.0.0.0:8080\"", &plain)).unwrap_err();
-        assert!(e.contains("not loopback") && e.contains("auth.user_header"), "{e}");
+        assert!(
+            e.contains("not loopback") && e.contains("auth.user_header"),
+            "{e}"
+        );
         let e = parse(file(
             &format!("{none}\nuser_header = \"X-Remote-User\""),
             "listen = \"0.0.0.0:8080\"",
@@ -774,7 +778,10 @@ max_sessions = 40
             )
         };
         let e = parse(gateway("0.0.0.0:8443")).unwrap_err();
-        assert!(e.contains("gateway") && e.contains("anyone in as anyone"), "{e}");
+        assert!(
+            e.contains("gateway") && e.contains("anyone in as anyone"),
+            "{e}"
+        );
         parse(gateway("127.0.0.1:8443")).unwrap();
     }
 

@@ -194,7 +194,13 @@ impl X2go {
 
     /// The `[auth] user_header` of the configuration in force, if any.
     pub fn user_header(&self) -> Option<axum::http::HeaderName> {
-        self.current.load().as_ref().as_ref()?.cfg.user_header.clone()
+        self.current
+            .load()
+            .as_ref()
+            .as_ref()?
+            .cfg
+            .user_header
+            .clone()
     }
 
     /// Answers one request.
