@@ -36,7 +36,8 @@
 # After the report it prints `FIGURE name=value unit higher|lower|info` lines, the medians of the
 # table (which way is better for the director's figures; the other legs are info), for
 # bench/compare.sh.
-# Needs haproxy, iperf3, nginx, wrk (apt-get install haproxy iperf3 nginx wrk), python3, ss
+# Needs haproxy, iperf3, nginx, wrk (installed when missing if run as root; else apt-get install
+# haproxy iperf3 nginx wrk), python3, ss
 # (iproute2), timeout (coreutils) and taskset (util-linux). Uses 127.0.0.1 only. Runs as root or as any user.
 # When the binary has no director yet (`switchboard director` exits 69), the director leg is
 # skipped and the report says so.
@@ -69,6 +70,13 @@ if [ "$REDO" -gt 5 ]; then echo "REDO must be 0..5" >&2; exit 64; fi
 if [ "$RTT_N" -lt 100 ] || [ "$RTT_N" -gt 1000000 ]; then echo "RTT_N must be 100..1000000" >&2; exit 64; fi
 
 # ---- prerequisites ----
+# As root, the Debian packages are installed when missing (as bench/api.sh and bench/x2go.sh do).
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  for p in haproxy iperf3 nginx wrk; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || {
+      echo "==> installing $p"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null; }
+  done
+fi
 missing=()
 for c in haproxy iperf3 nginx wrk "$PYTHON" ss timeout taskset; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
