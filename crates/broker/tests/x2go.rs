@@ -719,3 +719,52 @@ async fn method_none_takes_the_user_from_the_trusted_proxys_header_only() {
     assert_eq!(post("127.0.0.1", None, "alice").await.0, 401);
     assert_eq!(post("127.0.0.2", Some("alice"), "alice").await.0, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_event_flood_is_answered_but_not_all_written() {
+    let h = H::start("").await;
+    // One sign-in, then an AUTHID chain of 200 client events, as fast as they go.
+    let (_, _, body) = h
+        .post(
+            "/plain/",
+            "task=listsessions&user=alice&password=alice-pw&authid=",
+        )
+        .await;
+    let mut id = authid(&body).0;
+    for i in 0..200 {
+        let (status, _, body) = h
+            .post(
+                "/plain/",
+                &format!("task=clientevent&user=alice&authid={id}&sid=single-xfce&event=FLOOD{i}"),
+            )
+            .await;
+        assert_eq!(status, 200, "every event is answered");
+        id = authid(&body).0;
+    }
+    // The store took a burst, not the flood (allow one or two more earned while it ran).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let v: serde_json::Value = switchboard_testkit::http_client()
+        .get(format!("{}/api/v1/audit?limit=500", h.base))
+        .bearer_auth(&h.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let written = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("clientevent FLOOD"))
+        })
+        .count();
+    let burst = switchboard_broker::http::x2go::EVENT_BURST as usize;
+    assert!(
+        (burst..=burst + 5).contains(&written),
+        "{written} of 200 client events written"
+    );
+}

@@ -115,6 +115,8 @@ pub struct X2go {
     store: Arc<SqlStore>,
     /// Autologin keys installed and not yet removed, by (login, host).
     pending: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
+    /// What keeps client events from filling the store.
+    events: Arc<EventLimit>,
     keygen: Arc<tokio::sync::Semaphore>,
 }
 
@@ -155,6 +157,7 @@ impl X2go {
             store,
             pending: Arc::new(std::sync::Mutex::new(HashMap::new())),
             keygen: Arc::new(tokio::sync::Semaphore::new(MAX_KEYGEN)),
+            events: Arc::new(EventLimit::new()),
         }
     }
 
@@ -264,7 +267,7 @@ impl X2go {
             "selectsession" => self.select(fe, &form, &user, client, proto, authid).await,
             task => {
                 if task == "clientevent" {
-                    self.client_event(&user, &form);
+                    self.client_event(&user, client, &form);
                 }
                 ok(
                     proto,
@@ -667,7 +670,13 @@ impl X2go {
     }
 
     /// Records a client event in the audit log (off the request path).
-    fn client_event(&self, user: &str, form: &Form) {
+    /// Audits a client event, within [`EventLimit`]: beyond it the event is answered as usual
+    /// and counted, not written.
+    fn client_event(&self, user: &str, client: IpAddr, form: &Form) {
+        let Some(permit) = self.events.admit(user, client) else {
+            metrics::counter!("switchboard_x2go_client_events_dropped_total").increment(1);
+            return;
+        };
         let event = form
             .event
             .iter()
@@ -684,7 +693,69 @@ impl X2go {
         let action = format!("clientevent {}", printable(event));
         tokio::spawn(async move {
             crate::audit::record(&store, &actor, "x2go", &action, &target, Ok(())).await;
+            drop(permit);
         });
+    }
+}
+
+/// Client events are audited at most [`EVENT_BURST`] at once and one every [`EVENT_EVERY`] after
+/// that, per user and source address, and at most [`EVENT_WRITES`] writes at a time: an X2Go
+/// client sends a handful per session, and a user who sends thousands must not fill the audit
+/// log or keep the store from the engine's commits.
+pub const EVENT_BURST: u32 = 10;
+/// See [`EVENT_BURST`].
+pub const EVENT_EVERY: Duration = Duration::from_secs(2);
+/// See [`EVENT_BURST`].
+pub const EVENT_WRITES: usize = 16;
+/// Most (user, source) pairs remembered; a full table forgets the pairs whose allowance is whole.
+const EVENT_KEYS: usize = 65_536;
+
+#[derive(Debug)]
+struct EventLimit {
+    /// (user, source) → (events allowed now, when that was counted).
+    buckets: std::sync::Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+    writes: Arc<tokio::sync::Semaphore>,
+}
+
+impl EventLimit {
+    fn new() -> EventLimit {
+        EventLimit {
+            buckets: std::sync::Mutex::new(HashMap::new()),
+            writes: Arc::new(tokio::sync::Semaphore::new(EVENT_WRITES)),
+        }
+    }
+
+    /// A write permit for one event of `user` from `client`, or `None` when over the limit.
+    fn admit(&self, user: &str, client: IpAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let now = Instant::now();
+        let refill = |(left, at): (u32, Instant)| {
+            let earned = now.duration_since(at).as_millis() / EVENT_EVERY.as_millis().max(1);
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            if earned == 0 {
+                (left, at)
+            } else {
+                (left.saturating_add(earned).min(EVENT_BURST), now)
+            }
+        };
+        {
+            let mut b = crate::sync::lock(&self.buckets);
+            if b.len() >= EVENT_KEYS {
+                b.retain(|_, v| refill(*v).0 < EVENT_BURST);
+                if b.len() >= EVENT_KEYS {
+                    b.clear();
+                }
+            }
+            let entry = b
+                .entry((user.to_owned(), client))
+                .or_insert((EVENT_BURST, now));
+            let (left, at) = refill(*entry);
+            if left == 0 {
+                *entry = (0, at);
+                return None;
+            }
+            *entry = (left - 1, at);
+        }
+        self.writes.clone().try_acquire_owned().ok()
     }
 }
 
@@ -926,7 +997,7 @@ pub fn routes(shared: AppState, x2go: X2go) -> Router {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::first_use;
+    use super::{EVENT_BURST, EVENT_EVERY, EventLimit, first_use};
     use crate::engine::SessionRunning;
     use std::time::Duration;
     use tokio::sync::broadcast;
@@ -974,5 +1045,47 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(!wait.await.unwrap(), "lapsed unused at the TTL");
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_events_are_limited_per_user_and_source() {
+        let l = EventLimit::new();
+        let a: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let mut kept = Vec::new();
+        for _ in 0..EVENT_BURST {
+            kept.push(l.admit("alice", a).expect("within the burst"));
+            drop(kept.pop());
+        }
+        assert!(l.admit("alice", a).is_none(), "the burst is spent");
+        assert!(l.admit("bob", a).is_some(), "another user has his own");
+        assert!(l.admit("alice", b).is_some(), "another source has its own");
+        tokio::time::advance(EVENT_EVERY - Duration::from_millis(1)).await;
+        assert!(l.admit("alice", a).is_none(), "not yet earned");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l.admit("alice", a).is_some(), "one every interval");
+        assert!(l.admit("alice", a).is_none());
+        tokio::time::advance(EVENT_EVERY * 100).await;
+        for _ in 0..EVENT_BURST {
+            assert!(l.admit("alice", a).is_some(), "refilled up to the burst");
+        }
+        assert!(l.admit("alice", a).is_none(), "and no further");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_event_writes_in_flight_are_bounded() {
+        let l = EventLimit::new();
+        let held: Vec<_> = (0..super::EVENT_WRITES)
+            .map(|i| {
+                let ip = std::net::IpAddr::from([127, 0, 1, i as u8]);
+                l.admit("alice", ip).expect("a write slot")
+            })
+            .collect();
+        assert!(
+            l.admit("alice", "127.0.2.1".parse().unwrap()).is_none(),
+            "no more writes at once than the limit"
+        );
+        drop(held);
+        assert!(l.admit("alice", "127.0.2.1".parse().unwrap()).is_some());
     }
 }
