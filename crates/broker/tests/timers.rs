@@ -58,6 +58,12 @@ async fn agent_reports(e: &EngineHandle, host: &str) {
     })
     .await
     .expect("agent connected");
+    let h = host.to_owned();
+    let last = || {
+        let h = h.clone();
+        e.query(move |s| s.host(&h).and_then(|v| v.last_report_at))
+    };
+    let before = last().await.unwrap();
     e.report(
         Command::ReportLoad {
             host: host.into(),
@@ -65,8 +71,15 @@ async fn agent_reports(e: &EngineHandle, host: &str) {
         },
         Instant::now(),
     );
-    // Queued reports are applied every 10 ms.
-    advance(Duration::from_millis(20)).await;
+    // Queued reports are applied every 10 ms, by the engine's own timer: move time on until
+    // this one is in (a command sent meanwhile may be served first).
+    for _ in 0..100 {
+        advance(Duration::from_millis(10)).await;
+        if last().await.unwrap() != before {
+            return;
+        }
+    }
+    panic!("the load report of {host} was not applied");
 }
 
 #[tokio::test(start_paused = true)]
