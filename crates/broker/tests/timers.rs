@@ -3,6 +3,7 @@
 //! The engine runs on `Clock::tokio()` over a store in memory (real I/O would let a paused clock
 //! jump ahead); the same behaviour on real stores and agents is covered by the api, agent and
 //! durability tests.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::sync::Arc;
 use std::time::Duration;
