@@ -559,6 +559,29 @@ async fn logoff_terminates_then_kills_after_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_starts_tls_is_closed_after_the_handshake_bound() {
+    use tokio::io::AsyncReadExt;
+    let h = Harness::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.agent_port))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    // Nothing sent: the broker closes the connection once the TLS handshake bound passes.
+    let n = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf))
+        .await
+        .expect("closed by the broker")
+        .unwrap_or(0);
+    let took = started.elapsed();
+    assert_eq!(n, 0, "nothing but the close");
+    assert!(
+        took >= switchboard_broker::agents::TLS_TIMEOUT - Duration::from_millis(200)
+            && took < switchboard_broker::agents::HELLO_TIMEOUT - Duration::from_secs(2),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_from_one_address_are_slowed_down() {
     let h = Harness::start().await;
     h.enroll("h1.example.org").await;

@@ -45,6 +45,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest the TLS handshake plus the hello may take.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the TLS handshake alone may take: a peer that connects and sends nothing holds an
+/// unauthenticated slot this long, not the whole [`HELLO_TIMEOUT`].
+pub const TLS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Report intervals an agent may announce.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
 /// See [`MIN_INTERVAL`].
@@ -516,9 +519,9 @@ impl AgentHub {
         };
         let _ = tcp.set_nodelay(true);
         let setup = async {
-            let tls = acceptor
-                .accept(tcp)
+            let tls = tokio::time::timeout(TLS_TIMEOUT, acceptor.accept(tcp))
                 .await
+                .map_err(|_| format!("no TLS handshake within {TLS_TIMEOUT:?}"))?
                 .map_err(|e| format!("TLS: {e}"))?;
             let mut framed = Framed::new(tls, Codec::<AgentMessage, BrokerMessage>::default());
             // Nobody gets a megabyte of our memory before saying who they are.
@@ -544,6 +547,9 @@ impl AgentHub {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(peer = %peer, reason = %reason, "agent refused");
+                // The slot is free again before the delay: a refused peer waits on its own
+                // socket, not on one of the slots others need to authenticate.
+                drop(unauthenticated);
                 self.penalise(peer.ip()).await;
                 let _ = framed.send(BrokerMessage::Refused { reason }).await;
                 let _ = framed.close().await;
