@@ -200,6 +200,9 @@ struct Inner {
     cache: Store<Pod>,
     /// Starts in flight: pod name → (user, session type, progress).
     inflight: Mutex<HashMap<String, Inflight>>,
+    /// Uids of pods this backend deleted that the cache may still show (its watch lags the
+    /// API): never handed out again as ready.
+    deleted: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug)]
@@ -255,6 +258,7 @@ impl Backend {
                 settings,
                 cache,
                 inflight: Mutex::new(HashMap::new()),
+                deleted: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -378,7 +382,9 @@ impl Backend {
         let name = names::pod_name(user, session_type);
         match self.inner.pods.get_opt(&name).await? {
             Some(pod) if owned_by(&pod, user, session_type) => {
-                delete_pod(&self.inner.pods, &name).await
+                let gone = delete_pod(&self.inner.pods, &name).await?;
+                self.forget_cached(&pod);
+                Ok(gone)
             }
             Some(_) => Err(StartError::NotOwner { pod: name }),
             None => Ok(false),
@@ -387,7 +393,33 @@ impl Backend {
 
     /// Deletes a pod by name (reconciliation).
     pub async fn delete_pod(&self, name: &str) -> Result<bool, StartError> {
-        delete_pod(&self.inner.pods, name).await
+        let cached = self
+            .inner
+            .cache
+            .get(&ObjectRef::new(name).within(&self.inner.settings.render.namespace));
+        let gone = delete_pod(&self.inner.pods, name).await?;
+        if let Some(pod) = cached {
+            self.forget_cached(&pod);
+        }
+        Ok(gone)
+    }
+
+    /// Remembers that `pod` is deleted, so that the cache's copy (until its watch catches up)
+    /// is not taken for a ready session. Uids the cache no longer holds are dropped.
+    fn forget_cached(&self, pod: &Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        let live: std::collections::HashSet<String> = self
+            .inner
+            .cache
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        let mut d = self.inner.deleted.lock().expect("deleted");
+        d.retain(|u| live.contains(u));
+        d.insert(uid);
     }
 
     fn cached_ready(&self, name: &str, owner: &Owner, session_type: &str) -> Option<Target> {
@@ -396,6 +428,15 @@ impl Backend {
             .cache
             .get(&ObjectRef::new(name).within(&self.inner.settings.render.namespace))?;
         if !owned_by(&pod, &owner.user, session_type) {
+            return None;
+        }
+        if pod
+            .metadata
+            .uid
+            .as_ref()
+            .is_some_and(|u| self.inner.deleted.lock().expect("deleted").contains(u))
+        {
+            // Deleted by us; the API says what is there now.
             return None;
         }
         match classify(&pod) {
