@@ -9,8 +9,10 @@
 //!
 //! If a commit fails, every command of that batch gets `Unavailable` and the engine rebuilds its
 //! state from the configuration and the store as soon as the store answers again (retrying with
-//! backoff), so nothing acknowledged is lost and nothing unacknowledged is half there. Volatile
-//! state (reservations, load reports) is rebuilt by the agents.
+//! backoff), so nothing acknowledged is lost and nothing unacknowledged is half there. What the
+//! store does not hold (agent links and report intervals, the latest load, penalties and the
+//! reservations already handed out) is carried from the state before the rebuild into the one
+//! after it, so linked hosts stay placeable and no reservation a client was told of is dropped.
 
 use crate::snapshot::{HostInfo, PoolInfo, Snapshot, host_info};
 use std::collections::{HashMap, HashSet};
@@ -707,10 +709,17 @@ impl<S: Store> Engine<S> {
         last.ready = false;
         crate::metrics::snapshot(&last);
         self.snapshots.send_replace(Arc::new(last));
+        // What the store does not hold (agent links, load, reservations already promised) is
+        // carried over: the rebuild undoes the failed batch, not what agents told us.
+        let carried = self.state.volatile();
         let mut delay = Duration::from_millis(100);
         loop {
             match build_state(&*self.store, &self.layout, self.clock).await {
-                Ok((state, overrides)) => {
+                Ok((mut state, overrides)) => {
+                    let restore = Command::RestoreVolatile(Box::new(carried));
+                    if let Err(e) = state.apply(restore, self.clock.now()) {
+                        tracing::warn!(error = %e, "runtime state not carried over the rebuild");
+                    }
                     self.state = state;
                     self.weight_overrides = overrides;
                     self.views.everything();

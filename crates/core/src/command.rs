@@ -160,6 +160,10 @@ pub enum Command {
         /// The host.
         host: String,
     },
+    /// After a rebuild from the store: put back what agents, probes and placements had
+    /// established before it (hosts and pools that no longer exist are skipped; reservations
+    /// already lapsed are dropped). Emits the health changes it makes.
+    RestoreVolatile(Box<crate::model::Volatile>),
     /// At start-up: new session ids are above this one, the highest the store has ever given
     /// (ended sessions included), so that a clock stepped back never hands out an id again.
     SeedIds {

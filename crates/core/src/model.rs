@@ -478,6 +478,38 @@ pub struct ReservationRecord {
     pub expires_at: Millis,
 }
 
+/// What the store does not hold about one host: its link or probe verdict, its report interval,
+/// its latest load and penalty. Carried across a rebuild from the store ([`Volatile`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostRuntime {
+    /// The host.
+    pub name: Arc<str>,
+    /// Its health when the rebuild began.
+    pub health: Health,
+    /// The interval its agent reports at.
+    pub report_interval: Duration,
+    /// Its latest load report.
+    pub load: Option<LoadReport>,
+    /// When that report arrived.
+    pub last_report_at: Option<Millis>,
+    /// Until when it is penalised after a failed start.
+    pub penalty_until: Option<Millis>,
+    /// Placements since its last load report.
+    pub pending: u32,
+}
+
+/// The volatile part of the state (what agents and probes told the broker, and the
+/// reservations it handed out), taken from the state before a rebuild from the store and put
+/// back after it with `Command::RestoreVolatile`: a failed commit then costs only the failed
+/// batch, not every host's link and every reservation already promised.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Volatile {
+    /// Every host's runtime facts.
+    pub hosts: Vec<HostRuntime>,
+    /// Every live reservation.
+    pub reservations: Vec<ReservationRecord>,
+}
+
 /// A session as a host reports it (agent inventory).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportedSession {

@@ -2,5 +2,5 @@
 #![allow(unused_imports)]
 
 pub use switchboard_testkit::broker::{
-    BrokerBuilder, Ctl, Host, Pool, TestBroker, assert_error, pools_toml,
+    AgentGuard, BrokerBuilder, Ctl, Host, Pool, TestBroker, assert_error, pools_toml,
 };

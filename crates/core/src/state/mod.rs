@@ -22,6 +22,8 @@
 //!   of a reservation (confirmed, released, failed, expired);
 //! - `sessions.rs`: live sessions, restoring them from the store, and the pools' session policies;
 //! - `queries.rs`: read-only views, and `explain`;
+//! - `volatile.rs`: what the store does not hold (links, load, reservations), taken before a
+//!   rebuild from the store and put back after it;
 //! - `invariants.rs`: [`ClusterState::check_invariants`].
 //!
 //! The placement rules themselves (eligibility and the drain rule, the host choice) are in
@@ -34,6 +36,7 @@ mod queries;
 mod reports;
 mod reservations;
 mod sessions;
+mod volatile;
 
 pub(crate) use hosts::HostEntry;
 pub use queries::{HostView, PoolView};
@@ -211,6 +214,10 @@ impl ClusterState {
                 self.issue_credential(&host, hash, &mut events)
             }
             Command::RevokeCredential { host } => self.revoke_credential(&host, &mut events),
+            Command::RestoreVolatile(v) => {
+                self.restore_volatile(*v, &mut events);
+                Ok(())
+            }
             Command::SeedIds { above } => {
                 self.next_id = self.next_id.max(above.0.saturating_add(1));
                 Ok(())
