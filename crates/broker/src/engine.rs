@@ -379,6 +379,8 @@ struct Engine<S: Store> {
     views: Views,
     /// Where sessions that became running are announced.
     running: broadcast::Sender<SessionRunning>,
+    /// The generation of the store connection the engine's commits go through, as last seen.
+    connection: u64,
 }
 
 /// Builds the state from the configuration and the store's durable records.
@@ -500,6 +502,7 @@ pub async fn start_with_clock<S: Store>(
     let (running, _) = broadcast::channel(RUNNING_NEWS);
     let engine = Engine {
         running: running.clone(),
+        connection: store.connection_generation(),
         state,
         clock,
         store,
@@ -668,6 +671,7 @@ impl<S: Store> Engine<S> {
             let started = Instant::now();
             let r = self.store.commit(&durable).await;
             crate::metrics::commit(started.elapsed(), r.is_ok());
+            self.note_connection();
             r
         };
         match committed {
@@ -701,6 +705,23 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Notices that the store connection the engine commits through was opened again (after a
+    /// failure): what was held on the old one is gone. Logged and counted; a broker holding a
+    /// lock on that connection takes it again here.
+    fn note_connection(&mut self) {
+        let now = self.store.connection_generation();
+        if now != self.connection {
+            if self.connection != 0 {
+                metrics::counter!("switchboard_store_reconnects_total").increment(1);
+                tracing::warn!(
+                    generation = now,
+                    "the engine's store connection was opened again"
+                );
+            }
+            self.connection = now;
+        }
+    }
+
     /// Waits for the store and rebuilds the state from it. The state in memory may hold the
     /// failed batch's changes, so until the rebuild every request is refused with `Unavailable`
     /// (readers of the snapshot keep the last one published, marked not ready).
@@ -716,6 +737,7 @@ impl<S: Store> Engine<S> {
         loop {
             match build_state(&*self.store, &self.layout, self.clock).await {
                 Ok((mut state, overrides)) => {
+                    self.note_connection();
                     let restore = Command::RestoreVolatile(Box::new(carried));
                     if let Err(e) = state.apply(restore, self.clock.now()) {
                         tracing::warn!(error = %e, "runtime state not carried over the rebuild");

@@ -151,6 +151,9 @@ impl Broker {
         .map_err(BrokerError::Kube)?;
         let actions =
             actions::Actions::new(engine.clone(), hub.clone(), kube.clone(), store.clone());
+        if let Some(keep) = config.audit_keep {
+            actions.spawn_audit_retention(keep, shutdown.child_token());
+        }
         sweeper::spawn(
             engine.clone(),
             hub.clone(),

@@ -389,8 +389,12 @@ impl Mgmt {
                 ));
                 Ok(Reply::new(json!(e), text))
             }
-            Request::Audit(n) => {
-                let records = self.store.audit(n).await.map_err(|e| e.to_string())?;
+            Request::Audit { n, before } => {
+                let records = self
+                    .store
+                    .audit(n, before.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let rows = records
                     .iter()
                     .map(|r| {
@@ -401,12 +405,13 @@ impl Mgmt {
                             r.action.clone(),
                             r.target.clone(),
                             r.result.clone(),
+                            r.id.clone(),
                         ]
                     })
                     .collect::<Vec<_>>();
                 Ok(Reply::new(
-                    json!(records.iter().map(|r| json!({"at": r.at.0, "actor": r.actor, "surface": r.surface, "action": r.action, "target": r.target, "result": r.result})).collect::<Vec<_>>()),
-                    table(&["AT (ms)", "WHO", "FROM", "ACTION", "TARGET", "RESULT"], &rows),
+                    json!(records.iter().map(|r| json!({"id": r.id, "at": r.at.0, "actor": r.actor, "surface": r.surface, "action": r.action, "target": r.target, "result": r.result})).collect::<Vec<_>>()),
+                    table(&["AT (ms)", "WHO", "FROM", "ACTION", "TARGET", "RESULT", "ID"], &rows),
                 ))
             }
             Request::OfflineServer(h) => self.admin(actor, h, AdminChange::Offline).await,

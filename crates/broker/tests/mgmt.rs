@@ -196,3 +196,106 @@ async fn operator_commands_act_and_are_audited() {
     let api = b.ok("GET", "/api/v1/audit?limit=50", None).await;
     assert!(api.to_string().contains("drain --then-offline"));
 }
+
+/// The audit log keeps `[audit] keep` (records older are deleted when the broker starts), and
+/// both `ctl audit` and the REST API page through the rest with the same cursor.
+#[tokio::test]
+async fn the_audit_log_keeps_its_retention_and_pages_on_both_surfaces() {
+    let mut b = BrokerBuilder::new()
+        .set("audit", "keep = \"1d\"")
+        .toml(&pool())
+        .write()
+        .await;
+    let now = switchboard_core::Millis::now_wall().0;
+    let store = switchboard_store::SqlStore::connect(&b.store_url)
+        .await
+        .unwrap();
+    for (id, age_h) in [("old1", 49), ("old2", 25), ("recent", 23)] {
+        use switchboard_store::Store;
+        store
+            .append_audit(&switchboard_store::AuditRecord {
+                id: id.into(),
+                at: switchboard_core::Millis(now - age_h * 3_600_000),
+                actor: "admin".into(),
+                surface: "api".into(),
+                action: "drain".into(),
+                target: "h1".into(),
+                result: "ok".into(),
+            })
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    b.boot().await;
+    let start = Instant::now();
+    loop {
+        let log = b.ok("GET", "/api/v1/audit?limit=100", None).await;
+        let ids: Vec<&str> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        if !ids.contains(&"old1") && !ids.contains(&"old2") {
+            assert!(
+                ids.contains(&"recent"),
+                "{ids:?}: a record within `keep` stays"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for w in 1..=5 {
+        b.ok(
+            "PUT",
+            "/api/v1/hosts/h1/weight",
+            Some(serde_json::json!({"weight": w})),
+        )
+        .await;
+    }
+    let mut ctl = Ctl::connect(&b).await;
+    let (mut rest, mut socket) = (Vec::new(), Vec::new());
+    let (mut r_before, mut c_before) = (String::new(), String::new());
+    for _ in 0..10 {
+        let path = if r_before.is_empty() {
+            "/api/v1/audit?limit=2".to_owned()
+        } else {
+            format!("/api/v1/audit?limit=2&before={r_before}")
+        };
+        let page = b.ok("GET", &path, None).await;
+        let cmd = if c_before.is_empty() {
+            "audit 2".to_owned()
+        } else {
+            format!("audit 2 before={c_before}")
+        };
+        let lines = ctl.ok(&cmd).await;
+        let (page, lines) = (page.as_array().unwrap(), lines.as_array().unwrap());
+        if page.is_empty() {
+            assert!(lines.is_empty());
+            break;
+        }
+        r_before = page.last().unwrap()["id"].as_str().unwrap().to_owned();
+        c_before = lines.last().unwrap()["id"].as_str().unwrap().to_owned();
+        rest.extend(
+            page.iter()
+                .map(|r| r["action"].as_str().unwrap().to_owned()),
+        );
+        socket.extend(
+            lines
+                .iter()
+                .map(|r| r["action"].as_str().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(
+        rest,
+        [
+            "weight 5", "weight 4", "weight 3", "weight 2", "weight 1", "drain"
+        ],
+        "newest first, each once, through the cursor"
+    );
+    assert_eq!(socket, rest);
+    let bad = b.call("GET", "/api/v1/audit?before=", None).await;
+    assert_error(&bad, 400, "bad_request");
+}

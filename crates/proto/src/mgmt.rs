@@ -93,8 +93,13 @@ pub enum Request {
     Enroll(String),
     /// `revoke HOST`
     Revoke(String),
-    /// `audit [N]`
-    Audit(u32),
+    /// `audit [N] [before=ID]`: the newest N records, or the N just older than record ID.
+    Audit {
+        /// How many.
+        n: u32,
+        /// The id of the last record of the previous page.
+        before: Option<String>,
+    },
 }
 
 /// Default grace of `logoffuser`, seconds.
@@ -189,8 +194,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "audit",
-        "audit [N]",
-        "the last N operator actions (default 20)",
+        "audit [N] [before=ID]",
+        "the last N operator actions (default 20); before=ID pages on from record ID",
     ),
 ];
 
@@ -366,16 +371,33 @@ pub fn parse(line: &str) -> Result<Option<Request>, ParseError> {
         },
         "enroll" => Request::Enroll(one(args)?),
         "revoke" => Request::Revoke(one(args)?),
-        "audit" => match args {
-            [] => Request::Audit(DEFAULT_AUDIT),
-            [n] => Request::Audit(
-                n.parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_AUDIT).contains(n))
-                    .ok_or_else(|| ParseError(format!("N must be 1–{MAX_AUDIT}, not {n:?}")))?,
-            ),
-            _ => return Err(usage("audit")),
-        },
+        "audit" => {
+            let mut n = None;
+            let mut before = None;
+            for a in args {
+                if let Some(id) = a.strip_prefix("before=") {
+                    if before.is_some() || id.is_empty() || id.len() > 64 {
+                        return Err(usage("audit"));
+                    }
+                    before = Some(name(id)?);
+                } else if n.is_none() {
+                    n = Some(
+                        a.parse::<u32>()
+                            .ok()
+                            .filter(|n| (1..=MAX_AUDIT).contains(n))
+                            .ok_or_else(|| {
+                                ParseError(format!("N must be 1–{MAX_AUDIT}, not {a:?}"))
+                            })?,
+                    );
+                } else {
+                    return Err(usage("audit"));
+                }
+            }
+            Request::Audit {
+                n: n.unwrap_or(DEFAULT_AUDIT),
+                before,
+            }
+        }
         _ => {
             return Err(ParseError(format!(
                 "unknown command {cmd:?}; `help` lists the commands"
@@ -448,7 +470,20 @@ mod tests {
                 ..SessionFilter::default()
             }))
         );
-        assert_eq!(parse("audit").unwrap(), Some(Request::Audit(20)));
+        assert_eq!(
+            parse("audit").unwrap(),
+            Some(Request::Audit {
+                n: 20,
+                before: None
+            })
+        );
+        assert_eq!(
+            parse("audit 5 before=0001abc").unwrap(),
+            Some(Request::Audit {
+                n: 5,
+                before: Some("0001abc".into())
+            })
+        );
         assert_eq!(
             parse("verbose off").unwrap(),
             Some(Request::Verbose(Some(false)))
@@ -463,6 +498,7 @@ mod tests {
             ("weight x2go1 heavy", "whole number"),
             ("sessions colour=red", "unknown filter"),
             ("audit 0", "N must be"),
+            ("audit 5 6", "usage: audit"),
             ("logoffuser alice -1", "GRACE"),
             ("abortuser 99999999999999999999999", "out of range"),
             ("hello there", "usage: hello"),

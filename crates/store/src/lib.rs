@@ -4,8 +4,12 @@
 //! # What is stored
 //! Only what must survive a restart (DESIGN.md, "Nothing acknowledged is lost"): the runtime admin
 //! state and weight of hosts (hosts themselves come from the configuration), every session (live
-//! and ended), and the audit log. Reservations, load reports, health and penalties are volatile by
-//! design: the agents' reports rebuild them within seconds.
+//! and ended), and the audit log (kept for `[audit] keep`, 90 days by default). Reservations,
+//! load reports, health and penalties are volatile by design: the broker carries them across a
+//! rebuild from the store, and the agents' reports rebuild them after a restart.
+//!
+//! The engine's commits go through a connection of their own (`writer`); audit records through
+//! one batching writer (`audit`); reads through the pool.
 //!
 //! # How
 //! The broker's engine hands [`Store::commit`] the durable events of a batch of commands; they are
@@ -14,8 +18,11 @@
 //! the machine. Queries are runtime `sqlx::query` strings with `$n` placeholders, which both
 //! backends accept through `Any`; every one of them is covered by tests on both backends.
 
+mod audit;
+mod writer;
+
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use std::future::Future;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -111,11 +118,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         record: &AuditRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// The newest `limit` audit records, newest first.
+    /// The newest `limit` audit records, newest first; with `before`, the ones just older than
+    /// the record with that id (the next page after it).
     fn audit(
         &self,
         limit: u32,
+        before: Option<&str>,
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    /// The generation of the connection the engine's commits go through: it changes each time
+    /// that connection is opened again (after a failure), so what was held on the old one (a
+    /// lock, session settings) is known to be gone. Stores without such a connection keep 0.
+    fn connection_generation(&self) -> u64 {
+        0
+    }
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -152,6 +167,8 @@ pub enum Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    engine: Arc<writer::EngineConnection>,
+    audit: audit::AuditWriter,
 }
 
 /// Parses the backend out of a store URL.
@@ -202,7 +219,14 @@ impl SqlStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
-        Ok(SqlStore { pool, backend })
+        let engine = Arc::new(writer::EngineConnection::new(url, backend));
+        let audit = audit::AuditWriter::spawn(pool.clone());
+        Ok(SqlStore {
+            pool,
+            backend,
+            engine,
+            audit,
+        })
     }
 
     /// Which database this is.
@@ -227,8 +251,15 @@ impl SqlStore {
         rows.iter().map(session_from_row).collect()
     }
 
-    /// Closes the pool (waits for connections to finish).
+    /// Deletes the audit records made before `before`; returns how many.
+    pub async fn prune_audit(&self, before: Millis) -> Result<u64, StoreError> {
+        audit::prune(&self.pool, to_i64(before.0, "time")?).await
+    }
+
+    /// Writes the queued audit records, then closes the engine's connection and the pool.
     pub async fn close(&self) {
+        self.audit.stop().await;
+        self.engine.close().await;
         self.pool.close().await;
     }
 }
@@ -344,221 +375,249 @@ async fn insert_sessions(
     Ok(())
 }
 
-impl Store for SqlStore {
-    async fn load(&self) -> Result<Durable, StoreError> {
-        let host_rows = sqlx::query(
-            "SELECT name, admin, weight, offline_when_empty FROM host_state ORDER BY name",
-        )
-        .fetch_all(&self.pool)
+async fn load_on(conn: &mut AnyConnection) -> Result<Durable, StoreError> {
+    let host_rows =
+        sqlx::query("SELECT name, admin, weight, offline_when_empty FROM host_state ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut hosts = Vec::with_capacity(host_rows.len());
+    for row in &host_rows {
+        let corrupt = |e: sqlx::Error| StoreError::Corrupt {
+            what: "host state",
+            detail: e.to_string(),
+        };
+        let name: String = row.try_get("name").map_err(corrupt)?;
+        let admin: String = row.try_get("admin").map_err(corrupt)?;
+        let weight: Option<i64> = row.try_get("weight").map_err(corrupt)?;
+        let offline_when_empty: Option<String> =
+            row.try_get("offline_when_empty").map_err(corrupt)?;
+        hosts.push(HostState {
+            offline_when_empty,
+            name,
+            admin: parse_admin(&admin)?,
+            weight: match weight {
+                Some(w) => Some(u32::try_from(w).map_err(|_| StoreError::Corrupt {
+                    what: "host weight",
+                    detail: w.to_string(),
+                })?),
+                None => None,
+            },
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT id, user_name, host, pool, state, backend_id, client, created_at, updated_at \
+         FROM sessions WHERE state <> 'ended' ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let sessions = rows
+        .iter()
+        .map(session_from_row)
+        .collect::<Result<_, _>>()?;
+    let rows = sqlx::query("SELECT host, hash FROM credentials ORDER BY host")
+        .fetch_all(&mut *conn)
         .await?;
-        let mut hosts = Vec::with_capacity(host_rows.len());
-        for row in &host_rows {
+    let credentials = rows
+        .iter()
+        .map(|row| {
             let corrupt = |e: sqlx::Error| StoreError::Corrupt {
-                what: "host state",
+                what: "credential",
                 detail: e.to_string(),
             };
-            let name: String = row.try_get("name").map_err(corrupt)?;
-            let admin: String = row.try_get("admin").map_err(corrupt)?;
-            let weight: Option<i64> = row.try_get("weight").map_err(corrupt)?;
-            let offline_when_empty: Option<String> =
-                row.try_get("offline_when_empty").map_err(corrupt)?;
-            hosts.push(HostState {
-                offline_when_empty,
-                name,
-                admin: parse_admin(&admin)?,
-                weight: match weight {
-                    Some(w) => Some(u32::try_from(w).map_err(|_| StoreError::Corrupt {
-                        what: "host weight",
-                        detail: w.to_string(),
-                    })?),
-                    None => None,
-                },
-            });
-        }
-        let rows = sqlx::query(
-            "SELECT id, user_name, host, pool, state, backend_id, client, created_at, updated_at \
-             FROM sessions WHERE state <> 'ended' ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let sessions = rows
-            .iter()
-            .map(session_from_row)
-            .collect::<Result<_, _>>()?;
-        let rows = sqlx::query("SELECT host, hash FROM credentials ORDER BY host")
-            .fetch_all(&self.pool)
-            .await?;
-        let credentials = rows
-            .iter()
-            .map(|row| {
-                let corrupt = |e: sqlx::Error| StoreError::Corrupt {
-                    what: "credential",
-                    detail: e.to_string(),
-                };
-                Ok((
-                    row.try_get("host").map_err(corrupt)?,
-                    row.try_get("hash").map_err(corrupt)?,
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let max_session_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM sessions")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Durable {
-            hosts,
-            sessions,
-            credentials,
-            max_session_id: to_u64(max_session_id, "session id")?,
+            Ok((
+                row.try_get("host").map_err(corrupt)?,
+                row.try_get("hash").map_err(corrupt)?,
+            ))
         })
+        .collect::<Result<_, StoreError>>()?;
+    let max_session_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM sessions")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Durable {
+        hosts,
+        sessions,
+        credentials,
+        max_session_id: to_u64(max_session_id, "session id")?,
+    })
+}
+
+async fn commit_on(conn: &mut AnyConnection, events: &[Event]) -> Result<(), StoreError> {
+    if !events.iter().any(Event::is_durable) {
+        return Ok(());
+    }
+    let mut tx = conn.begin().await?;
+    let mut i = 0;
+    while i < events.len() {
+        // A run of new sessions goes in as multi-row INSERTs: one statement instead of one
+        // per session (the statement count, not the fsync, dominates a confirm storm).
+        let run = events[i..]
+            .iter()
+            .take(INSERT_ROWS)
+            .take_while(|e| matches!(e, Event::SessionStarted(_)))
+            .count();
+        if run > 0 {
+            insert_sessions(&mut tx, &events[i..i + run]).await?;
+            i += run;
+            continue;
+        }
+        let e = &events[i];
+        i += 1;
+        match e {
+            Event::AdminStateChanged { host, state } => {
+                sqlx::query(
+                    "INSERT INTO host_state (name, admin, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET admin = $2, updated_at = $3",
+                )
+                .bind(&**host)
+                .bind(state.as_str())
+                .bind(to_i64(Millis::now_wall().0, "time")?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::OfflineWhenEmpty { host, by } => {
+                sqlx::query(
+                    "INSERT INTO host_state (name, offline_when_empty, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET offline_when_empty = $2, updated_at = $3",
+                )
+                .bind(&**host)
+                .bind(by.as_deref().map(str::to_owned))
+                .bind(to_i64(Millis::now_wall().0, "time")?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::Drained { host, by } => {
+                // The automatic step of an operator's "drain then offline", audited in the
+                // same transaction as the change itself, as the operator who asked.
+                let (surface, actor) = by.split_once(' ').unwrap_or(("broker", by));
+                sqlx::query(
+                    "INSERT INTO audit (id, at, actor, surface, action, target, result) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(audit_id())
+                .bind(to_i64(Millis::now_wall().0, "time")?)
+                .bind(actor)
+                .bind(surface)
+                .bind("offline (drained)")
+                .bind(&**host)
+                .bind("ok")
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::WeightChanged { host, weight } => {
+                sqlx::query(
+                    "INSERT INTO host_state (name, weight, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET weight = $2, updated_at = $3",
+                )
+                .bind(&**host)
+                .bind(i64::from(*weight))
+                .bind(to_i64(Millis::now_wall().0, "time")?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::HostRemoved { name } => {
+                sqlx::query("DELETE FROM host_state WHERE name = $1")
+                    .bind(&**name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Event::SessionStateChanged { id, state, at, .. } => {
+                sqlx::query("UPDATE sessions SET state = $1, updated_at = $2 WHERE id = $3")
+                    .bind(state.as_str())
+                    .bind(to_i64(at.0, "time")?)
+                    .bind(to_i64(id.0, "session id")?)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Event::SessionEnded { id, at, .. } => {
+                sqlx::query(
+                    "UPDATE sessions SET state = 'ended', updated_at = $1, ended_at = $1 \
+                     WHERE id = $2",
+                )
+                .bind(to_i64(at.0, "time")?)
+                .bind(to_i64(id.0, "session id")?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::CredentialIssued { host, hash } => {
+                sqlx::query(
+                    "INSERT INTO credentials (host, hash, issued_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (host) DO UPDATE SET hash = $2, issued_at = $3",
+                )
+                .bind(&**host)
+                .bind(&**hash)
+                .bind(to_i64(Millis::now_wall().0, "time")?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::CredentialRevoked { host } => {
+                sqlx::query("DELETE FROM credentials WHERE host = $1")
+                    .bind(&**host)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Hosts and pools come from the configuration; volatile events are not stored.
+            _ => {}
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl Store for SqlStore {
+    async fn load(&self) -> Result<Durable, StoreError> {
+        let mut held = self.engine.lock().await?;
+        let r = writer::timed(load_on(held.conn())).await;
+        held.done(&r);
+        r
     }
 
     async fn commit(&self, events: &[Event]) -> Result<(), StoreError> {
         if !events.iter().any(Event::is_durable) {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        let mut i = 0;
-        while i < events.len() {
-            // A run of new sessions goes in as multi-row INSERTs: one statement instead of one
-            // per session (the statement count, not the fsync, dominates a confirm storm).
-            let run = events[i..]
-                .iter()
-                .take(INSERT_ROWS)
-                .take_while(|e| matches!(e, Event::SessionStarted(_)))
-                .count();
-            if run > 0 {
-                insert_sessions(&mut tx, &events[i..i + run]).await?;
-                i += run;
-                continue;
-            }
-            let e = &events[i];
-            i += 1;
-            match e {
-                Event::AdminStateChanged { host, state } => {
-                    sqlx::query(
-                        "INSERT INTO host_state (name, admin, updated_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (name) DO UPDATE SET admin = $2, updated_at = $3",
-                    )
-                    .bind(&**host)
-                    .bind(state.as_str())
-                    .bind(to_i64(Millis::now_wall().0, "time")?)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Event::OfflineWhenEmpty { host, by } => {
-                    sqlx::query(
-                        "INSERT INTO host_state (name, offline_when_empty, updated_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (name) DO UPDATE SET offline_when_empty = $2, updated_at = $3",
-                    )
-                    .bind(&**host)
-                    .bind(by.as_deref().map(str::to_owned))
-                    .bind(to_i64(Millis::now_wall().0, "time")?)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Event::Drained { host, by } => {
-                    // The automatic step of an operator's "drain then offline", audited in the
-                    // same transaction as the change itself, as the operator who asked.
-                    let (surface, actor) = by.split_once(' ').unwrap_or(("broker", by));
-                    sqlx::query(
-                        "INSERT INTO audit (id, at, actor, surface, action, target, result) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(audit_id())
-                    .bind(to_i64(Millis::now_wall().0, "time")?)
-                    .bind(actor)
-                    .bind(surface)
-                    .bind("offline (drained)")
-                    .bind(&**host)
-                    .bind("ok")
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Event::WeightChanged { host, weight } => {
-                    sqlx::query(
-                        "INSERT INTO host_state (name, weight, updated_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (name) DO UPDATE SET weight = $2, updated_at = $3",
-                    )
-                    .bind(&**host)
-                    .bind(i64::from(*weight))
-                    .bind(to_i64(Millis::now_wall().0, "time")?)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Event::HostRemoved { name } => {
-                    sqlx::query("DELETE FROM host_state WHERE name = $1")
-                        .bind(&**name)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Event::SessionStateChanged { id, state, at, .. } => {
-                    sqlx::query("UPDATE sessions SET state = $1, updated_at = $2 WHERE id = $3")
-                        .bind(state.as_str())
-                        .bind(to_i64(at.0, "time")?)
-                        .bind(to_i64(id.0, "session id")?)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Event::SessionEnded { id, at, .. } => {
-                    sqlx::query(
-                        "UPDATE sessions SET state = 'ended', updated_at = $1, ended_at = $1 \
-                         WHERE id = $2",
-                    )
-                    .bind(to_i64(at.0, "time")?)
-                    .bind(to_i64(id.0, "session id")?)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Event::CredentialIssued { host, hash } => {
-                    sqlx::query(
-                        "INSERT INTO credentials (host, hash, issued_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (host) DO UPDATE SET hash = $2, issued_at = $3",
-                    )
-                    .bind(&**host)
-                    .bind(&**hash)
-                    .bind(to_i64(Millis::now_wall().0, "time")?)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Event::CredentialRevoked { host } => {
-                    sqlx::query("DELETE FROM credentials WHERE host = $1")
-                        .bind(&**host)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                // Hosts and pools come from the configuration; volatile events are not stored.
-                _ => {}
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut held = self.engine.lock().await?;
+        let r = writer::timed(commit_on(held.conn(), events)).await;
+        held.done(&r);
+        r
+    }
+
+    fn connection_generation(&self) -> u64 {
+        self.engine.generation()
     }
 
     async fn append_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (id, at, actor, surface, action, target, result) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&r.id)
-        .bind(to_i64(r.at.0, "time")?)
-        .bind(&r.actor)
-        .bind(&r.surface)
-        .bind(&r.action)
-        .bind(&r.target)
-        .bind(&r.result)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.audit.append(r.clone()).await
     }
 
-    async fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, surface, action, target, result FROM audit \
-             ORDER BY at DESC, id DESC LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+    async fn audit(
+        &self,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = match before {
+            None => {
+                sqlx::query(
+                    "SELECT id, at, actor, surface, action, target, result FROM audit \
+                     ORDER BY at DESC, id DESC LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            // Older than the cursor in the same order (a cursor since pruned gives nothing).
+            Some(id) => {
+                sqlx::query(
+                    "SELECT id, at, actor, surface, action, target, result FROM audit \
+                     WHERE at < (SELECT at FROM audit WHERE id = $2) \
+                        OR (at = (SELECT at FROM audit WHERE id = $2) AND id < $2) \
+                     ORDER BY at DESC, id DESC LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         rows.iter()
             .map(|row| {
                 let corrupt = |e: sqlx::Error| StoreError::Corrupt {
@@ -581,5 +640,86 @@ impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use switchboard_core::model::SessionRecord;
+    use switchboard_testkit::store::{Kind, fresh_url};
+
+    fn started(id: u64) -> Event {
+        Event::SessionStarted(SessionRecord {
+            id: SessionId(id),
+            user: "alice".into(),
+            host: "h1".into(),
+            pool: None,
+            state: SessionState::Running,
+            backend_id: None,
+            client: None,
+            created_at: Millis(1),
+            updated_at: Millis(1),
+        })
+    }
+
+    /// Every connection of the shared pool is taken (readers, the audit writer, a flood of
+    /// anything): the engine's commits do not wait for one, they have their own connection.
+    #[tokio::test]
+    async fn commits_do_not_queue_behind_a_busy_pool() {
+        for kind in [Kind::Sqlite, Kind::Postgres] {
+            let (url, _dir) = fresh_url(kind).await;
+            let store = SqlStore::connect(&url).await.unwrap();
+            let mut held = Vec::new();
+            while let Ok(c) =
+                tokio::time::timeout(Duration::from_millis(200), store.pool.acquire()).await
+            {
+                held.push(c.unwrap());
+            }
+            assert!(!held.is_empty());
+            let commit = tokio::time::timeout(Duration::from_secs(2), store.commit(&[started(1)]))
+                .await
+                .unwrap_or_else(|_| panic!("{kind:?}: the commit waited for the pool"));
+            commit.unwrap();
+            let loaded = tokio::time::timeout(Duration::from_secs(2), store.load())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(loaded.sessions.len(), 1);
+            drop(held);
+        }
+    }
+
+    /// PostgreSQL drops the engine's connection (a restart, a failover, an administrator's
+    /// `pg_terminate_backend`): the commit on it fails, the next one opens a new connection,
+    /// and the generation says so.
+    #[tokio::test]
+    async fn a_lost_connection_is_opened_again_under_a_new_generation() {
+        let (url, _dir) = fresh_url(Kind::Postgres).await;
+        let store = SqlStore::connect(&url).await.unwrap();
+        store.commit(&[started(1)]).await.unwrap();
+        assert_eq!(store.connection_generation(), 1);
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        )))
+        .execute(&store.pool)
+        .await
+        .ok();
+        let lost = store.commit(&[started(2)]).await;
+        assert!(lost.is_err(), "the commit on the dropped connection fails");
+        store.commit(&[started(3)]).await.unwrap();
+        assert_eq!(store.connection_generation(), 2);
+        let ids: Vec<u64> = store
+            .load()
+            .await
+            .unwrap()
+            .sessions
+            .iter()
+            .map(|s| s.id.0)
+            .collect();
+        assert_eq!(ids, [1, 3], "the failed commit left nothing");
     }
 }

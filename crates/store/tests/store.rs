@@ -149,9 +149,87 @@ async fn audit_records_come_back_newest_first() {
                 .await
                 .unwrap();
         }
-        let got = t.store.audit(3).await.unwrap();
+        let got = t.store.audit(3, None).await.unwrap();
         let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a4", "a3", "a2"], "{kind:?}");
+    }
+}
+
+fn record(i: u64, at: u64) -> AuditRecord {
+    AuditRecord {
+        id: format!("r{i:04}"),
+        at: Millis(at),
+        actor: "admin".into(),
+        surface: "api".into(),
+        action: "drain".into(),
+        target: format!("h{i}"),
+        result: "ok".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_pages_on_from_a_cursor() {
+    for kind in BOTH {
+        let t = fresh(kind).await;
+        // Three records share a millisecond: the id orders them within it.
+        for (i, at) in [
+            (0, 10),
+            (1, 20),
+            (2, 20),
+            (3, 20),
+            (4, 30),
+            (5, 40),
+            (6, 50),
+        ] {
+            t.store.append_audit(&record(i, at)).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let page = t.store.audit(2, before.as_deref()).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2);
+            before = page.last().map(|r| r.id.clone());
+            seen.extend(page.into_iter().map(|r| r.id));
+        }
+        assert_eq!(
+            seen,
+            [
+                "r0006", "r0005", "r0004", "r0003", "r0002", "r0001", "r0000"
+            ],
+            "{kind:?}: every record once, newest first"
+        );
+        assert!(
+            t.store.audit(5, Some("gone")).await.unwrap().is_empty(),
+            "{kind:?}: an unknown cursor gives nothing, not the first page again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn audit_records_past_their_retention_are_deleted_and_no_others() {
+    for kind in BOTH {
+        let t = fresh(kind).await;
+        // More than one delete chunk of old records.
+        let old = 12_000u64;
+        let batch: Vec<_> = (0..old)
+            .map(|i| {
+                let s = t.store.clone();
+                tokio::spawn(async move { s.append_audit(&record(i, 1_000 + i)).await })
+            })
+            .collect();
+        for b in batch {
+            b.await.unwrap().unwrap();
+        }
+        t.store.append_audit(&record(old, 50_000)).await.unwrap();
+        let pruned = t.store.prune_audit(Millis(50_000)).await.unwrap();
+        assert_eq!(pruned, old, "{kind:?}");
+        let left = t.store.audit(10, None).await.unwrap();
+        assert_eq!(left.len(), 1, "{kind:?}");
+        assert_eq!(left[0].at, Millis(50_000));
+        assert_eq!(t.store.prune_audit(Millis(50_000)).await.unwrap(), 0);
     }
 }
 

@@ -270,11 +270,14 @@ impl switchboard_store::Store for Memory {
     async fn audit(
         &self,
         limit: u32,
+        before: Option<&str>,
     ) -> Result<Vec<switchboard_store::AuditRecord>, switchboard_store::StoreError> {
         let s = self.state();
         Ok(s.audit
             .iter()
             .rev()
+            .skip_while(|r| before.is_some_and(|b| r.id.as_str() != b))
+            .skip(usize::from(before.is_some()))
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .cloned()
             .collect())

@@ -177,6 +177,16 @@ impl Actions {
         }
     }
 
+    /// Deletes audit records older than `keep` now and every hour (a timer of the action layer:
+    /// with several brokers it runs where writes run).
+    pub fn spawn_audit_retention(
+        &self,
+        keep: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        crate::audit::spawn_retention(self.store.clone(), keep, shutdown)
+    }
+
     /// Records one action and how it went (a failure to write the record is logged, never
     /// hidden, and never undoes the action).
     async fn audit<T>(

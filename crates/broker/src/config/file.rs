@@ -50,6 +50,17 @@ pub struct FileConfig {
     /// `[gateway]`: the HTTPS/WebSocket gateway for browsers and Xpra clients.
     #[serde(default)]
     pub gateway: GatewaySection,
+    /// `[audit]`: the audit log.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// How long records are kept (default 90 days; `"0"` keeps them for ever).
+    pub keep: Option<ConfigDuration>,
 }
 
 /// `[gateway]`.

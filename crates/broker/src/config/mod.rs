@@ -103,6 +103,8 @@ pub struct Config {
     pub cluster: Layout,
     /// How often session policies are checked.
     pub policy_interval: Duration,
+    /// How long audit records are kept (`None`: for ever).
+    pub audit_keep: Option<Duration>,
     /// TCP probes of agentless hosts.
     pub probe: crate::probe::Config,
     /// `[auth]`, if configured.
@@ -434,6 +436,11 @@ impl FileConfig {
                 .policy_interval
                 .map_or(crate::sweeper::DEFAULT_INTERVAL, |d| d.0)
                 .max(Duration::from_millis(100)),
+            audit_keep: match self.audit.keep {
+                None => Some(crate::audit::DEFAULT_KEEP),
+                Some(d) if d.0.is_zero() => None,
+                Some(d) => Some(d.0),
+            },
             probe: crate::probe::Config {
                 interval: self
                     .probe
@@ -683,6 +690,7 @@ max_sessions = 40
             Duration::from_secs(7 * 86400)
         );
         assert_eq!(c.policy_interval, Duration::from_secs(10));
+        assert_eq!(c.audit_keep, Some(Duration::from_secs(90 * 86400)));
         assert_eq!(
             c.cluster
                 .hosts

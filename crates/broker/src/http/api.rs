@@ -1045,11 +1045,15 @@ async fn explain(
 pub struct AuditParams {
     /// Newest records to return, 1–1000 (default 100).
     pub limit: Option<usize>,
+    /// The next page: records older than the one with this id (the last `id` of a page).
+    pub before: Option<String>,
 }
 
 /// One audit record.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditInfo {
+    /// The record's id (pass the last one as `before` for the next page).
+    pub id: String,
     /// When (ms since the epoch).
     pub at: u64,
     /// Who (token name).
@@ -1064,7 +1068,7 @@ pub struct AuditInfo {
     pub result: String,
 }
 
-/// The newest operator actions, newest first.
+/// The newest operator actions, newest first; `before` pages on.
 #[utoipa::path(get, path = "/api/v1/audit", params(AuditParams),
     responses((status = 200, body = Vec<AuditInfo>), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -1072,10 +1076,19 @@ async fn audit_log(
     State(app): State<App>,
     q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<AuditInfo>>, ApiError> {
-    let limit = page_limit(query(q)?.limit)?;
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    if q.before
+        .as_ref()
+        .is_some_and(|b| b.is_empty() || b.len() > 64)
+    {
+        return Err(ApiError::bad_request(
+            "before: a record id from an earlier page",
+        ));
+    }
     let records = app
         .store
-        .audit(u32::try_from(limit).unwrap_or(100))
+        .audit(u32::try_from(limit).unwrap_or(100), q.before.as_deref())
         .await
         .map_err(|e| {
             ApiError::new(
@@ -1088,6 +1101,7 @@ async fn audit_log(
         records
             .into_iter()
             .map(|r| AuditInfo {
+                id: r.id,
                 at: r.at.0,
                 actor: r.actor,
                 surface: r.surface,

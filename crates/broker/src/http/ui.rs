@@ -551,7 +551,7 @@ async fn part(
                 Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             }
         }
-        "audit" => match app.store.audit(50).await {
+        "audit" => match app.store.audit(50, None).await {
             Ok(records) => render(&AuditPart {
                 records: records
                     .into_iter()
