@@ -131,13 +131,14 @@ impl Gw {
 }
 
 /// Serves the gateway on `listener` (bound by the caller; with `tls` when it speaks HTTPS/WSS)
-/// until `shutdown`.
+/// within the process's connection `slots` until `shutdown`.
 pub fn start(
     cfg: GatewayConfig,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     auth: switchboard_auth::Authenticator,
     kube: KubePools,
+    slots: crate::web::serve::Slots,
     shutdown: CancellationToken,
 ) -> std::io::Result<Gateway> {
     let addr = listener.local_addr()?;
@@ -151,19 +152,15 @@ pub fn start(
         shutdown: shutdown.clone(),
     };
     let router = router(gw);
-    let task = tokio::spawn(async move {
-        match tls {
-            Some(tls) => crate::tls::serve(listener, router, tls, shutdown).await,
-            None => {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-            }
-        }
-    });
+    let task = tokio::spawn(crate::web::serve::serve(
+        listener,
+        router,
+        tls,
+        slots,
+        Arc::new(Vec::new()),
+        "gateway",
+        shutdown,
+    ));
     tracing::info!(gateway = %addr, "gateway started");
     Ok(Gateway { addr, task })
 }

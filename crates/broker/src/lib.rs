@@ -224,6 +224,15 @@ impl Broker {
             )),
             _ => None,
         };
+        // One set of connection slots for every HTTP listener, sized below the descriptor limit.
+        let mut limits = web::serve::Limits::for_nofile(web::serve::nofile());
+        if let Some(n) = config.http_max_connections {
+            limits.max_connections = n;
+        }
+        if let Some(n) = config.http_max_per_source {
+            limits.per_source = n;
+        }
+        let slots = web::serve::Slots::new(limits);
         let gateway = match (&config.gateway, &auth) {
             (Some(g), Some(a)) => {
                 let gw_tls = match &g.tls {
@@ -238,6 +247,7 @@ impl Broker {
                         gw_tls,
                         a.clone(),
                         kube.clone(),
+                        slots.clone(),
                         shutdown.child_token(),
                     )
                     .map_err(BrokerError::Http)?,
@@ -264,20 +274,16 @@ impl Broker {
         let router = http::router::router(app, ui, x2go.clone());
         let stop = shutdown.clone();
         let https = tls.is_some();
-        let server = tokio::spawn(async move {
-            match tls {
-                Some(tls) => tls::serve(listener, router, tls, stop).await,
-                None => {
-                    axum::serve(
-                        listener,
-                        router.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-                }
-            }
-        });
-        tracing::info!(http = %http_addr, https, agents = ?agent_addr, mgmt = %config.management_socket.display(), store = %redact(&config.store_url), "broker started");
+        let server = tokio::spawn(web::serve::serve(
+            listener,
+            router,
+            tls,
+            slots,
+            Arc::new(config.trusted_proxies.clone()),
+            "http",
+            stop,
+        ));
+        tracing::info!(http = %http_addr, https, max_connections = limits.max_connections, per_source = limits.per_source, agents = ?agent_addr, mgmt = %config.management_socket.display(), store = %redact(&config.store_url), "broker started");
         Ok(Broker {
             x2go,
             gateway_addr,

@@ -215,6 +215,18 @@ pub(crate) fn install_crypto() {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Up { .. }
+            | Command::Broker { .. }
+            | Command::Agent { .. }
+            | Command::Director { .. }
+    ) {
+        // A daemon may hold many connections: the soft descriptor limit goes up to the hard
+        // one (systemd leaves 1,024 soft), and every listener's caps are sized below it.
+        let nofile = switchboard_broker::web::serve::raise_nofile();
+        tracing::debug!(nofile, "descriptor limit");
+    }
     match cli.command {
         Command::Up {
             data_dir,

@@ -12,6 +12,7 @@
 
 use crate::mgmt::MAX_LINE;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -143,7 +144,49 @@ pub async fn bind(
     Ok((listener, gid))
 }
 
-/// Serves connections with `handler` until `shutdown`, then removes the socket file.
+/// Connections one user may hold on the socket at once.
+pub const MAX_PER_UID: usize = 64;
+
+/// One connection's place in the per-uid count; dropping it gives the place back.
+struct UidSlot {
+    table: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl UidSlot {
+    fn take(table: &Arc<std::sync::Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<UidSlot> {
+        let mut t = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = t.entry(uid).or_insert(0);
+        if *n >= MAX_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            table: table.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = t.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Serves connections with `handler` until `shutdown`, then removes the socket file. Each user
+/// (peer uid) holds at most [`MAX_PER_UID`] connections at once.
 pub fn spawn<H: Handler>(
     handler: Arc<H>,
     listener: UnixListener,
@@ -154,6 +197,7 @@ pub fn spawn<H: Handler>(
     let own_uid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(0);
+    let per_uid: Arc<std::sync::Mutex<HashMap<u32, usize>>> = Arc::default();
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -169,11 +213,26 @@ pub fn spawn<H: Handler>(
             };
             let h = handler.clone();
             let stop = shutdown.clone();
+            let per_uid = per_uid.clone();
             tokio::spawn(async move {
                 let Ok(cred) = stream.peer_cred() else {
                     return;
                 };
                 let uid = cred.uid();
+                // One user (a script gone wrong) cannot take every connection: a cap per uid.
+                let Some(_held) = UidSlot::take(&per_uid, uid) else {
+                    let (_, mut w) = stream.into_split();
+                    let _ = send(
+                        &mut w,
+                        false,
+                        Err(format!(
+                            "too many connections from user {} (at most {MAX_PER_UID} at once)",
+                            user_name(uid)
+                        )),
+                    )
+                    .await;
+                    return;
+                };
                 let allowed = uid == 0
                     || uid == own_uid
                     || gid.is_some_and(|g| {
@@ -355,5 +414,57 @@ mod tests {
             "hello"
         );
         assert!(read_line(&mut r, &mut buf).await.unwrap().is_none());
+    }
+
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn execute(&self, line: String, _actor: String) -> Result<Reply, String> {
+            Ok(Reply::new(json!(line), "ok"))
+        }
+    }
+
+    async fn ask(c: &mut BufReader<UnixStream>, line: &str) -> String {
+        c.get_mut().write_all(line.as_bytes()).await.unwrap();
+        c.get_mut().write_all(b"\n").await.unwrap();
+        let mut got = String::new();
+        c.read_line(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn one_user_holds_at_most_its_share_of_connections() {
+        let dir = std::env::temp_dir().join(format!("sb-mgmt-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let (listener, gid) = bind(&path, 0o600, None).await.unwrap();
+        let stop = CancellationToken::new();
+        let task = spawn(Arc::new(Echo), listener, path.clone(), gid, stop.clone());
+        let mut held = Vec::new();
+        for i in 0..MAX_PER_UID {
+            let mut c = BufReader::new(UnixStream::connect(&path).await.unwrap());
+            assert!(
+                ask(&mut c, &format!("n{i}")).await.contains("true"),
+                "served"
+            );
+            held.push(c);
+        }
+        let mut over = BufReader::new(UnixStream::connect(&path).await.unwrap());
+        let refused = ask(&mut over, "one more").await;
+        assert!(refused.contains("too many connections"), "{refused}");
+        drop(held.pop());
+        // The freed place is someone else's to take (its task may still be closing).
+        let start = std::time::SystemTime::now();
+        loop {
+            let mut c = BufReader::new(UnixStream::connect(&path).await.unwrap());
+            if ask(&mut c, "again").await.contains("true") {
+                break;
+            }
+            assert!(start.elapsed().unwrap() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

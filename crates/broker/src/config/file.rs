@@ -200,6 +200,12 @@ pub struct StoreSection {
 pub struct HttpSection {
     /// Listen address (default 127.0.0.1:8080).
     pub listen: Option<String>,
+    /// Connections of every HTTP listener (this one and the gateway's) at once (default: the
+    /// descriptor limit less 256 kept for the store, probes, agents and `ctl`).
+    pub max_connections: Option<usize>,
+    /// Connections from one client address at once (default 512; 0 for no cap). Trusted
+    /// proxies are exempt.
+    pub max_connections_per_source: Option<usize>,
     /// PEM certificate chain; with `tls_key` turns on HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.

@@ -83,6 +83,10 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Whether `/metrics` answers non-loopback clients.
     pub public_metrics: bool,
+    /// `[http] max_connections`, if set.
+    pub http_max_connections: Option<usize>,
+    /// `[http] max_connections_per_source`, if set.
+    pub http_max_per_source: Option<usize>,
     /// Agent listener.
     pub agent_listen: SocketAddr,
     /// Whether `[agents] listen` was given (the listener then runs even without agent hosts).
@@ -203,6 +207,9 @@ impl FileConfig {
             .url
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("switchboard.db").display()));
         switchboard_store::backend_of(&store_url).map_err(|e| format!("key `store.url`: {e}"))?;
+        if self.http.max_connections == Some(0) {
+            return Err("key `http.max_connections` must be at least 1".into());
+        }
         let http_listen = parse_listen(
             "http.listen",
             self.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN),
@@ -422,6 +429,8 @@ impl FileConfig {
             http_tls,
             trusted_proxies: self.http.trusted_proxies,
             public_metrics: self.http.public_metrics,
+            http_max_connections: self.http.max_connections,
+            http_max_per_source: self.http.max_connections_per_source,
             agent_listen,
             agent_listen_set: self.agents.listen.is_some(),
             agent_tls,
