@@ -14,6 +14,9 @@
 //! - [`ipvsadm`]: `ipvsadm` text: the `-S -n` / `-R` rules, the change lines that apply an IPVS
 //!   table diff, `--set` timeouts and the `-L -n` connection counters.
 //!
+//! - [`proxy`]: PROXY protocol version 2, the header the director sends a backend ahead of a
+//!   proxied connection, and its incremental parser (at most 552 bytes a header).
+//!
 //! - [`watch`]: the broker's pool watch stream (`GET /api/v1/pools/{name}/watch`): the `pool`
 //!   event the broker sends and the director follows, and the server-sent events parser (at most
 //!   4 MiB an event).
@@ -24,5 +27,6 @@ pub mod agent;
 pub mod ipvsadm;
 pub mod mgmt;
 pub mod mgmt_socket;
+pub mod proxy;
 pub mod watch;
 pub mod x2go;
