@@ -11,6 +11,9 @@
 //! - [`x2go`]: X2Go's broker protocol: the session-profiles file and its ACLs, the request form,
 //!   the `/plain/` and `/json/` reply bodies.
 //!
+//! - [`gateway`]: what the broker's gateway reads from request paths and headers (connect tokens
+//!   in a path segment, client file paths, the `Origin` check).
+//!
 //! - [`ipvsadm`]: `ipvsadm` text: the `-S -n` / `-R` rules, the change lines that apply an IPVS
 //!   table diff, `--set` timeouts and the `-L -n` connection counters.
 //!
@@ -24,6 +27,7 @@
 //! Each parser has a size limit and a fuzz target.
 
 pub mod agent;
+pub mod gateway;
 pub mod ipvsadm;
 pub mod mgmt;
 pub mod mgmt_socket;
