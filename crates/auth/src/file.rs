@@ -80,9 +80,19 @@ pub fn check(hash: &str, password: &str) -> bool {
         bcrypt::verify(password, hash).unwrap_or(false)
     } else {
         PasswordHash::new(hash).is_ok_and(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
+            // argon2 0.5 computes `p * 8` before it checks p's range: a lane count over
+            // u32::MAX / 8 overflows (a panic where overflow checks are on), so it is refused
+            // here first (fixed upstream in RustCrypto/password-hashes#745, after 0.5.3). Every
+            // `p` is checked: the PHC parser lets a name repeat, and argon2 takes the last.
+            let lanes_ok = h
+                .params
+                .iter()
+                .filter(|(k, _)| k.as_str() == "p")
+                .all(|(_, v)| v.decimal().is_ok_and(|p| p <= argon2::Params::MAX_P_COST));
+            lanes_ok
+                && Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
         })
     }
 }
@@ -247,6 +257,25 @@ mod tests {
         assert!(check(&b, "s3cret"));
         assert!(!check(&b, "nope"));
         assert!(!check(dummy(), ""));
+    }
+
+    /// argon2 0.5 multiplies the lane count by 8 before checking its range, which overflows (a
+    /// panic where overflow checks are on) for lane counts over u32::MAX / 8: such a hash is
+    /// simply wrong (found by the password_file fuzz target).
+    #[test]
+    fn a_hash_with_too_many_lanes_is_wrong_not_a_panic() {
+        // The PHC parser lets a name repeat, and argon2 takes the last.
+        for p in [
+            "p=536870912",
+            "p=4294967295",
+            "p=16777216",
+            "p=1,p=4294967295",
+        ] {
+            let h = format!("$argon2id$v=19$m=65536,t=2,{p}$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA");
+            assert!(PasswordHash::new(&h).is_ok(), "{h}");
+            assert!(!check(&h, "x"), "{h}");
+        }
+        assert!(!check("$3$p=2322332233", "a23"));
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -433,10 +433,9 @@ async fn events(State(gw): State<Gw>, User(user): User, UrlPath(ty): UrlPath<Str
 }
 
 async fn client_file(State(gw): State<Gw>, UrlPath(path): UrlPath<String>) -> Response {
-    let rel = Path::new(&path);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+    let Some(rel) = switchboard_proto::gateway::client_path(&path) else {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
-    }
+    };
     let full: PathBuf = gw.cfg.html5_client.join(rel);
     match tokio::fs::metadata(&full).await {
         Ok(m) if m.is_file() && m.len() <= MAX_FILE => {}
@@ -461,14 +460,8 @@ async fn client_file(State(gw): State<Gw>, UrlPath(path): UrlPath<String>) -> Re
 
 /// Refuses upgrades whose Origin is another site (cross-site WebSocket hijacking).
 fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true; // not a browser (xpra attach sends none)
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    origin.split_once("://").map(|(_, h)| h) == Some(host)
+    let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    switchboard_proto::gateway::same_origin(get(header::ORIGIN), get(header::HOST))
 }
 
 async fn ws_cookie(
@@ -538,8 +531,7 @@ fn urlencode(s: &str) -> String {
 
 /// `t.<token>.<type>` (one path segment, for Xpra 3.1 clients) → (token, type).
 fn dotted_token(seg: &str) -> Option<(&str, &str)> {
-    let rest = seg.strip_prefix("t.")?;
-    rest.split_once('.')
+    switchboard_proto::gateway::dotted_token(seg)
 }
 
 async fn upgrade(gw: Gw, user: String, ty: String, ws: WebSocketUpgrade) -> Response {
@@ -681,13 +673,6 @@ async fn relay(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dotted_tokens() {
-        assert_eq!(dotted_token("t.abc123.xfce"), Some(("abc123", "xfce")));
-        assert_eq!(dotted_token("xfce"), None);
-        assert_eq!(dotted_token("t.abc"), None);
-    }
 
     #[test]
     fn cookies_and_origins() {

@@ -28,6 +28,10 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// The PROXY protocol version 2 header sent ahead of a client's bytes: the wire format is proto's,
+/// next to its parser, so the two are tested against each other.
+pub use switchboard_proto::proxy::proxy_v2_header;
+
 /// Bytes moved per read or splice.
 const CHUNK: usize = 64 * 1024;
 
@@ -427,44 +431,6 @@ async fn splice_pump(
         }
         count(n as u64);
     }
-}
-
-/// The PROXY protocol version 2 header for a TCP connection from `src` to `dst` (the address the
-/// client connected to), as HAProxy's `send-proxy-v2` writes it.
-pub fn proxy_v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    const SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
-    let mut h = SIG.to_vec();
-    h.push(0x21); // version 2, PROXY
-    let norm = |a: SocketAddr| match a {
-        SocketAddr::V6(v6) => v6
-            .ip()
-            .to_ipv4_mapped()
-            .map_or(a, |v4| SocketAddr::new(v4.into(), v6.port())),
-        v4 => v4,
-    };
-    match (norm(src), norm(dst)) {
-        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-            h.push(0x11); // TCP over IPv4
-            h.extend_from_slice(&12u16.to_be_bytes());
-            h.extend_from_slice(&s.ip().octets());
-            h.extend_from_slice(&d.ip().octets());
-            h.extend_from_slice(&s.port().to_be_bytes());
-            h.extend_from_slice(&d.port().to_be_bytes());
-        }
-        (s, d) => {
-            let v6 = |a: SocketAddr| match a.ip() {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                std::net::IpAddr::V6(v6) => v6,
-            };
-            h.push(0x21); // TCP over IPv6
-            h.extend_from_slice(&36u16.to_be_bytes());
-            h.extend_from_slice(&v6(s).octets());
-            h.extend_from_slice(&v6(d).octets());
-            h.extend_from_slice(&s.port().to_be_bytes());
-            h.extend_from_slice(&d.port().to_be_bytes());
-        }
-    }
-    h
 }
 
 #[cfg(test)]
