@@ -581,6 +581,52 @@ async fn a_peer_that_never_starts_tls_is_closed_after_the_handshake_bound() {
     );
 }
 
+/// One address holds its share of the unauthenticated places with silent connections: a link
+/// over the share from it is dropped after a short wait, while another address completes its
+/// TLS handshake at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_unauthenticated_slot() {
+    use switchboard_broker::agents::{MAX_UNAUTHENTICATED_PER_SOURCE, SOURCE_WAIT, TLS_TIMEOUT};
+    use tokio::io::AsyncReadExt;
+    let h = Harness::start().await;
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], h.agent_port));
+    let from = |ip: [u8; 4]| {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+        s
+    };
+    let mut silent = Vec::new();
+    for _ in 0..MAX_UNAUTHENTICATED_PER_SOURCE {
+        silent.push(from([127, 0, 4, 1]).connect(to).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut over = from([127, 0, 4, 1]).connect(to).await.unwrap();
+    // Meanwhile another address is served at once.
+    let tls = link::client_tls(&ca_of(h.dir())).unwrap();
+    let other = from([127, 0, 4, 2]).connect(to).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(link::server_name("localhost").unwrap(), other),
+    )
+    .await
+    .expect("another address is not kept waiting")
+    .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), over.read(&mut buf))
+        .await
+        .expect("dropped")
+        .unwrap_or(0);
+    let took = started.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        took >= SOURCE_WAIT - Duration::from_millis(200) && took < TLS_TIMEOUT,
+        "dropped after {took:?}, before the silent ones' handshake bound"
+    );
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_from_one_address_are_slowed_down() {
     let h = Harness::start().await;

@@ -66,6 +66,12 @@ const OUT_QUEUE: usize = 64;
 const MAX_PENALTY_ENTRIES: usize = 65_536;
 /// Links that may be waiting to authenticate at once.
 pub const MAX_UNAUTHENTICATED: usize = 4096;
+/// Of those, links from one address at once: one peer cannot hold every slot (it would need
+/// 16 addresses), and 10,000 agents restarting behind one address still get through.
+pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
+/// How long a link over its address's share waits for a place before it is dropped (shorter
+/// than [`TLS_TIMEOUT`]: places held by silent peers are not waited for).
+pub const SOURCE_WAIT: Duration = Duration::from_secs(2);
 /// After a broker start, how long hosts whose agents have not linked yet are given before the
 /// silence counts: agents back off up to 30 s between attempts, plus a 10 s connect timeout.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(45);
@@ -121,6 +127,8 @@ struct Inner {
     started: Instant,
     /// Links not authenticated yet (TLS handshake, hello, refusal delay).
     unauthenticated: Arc<tokio::sync::Semaphore>,
+    /// The same, per source address ([`MAX_UNAUTHENTICATED_PER_SOURCE`] each).
+    per_source: Mutex<HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
     /// Report intervals of silence after which a host is unreachable (reloadable).
     missed_now: std::sync::atomic::AtomicU32,
     /// What each host's agent last reported about its sessions beyond their state, by backend
@@ -191,6 +199,7 @@ impl AgentHub {
                 messages: metrics::counter!("switchboard_agent_messages_total"),
                 started: Instant::now(),
                 unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
+                per_source: Mutex::new(HashMap::new()),
                 missed_now: std::sync::atomic::AtomicU32::new(missed.max(1)),
                 infos: Mutex::new(HashMap::new()),
             }),
@@ -500,6 +509,20 @@ impl AgentHub {
         tokio::time::sleep(delay).await;
     }
 
+    /// The per-address gate of unauthenticated links (addresses with none in use are
+    /// forgotten when the table grows).
+    fn source_gate(&self, ip: IpAddr) -> Arc<tokio::sync::Semaphore> {
+        let mut m = lock(&self.inner.per_source);
+        if m.len() >= MAX_PENALTY_ENTRIES {
+            m.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+        m.entry(ip)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED_PER_SOURCE))
+            })
+            .clone()
+    }
+
     fn forgive(&self, ip: IpAddr) {
         lock(&self.inner.penalties).remove(&ip);
     }
@@ -511,7 +534,15 @@ impl AgentHub {
         acceptor: TlsAcceptor,
         shutdown: CancellationToken,
     ) {
-        // Links that have not authenticated yet are capped; beyond the cap they are dropped.
+        // Links that have not authenticated yet are capped per address (a short wait for a
+        // place, then dropped) and in all (dropped at once).
+        let gate = self.source_gate(peer.ip());
+        let Ok(Ok(from_source)) = tokio::time::timeout(SOURCE_WAIT, gate.acquire_owned()).await
+        else {
+            metrics::counter!("switchboard_agent_rejected_total").increment(1);
+            tracing::debug!(peer = %peer, "agent listener: too many links from this address waiting to authenticate; dropped");
+            return;
+        };
         let Ok(unauthenticated) = self.inner.unauthenticated.clone().try_acquire_owned() else {
             metrics::counter!("switchboard_agent_rejected_total").increment(1);
             tracing::warn!(peer = %peer, "agent listener: too many links waiting to authenticate; dropped");
@@ -550,6 +581,7 @@ impl AgentHub {
                 // The slot is free again before the delay: a refused peer waits on its own
                 // socket, not on one of the slots others need to authenticate.
                 drop(unauthenticated);
+                drop(from_source);
                 self.penalise(peer.ip()).await;
                 let _ = framed.send(BrokerMessage::Refused { reason }).await;
                 let _ = framed.close().await;
@@ -557,6 +589,7 @@ impl AgentHub {
             }
         };
         drop(unauthenticated);
+        drop(from_source);
         framed.codec_mut().set_max_frame(MAX_FRAME);
         self.forgive(peer.ip());
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);

@@ -765,7 +765,8 @@ impl<S: Store> Engine<S> {
                             },
                         }
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    // Capped low: the state is back within half a second of the store.
+                    delay = (delay * 2).min(Duration::from_millis(500));
                 }
             }
         }

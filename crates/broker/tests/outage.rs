@@ -87,8 +87,8 @@ async fn store_outage_gives_503_and_the_broker_recovers_when_it_returns() {
 async fn placeable(b: &TestBroker, host: &str, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let h = b.ok("GET", &format!("/api/v1/hosts/{host}"), None).await;
-        if h["health"] == "up" && h["excluded"].is_null() {
+        let (status, h) = b.call("GET", &format!("/api/v1/hosts/{host}"), None).await;
+        if status == 200 && h["health"] == "up" && h["excluded"].is_null() {
             return start.elapsed();
         }
         assert!(
@@ -181,4 +181,99 @@ async fn after_a_failed_commit_linked_hosts_stay_placeable_and_reservations_are_
         "online"
     );
     eprintln!("h1 placeable {took:?} after the lock was released");
+}
+
+/// The PostgreSQL server restarts (a server of this test's own, never the shared one) while
+/// operators change weights: changes answered during the restart are refused, none answered
+/// "ok" is lost, and within one report interval of the server accepting connections again the
+/// linked host is `up` and placeable, with no restart of the broker or the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_under_load_heals_by_itself_and_loses_nothing_acknowledged() {
+    let pg = switchboard_testkit::store::PrivatePostgres::start();
+    let interval = Duration::from_millis(1000);
+    let b = BrokerBuilder::new()
+        .store_url(&pg.url)
+        .agents()
+        .pool(Pool::new("desktops").host(Host::new("h1", "127.0.0.54:22")))
+        .start()
+        .await;
+    let _agent = quiet_agent(&b, "h1", interval).await;
+    placeable(&b, "h1", Duration::from_secs(15)).await;
+
+    // Load: weight changes one after another; the last one answered "ok" must be the store's.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (base, token, client, stop) = (
+            b.base.clone(),
+            b.token.clone(),
+            b.client.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut acked, mut refused, mut w) = (None, 0u32, 1u32);
+            while !stop.is_cancelled() {
+                w = w % 250 + 1;
+                let r = client
+                    .put(format!("{base}/api/v1/hosts/h1/weight"))
+                    .bearer_auth(&token)
+                    .json(&json!({"weight": w}))
+                    .timeout(Duration::from_secs(40))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => acked = Some(w),
+                    _ => refused += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, refused, w)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start_again();
+    let back = Instant::now();
+    let took = placeable(&b, "h1", interval).await;
+    // Placements work again too.
+    let start = Instant::now();
+    loop {
+        let (s, v) = b
+            .call(
+                "POST",
+                "/api/v1/sessions",
+                Some(json!({"user": "carol", "pool": "desktops"})),
+            )
+            .await;
+        if s == 200 {
+            assert_eq!(v["host"], "h1");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{s} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let (acked, refused, last_tried) = writer.await.unwrap();
+    assert!(refused > 0, "the restart refused some changes");
+    let acked = acked.expect("changes were acknowledged");
+    // Read back from the store itself, not the broker's memory.
+    let store = switchboard_store::SqlStore::connect(&pg.url).await.unwrap();
+    let stored = switchboard_store::Store::load(&store)
+        .await
+        .unwrap()
+        .hosts
+        .iter()
+        .find(|h| h.name == "h1")
+        .and_then(|h| h.weight)
+        .unwrap();
+    store.close().await;
+    assert!(
+        stored == acked || stored == last_tried,
+        "the store has weight {stored}; the last acknowledged was {acked}"
+    );
+    eprintln!(
+        "h1 placeable {took:?} after the server was back ({:?} since), {refused} changes refused",
+        back.elapsed()
+    );
 }

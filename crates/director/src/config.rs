@@ -79,6 +79,12 @@ pub struct Config {
     pub shutdown_timeout: Option<Duration>,
     /// Worker threads (`None`: one per CPU; 1: a single-threaded event loop).
     pub threads: Option<usize>,
+    /// Client connections of every service at once (`None`: half of the descriptor limit less
+    /// a reserve, since each takes two descriptors).
+    pub max_connections: Option<usize>,
+    /// Client connections from one address at once (0: no cap, the default: an L4 director
+    /// often sees whole sites behind one NAT address).
+    pub max_connections_per_source: usize,
     /// Management socket path, mode and group.
     pub management_socket: PathBuf,
     /// Mode of the socket file.
@@ -267,6 +273,8 @@ struct DirectorSection {
     splice: Option<bool>,
     shutdown_timeout: Option<ConfigDuration>,
     threads: Option<Threads>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -756,6 +764,11 @@ impl FileConfig {
             mode: self.director.mode.unwrap_or_default(),
             splice: self.director.splice.unwrap_or(true),
             threads: self.director.threads.map(|t| t.0),
+            max_connections: match self.director.max_connections {
+                Some(0) => return Err("key `director.max_connections` must be at least 1".into()),
+                n => n,
+            },
+            max_connections_per_source: self.director.max_connections_per_source.unwrap_or(0),
             shutdown_timeout: self
                 .director
                 .shutdown_timeout

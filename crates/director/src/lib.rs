@@ -77,6 +77,86 @@ struct Inner {
     shutdown: CancellationToken,
     /// Followers of broker pools (with `[broker]`).
     followers: Option<follow::Followers>,
+    /// Client connections: the global cap and the per-source one.
+    caps: Caps,
+}
+
+/// Descriptors kept out of the data path's reach (the management socket, `/metrics`, health
+/// checks, the broker follower, the state file).
+pub const FD_RESERVE: u64 = 256;
+
+/// The caps on client connections of every service together. Each connection holds two
+/// descriptors (client and backend), so the global cap is half of what the reserve leaves.
+#[derive(Debug)]
+struct Caps {
+    global: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    per_source: usize,
+    by_source: BySource,
+}
+
+/// Client connections per source address.
+type BySource = Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// A client connection's place within [`Caps`].
+#[derive(Debug)]
+struct Admitted {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    source: Option<(BySource, std::net::IpAddr)>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some((table, ip)) = &self.source {
+            let mut t = lock(table);
+            if let Some(n) = t.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    t.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+impl Caps {
+    fn new(max_connections: Option<usize>, per_source: usize) -> Caps {
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        let max = max_connections.unwrap_or_else(|| {
+            usize::try_from((nofile.saturating_sub(FD_RESERVE) / 2).max(32)).unwrap_or(usize::MAX)
+        });
+        Caps {
+            global: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            per_source,
+            by_source: Arc::default(),
+        }
+    }
+
+    /// A place for a client from `ip`, or why not.
+    fn admit(&self, ip: std::net::IpAddr) -> Result<Admitted, &'static str> {
+        let global = self
+            .global
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "full")?;
+        let source = if self.per_source > 0 {
+            let mut t = lock(&self.by_source);
+            let n = t.entry(ip).or_insert(0);
+            if *n >= self.per_source {
+                return Err("per_source");
+            }
+            *n += 1;
+            Some((self.by_source.clone(), ip))
+        } else {
+            None
+        };
+        Ok(Admitted {
+            _global: global,
+            source,
+        })
+    }
 }
 
 /// The running director.
@@ -115,8 +195,14 @@ impl Director {
                 accepting: CancellationToken::new(),
                 shutdown: background.clone(),
                 followers,
+                caps: Caps::new(config.max_connections, config.max_connections_per_source),
             }),
         };
+        tracing::info!(
+            max_connections = director.inner.caps.max,
+            per_source = director.inner.caps.per_source,
+            "client connection caps"
+        );
         director.apply(&config).await.map_err(StartError::Other)?;
         switchboard_proto::mgmt_socket::spawn(
             Arc::new(mgmt::Handler::new(director.clone())),
@@ -317,6 +403,7 @@ impl Director {
         splice: bool,
     ) {
         let conns = self.inner.conns.clone();
+        let director = self.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
@@ -324,14 +411,30 @@ impl Director {
                     a = listener.accept() => match a {
                         Ok(a) => a,
                         Err(e) => {
-                            // EMFILE and the like: back off instead of spinning.
+                            // EMFILE and the like: back off instead of spinning (the cap keeps
+                            // this rare: it is sized below the descriptor limit).
                             tracing::warn!(service = %service.name, error = %e, "accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
                     },
                 };
-                conns.spawn(proxy::handle(service.clone(), stream, peer, splice));
+                let admitted = match director.inner.caps.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        service
+                            .counters
+                            .refused
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(service = %service.name, %peer, reason, "connection refused");
+                        continue;
+                    }
+                };
+                let service = service.clone();
+                conns.spawn(async move {
+                    let _place = admitted;
+                    proxy::handle(service, stream, peer, splice).await;
+                });
             }
         });
     }
@@ -453,6 +556,30 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn client_connections_are_capped_in_all_and_per_source_when_asked() {
+        use super::Caps;
+        let ip = |n: u8| std::net::IpAddr::from([127, 0, 0, n]);
+        let c = Caps::new(Some(3), 2);
+        let a1 = c.admit(ip(1)).unwrap();
+        let _a2 = c.admit(ip(1)).unwrap();
+        assert_eq!(c.admit(ip(1)).unwrap_err(), "per_source");
+        let _b = c.admit(ip(2)).unwrap();
+        assert_eq!(c.admit(ip(3)).unwrap_err(), "full");
+        drop(a1);
+        assert!(
+            c.admit(ip(1)).is_ok(),
+            "a closed connection frees both places"
+        );
+        // Off by default: one address may take every place.
+        let open = Caps::new(Some(3), 0);
+        let held: Vec<_> = (0..3).map(|_| open.admit(ip(1)).unwrap()).collect();
+        assert_eq!(open.admit(ip(1)).unwrap_err(), "full");
+        drop(held);
+        // Unset: half the descriptors less the reserve.
+        assert!(Caps::new(None, 0).max >= 32);
+    }
 
     #[tokio::test]
     async fn accepted_sockets_inherit_keepalive_and_nodelay_from_the_listener() {

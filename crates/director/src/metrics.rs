@@ -100,6 +100,21 @@ pub fn render(d: &Director) -> String {
         &mut counter(|c| &c.total).into_iter(),
     );
     family(
+        "switchboard_director_refused_total",
+        "counter",
+        "Clients turned away at the connection caps ([director] max_connections, max_connections_per_source).",
+        &mut services
+            .iter()
+            .map(|s| {
+                (
+                    format!("service=\"{}\"", escape(&s.name)),
+                    s.counters.refused.load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect::<Vec<_>>()
+            .into_iter(),
+    );
+    family(
         "switchboard_director_backend_connect_errors_total",
         "counter",
         "Connects to the backend that failed or timed out.",

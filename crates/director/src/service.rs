@@ -60,6 +60,8 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     /// Connects to the backend that failed or timed out.
     pub connect_errors: AtomicU64,
+    /// Clients turned away at the connection caps (services only).
+    pub refused: AtomicU64,
     /// Smoothed rates.
     pub rates: Mutex<Rates>,
 }

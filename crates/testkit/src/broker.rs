@@ -148,6 +148,7 @@ pub struct BrokerBuilder {
     profiles: Option<String>,
     passwords: Vec<(String, String)>,
     tail: String,
+    store_url: Option<String>,
 }
 
 impl Default for BrokerBuilder {
@@ -169,6 +170,7 @@ impl BrokerBuilder {
             profiles: None,
             passwords: Vec::new(),
             tail: String::new(),
+            store_url: None,
         }
     }
 
@@ -181,6 +183,12 @@ impl BrokerBuilder {
     /// The store's backend (a fresh database either way).
     pub fn store(mut self, kind: Kind) -> BrokerBuilder {
         self.kind = kind;
+        self
+    }
+
+    /// The store at this URL instead of a fresh one (a server of the test's own).
+    pub fn store_url(mut self, url: &str) -> BrokerBuilder {
+        self.store_url = Some(url.to_owned());
         self
     }
 
@@ -257,7 +265,10 @@ impl BrokerBuilder {
     }
 
     async fn prepare(self) -> TestBroker {
-        let (store_url, store_dir) = fresh_url(self.kind).await;
+        let (store_url, store_dir) = match self.store_url {
+            Some(url) => (url, None),
+            None => fresh_url(self.kind).await,
+        };
         let dir = self.dir;
         let d = dir.path();
         let tokens_file = d.join("tokens");

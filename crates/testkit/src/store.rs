@@ -291,3 +291,139 @@ impl switchboard_store::Store for Memory {
         }
     }
 }
+
+/// A PostgreSQL server of a test's own (a cluster in a temp dir on a free loopback port), for
+/// tests that stop and start the server: never the one the whole run shares. Stopped and
+/// removed when dropped.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+    /// `postgres://switchboard@127.0.0.1:PORT/postgres`.
+    pub url: String,
+}
+
+#[allow(clippy::unwrap_used)] // a test fixture: failing to set up is the test failing
+impl PrivatePostgres {
+    /// Creates and starts the cluster. Panics with what is missing when the server binaries
+    /// are not installed (`./scripts/test` installs Debian's `postgresql`).
+    pub fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path().join("bin"))
+                    .filter(|p| p.join("pg_ctl").exists())
+                    .max()
+            })
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql/*/bin (Debian's postgresql package)");
+        let dir = tempfile::Builder::new()
+            .prefix("switchboard-pg-own.")
+            .tempdir()
+            .unwrap();
+        if nix::unistd::Uid::effective().is_root() {
+            // PostgreSQL refuses to run as root: the account Debian's package made runs it.
+            let status = std::process::Command::new("chown")
+                .args(["postgres:", dir.path().to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres: {status}");
+        }
+        let port = crate::free_port();
+        let pg = PrivatePostgres {
+            url: format!("postgres://switchboard@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+            port,
+        };
+        let data = pg.dir.path().join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "switchboard",
+                "--no-sync",
+            ],
+        );
+        pg.start_again();
+        pg
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if nix::unistd::Uid::effective().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (again), waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let d = self.dir.path();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100 -c fsync=off",
+            self.port,
+            d.display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                d.join("data").to_str().unwrap(),
+                "-l",
+                d.join("log").to_str().unwrap(),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server as an administrator's restart does (`pg_ctl stop -m fast`: sessions
+    /// are ended, transactions in flight rolled back).
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.path().join("data").to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let exe = self.bin.join("pg_ctl");
+        let args = ["-D", data.to_str().unwrap_or(""), "-m", "immediate", "stop"];
+        let _ = if nix::unistd::Uid::effective().is_root() {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&exe).args(args).output()
+        };
+    }
+}
