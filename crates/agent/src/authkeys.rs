@@ -2,17 +2,20 @@
 //!
 //! The broker hands an X2Go client a one-time key pair and asks the session host's agent to
 //! authorise the public half for a while (x2gobroker's `addauthkey`/`delauthkey`). A line added by
-//! Switchboard is the key (type, base64 blob, its own comment if any) with a marker appended to the
-//! comment field:
+//! Switchboard is OpenSSH's own `expiry-time` option, then the key (type, base64 blob, its own
+//! comment if any) with a marker appended to the comment field:
 //!
 //! ```text
-//! ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… broker-login switchboard-expires=1795316575000
+//! expiry-time="20261122030255Z" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… broker-login switchboard-expires=1795316575000
 //! ```
 //!
-//! OpenSSH reads everything after the blob as the comment, so the line stays a valid
-//! authorized_keys line. Every edit drops Switchboard lines whose expiry (epoch milliseconds) has
-//! passed, and never changes any other line (comments, blank lines and the user's own keys stay
-//! byte for byte). Keys are accepted only without an options prefix and of the types
+//! sshd (OpenSSH 8.2 and later) refuses the key after that time (UTC) whatever becomes of the
+//! line, so a key left behind by a crash or a lost removal is useless once it has expired. The
+//! marker (epoch milliseconds) is how Switchboard recognises its lines: every edit drops those
+//! whose expiry has passed, [`KeyOp::Sweep`] does only that (the agent sweeps on a timer), and no
+//! other line ever changes (comments, blank lines and the user's own keys stay byte for byte).
+//! Lines written by earlier versions, without the option, are still recognised. Keys are
+//! accepted only without an options prefix and of the types
 //! `ssh-ed25519`, `ssh-rsa`, `ecdsa-sha2-nistp256/384/521`, `sk-ssh-ed25519@openssh.com` and
 //! `sk-ecdsa-sha2-nistp256@openssh.com`.
 //!
@@ -157,9 +160,46 @@ fn parse_key(key: &str) -> Result<Key<'_>, AuthKeysError> {
     })
 }
 
+/// OpenSSH's `expiry-time` option for `ms` (epoch milliseconds), in UTC to the second, rounded
+/// up so that the key is never refused before the broker's own expiry.
+pub fn expiry_option(ms: u64) -> String {
+    let secs = ms.div_ceil(1000);
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "expiry-time=\"{y:04}{m:02}{d:02}{:02}{:02}{:02}Z\"",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 /// For a line Switchboard added: its key type, blob and expiry.
 fn managed(line: &str) -> Option<(&str, &str, u64)> {
-    let mut tokens = line.split_whitespace();
+    let mut tokens = line.split_whitespace().peekable();
+    // Ours start with the expiry option (older versions wrote none); any other option prefix
+    // is not a line of ours.
+    if tokens
+        .peek()
+        .is_some_and(|t| t.starts_with("expiry-time=\"") && t.ends_with('"'))
+    {
+        tokens.next();
+    }
     let kind = tokens.next()?;
     let blob = tokens.next()?;
     let last = tokens.last()?;
@@ -204,7 +244,7 @@ pub fn add_line(
         ));
     }
     let mut lines = keep_lines(existing, Some(&k), now_ms);
-    let mut new = format!("{} {}", k.kind, k.blob);
+    let mut new = format!("{} {} {}", expiry_option(expires_at_ms), k.kind, k.blob);
     for t in &k.comment {
         new.push(' ');
         new.push_str(t);
@@ -238,6 +278,8 @@ pub enum KeyOp {
         /// The public key line.
         key: String,
     },
+    /// Drop the expired Switchboard lines only.
+    Sweep,
 }
 
 /// An account as `getent passwd` tells it.
@@ -313,7 +355,8 @@ pub async fn lookup_user(user: &str) -> Result<Account, AuthKeysError> {
     Ok(acct)
 }
 
-fn now_ms() -> u64 {
+/// Now, in milliseconds since the epoch (the clock key expiries are written in).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -348,6 +391,7 @@ async fn delegate(user: &str, op: KeyOp) -> Result<String, AuthKeysError> {
             (vec!["add".to_owned(), expires_at_ms.to_string()], key)
         }
         KeyOp::Remove { key } => (vec!["remove".to_owned()], key),
+        KeyOp::Sweep => (vec!["sweep".to_owned()], String::new()),
     };
     let mut child = tokio::process::Command::new(SUDO)
         .args(["-n", "-u", user, "--"])
@@ -394,6 +438,7 @@ pub async fn apply_local(user: &str, op: KeyOp) -> Result<String, AuthKeysError>
         KeyOp::Add { key, .. } | KeyOp::Remove { key } => {
             parse_key(key)?;
         }
+        KeyOp::Sweep => {}
     }
     let acct = lookup_user(user).await?;
     let euid = rustix::process::geteuid();
@@ -464,7 +509,15 @@ fn edit_file(acct: &Account, op: &KeyOp, chown: bool, now: u64) -> Result<String
             remove_line(&existing, key, now)?,
             format!("key removed from {}", file_path.display()),
         ),
+        KeyOp::Sweep => (
+            join(&keep_lines(&existing, None, now)),
+            format!("expired keys dropped from {}", file_path.display()),
+        ),
     };
+    if updated == existing {
+        // Nothing to change (a sweep with nothing expired): the file is left alone.
+        return Ok(format!("{} unchanged", file_path.display()));
+    }
     write_replace(&dir, &file_path, acct, chown, updated.as_bytes())?;
     Ok(what)
 }
@@ -653,7 +706,10 @@ mod tests {
     #[test]
     fn add_to_empty_appends_a_marked_line() {
         let out = add_line("", ED, 2_000, 1_000).unwrap();
-        assert_eq!(out, format!("{ED} switchboard-expires=2000\n"));
+        assert_eq!(
+            out,
+            format!("expiry-time=\"19700101000002Z\" {ED} switchboard-expires=2000\n")
+        );
     }
 
     #[test]
@@ -663,7 +719,7 @@ mod tests {
         assert_eq!(
             out,
             format!(
-                "{existing}ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 broker@host switchboard-expires=5000\n"
+                "{existing}expiry-time=\"19700101000005Z\" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 broker@host switchboard-expires=5000\n"
             )
         );
     }
@@ -672,7 +728,10 @@ mod tests {
     fn add_replaces_an_earlier_switchboard_line_for_the_same_key() {
         let first = add_line("", ED, 2_000, 1_000).unwrap();
         let second = add_line(&first, ED, 9_000, 1_500).unwrap();
-        assert_eq!(second, format!("{ED} switchboard-expires=9000\n"));
+        assert_eq!(
+            second,
+            format!("expiry-time=\"19700101000009Z\" {ED} switchboard-expires=9000\n")
+        );
     }
 
     #[test]
@@ -683,8 +742,46 @@ mod tests {
         let out = add_line(&existing, RSA, 3_000, 1_000).unwrap();
         assert_eq!(
             out,
-            format!("ssh-ed25519 AAAAother user\n{RSA} switchboard-expires=3000\n")
+            format!(
+                "ssh-ed25519 AAAAother user\nexpiry-time=\"19700101000003Z\" {RSA} switchboard-expires=3000\n"
+            )
         );
+    }
+
+    #[test]
+    fn the_expiry_option_is_utc_to_the_second_rounded_up() {
+        assert_eq!(expiry_option(0), "expiry-time=\"19700101000000Z\"");
+        assert_eq!(expiry_option(1), "expiry-time=\"19700101000001Z\"");
+        assert_eq!(
+            expiry_option(1_795_316_575_000),
+            "expiry-time=\"20261122030255Z\""
+        );
+        // A leap day, and the end of a century that is not a leap year.
+        assert_eq!(
+            expiry_option(951_782_400_000),
+            "expiry-time=\"20000229000000Z\""
+        );
+        assert_eq!(
+            expiry_option(4_107_542_399_000),
+            "expiry-time=\"21000228235959Z\""
+        );
+    }
+
+    #[test]
+    fn a_sweep_drops_expired_lines_of_both_formats_and_nothing_else() {
+        let own = "command=\"x\" ssh-ed25519 AAAA\n# mine\n";
+        let old_format = format!("{RSA} switchboard-expires=500\n");
+        let live = add_line("", ED, 9_000, 1_000).unwrap();
+        let expired =
+            add_line("", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC8", 2_000, 1_000).unwrap();
+        let file = format!("{own}{old_format}{expired}{live}");
+        assert_eq!(
+            join(&keep_lines(&file, None, 3_000)),
+            format!("{own}{live}")
+        );
+        // A line with options of the user's own is never taken for ours.
+        let users = format!("expiry-time=\"20991231000000Z\" no-pty {ED} switchboard-expires=1\n");
+        assert_eq!(join(&keep_lines(&users, None, 3_000)), users);
     }
 
     #[test]
@@ -743,7 +840,10 @@ mod tests {
         for t in KEY_TYPES {
             let key = format!("{t} AAAAB3NzaC1yc2EAAAADAQAB");
             let out = add_line("", &key, 10, 1).unwrap();
-            assert_eq!(out, format!("{key} switchboard-expires=10\n"));
+            assert_eq!(
+                out,
+                format!("expiry-time=\"19700101000001Z\" {key} switchboard-expires=10\n")
+            );
         }
     }
 

@@ -37,6 +37,9 @@ struct HostExecutor {
     sources: Arc<Vec<Source>>,
     owned: Arc<Mutex<Owned>>,
     poke: Arc<Notify>,
+    /// Users with autologin keys this agent added: the latest expiry (epoch ms) of each, for
+    /// the sweeper.
+    keys: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl HostExecutor {
@@ -107,6 +110,7 @@ impl Executor for HostExecutor {
                         sources: self.sources.clone(),
                         owned: self.owned.clone(),
                         poke: self.poke.clone(),
+                        keys: self.keys.clone(),
                     };
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(grace_ms)).await;
@@ -127,12 +131,23 @@ impl Executor for HostExecutor {
                     user,
                     key,
                     expires_at_ms,
-                } => crate::authkeys::apply(
-                    &user,
-                    crate::authkeys::KeyOp::Add { key, expires_at_ms },
-                )
-                .await
-                .map_err(|e| e.to_string()),
+                } => {
+                    let r = crate::authkeys::apply(
+                        &user,
+                        crate::authkeys::KeyOp::Add { key, expires_at_ms },
+                    )
+                    .await
+                    .map_err(|e| e.to_string());
+                    if r.is_ok() {
+                        let mut k = self
+                            .keys
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let e = k.entry(user).or_insert(0);
+                        *e = (*e).max(expires_at_ms);
+                    }
+                    r
+                }
                 Action::RemoveKey { user, key } => {
                     crate::authkeys::apply(&user, crate::authkeys::KeyOp::Remove { key })
                         .await
@@ -181,6 +196,55 @@ async fn collect(sources: &[Source], previous: &Owned, failing: &mut [bool]) -> 
     out
 }
 
+/// How often the agent drops expired autologin keys from the files it added them to.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Drops expired autologin key lines on a timer, whatever became of the broker's removal (a
+/// broker restart, a lost link): every user this agent added a key for is swept once the
+/// latest of those keys has expired, and again later if the sweep failed. (sshd refuses an
+/// expired key anyway, through the line's `expiry-time`; this keeps the files clean.)
+fn spawn_key_sweeper(keys: Arc<Mutex<HashMap<String, u64>>>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = crate::authkeys::now_ms();
+            let due: Vec<(String, u64)> = keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|(_, until)| **until <= now)
+                .map(|(u, until)| (u.clone(), *until))
+                .collect();
+            for (user, until) in due {
+                match crate::authkeys::apply(&user, crate::authkeys::KeyOp::Sweep).await {
+                    Ok(done) => {
+                        tracing::debug!(user = %user, done = %done, "expired autologin keys swept");
+                        let mut k = keys
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        // A key added meanwhile keeps the user for a later round.
+                        if k.get(&user) == Some(&until) {
+                            k.remove(&user);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(user = %user, error = %e, "expired autologin keys not swept; trying again later");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// How long the first inventory waits for a session source that keeps failing: after that the
+/// others' sessions are reported (the failing one's are unknown, so the broker may end them).
+pub const FIRST_LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs the agent for one real host until `shutdown`. Returns the link state receiver.
 pub fn spawn(
     config: AgentConfig,
@@ -200,6 +264,7 @@ pub fn spawn(
     let poke = Arc::new(Notify::new());
     let (load_tx, load_rx) = watch::channel(None);
     let (sessions_tx, sessions_rx) = watch::channel(Arc::new(Inventory::new()));
+    let (listed_tx, listed_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(LinkState::Down("starting".into()));
     let interval = config.report_interval;
     {
@@ -210,6 +275,10 @@ pub fn spawn(
         tokio::spawn(async move {
             let mut sampler = LoadSampler::new();
             let mut failing = vec![false; sources.len()];
+            // Which sources have listed once; the first inventory waits for all of them, or
+            // for FIRST_LISTING_WAIT when one keeps failing.
+            let mut ever = vec![false; sources.len()];
+            let started = tokio::time::Instant::now();
             let mut load_failing = false;
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -225,7 +294,20 @@ pub fn spawn(
                     .clone();
                 let now = collect(&sources, &previous, &mut failing).await;
                 let count = u32::try_from(now.sessions.len()).unwrap_or(u32::MAX);
-                if **sessions_tx.borrow() != now.sessions {
+                let was_listed = *listed_tx.borrow();
+                for (e, f) in ever.iter_mut().zip(&failing) {
+                    *e |= !f;
+                }
+                if !was_listed
+                    && (ever.iter().all(|e| *e) || started.elapsed() >= FIRST_LISTING_WAIT)
+                {
+                    if !ever.iter().all(|e| *e) {
+                        tracing::warn!(wait = ?FIRST_LISTING_WAIT, "a session source has not listed yet; reporting the others");
+                    }
+                    listed_tx.send_replace(true);
+                    // Wakes the link even when the inventory is still the empty one.
+                    sessions_tx.send_replace(Arc::new(now.sessions.clone()));
+                } else if **sessions_tx.borrow() != now.sessions {
                     sessions_tx.send_replace(Arc::new(now.sessions.clone()));
                 }
                 *owned
@@ -249,14 +331,18 @@ pub fn spawn(
             }
         });
     }
+    let keys: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    spawn_key_sweeper(keys.clone(), shutdown.clone());
     let exec = Arc::new(HostExecutor {
         sources,
         owned,
         poke,
+        keys,
     });
     let feeds = Feeds {
         load: load_rx,
         sessions: sessions_rx,
+        listed: listed_rx,
     };
     tokio::spawn(link::run(params, feeds, exec, state_tx, shutdown));
     Ok(state_rx)

@@ -61,6 +61,10 @@ pub struct Feeds {
     pub load: watch::Receiver<Option<LoadReport>>,
     /// Current sessions.
     pub sessions: watch::Receiver<Arc<Inventory>>,
+    /// Whether every source has listed its sessions once (or the wait for that is over). Until
+    /// then no inventory is sent: an empty one would tell the broker that every session on the
+    /// host ended. It turns true before a `sessions` change, so that change sends it.
+    pub listed: watch::Receiver<bool>,
 }
 
 /// Where and how to connect.
@@ -301,13 +305,17 @@ async fn once(
     tracing::info!(host = %p.host, broker = %p.broker, "connected to the broker");
     let _ = state.send(LinkState::Up);
 
-    // What this link has told the broker.
-    let mut sent: Arc<Inventory> = feeds.sessions.borrow_and_update().clone();
-    let inventory = AgentMessage::Inventory {
-        sessions: sent.values().cloned().collect(),
-    };
-    if let Err(e) = framed.send(inventory).await {
-        return Ended::Closed(e.to_string());
+    // What this link has told the broker (nothing until every source has listed once).
+    let mut sent: Option<Arc<Inventory>> = None;
+    if *feeds.listed.borrow() {
+        let now = feeds.sessions.borrow_and_update().clone();
+        let inventory = AgentMessage::Inventory {
+            sessions: now.values().cloned().collect(),
+        };
+        if let Err(e) = framed.send(inventory).await {
+            return Ended::Closed(e.to_string());
+        }
+        sent = Some(now);
     }
     let load = feeds.load.borrow_and_update().clone();
     if let Some(l) = load
@@ -345,8 +353,14 @@ async fn once(
                     continue;
                 }
                 let now = feeds.sessions.borrow_and_update().clone();
-                let msgs = changes(&sent, &now);
-                sent = now;
+                let msgs = match &sent {
+                    Some(before) => changes(before, &now),
+                    None if *feeds.listed.borrow() => vec![AgentMessage::Inventory {
+                        sessions: now.values().cloned().collect(),
+                    }],
+                    None => continue,
+                };
+                sent = Some(now);
                 msgs
             }
             Some(m) = results.recv() => vec![m],

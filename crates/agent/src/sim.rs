@@ -261,9 +261,12 @@ pub fn spawn(
                 load_tx.send_replace(Some(report));
             }
         });
+        // Simulated sessions are known from the start.
+        let (_listed_tx, listed) = watch::channel(true);
         let feeds = Feeds {
             load: load_rx,
             sessions: sessions_rx,
+            listed,
         };
         tokio::spawn(link::run(params, feeds, exec, state_tx, shutdown.clone()));
         out.push((h.name, state_rx));

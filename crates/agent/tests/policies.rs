@@ -297,3 +297,66 @@ async fn max_sessions_per_user_refuses_one_more_but_resumes() {
     assert_eq!(e["data"]["at_user_limit"], true, "{e}");
     assert_eq!(e["data"]["user_sessions"], 1, "{e}");
 }
+
+/// An agent restart keeps its host's sessions as they were: the first inventory waits until
+/// the (slow) session source has listed once, so the broker never hears "no sessions" and never
+/// ends and re-adopts a live session under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_keeps_live_sessions_and_their_ids() {
+    let b = BrokerBuilder::new()
+        .agents()
+        .pool(Pool::new("desk").host(Host::new("h1", "127.0.0.55:22")))
+        .start()
+        .await;
+    let source = "kind = \"command\"\nlist = [\"/bin/sh\", \"-c\", \
+        \"sleep 1; echo '{\\\"id\\\":\\\"s1\\\",\\\"user\\\":\\\"alice\\\",\\\"state\\\":\\\"running\\\"}'\"]\n"
+        .to_owned();
+    let find = || async {
+        let v = b.ok("GET", "/api/v1/sessions?user=alice", None).await;
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["backend_id"] == "s1")
+            .map(|s| {
+                (
+                    s["id"].as_u64().unwrap(),
+                    s["state"].as_str().unwrap().to_owned(),
+                )
+            })
+    };
+    let agent = b
+        .spawn_agent(
+            "h1",
+            std::slice::from_ref(&source),
+            Duration::from_millis(500),
+        )
+        .await;
+    let start = Instant::now();
+    let first = loop {
+        if let Some((id, _)) = find().await {
+            break id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "s1 never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(agent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _again = b
+        .spawn_agent("h1", &[source], Duration::from_millis(500))
+        .await;
+    // Across the restart and well past the first listing, s1 keeps its id and never ends.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let now = find().await;
+        assert_eq!(
+            now.as_ref().map(|(id, _)| *id),
+            Some(first),
+            "s1 is still session {first}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -248,7 +248,9 @@ async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
     assert!(body.trim_end().ends_with("-----END RSA PRIVATE KEY-----"));
     let installed = keys_in(&home);
     assert!(
-        installed.starts_with("ssh-rsa AAAA") && installed.contains("switchboard-autologin"),
+        installed.starts_with("expiry-time=\"")
+            && installed.contains("\" ssh-rsa AAAA")
+            && installed.contains("switchboard-autologin"),
         "{installed:?}"
     );
     // Unused, it is gone after autologin_key_ttl (2 s here).
@@ -298,7 +300,11 @@ async fn autologin_keys_are_installed_by_the_agent_and_removed_again() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["selected_session"]["authentication_pubkey"], "ACCEPTED");
     assert!(v["selected_session"].get("key").is_none());
-    assert!(keys_in(&home).starts_with(pubkey), "{}", keys_in(&home));
+    let installed = keys_in(&home);
+    assert!(
+        installed.starts_with("expiry-time=\"") && installed.contains(&format!("\" {pubkey} ")),
+        "{installed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

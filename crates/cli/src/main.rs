@@ -168,6 +168,8 @@ pub(crate) enum AuthkeysOp {
     },
     /// Withdraw the key on standard input.
     Remove,
+    /// Drop the expired Switchboard lines (standard input is not read).
+    Sweep,
 }
 
 #[derive(Debug, Subcommand)]

@@ -76,10 +76,12 @@ pub(crate) fn read_credential_table(
 pub(crate) fn authkeys(op: AuthkeysOp) -> Result<ExitCode> {
     use std::io::Read;
     let mut key = String::new();
-    std::io::stdin()
-        .take(16 * 1024)
-        .read_to_string(&mut key)
-        .context("reading the key from standard input")?;
+    if !matches!(op, AuthkeysOp::Sweep) {
+        std::io::stdin()
+            .take(16 * 1024)
+            .read_to_string(&mut key)
+            .context("reading the key from standard input")?;
+    }
     let key = key.lines().next().unwrap_or_default().trim().to_owned();
     let user = std::env::var("USER").context("USER is not set")?;
     let op = match op {
@@ -87,6 +89,7 @@ pub(crate) fn authkeys(op: AuthkeysOp) -> Result<ExitCode> {
             switchboard_agent::authkeys::KeyOp::Add { key, expires_at_ms }
         }
         AuthkeysOp::Remove => switchboard_agent::authkeys::KeyOp::Remove { key },
+        AuthkeysOp::Sweep => switchboard_agent::authkeys::KeyOp::Sweep,
     };
     let done = runtime()?.block_on(switchboard_agent::authkeys::apply_local(&user, op))?;
     println!("{done}");

@@ -663,7 +663,7 @@ impl X2go {
                     tracing::info!(host, login = %printable(&login), used, "x2go: autologin key removed")
                 }
                 Err(e) => {
-                    tracing::warn!(host, login = %printable(&login), error = %e, "x2go: autologin key not removed now; the agent drops it when it expires")
+                    tracing::warn!(host, login = %printable(&login), error = %e, "x2go: autologin key not removed now; sshd refuses it after its expiry-time and the agent sweeps it")
                 }
             }
         });
