@@ -31,6 +31,8 @@ pub enum AgentError {
 struct Owned {
     sessions: Inventory,
     owner: HashMap<String, usize>,
+    /// Rows the sources skipped in this listing (see `sources::Listing`).
+    skipped: u64,
 }
 
 struct HostExecutor {
@@ -163,11 +165,25 @@ impl Executor for HostExecutor {
 async fn collect(sources: &[Source], previous: &Owned, failing: &mut [bool]) -> Owned {
     let mut out = Owned::default();
     for (i, src) in sources.iter().enumerate() {
-        let listed = match src.list().await {
-            Ok(list) => {
+        let listed = match src.listing().await {
+            Ok(listing) => {
                 if failing[i] {
                     tracing::info!(source = src.kind(), "session source works again");
                     failing[i] = false;
+                }
+                out.skipped += listing.skipped;
+                let mut list = listing.sessions;
+                // Users whose own listing failed keep their last known sessions.
+                if !listing.failed_users.is_empty() {
+                    list.extend(
+                        previous
+                            .owner
+                            .iter()
+                            .filter(|(_, o)| **o == i)
+                            .filter_map(|(id, _)| previous.sessions.get(id))
+                            .filter(|s| listing.failed_users.contains(&s.user))
+                            .cloned(),
+                    );
                 }
                 list
             }
@@ -293,6 +309,7 @@ pub fn spawn(
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
                 let now = collect(&sources, &previous, &mut failing).await;
+                let skipped = now.skipped;
                 let count = u32::try_from(now.sessions.len()).unwrap_or(u32::MAX);
                 let was_listed = *listed_tx.borrow();
                 for (e, f) in ever.iter_mut().zip(&failing) {
@@ -317,7 +334,8 @@ pub fn spawn(
                     continue;
                 }
                 match sampler.sample(count) {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        r.skipped_rows = skipped;
                         load_failing = false;
                         load_tx.send_replace(Some(r));
                     }

@@ -293,6 +293,8 @@ impl LoadSampler {
             psi_memory_some_avg10,
             session_count,
             users,
+            // Filled in by the agent from its latest listing.
+            skipped_rows: 0,
         })
     }
 

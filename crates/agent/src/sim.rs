@@ -139,6 +139,7 @@ impl SimState {
                 .saturating_sub(u64::from(sessions) * 1024 * 1024),
             psi_cpu_some_avg10: Some((self.load * 2.0).min(100.0)),
             psi_memory_some_avg10: Some(0.0),
+            skipped_rows: 0,
             session_count: sessions,
             users: sessions,
         }

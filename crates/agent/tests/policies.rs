@@ -360,3 +360,80 @@ async fn an_agent_restart_keeps_live_sessions_and_their_ids() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `x2golistsessions_root` lists a root session (or any row the agent cannot accept) beside a
+/// user's: the user's session is reported, the row is skipped and counted, and the host's
+/// inventory goes on changing (it used to freeze on the first bad row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unacceptable_x2go_row_is_skipped_and_counted_not_the_whole_listing() {
+    let b = BrokerBuilder::new()
+        .agents()
+        .pool(Pool::new("desk").host(Host::new("h1", "127.0.0.56:22")))
+        .start()
+        .await;
+    let row = |id: &str, user: &str| {
+        format!(
+            "17450|{id}|50|vm|R|2026-11-22T23:20:52|ae0f811ae59da775382e700bd67204bb|127.0.0.1|56826|56827|2026-11-22T23:20:54|{user}|2|56828|-1|-1"
+        )
+    };
+    let list = b.path().join("x2golist");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n{}\n",
+            row("root-50-1795303252_stDXFCE_dp24", "root"),
+            row("alice-51-1795303252_stDXFCE_dp24", "alice")
+        ),
+    )
+    .unwrap();
+    let source = format!(
+        "kind = \"x2go\"\nlist_command = [\"/bin/cat\", {:?}]\n",
+        list.display().to_string()
+    );
+    let _agent = b
+        .spawn_agent("h1", &[source], Duration::from_millis(500))
+        .await;
+    let start = Instant::now();
+    loop {
+        let sessions = b.ok("GET", "/api/v1/sessions?host=h1", None).await;
+        let host = b.ok("GET", "/api/v1/hosts/h1", None).await;
+        let ids: Vec<&str> = sessions["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["backend_id"].as_str())
+            .collect();
+        if ids == ["alice-51-1795303252_stDXFCE_dp24"] && host["load"]["skipped_rows"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{ids:?}, {}",
+            host["load"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The listing is not frozen: a new session of bob's appears.
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n{}\n{}\n",
+            row("root-50-1795303252_stDXFCE_dp24", "root"),
+            row("alice-51-1795303252_stDXFCE_dp24", "alice"),
+            row("bob-52-1795303252_stDXFCE_dp24", "bob")
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let sessions = b.ok("GET", "/api/v1/sessions?user=bob", None).await;
+        if !sessions["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "bob never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -141,6 +141,15 @@ pub fn snapshot(s: &Snapshot) {
             if l.mem_total_kib > 0 {
                 memory.set(l.mem_available_kib as f64 / l.mem_total_kib as f64);
             }
+            // Only hosts that ever skipped a session row export the gauge.
+            if l.skipped_rows > 0 || g.skipped.is_some() {
+                let host = h.name.clone();
+                g.skipped
+                    .get_or_insert_with(
+                        || gauge!("switchboard_host_skipped_session_rows", "host" => host),
+                    )
+                    .set(l.skipped_rows as f64);
+            }
         }
     }
     gauge!("switchboard_agents_connected").set(f64::from(agents));
@@ -154,6 +163,8 @@ struct HostGauges {
     eligible: metrics::Gauge,
     /// load1, CPU utilisation, memory available ratio.
     load: Option<[metrics::Gauge; 3]>,
+    /// Session rows the host's agent skipped in its latest listing.
+    skipped: Option<metrics::Gauge>,
 }
 
 impl HostGauges {
@@ -165,6 +176,7 @@ impl HostGauges {
             weight: gauge!("switchboard_host_weight", "host" => h.clone()),
             eligible: gauge!("switchboard_host_eligible", "host" => h),
             load: None,
+            skipped: None,
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct LoadInfo {
     pub session_count: u32,
     /// Distinct users logged in on the host.
     pub users: u32,
+    /// Session rows the host's sources skipped since its agent started (unacceptable rows,
+    /// users whose listing failed).
+    pub skipped_rows: u64,
     /// When the report arrived (ms since the epoch).
     pub reported_at: Option<u64>,
 }
@@ -136,6 +139,7 @@ pub fn host_info(h: &switchboard_core::state::HostView<'_>) -> HostInfo {
             psi_memory_some_avg10: l.psi_memory_some_avg10,
             session_count: l.session_count,
             users: l.users,
+            skipped_rows: l.skipped_rows,
             reported_at: h.last_report_at.map(|t| t.0),
         }),
         pools: h.pools.iter().map(|p| p.to_string()).collect(),

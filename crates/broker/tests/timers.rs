@@ -39,6 +39,7 @@ fn load() -> LoadReport {
         mem_available_kib: 4 << 20,
         psi_cpu_some_avg10: None,
         psi_memory_some_avg10: None,
+        skipped_rows: 0,
         session_count: 0,
         users: 0,
     }

@@ -46,6 +46,7 @@ fn load(i: usize) -> LoadReport {
         mem_available_kib: 64_000_000 - (i % 32) as u64 * 1_000_000,
         psi_cpu_some_avg10: Some(1.0),
         psi_memory_some_avg10: None,
+        skipped_rows: 0,
         session_count: 100,
         users: 100,
     }

@@ -245,6 +245,15 @@ pub struct LoadReport {
     /// Distinct users logged in on the host (any kind of login, not only Switchboard's sessions).
     #[serde(default)]
     pub users: u32,
+    /// Session rows the host's sources skipped since its agent started: rows it could not
+    /// accept (a root session, an odd user name) and users whose own listing failed. The rest
+    /// of each listing is reported; this says how much was not. (Absent from older agents.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LoadReport {

@@ -30,7 +30,7 @@
 //! in them reach the program unchanged). Exit 0 is success; the trimmed stdout, if any, is the
 //! message returned to the broker. An action that is not configured is refused as unsupported.
 
-use super::{MAX_NAME_LEN, RunLimits, SessionAct, SourceError, display_argv, run_checked};
+use super::{Listing, MAX_NAME_LEN, RunLimits, SessionAct, SourceError, display_argv, run_checked};
 use serde::Deserialize;
 use switchboard_core::model::{ReportedSession, ReportedState};
 
@@ -60,9 +60,20 @@ fn check_field(name: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses the list program's output (see the module documentation).
+/// Parses the list program's output (see the module documentation); the first bad line is an
+/// error naming it.
 pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, SourceError> {
+    let (rows, mut errors) = parse_rows(argv, text);
+    match errors.drain(..).next() {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
+}
+
+/// Like [`parse_list`], but a bad line is skipped: the good rows, and an error per bad line.
+pub fn parse_rows(argv: &str, text: &str) -> (Vec<ReportedSession>, Vec<SourceError>) {
     let mut out = Vec::new();
+    let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -72,9 +83,17 @@ pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, Source
             line: i + 1,
             detail,
         };
-        let l: Line = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
-        check_field("id", &l.id).map_err(err)?;
-        check_field("user", &l.user).map_err(err)?;
+        let l: Line = match serde_json::from_str(line) {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(err(e.to_string()));
+                continue;
+            }
+        };
+        if let Err(e) = check_field("id", &l.id).and_then(|()| check_field("user", &l.user)) {
+            errors.push(err(e));
+            continue;
+        }
         out.push(ReportedSession {
             backend_id: l.id,
             user: l.user,
@@ -86,15 +105,20 @@ pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, Source
             info: None,
         });
     }
-    Ok(out)
+    (out, errors)
 }
 
-pub(super) async fn list(
-    argv: &[String],
-    limits: &RunLimits,
-) -> Result<Vec<ReportedSession>, SourceError> {
+pub(super) async fn list(argv: &[String], limits: &RunLimits) -> Result<Listing, SourceError> {
     let text = run_checked(argv, limits).await?;
-    parse_list(&display_argv(argv), &text)
+    let (sessions, errors) = parse_rows(&display_argv(argv), &text);
+    for e in &errors {
+        super::note_skipped("command", e);
+    }
+    Ok(Listing {
+        sessions,
+        skipped: errors.len() as u64,
+        failed_users: Vec::new(),
+    })
 }
 
 /// The configured argument vector with the session's id and user appended.

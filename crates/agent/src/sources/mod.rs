@@ -543,6 +543,36 @@ async fn read_tail(mut r: impl AsyncRead + Unpin, keep: usize) -> std::io::Resul
 /// Checks a user name before it goes into a command line (as `sudo -u` or an argument): non-empty,
 /// at most [`MAX_NAME_LEN`] bytes, no control characters or whitespace, not starting with `-`
 /// (an option), `#` (a sudo uid) or `%`/`+` (sudo groups), and not root.
+/// One listing of a source: one row that cannot be accepted (a root session, an odd user name,
+/// a malformed line) or one user whose own listing failed never costs the host its whole
+/// inventory. Such rows are skipped and counted; a failed user's last known sessions are kept.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The sessions listed.
+    pub sessions: Vec<ReportedSession>,
+    /// Rows skipped, and users whose listing failed.
+    pub skipped: u64,
+    /// Users whose own listing failed (their last known sessions stand).
+    pub failed_users: Vec<String>,
+}
+
+/// Logs a skipped row once per distinct reason (a root session is skipped at every listing).
+pub(crate) fn note_skipped(source: &str, e: &SourceError) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let msg = e.to_string();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.len() < 1000 && seen.insert(msg.clone()) {
+        tracing::warn!(source, error = %msg, "session row skipped (the rest of the listing is reported)");
+    } else {
+        tracing::debug!(source, error = %msg, "session row skipped");
+    }
+}
+
 pub fn check_user(user: &str) -> Result<(), SourceError> {
     let bad = |why: &str| Err(SourceError::Invalid(format!("user name {user:?} {why}")));
     if user.is_empty() || user.len() > MAX_NAME_LEN {
@@ -597,6 +627,15 @@ impl Source {
 
     /// The sessions on this host now.
     pub async fn list(&self) -> Result<Vec<ReportedSession>, SourceError> {
+        self.listing().await.map(|l| l.sessions)
+    }
+
+    /// Lists the sessions, skipping what cannot be reported (see [`Listing`]).
+    pub async fn listing(&self) -> Result<Listing, SourceError> {
+        let whole = |sessions| Listing {
+            sessions,
+            ..Listing::default()
+        };
         match &self.cfg {
             SourceConfig::X2go { list_command, .. } => x2go::list(list_command, &self.limits).await,
             SourceConfig::Logind {
@@ -610,7 +649,9 @@ impl Source {
                     types: session_types,
                     require_seat_or_remote: *require_seat_or_remote,
                 };
-                logind::list(loginctl, &filter, &self.limits).await
+                logind::list(loginctl, &filter, &self.limits)
+                    .await
+                    .map(whole)
             }
             SourceConfig::Xpra {
                 xpra,

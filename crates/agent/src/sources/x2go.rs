@@ -20,8 +20,8 @@
 //! x2gostartagent generates (`[A-Za-z0-9._@-]`, not starting with `-`).
 
 use super::{
-    MAX_NAME_LEN, RunLimits, SessionAct, SourceError, check_user, display_argv, failed, run,
-    run_checked,
+    Listing, MAX_NAME_LEN, RunLimits, SessionAct, SourceError, check_user, display_argv, failed,
+    run, run_checked,
 };
 use switchboard_core::model::{ReportedSession, ReportedState};
 
@@ -46,7 +46,17 @@ pub const MAX_INFO: usize = 1024;
 /// Parses the output of `x2golistsessions_root` (or `x2golistsessions`). Empty lines are skipped;
 /// a line with fewer than 12 fields, or an empty or unsafe id or user, is an error naming the line.
 pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, SourceError> {
+    let (rows, mut errors) = parse_rows(argv, text);
+    match errors.drain(..).next() {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
+}
+
+/// Like [`parse_list`], but a bad line is skipped: the good rows, and an error per bad line.
+pub fn parse_rows(argv: &str, text: &str) -> (Vec<ReportedSession>, Vec<SourceError>) {
     let mut out = Vec::new();
+    let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() {
@@ -59,14 +69,17 @@ pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, Source
         };
         let fields: Vec<&str> = line.split('|').collect();
         if fields.len() < 12 {
-            return Err(err(format!(
+            errors.push(err(format!(
                 "expected at least 12 '|'-separated fields, found {}",
                 fields.len()
             )));
+            continue;
         }
         let (id, state, user) = (fields[1], fields[4], fields[11]);
-        check_session_id(id).map_err(|e| err(e.to_string()))?;
-        check_user(user).map_err(|e| err(e.to_string()))?;
+        if let Err(e) = check_session_id(id).and_then(|()| check_user(user)) {
+            errors.push(err(e.to_string()));
+            continue;
+        }
         let state = match state {
             "R" => ReportedState::Running,
             "S" => ReportedState::Disconnected,
@@ -82,7 +95,7 @@ pub fn parse_list(argv: &str, text: &str) -> Result<Vec<ReportedSession>, Source
                 .then(|| line.to_owned()),
         });
     }
-    Ok(out)
+    (out, errors)
 }
 
 /// Checks an X2Go session id: non-empty, at most [`MAX_NAME_LEN`] bytes, only the characters
@@ -103,12 +116,17 @@ pub fn check_session_id(id: &str) -> Result<(), SourceError> {
     }
 }
 
-pub(super) async fn list(
-    argv: &[String],
-    limits: &RunLimits,
-) -> Result<Vec<ReportedSession>, SourceError> {
+pub(super) async fn list(argv: &[String], limits: &RunLimits) -> Result<Listing, SourceError> {
     let text = run_checked(argv, limits).await?;
-    parse_list(&display_argv(argv), &text)
+    let (sessions, errors) = parse_rows(&display_argv(argv), &text);
+    for e in &errors {
+        super::note_skipped("x2go", e);
+    }
+    Ok(Listing {
+        sessions,
+        skipped: errors.len() as u64,
+        failed_users: Vec::new(),
+    })
 }
 
 /// Programs the actions use.

@@ -26,7 +26,7 @@
 //! host), so a listing costs one `list` per user and one `info` per server.
 
 use super::{
-    RunLimits, SessionAct, SourceError, check_user, display_argv, failed, run, run_checked,
+    Listing, RunLimits, SessionAct, SourceError, check_user, display_argv, failed, run, run_checked,
 };
 use std::time::Duration;
 use switchboard_core::model::{ReportedSession, ReportedState};
@@ -176,11 +176,13 @@ pub(super) async fn list(
     xpra: &str,
     users: &[String],
     limits: &RunLimits,
-) -> Result<Vec<ReportedSession>, SourceError> {
+) -> Result<Listing, SourceError> {
     let mut out = Vec::new();
+    let mut listing = Listing::default();
     for user in users {
         if let Err(e) = check_user(user) {
-            tracing::warn!(error = %e, "xpra source: skipping user");
+            super::note_skipped("xpra", &e);
+            listing.skipped += 1;
             continue;
         }
         let argv = as_user(sudo, user, xpra, &["list"]);
@@ -188,7 +190,17 @@ pub(super) async fn list(
             timeout: limits.timeout.max(LIST_TIMEOUT),
             ..*limits
         };
-        let text = run_checked(&argv, &list_limits).await?;
+        // One user's failing `xpra list` (a hung home, a broken ~/.xpra) costs that user's
+        // listing only: their last known sessions stand.
+        let text = match run_checked(&argv, &list_limits).await {
+            Ok(t) => t,
+            Err(e) => {
+                super::note_skipped("xpra", &e);
+                listing.skipped += 1;
+                listing.failed_users.push(user.clone());
+                continue;
+            }
+        };
         for display in parse_list(&text) {
             let info_argv = as_user(sudo, user, xpra, &["info", &display]);
             let attachment = match run_checked(&info_argv, limits).await {
@@ -214,7 +226,8 @@ pub(super) async fn list(
             });
         }
     }
-    Ok(out)
+    listing.sessions = out;
+    Ok(listing)
 }
 
 /// The argument vector for `act` on `session`.

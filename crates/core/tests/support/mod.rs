@@ -37,6 +37,7 @@ pub fn report(load1: f64, util: f64, avail_frac: f64) -> LoadReport {
         mem_available_kib: (16_000_000.0 * avail_frac) as u64,
         psi_cpu_some_avg10: None,
         psi_memory_some_avg10: None,
+        skipped_rows: 0,
         session_count: 0,
         users: 0,
     }
