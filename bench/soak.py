@@ -93,6 +93,7 @@ class Stats:
 
 
 STATS = Stats()
+CHILDREN = []
 
 
 def request(port, method, path, token=None, body=None, form=None, timeout=10):
@@ -133,6 +134,7 @@ class Broker:
     def start(self):
         self.proc = subprocess.Popen([BIN, "broker", "--config", self.cfg], stderr=self.log,
                                      env=dict(os.environ, RUST_LOG="warn"))
+        CHILDREN.append(self.proc)
 
     def wait_ready(self, limit=60):
         t0 = time.time()
@@ -287,8 +289,10 @@ def main():
     agent_log = open(os.path.join(work, "agents.log"), "w")
 
     def start_agents():
-        return subprocess.Popen([BIN, "agent", "--config", agent_cfg, "--simulate", str(HOSTS)],
-                                stderr=agent_log, env=dict(os.environ, RUST_LOG="warn"))
+        p = subprocess.Popen([BIN, "agent", "--config", agent_cfg, "--simulate", str(HOSTS)],
+                             stderr=agent_log, env=dict(os.environ, RUST_LOG="warn"))
+        CHILDREN.append(p)
+        return p
 
     agents = start_agents()
     time.sleep(3)
@@ -323,8 +327,11 @@ def main():
                     "BEGIN; LOCK TABLE sessions, host_state, audit IN ACCESS EXCLUSIVE MODE; "
                     "SELECT pg_sleep(8); COMMIT;",)).start()
             elif kind == "pg-restart":
-                subprocess.run(PG_CTL + ["-D", PG_DATA, "-m", "fast", "-w", "restart"],
-                               capture_output=True, timeout=120)
+                # The server must not inherit a pipe of ours: its log goes to a file.
+                subprocess.run(PG_CTL + ["-D", PG_DATA,
+                                         "-l", os.path.join(os.path.dirname(PG_DATA), "log"),
+                                         "-m", "fast", "-w", "restart"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
             else:
                 threading.Thread(target=slowloris, args=(port,)).start()
         while time.time() < end:
@@ -378,4 +385,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Nothing of ours outlives the soak, whatever ended it.
+        for p in CHILDREN:
+            if p.poll() is None:
+                p.kill()
