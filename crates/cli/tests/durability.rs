@@ -5,7 +5,6 @@
 #![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,47 +16,16 @@ const MUTATIONS: usize = 1000;
 const KILL_AFTER: usize = 450;
 
 use switchboard_testkit::free_port;
+use switchboard_testkit::process::RealBroker;
 
-struct Broker {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Broker {
-    /// A failing test must not leave a broker running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(config: &std::path::Path, port: u16, log: &std::path::Path) -> Broker {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["broker", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Broker {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn wait_ready(client: &reqwest::Client, b: &mut Broker) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{}/readyz", b.base)).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        if let Some(status) = b.child.try_wait().unwrap() {
-            panic!("broker exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "broker not ready in 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+fn spawn(config: &std::path::Path, port: u16, log: &std::path::Path) -> RealBroker {
+    RealBroker::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_switchboard")),
+        config,
+        port,
+        log,
+        None,
+    )
 }
 
 /// One client's mutation and whether the broker acknowledged it.
@@ -187,7 +155,7 @@ async fn kill_mid_stream(kind: Kind) {
     let dir = &files.dir;
     let client = switchboard_testkit::http_client();
     let mut b = spawn(&config_path, port, &dir.path().join("first.log"));
-    wait_ready(&client, &mut b).await;
+    b.wait_ready(&client).await;
 
     let acked = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -222,7 +190,7 @@ async fn kill_mid_stream(kind: Kind) {
     );
 
     let mut b = spawn(&config_path, port, &dir.path().join("second.log"));
-    wait_ready(&client, &mut b).await;
+    b.wait_ready(&client).await;
     let get = |path: String| {
         let c = client.clone();
         let t = token.clone();

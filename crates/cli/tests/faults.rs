@@ -1,69 +1,27 @@
-//! Faults and hostile peers against the real `switchboard broker`: connections held open for
-//! free, a store that goes away (SQLite locked by another process, a PostgreSQL server of the
-//! test's own stopped and started under load). Each test says what the broker must keep doing.
+//! Hostile peers against the real `switchboard broker`: connections held open for free, from
+//! many addresses and from one, with the descriptor limit a unit file gives. Each test says what
+//! the broker must keep doing. (The store's faults are in `crates/broker/tests/outage.rs`; all
+//! of them mixed, for minutes, in `bench/soak.sh`.)
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
-#![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_testkit::broker::{BrokerBuilder, Pool, TestBroker};
 use switchboard_testkit::free_port;
+use switchboard_testkit::process::RealBroker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// The real broker, killed when the test ends.
-struct Broker {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs `switchboard broker` on the files of `b`, with its descriptor limit (soft and hard) at
 /// `nofile` when given, as a unit file's `LimitNOFILE=` would set it.
-fn spawn(b: &TestBroker, port: u16, nofile: Option<u64>, log: &str) -> Broker {
-    let bin = env!("CARGO_BIN_EXE_switchboard");
-    let config = b.config_path();
-    let mut cmd = match nofile {
-        Some(n) => {
-            let mut c = Command::new("prlimit");
-            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let child = cmd
-        .args(["broker", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(b.path().join(log)).unwrap())
-        .spawn()
-        .unwrap();
-    Broker {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn wait_ready(client: &reqwest::Client, b: &mut Broker) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{}/readyz", b.base)).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        if let Some(status) = b.child.try_wait().unwrap() {
-            panic!("broker exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "broker not ready in 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+fn spawn(b: &TestBroker, port: u16, nofile: Option<u64>, log: &str) -> RealBroker {
+    RealBroker::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_switchboard")),
+        &b.config_path(),
+        port,
+        &b.path().join(log),
+        nofile,
+    )
 }
 
 /// Raises this test process's own descriptor limit (it opens more than a thousand sockets).
@@ -103,7 +61,7 @@ async fn closed(c: &mut TcpStream) -> bool {
 
 /// The checks an operator makes while the listener is under attack: `/healthz`, the REST API
 /// with a token, and `ctl` on the management socket, each answering within 5 s.
-async fn still_answering(b: &TestBroker, broker: &Broker, client: &reqwest::Client) {
+async fn still_answering(b: &TestBroker, broker: &RealBroker, client: &reqwest::Client) {
     let health = client
         .get(format!("{}/healthz", broker.base))
         .timeout(Duration::from_secs(5))
@@ -156,7 +114,7 @@ async fn half_open_connections_from_many_addresses_leave_healthz_the_api_and_ctl
     let b = broker_files(port).await;
     let client = switchboard_testkit::http_client();
     let mut broker = spawn(&b, port, Some(1024), "broker.log");
-    wait_ready(&client, &mut broker).await;
+    broker.wait_ready(&client).await;
     let to = SocketAddr::from(([127, 0, 0, 1], port));
     let mut held = Vec::new();
     for i in 0..1100u32 {
@@ -192,7 +150,7 @@ async fn one_address_is_held_to_its_per_source_cap() {
     let b = broker_files(port).await;
     let client = switchboard_testkit::http_client();
     let mut broker = spawn(&b, port, None, "broker.log");
-    wait_ready(&client, &mut broker).await;
+    broker.wait_ready(&client).await;
     let to = SocketAddr::from(([127, 0, 0, 1], port));
     let attacker = IpAddr::V4(Ipv4Addr::new(127, 2, 0, 1));
     let mut held = Vec::new();

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod ipvs;
 pub mod kubeapi;
 pub mod layers;
+pub mod process;
 pub mod store;
 
 /// Installs rustls' ring provider for the process (reqwest is built without one, so that the
