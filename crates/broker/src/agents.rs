@@ -628,9 +628,10 @@ impl AgentHub {
         if let Err(e) = self
             .inner
             .engine
-            .apply(Command::AgentConnected {
+            .apply(Command::AgentAuthenticated {
                 host: host.to_string(),
                 report_interval: interval,
+                credential: hash.clone(),
             })
             .await
         {

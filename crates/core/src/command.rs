@@ -131,6 +131,19 @@ pub enum Command {
         #[serde(with = "crate::config::serde_duration")]
         report_interval: Duration,
     },
+    /// An agent authenticated with the credential whose hash is `credential` and linked: as
+    /// [`Command::AgentConnected`], but refused (changing nothing) unless that is still the
+    /// host's credential. The check and the change are one step, so a revocation or a new
+    /// enrolment that lands while the link is set up can never leave the host `up`.
+    AgentAuthenticated {
+        /// Host name.
+        host: String,
+        /// How often it will report.
+        #[serde(with = "crate::config::serde_duration")]
+        report_interval: Duration,
+        /// SHA-256 (hex) of the credential the agent presented.
+        credential: String,
+    },
     /// A host's agent link was lost (or missed its reports).
     AgentLost {
         /// Host name.

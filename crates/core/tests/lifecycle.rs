@@ -8,7 +8,8 @@ use support::*;
 use switchboard_core::event::ReservationEnd;
 use switchboard_core::model::{ReportedState, SessionRecord};
 use switchboard_core::{
-    AdminState, Command, CoreError, Event, Millis, Policy, SessionId, SessionState, Settings,
+    AdminState, Command, CoreError, Event, Health, Millis, Policy, SessionId, SessionState,
+    Settings,
 };
 
 fn agent_cluster() -> Cluster {
@@ -563,4 +564,44 @@ fn a_revoked_or_replaced_credential_makes_its_host_unplaceable_at_once() {
         });
     }
     c.reserve("bob", "p");
+}
+
+/// An agent links with the credential it was admitted with; if that credential was revoked or
+/// replaced meanwhile, the link is refused by the engine itself and the host stays as the
+/// revocation left it (never `up` again on a stale credential).
+#[test]
+fn an_agent_that_authenticated_with_a_revoked_credential_never_brings_its_host_up() {
+    let mut c = Cluster::new();
+    c.add_agent_host("h1", 1);
+    c.apply(Command::IssueCredential {
+        host: "h1".into(),
+        hash: "a".repeat(64),
+    });
+    // Re-enrolled (the old credential replaced) while the old agent's link was being set up.
+    c.apply(Command::IssueCredential {
+        host: "h1".into(),
+        hash: "b".repeat(64),
+    });
+    let stale = Command::AgentAuthenticated {
+        host: "h1".into(),
+        report_interval: Duration::from_secs(3),
+        credential: "a".repeat(64),
+    };
+    assert!(c.try_apply(stale).is_err());
+    assert_ne!(c.state.host("h1").unwrap().health, Health::Up);
+    c.apply(Command::AgentAuthenticated {
+        host: "h1".into(),
+        report_interval: Duration::from_secs(3),
+        credential: "b".repeat(64),
+    });
+    assert_eq!(c.state.host("h1").unwrap().health, Health::Up);
+    // Revoked: no credential at all, so no link comes up.
+    c.apply(Command::RevokeCredential { host: "h1".into() });
+    let revoked = Command::AgentAuthenticated {
+        host: "h1".into(),
+        report_interval: Duration::from_secs(3),
+        credential: "b".repeat(64),
+    };
+    assert!(c.try_apply(revoked).is_err());
+    assert_ne!(c.state.host("h1").unwrap().health, Health::Up);
 }

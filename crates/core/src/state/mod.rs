@@ -206,6 +206,20 @@ impl ClusterState {
                 host,
                 report_interval,
             } => self.agent_connected(&host, report_interval, &mut events),
+            Command::AgentAuthenticated {
+                host,
+                report_interval,
+                credential,
+            } => {
+                if self.credentials.get(host.as_str()).map(|h| &**h) != Some(credential.as_str()) {
+                    Err(CoreError::Invalid {
+                        field: "credential",
+                        reason: format!("host {host:?}'s credential was revoked or replaced"),
+                    })
+                } else {
+                    self.agent_connected(&host, report_interval, &mut events)
+                }
+            }
             Command::AgentLost { host } => self.host_lost(&host, true, &mut events),
             Command::ReportProbe { host, ok } => self.report_probe(&host, ok, &mut events),
             Command::RestoreSession(record) => self.restore_session(record),
