@@ -46,6 +46,7 @@ async fn store_outage_gives_503_and_the_broker_recovers_when_it_returns() {
         .call("PUT", "/api/v1/hosts/h2/weight", Some(json!({"weight": 3})))
         .await;
     assert_eq!(again.0, 503, "{}", again.1);
+    let asked = Instant::now();
     let ready = b
         .client
         .get(format!("{}/readyz", b.base))
@@ -53,6 +54,11 @@ async fn store_outage_gives_503_and_the_broker_recovers_when_it_returns() {
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "/readyz answers within its bound while the store is away ({:?})",
+        asked.elapsed()
+    );
 
     admin(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true")).await;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1151,8 +1151,13 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
+    // Answered within 2 s whatever the store does (a health checker must not hang on it): not
+    // ready at once while the engine rebuilds, and a ping that takes longer counts as down.
     let engine_ready = app.engine.snapshot().ready;
-    let store_ready = app.store.ping().await.is_ok();
+    let store_ready = engine_ready
+        && tokio::time::timeout(std::time::Duration::from_secs(2), app.store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
     if engine_ready && store_ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
