@@ -700,6 +700,50 @@ esac
     assert!(sudo_log.starts_with("-n\n-u\nsbxpra\n--\n"), "{sudo_log}");
 }
 
+/// One user's `xpra list` fails (a hung home, a broken ~/.xpra): that user is skipped, counted
+/// and named so that the agent keeps their last known sessions, and every other user's sessions
+/// are still listed (one failing user used to fail the whole source).
+#[tokio::test]
+async fn one_users_failing_xpra_list_costs_that_user_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sudo stand-in that tells the program whose it is running as.
+    let sudo = script(
+        dir.path(),
+        "sudo",
+        "#!/bin/sh\n[ \"$1\" = \"-n\" ] && [ \"$2\" = \"-u\" ] && [ \"$4\" = \"--\" ] || exit 9\n\
+         SB_USER=\"$3\"; export SB_USER; shift 4\nexec \"$@\"\n",
+    );
+    let f = fixtures();
+    let body = format!(
+        r#"#!/bin/sh
+if [ "$SB_USER" = broken ]; then echo "cannot access /home/broken/.xpra" >&2; exit 1; fi
+case "$1 $2" in
+  "list ") cat {list} ;;
+  "info :100") cat {attached} ;;
+  *) echo "unexpected: $*" >&2; exit 1 ;;
+esac
+"#,
+        list = f.join("xpra-list-user.txt").display(),
+        attached = f.join("xpra-info-attached.txt").display(),
+    );
+    let xpra_bin = script(dir.path(), "xpra", &body);
+    let src = Source::new(SourceConfig::Xpra {
+        xpra: xpra_bin,
+        sudo,
+        pkill: s("/bin/false"),
+        users: Some(vec![s("broken"), s("sbxpra")]),
+        runtime_dir: s("/nonexistent"),
+        getent: s("getent"),
+    });
+    let listing = src.listing().await.unwrap();
+    assert_eq!(
+        listing.sessions,
+        vec![session(":100", "sbxpra", ReportedState::Running, Some(7))]
+    );
+    assert_eq!(listing.skipped, 1);
+    assert_eq!(listing.failed_users, ["broken"]);
+}
+
 #[tokio::test]
 async fn xpra_runtime_dir_discovery() {
     let dir = tempfile::tempdir().unwrap();
