@@ -365,3 +365,61 @@ pub fn spawn(
     tokio::spawn(link::run(params, feeds, exec, state_tx, shutdown));
     Ok(state_rx)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::sources::SourceConfig;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &std::path::Path, name: &str, body: &str) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+
+    /// A user whose own listing starts failing keeps the sessions last listed for them (the
+    /// broker must not hear that they ended), and the others' are listed as usual.
+    #[tokio::test]
+    async fn a_user_whose_listing_fails_keeps_their_last_known_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sudo = script(
+            d,
+            "sudo",
+            "#!/bin/sh\nSB_USER=\"$3\"; export SB_USER; shift 4\nexec \"$@\"\n",
+        );
+        let xpra = script(
+            d,
+            "xpra",
+            &format!(
+                "#!/bin/sh\n[ \"$1\" = list ] || exit 1\n\
+                 if [ \"$SB_USER\" = broken ] && [ -e {fail:?} ]; then exit 1; fi\n\
+                 n=100; [ \"$SB_USER\" = broken ] && n=200\n\
+                 printf 'Found the following xpra sessions:\\n/home/%s/.xpra:\\n\\tLIVE session at :%s\\n' \"$SB_USER\" \"$n\"\n",
+                fail = d.join("fail").display().to_string()
+            ),
+        );
+        let sources = vec![Source::new(SourceConfig::Xpra {
+            xpra,
+            sudo,
+            pkill: "/bin/false".into(),
+            users: Some(vec!["broken".into(), "sbxpra".into()]),
+            runtime_dir: "/nonexistent".into(),
+            getent: "getent".into(),
+        })];
+        let mut failing = vec![false];
+        let first = collect(&sources, &Owned::default(), &mut failing).await;
+        let ids = |o: &Owned| o.sessions.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(ids(&first), [":100", ":200"]);
+        assert_eq!(first.skipped, 0);
+        std::fs::write(d.join("fail"), "").unwrap();
+        let second = collect(&sources, &first, &mut failing).await;
+        assert_eq!(ids(&second), [":100", ":200"], "broken's session stands");
+        assert_eq!(second.sessions[":200"].user, "broken");
+        assert_eq!(second.skipped, 1);
+        assert!(!failing[0], "the source as a whole did not fail");
+    }
+}
