@@ -693,7 +693,12 @@ async fn start_kube_session(
                     .json_data(&p)
                     .map_err(axum::Error::new)
             });
-        audit(&app, &actor, "start pod", &target, &Ok(())).await;
+        // Audited beside the stream, not before it: the first progress events must not wait
+        // for the audit writer's commit (a fast start would be seen only as `ready`).
+        let (app, actor, target) = (app.clone(), actor.clone(), target.clone());
+        tokio::spawn(async move {
+            audit(&app, &actor, "start pod", &target, &Ok(())).await;
+        });
         return Ok(Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
             .into_response());
