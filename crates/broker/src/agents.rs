@@ -644,25 +644,9 @@ impl AgentHub {
             self.unlink(&host, conn);
             return;
         }
-        // A revocation or re-enrolment between the check and the registration above would have
-        // found no link to drop: check again now that the link is registered.
-        let h = host.clone();
-        let still = self
-            .inner
-            .engine
-            .query(move |s| s.credential(&h).map(str::to_owned))
-            .await
-            .ok()
-            .flatten();
-        if still.as_deref() != Some(hash.as_str()) {
-            let _ = framed
-                .send(BrokerMessage::Refused {
-                    reason: format!("credential rejected for host {host:?}"),
-                })
-                .await;
-            self.unlink(&host, conn);
-            return;
-        }
+        // A revocation or re-enrolment between the check at the hello and the registration is
+        // refused by the engine itself (`AgentAuthenticated` checks the credential in the same
+        // step); one after it finds the registered link and drops it.
         if framed
             .send(BrokerMessage::Welcome {
                 version,
