@@ -4,13 +4,18 @@
 //! of them mixed, for minutes, in `bench/soak.sh`.)
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use switchboard_testkit::broker::{BrokerBuilder, Pool, TestBroker};
+use switchboard_testkit::broker::{BrokerBuilder, Host, Pool, TestBroker};
 use switchboard_testkit::free_port;
 use switchboard_testkit::process::RealBroker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 
 /// Runs `switchboard broker` on the files of `b`, with its descriptor limit (soft and hard) at
 /// `nofile` when given, as a unit file's `LimitNOFILE=` would set it.
@@ -167,4 +172,215 @@ async fn one_address_is_held_to_its_per_source_cap() {
     let mut more = half_open(attacker, to).await.unwrap();
     assert!(closed(&mut more).await, "and new ones from it still are");
     still_answering(&b, &broker, &client).await;
+}
+
+/// A child process (an agent, a namespace holder), killed when the test ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Enrolls `host` over REST and runs a real `switchboard agent` for it, reporting every
+/// `interval` and listing the sessions in `sessions` (one JSON object a line, read by `cat`).
+async fn real_agent(b: &TestBroker, host: &str, interval: &str, sessions: &Path) -> Killed {
+    let (status, enrolled) = b
+        .call("POST", &format!("/api/v1/hosts/{host}/credentials"), None)
+        .await;
+    assert_eq!(status, 201, "{enrolled}");
+    let credential = b.path().join(format!("{host}.credential"));
+    std::fs::write(&credential, enrolled["credential"].as_str().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ca = b.path().join("tls").join(switchboard_broker::pki::CA_CERT);
+    let config = b.path().join(format!("{host}.agent.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "broker = \"127.0.0.1:{}\"\nca = {:?}\ncredential_file = {:?}\nhost = {host:?}\n\
+             report_interval = {interval:?}\n[[source]]\nkind = \"command\"\n\
+             list = [\"/bin/cat\", {:?}]\n",
+            b.agent_port(),
+            ca.display().to_string(),
+            credential.display().to_string(),
+            sessions.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(b.path().join(format!("{host}.agent.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
+/// Waits until `host` is `up` and placeable; how long that took (fails after `within`).
+async fn placeable(b: &TestBroker, host: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = b
+            .client
+            .get(format!("{}/api/v1/hosts/{host}", b.base))
+            .bearer_auth(&b.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let h: Value = match r {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        if h["health"] == "up" && h["excluded"].is_null() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{host} not placeable after {within:?}: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The live sessions on `host`: backend id → (session id, user, state).
+async fn sessions_on(b: &TestBroker, host: &str) -> BTreeMap<String, (u64, String, String)> {
+    let page = b
+        .ok(
+            "GET",
+            &format!("/api/v1/sessions?host={host}&limit=1000"),
+            None,
+        )
+        .await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["backend_id"].as_str().unwrap_or("-").to_owned(),
+                (
+                    s["id"].as_u64().unwrap(),
+                    s["user"].as_str().unwrap().to_owned(),
+                    s["state"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the sessions on `host` are those `check` accepts (at most `within`).
+async fn wait_sessions(
+    b: &TestBroker,
+    host: &str,
+    within: Duration,
+    check: impl Fn(&BTreeMap<String, (u64, String, String)>) -> bool,
+) -> BTreeMap<String, (u64, String, String)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = sessions_on(b, host).await;
+        if check(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "sessions on {host} now: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One line of the agent's session list.
+fn listed(id: &str, user: &str) -> String {
+    format!("{{\"id\": \"{id}\", \"user\": \"{user}\", \"state\": \"running\"}}\n")
+}
+
+/// The broker is SIGKILLed and started again on the same store and ports while a real
+/// `switchboard agent` is linked to it. The agent links again by itself, and within a few report
+/// intervals the host is `up` and takes placements; the sessions it reports keep their ids (none
+/// is ended and adopted anew), and nothing acknowledged before the kill is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_and_restart_the_agent_relinks_and_its_sessions_keep_their_ids() {
+    let port = free_port();
+    let b = BrokerBuilder::new()
+        .http_port(port)
+        .agents()
+        .pool(Pool::new("desktops").host(Host::new("h1", "127.0.0.54:22")))
+        .write()
+        .await;
+    let mut broker = spawn(&b, port, None, "first.log");
+    broker.wait_ready(&b.client).await;
+    let list = b.path().join("sessions.jsonl");
+    std::fs::write(&list, "").unwrap();
+    let mut agent = real_agent(&b, "h1", "1s", &list).await;
+    placeable(&b, "h1", Duration::from_secs(15)).await;
+
+    // alice is placed and her session confirmed by the agent's report; bob's is adopted.
+    let alice = b
+        .ok(
+            "POST",
+            "/api/v1/sessions",
+            Some(json!({"user": "alice", "pool": "desktops"})),
+        )
+        .await;
+    assert_eq!(alice["host"], "h1", "{alice}");
+    let alice = alice["id"].as_u64().unwrap();
+    std::fs::write(
+        &list,
+        format!("{}{}", listed("x-alice", "alice"), listed("x-bob", "bob")),
+    )
+    .unwrap();
+    let before = wait_sessions(&b, "h1", Duration::from_secs(10), |s| {
+        s.len() == 2 && s.values().all(|(_, _, state)| state == "running")
+    })
+    .await;
+    assert_eq!(before["x-alice"].0, alice, "{before:?}");
+    b.ok(
+        "PUT",
+        "/api/v1/hosts/h1/weight",
+        Some(json!({"weight": 42})),
+    )
+    .await;
+
+    broker.child.kill().unwrap(); // SIGKILL
+    broker.child.wait().unwrap();
+    drop(broker);
+    let mut broker = spawn(&b, port, None, "second.log");
+    broker.wait_ready(&b.client).await;
+    // The agent backs off 0.5 s, 1 s, 2 s... between attempts: a few report intervals at most.
+    let took = placeable(&b, "h1", Duration::from_secs(10)).await;
+    let carol = b
+        .ok(
+            "POST",
+            "/api/v1/sessions",
+            Some(json!({"user": "carol", "pool": "desktops"})),
+        )
+        .await;
+    assert_eq!(carol["host"], "h1", "{carol}");
+    let carol = carol["id"].as_u64().unwrap();
+    std::fs::write(
+        &list,
+        format!(
+            "{}{}{}",
+            listed("x-alice", "alice"),
+            listed("x-bob", "bob"),
+            listed("x-carol", "carol")
+        ),
+    )
+    .unwrap();
+    let after = wait_sessions(&b, "h1", Duration::from_secs(10), |s| {
+        s.len() == 3 && s.values().all(|(_, _, state)| state == "running")
+    })
+    .await;
+    // The same sessions under the same ids, and carol's reservation confirmed.
+    for k in ["x-alice", "x-bob"] {
+        assert_eq!(after[k], before[k], "{k}: {before:?} then {after:?}");
+    }
+    assert_eq!(after["x-carol"].0, carol, "{after:?}");
+    assert_eq!(b.ok("GET", "/api/v1/hosts/h1", None).await["weight"], 42);
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent kept running"
+    );
+    assert!(broker.child.try_wait().unwrap().is_none());
+    eprintln!("h1 placeable {took:?} after the restarted broker was ready");
 }
