@@ -384,3 +384,175 @@ async fn after_a_sigkill_and_restart_the_agent_relinks_and_its_sessions_keep_the
     assert!(broker.child.try_wait().unwrap().is_none());
     eprintln!("h1 placeable {took:?} after the restarted broker was ready");
 }
+
+/// X2Go profiles for the flood: one desktop on loopback.
+const PROFILES: &str = "\
+[DEFAULT]
+broker-agent-query-mode=NONE
+broker-portscan-x2goservers=false
+usebrokerpass=true
+
+[desk]
+name=Desk
+host=vm (127.0.0.1)
+command=XFCE
+";
+
+/// The AUTHID on the first line of an X2Go plain reply.
+fn authid(body: &str) -> String {
+    body.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("AUTHID:"))
+        .unwrap_or_else(|| panic!("no AUTHID in {body:?}"))
+        .to_owned()
+}
+
+/// One signed-in X2Go client at `from` sending `events` client events down its AUTHID chain as
+/// fast as they are answered; returns how many were answered 200.
+async fn flood_from(
+    base: String,
+    from: IpAddr,
+    user: &str,
+    password: &str,
+    events: usize,
+) -> usize {
+    switchboard_testkit::install_crypto();
+    let client = reqwest::Client::builder()
+        .local_address(from)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let post = |body: String| {
+        client
+            .post(format!("{base}/plain/"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let r = post(format!(
+        "task=listsessions&user={user}&password={password}&authid="
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{user} from {from} signs in");
+    let mut id = authid(&r.text().await.unwrap());
+    let mut answered = 0;
+    for i in 0..events {
+        let r = post(format!(
+            "task=clientevent&user={user}&authid={id}&sid=desk&event=FLOOD{i}"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "event {i} from {from}");
+        id = authid(&r.text().await.unwrap());
+        answered += 1;
+    }
+    answered
+}
+
+/// Signed-in X2Go clients at 8 addresses in 127.0.0.0/8 send 4,000 `clientevent`s as fast as
+/// they are answered, while an operator places and confirms sessions over REST. Every event is
+/// answered; the placements all succeed, each within 3 s; the audit log took each client's
+/// allowance (a burst, then one every 2 s), not the flood; and the broker stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_event_flood_leaves_placements_answering_and_the_audit_log_unflooded() {
+    const CLIENTS: usize = 8;
+    const EVENTS: usize = 500;
+    let port = free_port();
+    let b = BrokerBuilder::new()
+        .http_port(port)
+        .x2go(PROFILES)
+        .password("alice", "alice-pw")
+        .password("bob", "bob-pw")
+        .pool(Pool::agentless_hosts("rest", &[("r1", 100), ("r2", 100)]))
+        .write()
+        .await;
+    let mut broker = spawn(&b, port, None, "broker.log");
+    broker.wait_ready(&b.client).await;
+    let started = Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    for k in 0..CLIENTS {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 3, 0, k as u8 + 1));
+        let (user, password) = if k % 2 == 0 {
+            ("alice", "alice-pw")
+        } else {
+            ("bob", "bob-pw")
+        };
+        flood.spawn(flood_from(b.base.clone(), from, user, password, EVENTS));
+    }
+    // Placements go on meanwhile, one after the other, until the flood is over (at most 300).
+    let mut latencies = Vec::new();
+    while !flood.is_empty() && latencies.len() < 300 {
+        let asked = Instant::now();
+        let user = format!("op{}", latencies.len());
+        let placed = tokio::time::timeout(
+            Duration::from_secs(10),
+            b.call(
+                "POST",
+                "/api/v1/sessions",
+                Some(json!({"user": user, "pool": "rest"})),
+            ),
+        )
+        .await
+        .expect("the placement is answered");
+        assert_eq!(placed.0, 200, "{}", placed.1);
+        let id = placed.1["id"].as_u64().unwrap();
+        let confirmed = tokio::time::timeout(
+            Duration::from_secs(10),
+            b.call("POST", &format!("/api/v1/sessions/{id}/confirm"), None),
+        )
+        .await
+        .expect("the confirmation is answered");
+        assert_eq!(confirmed.0, 200, "{}", confirmed.1);
+        latencies.push(asked.elapsed());
+        while let Some(done) = flood.try_join_next() {
+            assert_eq!(done.unwrap(), EVENTS);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while let Some(done) = flood.join_next().await {
+        assert_eq!(done.unwrap(), EVENTS);
+    }
+    let took = started.elapsed();
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
+    assert!(latencies.len() >= 5, "{} placements", latencies.len());
+    assert!(
+        slowest < Duration::from_secs(3),
+        "slowest placement and confirmation: {slowest:?}"
+    );
+
+    // Let the admitted writes land, then count them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let audit = b.ok("GET", "/api/v1/audit?limit=1000", None).await;
+    let written = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("clientevent FLOOD"))
+        })
+        .count();
+    let burst = switchboard_broker::http::x2go::EVENT_BURST as usize;
+    let every = switchboard_broker::http::x2go::EVENT_EVERY;
+    let allowance = CLIENTS * (burst + (took.as_millis() / every.as_millis()) as usize + 1);
+    assert!(
+        (1..=allowance).contains(&written),
+        "{written} of {} client events written (allowance {allowance} in {took:?})",
+        CLIENTS * EVENTS
+    );
+    let health = b
+        .client
+        .get(format!("{}/readyz", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    assert!(broker.child.try_wait().unwrap().is_none());
+    eprintln!(
+        "{} events in {took:?}, {written} written; {} placements, slowest {slowest:?}",
+        CLIENTS * EVENTS,
+        latencies.len()
+    );
+}
