@@ -1,7 +1,14 @@
-//! Hostile peers against the real `switchboard broker`: connections held open for free, from
-//! many addresses and from one, with the descriptor limit a unit file gives. Each test says what
-//! the broker must keep doing. (The store's faults are in `crates/broker/tests/outage.rs`; all
-//! of them mixed, for minutes, in `bench/soak.sh`.)
+//! Faults against the real `switchboard broker` (and a real `switchboard agent`). Each test says
+//! what the broker must keep doing:
+//!
+//! - half-open connections from many addresses, with the descriptor limit a unit file gives;
+//! - half-open connections from one address, over its per-source cap;
+//! - a SIGKILL and restart with an agent linked: it relinks, its sessions keep their ids;
+//! - a `clientevent` flood from 8 addresses while placements go on: the audit log is not flooded;
+//! - a full disk under the SQLite file (a tmpfs in a private mount namespace; needs root).
+//!
+//! (Store outages are in `crates/broker/tests/outage.rs`, a SIGKILL mid-stream in
+//! `durability.rs`; all of them mixed, for minutes, in `bench/soak.sh`.)
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use serde_json::{Value, json};
@@ -555,4 +562,226 @@ async fn a_client_event_flood_leaves_placements_answering_and_the_audit_log_unfl
         CLIENTS * EVENTS,
         latencies.len()
     );
+}
+
+/// A private mount namespace with a tmpfs of `size` mounted at `dir`, held open by a shell that
+/// waits on its standard input (the namespace goes when it and the processes started in it
+/// with [`in_namespace`] end). The tmpfs is seen only from inside.
+fn tmpfs_namespace(dir: &Path, size: &str) -> Killed {
+    use std::io::BufRead;
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=\"$1\" tmpfs \"$2\" && echo mounted && read x")
+        .args(["sh", size, dir.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs `unshare` (util-linux) to run: {e}"));
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line);
+    if line.trim() != "mounted" {
+        let out = holder.wait_with_output().unwrap();
+        panic!(
+            "this test needs `unshare -m` (a private mount namespace) and `mount -t tmpfs` in it, \
+             as root or with CAP_SYS_ADMIN; they failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Killed(holder)
+}
+
+/// `args` run inside the mount namespace of `holder` (nsenter execs them: the child is the
+/// program itself).
+fn in_namespace(holder: &Killed, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.args(["-t", &holder.0.id().to_string(), "-m", "--"])
+        .args(args);
+    c
+}
+
+/// The real broker started inside the namespace of `holder`.
+fn spawn_in(holder: &Killed, b: &TestBroker, port: u16, log: &str) -> RealBroker {
+    let child = in_namespace(
+        holder,
+        &[
+            env!("CARGO_BIN_EXE_switchboard"),
+            "broker",
+            "--config",
+            b.config_path().to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(b.path().join(log)).unwrap())
+    .spawn()
+    .unwrap_or_else(|e| panic!("this test needs `nsenter` (util-linux) to run: {e}"));
+    RealBroker {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// A request that must be answered within 15 s: (status, JSON body).
+async fn timed_call(b: &TestBroker, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    tokio::time::timeout(Duration::from_secs(15), b.call(method, path, body))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} did not answer within 15 s"))
+}
+
+/// The SQLite file lives on an 8 MiB tmpfs that fills up. Writes are refused cleanly (503 with a
+/// JSON error, answered in seconds; the broker keeps running and serving reads); once space
+/// returns the broker writes again by itself, with no restart; and after a restart every
+/// acknowledged write is in the store and no refused one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_with_503_and_the_broker_recovers_when_space_returns() {
+    let port = free_port();
+    let files = BrokerBuilder::new();
+    let db_dir = files.path().join("db");
+    std::fs::create_dir(&db_dir).unwrap();
+    let b = files
+        .store_url(&format!(
+            "sqlite://{}",
+            db_dir.join("switchboard.db").display()
+        ))
+        .http_port(port)
+        .pool(Pool::agentless_hosts(
+            "desktops",
+            &[("h1", 100), ("h2", 100)],
+        ))
+        .write()
+        .await;
+    let ns = tmpfs_namespace(&db_dir, "8m");
+    let mut broker = spawn_in(&ns, &b, port, "first.log");
+    broker.wait_ready(&b.client).await;
+
+    // Acknowledged before the disk fills.
+    let mut confirmed = Vec::new();
+    for i in 0..20 {
+        confirmed.push(b.start_session(&format!("before{i}"), "desktops").await.0);
+    }
+    b.ok("PUT", "/api/v1/hosts/h1/weight", Some(json!({"weight": 7})))
+        .await;
+
+    let fill = in_namespace(
+        &ns,
+        &[
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}", db_dir.join("filler").display()),
+            "bs=64k",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&fill.stderr).contains("No space left"),
+        "dd fills the tmpfs: {}",
+        String::from_utf8_lossy(&fill.stderr)
+    );
+
+    // Writes go on until one is refused (the write-ahead log may have room for a few more).
+    let mut h2 = 100;
+    let mut refused = None;
+    for w in 1..=200u32 {
+        let asked = Instant::now();
+        let got = timed_call(
+            &b,
+            "PUT",
+            "/api/v1/hosts/h2/weight",
+            Some(json!({"weight": w})),
+        )
+        .await;
+        match got.0 {
+            200 => h2 = w,
+            503 => {
+                switchboard_testkit::broker::assert_error(&got, 503, "store_unavailable");
+                refused = Some((w, asked.elapsed()));
+                break;
+            }
+            s => panic!("a write on a full disk answered {s}: {}", got.1),
+        }
+    }
+    let (refused_weight, answered_in) = refused.expect("a write was refused on the full disk");
+    assert!(
+        answered_in < Duration::from_secs(10),
+        "the refusal took {answered_in:?}"
+    );
+    // While the disk is full, more writes are refused too.
+    let placed = timed_call(
+        &b,
+        "POST",
+        "/api/v1/sessions",
+        Some(json!({"user": "refused", "pool": "desktops"})),
+    )
+    .await;
+    let refused_session = if placed.0 == 200 {
+        let id = placed.1["id"].as_u64().unwrap();
+        let got = timed_call(&b, "POST", &format!("/api/v1/sessions/{id}/confirm"), None).await;
+        switchboard_testkit::broker::assert_error(&got, 503, "store_unavailable");
+        Some(id)
+    } else {
+        switchboard_testkit::broker::assert_error(&placed, 503, "store_unavailable");
+        None
+    };
+    let got = timed_call(&b, "POST", "/api/v1/hosts/h1/drain", None).await;
+    switchboard_testkit::broker::assert_error(&got, 503, "store_unavailable");
+    // Reads are served, and show the last acknowledged weight, not the refused one.
+    let h2_now = timed_call(&b, "GET", "/api/v1/hosts/h2", None).await;
+    assert_eq!(h2_now.0, 200, "{}", h2_now.1);
+    assert_eq!(h2_now.1["weight"], h2, "refused weight {refused_weight}");
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "the broker runs on"
+    );
+
+    // Space returns: writes succeed again within seconds, with the same process.
+    let rm = in_namespace(&ns, &["rm", db_dir.join("filler").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(rm.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = timed_call(
+            &b,
+            "PUT",
+            "/api/v1/hosts/h2/weight",
+            Some(json!({"weight": 250})),
+        )
+        .await;
+        if got.0 == 200 {
+            break;
+        }
+        assert_eq!(got.0, 503, "{}", got.1);
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded 10 s after space returned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    confirmed.push(b.start_session("after", "desktops").await.0);
+    assert!(broker.child.try_wait().unwrap().is_none(), "no restart");
+
+    // After a restart, everything acknowledged is there and nothing refused.
+    broker.child.kill().unwrap();
+    broker.child.wait().unwrap();
+    drop(broker);
+    let mut broker = spawn_in(&ns, &b, port, "second.log");
+    broker.wait_ready(&b.client).await;
+    for id in &confirmed {
+        let s = b.ok("GET", &format!("/api/v1/sessions/{id}"), None).await;
+        assert_eq!(s["state"], "running", "session {id}: {s}");
+    }
+    if let Some(id) = refused_session {
+        let (status, s) = b.call("GET", &format!("/api/v1/sessions/{id}"), None).await;
+        assert!(
+            status == 404 || s["state"] != "running",
+            "refused session {id}: {s}"
+        );
+    }
+    let h1 = b.ok("GET", "/api/v1/hosts/h1", None).await;
+    assert_eq!(h1["weight"], 7);
+    assert_eq!(h1["admin"], "online", "the refused drain did not happen");
+    assert_eq!(b.ok("GET", "/api/v1/hosts/h2", None).await["weight"], 250);
+    eprintln!("refused at weight {refused_weight} after {answered_in:?}");
 }

@@ -5,7 +5,7 @@
 //! engine's commits do not use the pool at all.
 
 use crate::{AuditRecord, StoreError, to_i64};
-use sqlx::AnyPool;
+use sqlx::{AnyConnection, AnyPool, Connection};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -119,8 +119,21 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Writes `records` in one transaction on a connection of the pool. A connection whose
+/// transaction failed is closed, not given back: after failed writes on a full disk, one given
+/// back kept SQLite's write lock in the pool, and every later commit of the engine timed out on
+/// it ("database is locked") after space had returned. A new connection is known to be clean.
 async fn write(pool: &AnyPool, records: &[AuditRecord]) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    let result = write_on(&mut conn, records).await;
+    if result.is_err() {
+        let _ = conn.close().await;
+    }
+    result
+}
+
+async fn write_on(conn: &mut AnyConnection, records: &[AuditRecord]) -> Result<(), StoreError> {
+    let mut tx = conn.begin().await?;
     for r in records {
         sqlx::query(
             "INSERT INTO audit (id, at, actor, surface, action, target, result) \
