@@ -8,9 +8,9 @@
 //! - `file:PATH`: a file of `user:hash` lines with argon2 or bcrypt hashes ([`file`]);
 //! - `none`: every user is who they say they are (must be chosen explicitly).
 //!
-//! Around every method, [`throttle`] delays wrong passwords per source address, one check at a
-//! time per source, without holding up anyone else; an address that has just failed may not take
-//! the last PAM slot, so users with clean records always get one. [`authid`] holds X2Go's AUTHID tokens
+//! Around every method, [`throttle`] delays wrong passwords per source address and per account;
+//! only the failing answer waits, so nobody else's sign-in is held up; an address that has just
+//! failed may not take the last PAM slot, so users with clean records always get one. [`authid`] holds X2Go's AUTHID tokens
 //! (random, single-use, rotating, bound to an address, expiring, bounded in number). [`groups`]
 //! looks up a user's groups through NSS for group ACLs.
 //!
@@ -21,7 +21,7 @@
 //! - [`pam`]: the PAM method on its pool of blocking threads.
 //! - [`secret`]: random secrets (bytes, hex, prefixed base64url tokens), SHA-256 hex and
 //!   constant-time comparison: the one place in Switchboard where secrets are drawn and compared.
-//! - [`throttle`]: per-source failure delays.
+//! - [`throttle`]: per-source and per-account failure delays.
 
 pub mod authid;
 pub mod file;
@@ -115,7 +115,7 @@ pub enum AuthError {
     Unavailable(String),
 }
 
-/// Checks passwords by one [`Method`], with per-source failure delays.
+/// Checks passwords by one [`Method`], with per-source and per-account failure delays.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     method: Arc<Method>,
@@ -159,8 +159,9 @@ impl Authenticator {
     }
 
     /// Checks `user`'s `password`, asked from `source`. A wrong password is answered only after
-    /// the source's failure delay, and one source has one check in flight at a time; other
-    /// sources are not affected.
+    /// the longer of the source's and the account's failure delays; one account has one check
+    /// in flight at a time, one source a few ([`throttle::SOURCE_CHECKS`]); other sources and
+    /// accounts are not affected.
     pub async fn verify(
         &self,
         user: &str,
@@ -168,12 +169,12 @@ impl Authenticator {
         source: IpAddr,
     ) -> Result<(), AuthError> {
         if !valid_user(user) || password.len() > MAX_PASSWORD || password.contains('\0') {
-            let _turn = self.throttle.turn(source).await;
-            self.throttle.failed(source).await;
+            let turn = self.throttle.turn(source, None).await;
+            self.throttle.failed(turn, source, None).await;
             return Err(AuthError::Denied);
         }
-        let turn = self.throttle.turn(source).await;
-        let suspect = self.throttle.failures(source) > 0;
+        let turn = self.throttle.turn(source, Some(user)).await;
+        let suspect = self.throttle.suspect(source);
         let result = match &*self.method {
             Method::None => Ok(()),
             Method::File(_) => match &self.file {
@@ -189,7 +190,8 @@ impl Authenticator {
             Ok(()) => {}
             Err(AuthError::Denied) => {
                 tracing::info!(user = %printable(user), %source, method = %self.method.name(), "wrong user name or password");
-                self.throttle.failed(source).await;
+                self.throttle.failed(turn, source, Some(user)).await;
+                return result;
             }
             Err(AuthError::Unavailable(m)) => {
                 tracing::error!(method = %self.method.name(), error = %m, "authentication is unavailable");

@@ -2,7 +2,10 @@
 //! path is free for session types.
 //!
 //! - `GET /login`, `POST /login`: sign in with the `[auth]` method; sets an HttpOnly,
-//!   SameSite=Strict session cookie (Secure over TLS). `POST /logout` signs out.
+//!   SameSite=Strict session cookie (Secure over TLS). `POST /logout` signs out; it needs the
+//!   sign-in's CSRF token (a hidden field of the landing page's form) and ends the sign-in's
+//!   connect tokens with it. Both POSTs refuse a cross-site `Origin` (login CSRF: another site
+//!   must not sign a browser into its own account).
 //! - `GET /`: the landing page: the session types the user may start, each with a link that opens
 //!   the Xpra HTML5 client (served under `/client/`) and a connect URL for `xpra attach`.
 //! - `GET /start/<type>`: a waiting page that shows the start's progress (server-sent events from
@@ -10,9 +13,17 @@
 //! - `GET /<type>` with a WebSocket upgrade and a valid cookie: starts or gets the session and relays
 //!   the WebSocket stream to the session's Xpra port (TCP). Cross-site upgrades (an `Origin` that
 //!   is not this host) are refused.
-//! - `GET /t/<token>/<type>` and `GET /t.<token>.<type>`: the same with a short-lived per-user token
+//! - `GET /t/<token>/<type>` and `GET /t.<token>.<type>`: the same with a short-lived connect token
 //!   in the path instead of a cookie, for command-line clients, which carry no credentials in the
 //!   upgrade (Xpra 3.1's `xpra attach` accepts only one path segment, hence the second form).
+//!   A token belongs to one sign-in and one session type, and its first connection binds it to
+//!   that client's address: a URL copied elsewhere does not connect, and signing out ends it.
+//!   It is not strictly single-use, because `xpra attach` reconnects by itself with the same URL
+//!   after a network blip, and that must keep working.
+//!
+//! Connections from `[gateway] trusted_proxies` begin with a PROXY protocol v2 header
+//! ([`crate::web::serve`]), so the client's own address is what the per-source cap, the sign-in
+//! throttle, token binding and the logs see.
 //!
 //! Session types come from the gateway's Kubernetes pool (its templates) and from static targets
 //! (`[[gateway.target]]`: a fixed address, such as a host running Xpra).
@@ -75,10 +86,10 @@ struct Gw {
     auth: switchboard_auth::Authenticator,
     kube: KubePools,
     tls: bool,
-    /// Sign-in cookies → user.
-    signed_in: Arc<Mutex<SignIns<String>>>,
-    /// Connect tokens → user.
-    tokens: Arc<Mutex<SignIns<String>>>,
+    /// Sign-in cookies → the sign-in.
+    signed_in: Arc<Mutex<SignIns<SignIn>>>,
+    /// Connect tokens → what they stand for.
+    tokens: Arc<Mutex<SignIns<Token>>>,
     shutdown: CancellationToken,
 }
 
@@ -107,6 +118,28 @@ pub struct GatewayConfig {
     pub token_ttl: Duration,
     /// The Xpra HTML5 client's directory.
     pub html5_client: PathBuf,
+    /// Proxies that must send a PROXY protocol v2 header (`[gateway] trusted_proxies`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// A browser's sign-in.
+#[derive(Debug, Clone)]
+struct SignIn {
+    user: String,
+    /// What `POST /logout` must carry.
+    csrf: String,
+}
+
+/// A connect token.
+#[derive(Debug, Clone)]
+struct Token {
+    user: String,
+    /// The sign-in cookie it was made for (signing out ends it).
+    signin: String,
+    /// The one session type it opens.
+    session_type: String,
+    /// The client address its first connection came from; later ones must come from it too.
+    bound: Option<std::net::IpAddr>,
 }
 
 /// A new cookie or connect token: 128 random bits as hex.
@@ -125,8 +158,14 @@ impl Gw {
 
     /// The user a request's sign-in cookie stands for.
     fn user(&self, headers: &HeaderMap) -> Option<String> {
+        self.signin(headers).map(|(_, s)| s.user)
+    }
+
+    /// A request's sign-in: its cookie and what it stands for.
+    fn signin(&self, headers: &HeaderMap) -> Option<(String, SignIn)> {
         let c = self.cookie().read(headers)?;
-        lock(&self.signed_in).get(&c).cloned()
+        let s = lock(&self.signed_in).get(&c).cloned()?;
+        Some((c, s))
     }
 }
 
@@ -151,15 +190,13 @@ pub fn start(
         kube,
         shutdown: shutdown.clone(),
     };
+    let proxies = crate::web::serve::Proxies {
+        forwarding: Arc::default(),
+        proxy_protocol: Arc::new(gw.cfg.trusted_proxies.clone()),
+    };
     let router = router(gw);
     let task = tokio::spawn(crate::web::serve::serve(
-        listener,
-        router,
-        tls,
-        slots,
-        Arc::new(Vec::new()),
-        "gateway",
-        shutdown,
+        listener, router, tls, slots, proxies, "gateway", shutdown,
     ));
     tracing::info!(gateway = %addr, "gateway started");
     Ok(Gateway { addr, task })
@@ -233,11 +270,26 @@ fn login_form(error: Option<&str>) -> Response {
     )
 }
 
+/// Whether a POST comes from another site's page (its `Origin` is not this host, or the
+/// browser says the request is cross-site).
+fn cross_site(headers: &HeaderMap) -> bool {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    !same_origin(headers) || fetch_site == Some("cross-site")
+}
+
+fn forbidden(msg: &'static str) -> Response {
+    (StatusCode::FORBIDDEN, msg).into_response()
+}
+
 async fn login(
     State(gw): State<Gw>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if cross_site(&headers) {
+        return forbidden("cross-site sign-in refused\n");
+    }
     let mut user = None;
     let mut password = String::new();
     for (k, v) in form_urlencoded::parse(&body) {
@@ -252,7 +304,8 @@ async fn login(
     };
     match gw.auth.verify(&user, &password, peer.ip()).await {
         Ok(()) => {
-            let c = match secret() {
+            let made = secret().and_then(|c| Ok((c, crate::web::signin::new_secret(32)?)));
+            let (c, csrf) = match made {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "gateway sign-in: no session cookie");
@@ -261,7 +314,13 @@ async fn login(
                     return r;
                 }
             };
-            lock(&gw.signed_in).insert(c.clone(), user.clone());
+            lock(&gw.signed_in).insert(
+                c.clone(),
+                SignIn {
+                    user: user.clone(),
+                    csrf,
+                },
+            );
             tracing::info!(user = %switchboard_auth::printable(&user), %peer, "gateway sign-in");
             let mut r = Redirect::to("/").into_response();
             r.headers_mut()
@@ -277,9 +336,22 @@ async fn login(
     }
 }
 
-async fn logout(State(gw): State<Gw>, headers: HeaderMap) -> Response {
-    if let Some(c) = gw.cookie().read(&headers) {
+async fn logout(State(gw): State<Gw>, headers: HeaderMap, body: Bytes) -> Response {
+    if cross_site(&headers) {
+        return forbidden("cross-site sign-out refused\n");
+    }
+    if let Some((c, s)) = gw.signin(&headers) {
+        let presented = form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.into_owned());
+        let ok = presented
+            .is_some_and(|p| switchboard_auth::secret::ct_eq(p.as_bytes(), s.csrf.as_bytes()));
+        if !ok {
+            return forbidden("sign-out needs the form of the page; reload it and try again\n");
+        }
         lock(&gw.signed_in).remove(&c);
+        let ended = lock(&gw.tokens).remove_where(|t| t.signin == c);
+        tracing::info!(user = %switchboard_auth::printable(&s.user), connect_tokens = ended, "gateway sign-out");
     }
     let mut r = Redirect::to("/login").into_response();
     r.headers_mut()
@@ -305,40 +377,60 @@ async fn session_types(gw: &Gw, user: &str) -> Vec<String> {
     types
 }
 
-/// The user's connect token (a live one with at least a minute left, or a new one).
-fn connect_token(gw: &Gw, user: &str) -> Result<String, switchboard_auth::secret::SecretError> {
+/// A connect token of sign-in `signin` for `ty` (a live unused one with at least a minute left,
+/// or a new one).
+fn connect_token(
+    gw: &Gw,
+    signin: &str,
+    user: &str,
+    ty: &str,
+) -> Result<String, switchboard_auth::secret::SecretError> {
     let mut tokens = lock(&gw.tokens);
     let min = Duration::from_secs(60).min(gw.cfg.token_ttl / 2);
-    if let Some(t) = tokens.find(min, |u| u == user) {
+    if let Some(t) = tokens.find(min, |t| {
+        t.signin == signin && t.session_type == ty && t.bound.is_none()
+    }) {
         return Ok(t.to_owned());
     }
     let t = secret()?;
-    tokens.insert(t.clone(), user.to_owned());
+    tokens.insert(
+        t.clone(),
+        Token {
+            user: user.to_owned(),
+            signin: signin.to_owned(),
+            session_type: ty.to_owned(),
+            bound: None,
+        },
+    );
     Ok(t)
 }
 
-async fn landing(State(gw): State<Gw>, User(user): User, headers: HeaderMap) -> Response {
+async fn landing(State(gw): State<Gw>, headers: HeaderMap) -> Response {
+    let Some((cookie, signin)) = gw.signin(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    let user = signin.user;
     let types = session_types(&gw, &user).await;
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("HOST");
     let scheme = if gw.tls { "wss" } else { "ws" };
-    let token = match connect_token(&gw, &user) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "gateway: no connect token");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no randomness available for a connect token; try again later\n",
-            )
-                .into_response();
-        }
-    };
     let mins = gw.cfg.token_ttl.as_secs().div_ceil(60);
     let e = crate::web::html::escape;
     let mut list = String::new();
     for t in &types {
+        let token = match connect_token(&gw, &cookie, &user, t) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "gateway: no connect token");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no randomness available for a connect token; try again later\n",
+                )
+                    .into_response();
+            }
+        };
         list.push_str(&format!(
             "<li><b>{t}</b>: <a href=\"/start/{t}\">open in the browser</a><br>\
              <small>or from a terminal: <code>xpra attach {scheme}://{host}/t.{token}.{t}</code></small></li>",
@@ -353,9 +445,12 @@ async fn landing(State(gw): State<Gw>, User(user): User, headers: HeaderMap) -> 
         "Sessions",
         &format!(
             "<h1>Sessions of {}</h1><ul>{list}</ul><p><small>Terminal connect URLs work for {mins} minutes \
-             after this page was loaded; reload for a new one.</small></p>\
-             <form method=\"post\" action=\"/logout\"><button>Sign out</button></form>",
-            e(&user)
+             after this page was loaded, from the computer that uses one first, until you sign out; \
+             reload for new ones.</small></p>\
+             <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button>Sign out</button></form>",
+            e(&user),
+            e(&signin.csrf)
         ),
     )
 }
@@ -467,12 +562,13 @@ fn same_origin(headers: &HeaderMap) -> bool {
 async fn ws_cookie(
     State(gw): State<Gw>,
     UrlPath(ty): UrlPath<String>,
+    peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     if let Some((token, ty)) = dotted_token(&ty) {
         let (token, ty) = (token.to_string(), ty.to_string());
-        return ws_token(State(gw), UrlPath((token, ty)), headers, ws).await;
+        return ws_token(State(gw), UrlPath((token, ty)), peer, headers, ws).await;
     }
     let user = gw.user(&headers);
     let Ok(ws) = ws else {
@@ -498,6 +594,7 @@ async fn ws_cookie(
 async fn ws_token(
     State(gw): State<Gw>,
     UrlPath((token, ty)): UrlPath<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -515,14 +612,40 @@ async fn ws_token(
         )
             .into_response();
     }
-    let Some(user) = lock(&gw.tokens).get(&token).cloned() else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "unknown or expired connect token\n",
-        )
-            .into_response();
+    let user = match use_token(&gw, &token, &ty, peer.ip()) {
+        Ok(u) => u,
+        Err(msg) => {
+            tracing::info!(%peer, session_type = %ty, "gateway: connect token refused: {msg}");
+            return (StatusCode::UNAUTHORIZED, format!("{msg}\n")).into_response();
+        }
     };
     upgrade(gw, user, ty, ws).await
+}
+
+/// The user a connect token stands for, if it may open `ty` from `client`; its first use binds
+/// it to `client`.
+fn use_token(
+    gw: &Gw,
+    token: &str,
+    ty: &str,
+    client: std::net::IpAddr,
+) -> Result<String, &'static str> {
+    let mut tokens = lock(&gw.tokens);
+    let t = tokens
+        .get_mut(token)
+        .ok_or("unknown or expired connect token")?;
+    if t.session_type != ty {
+        return Err("this connect token is for another session type");
+    }
+    if lock(&gw.signed_in).get(&t.signin).is_none() {
+        return Err("unknown or expired connect token");
+    }
+    match t.bound {
+        None => t.bound = Some(client),
+        Some(ip) if ip == client => {}
+        Some(_) => return Err("this connect token was first used from another address"),
+    }
+    Ok(t.user.clone())
 }
 
 fn urlencode(s: &str) -> String {

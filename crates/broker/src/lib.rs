@@ -279,7 +279,10 @@ impl Broker {
             router,
             tls,
             slots,
-            Arc::new(config.trusted_proxies.clone()),
+            web::serve::Proxies {
+                forwarding: Arc::new(config.trusted_proxies.clone()),
+                proxy_protocol: Arc::default(),
+            },
             "http",
             stop,
         ));

@@ -195,12 +195,22 @@ struct H {
     ca: PathBuf,
     client: reqwest::Client,
     token: String,
+    /// The gateway's certificate (PEM), for raw TLS clients.
+    cert: String,
 }
 
 impl H {
     async fn start(extra: impl FnOnce(&Path) -> String) -> H {
+        H::start_with(extra, |b| b).await
+    }
+
+    /// [`H::start`], with more settings of the builder.
+    async fn start_with(
+        extra: impl FnOnce(&Path) -> String,
+        tweak: impl FnOnce(BrokerBuilder) -> BrokerBuilder,
+    ) -> H {
         switchboard_testkit::install_crypto();
-        let b = BrokerBuilder::new().password("alice", "alice-pw");
+        let b = tweak(BrokerBuilder::new().password("alice", "alice-pw"));
         let d = b.path().to_owned();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .unwrap();
@@ -235,6 +245,7 @@ impl H {
             gw,
             ca,
             client,
+            cert: cert.cert.pem(),
         }
     }
 
@@ -493,4 +504,256 @@ async fn xpra_client_reaches_a_kubernetes_session_through_the_gateway() {
     }
     let _ = &h.b;
     drop(xpra);
+}
+
+/// What a raw client sends before its TLS handshake.
+#[derive(Clone, Copy)]
+enum Before {
+    Nothing,
+    /// A PROXY v2 header naming this client.
+    Proxy(&'static str),
+    /// A PROXY v2 `LOCAL` header (the proxy's own health check).
+    Local,
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to the gateway from the loopback address `source`.
+async fn raw_tls(h: &H, source: &str, before: Before) -> std::io::Result<Tls> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(format!("{source}:0").parse().unwrap())?;
+    let gw: std::net::SocketAddr = h.gw.parse().unwrap();
+    let mut tcp = sock.connect(gw).await?;
+    match before {
+        Before::Nothing => {}
+        Before::Proxy(client) => {
+            let client: std::net::SocketAddr = format!("{client}:40000").parse().unwrap();
+            tcp.write_all(&switchboard_proto::proxy::proxy_v2_header(client, gw))
+                .await?;
+        }
+        Before::Local => {
+            let mut b = switchboard_proto::proxy::SIGNATURE.to_vec();
+            b.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+            tcp.write_all(&b).await?;
+        }
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(h.cert.as_bytes()).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+/// Sends `request` and reads the response head: (status, head).
+async fn send(tls: &mut Tls, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout_at(deadline, tls.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head)
+}
+
+/// GET `path` over a raw connection (closed after the response).
+fn get_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+}
+
+/// A WebSocket upgrade of `path`, as `xpra attach` sends it.
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: binary\r\n\r\n"
+    )
+}
+
+/// A session stand-in: a TCP listener that accepts and holds connections (the gateway only
+/// needs to reach it for the upgrade to succeed).
+async fn holding_listener() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// The `name="csrf"` value of the landing page's sign-out form.
+fn csrf_of(landing: &str) -> String {
+    let at = landing
+        .find("name=\"csrf\" value=\"")
+        .expect("a CSRF field")
+        + 19;
+    landing[at..].split('"').next().unwrap().to_string()
+}
+
+fn proxied_gateway(port: u16) -> impl FnOnce(&Path) -> String {
+    move |_| {
+        format!(
+            "#gateway:trusted_proxies = [\"127.0.0.2\"]\n#gateway:[[gateway.target]]\n\
+             #gateway:type = \"desktop\"\n#gateway:address = \"127.0.0.1:{port}\"\n\
+             #gateway:[[gateway.target]]\n#gateway:type = \"other\"\n\
+             #gateway:address = \"127.0.0.1:{port}\"\n"
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_proxy_v2_client_is_the_source() {
+    let port = holding_listener().await;
+    let h = H::start_with(proxied_gateway(port), |b| {
+        b.set("http", "max_connections_per_source = 2")
+    })
+    .await;
+    // Through the proxy (127.0.0.2), with the client named in the header: served.
+    let mut c = raw_tls(&h, "127.0.0.2", Before::Proxy("127.0.0.50"))
+        .await
+        .unwrap();
+    assert_eq!(send(&mut c, &get_request("/healthz")).await.0, 200);
+    // The proxy's own health check (LOCAL): served.
+    let mut c = raw_tls(&h, "127.0.0.2", Before::Local).await.unwrap();
+    assert_eq!(send(&mut c, &get_request("/healthz")).await.0, 200);
+    // From the proxy without a header: dropped (the header is required from it).
+    assert!(raw_tls(&h, "127.0.0.2", Before::Nothing).await.is_err());
+    // The per-source cap (2) applies to the client in the header, not to the proxy: two held
+    // connections for 127.0.0.60 ...
+    let _a = raw_tls(&h, "127.0.0.2", Before::Proxy("127.0.0.60"))
+        .await
+        .unwrap();
+    let _b = raw_tls(&h, "127.0.0.2", Before::Proxy("127.0.0.60"))
+        .await
+        .unwrap();
+    // ... and a third is refused, while another client through the same proxy is served.
+    assert!(
+        raw_tls(&h, "127.0.0.2", Before::Proxy("127.0.0.60"))
+            .await
+            .is_err()
+    );
+    let mut d = raw_tls(&h, "127.0.0.2", Before::Proxy("127.0.0.61"))
+        .await
+        .unwrap();
+    assert_eq!(send(&mut d, &get_request("/healthz")).await.0, 200);
+
+    // Handlers see the header's client: a connect token used first through the proxy for
+    // 127.0.0.77 is bound to that address.
+    let cookie = h.sign_in("alice", "alice-pw").await.unwrap();
+    let (_, landing) = h.get("/", &cookie).await;
+    let url = token_url(&landing, "desktop");
+    let path = format!("/{}", url.rsplit('/').next().unwrap());
+    let mut c = raw_tls(&h, "127.0.0.2", Before::Proxy("127.0.0.77"))
+        .await
+        .unwrap();
+    assert_eq!(send(&mut c, &upgrade_request(&path)).await.0, 101);
+    // The same URL straight from 127.0.0.1 is refused; from 127.0.0.77 again it connects.
+    let mut c = raw_tls(&h, "127.0.0.1", Before::Nothing).await.unwrap();
+    let (status, head) = send(&mut c, &upgrade_request(&path)).await;
+    assert_eq!(status, 401, "{head}");
+    let mut c = raw_tls(&h, "127.0.0.2", Before::Proxy("127.0.0.77"))
+        .await
+        .unwrap();
+    assert_eq!(send(&mut c, &upgrade_request(&path)).await.0, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_needs_its_csrf_token_and_ends_the_connect_tokens() {
+    let port = holding_listener().await;
+    let h = H::start(proxied_gateway(port)).await;
+    let cookie = h.sign_in("alice", "alice-pw").await.unwrap();
+    let (_, landing) = h.get("/", &cookie).await;
+    let csrf = csrf_of(&landing);
+    let desktop = format!(
+        "/{}",
+        token_url(&landing, "desktop").rsplit('/').next().unwrap()
+    );
+    let other = format!(
+        "/{}",
+        token_url(&landing, "other").rsplit('/').next().unwrap()
+    );
+    assert_ne!(
+        desktop.split('.').nth(1),
+        other.split('.').nth(1),
+        "one token per session type"
+    );
+    // A token opens its own session type only.
+    let wrong_type = desktop.replace(".desktop", ".other");
+    let mut c = raw_tls(&h, "127.0.0.1", Before::Nothing).await.unwrap();
+    assert_eq!(send(&mut c, &upgrade_request(&wrong_type)).await.0, 401);
+    let mut c = raw_tls(&h, "127.0.0.1", Before::Nothing).await.unwrap();
+    assert_eq!(send(&mut c, &upgrade_request(&desktop)).await.0, 101);
+
+    let post = |path: &'static str, body: String, origin: Option<String>| {
+        let mut r = h
+            .client
+            .post(format!("https://{}{path}", h.gw))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    // Sign-out without the token, with a wrong one, or from another site: refused, still signed in.
+    for (body, origin) in [
+        (String::new(), None),
+        ("csrf=0000".to_string(), None),
+        (
+            format!("csrf={csrf}"),
+            Some("https://evil.example".to_string()),
+        ),
+    ] {
+        let r = post("/logout", body.clone(), origin.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{body} {origin:?}");
+        assert_eq!(h.get("/", &cookie).await.0, 200, "still signed in");
+    }
+    // Login CSRF: another site's form cannot sign this browser in.
+    let r = post(
+        "/login",
+        "user=alice&password=alice-pw".into(),
+        Some("https://evil.example".to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+    // The form's own sign-out (same origin): signed out, and the connect tokens end with it.
+    let r = post(
+        "/logout",
+        format!("csrf={csrf}"),
+        Some(format!("https://{}", h.gw)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(h.get("/", &cookie).await.0, 303, "signed out");
+    for path in [&desktop, &other] {
+        let mut c = raw_tls(&h, "127.0.0.1", Before::Nothing).await.unwrap();
+        let (status, head) = send(&mut c, &upgrade_request(path)).await;
+        assert_eq!(status, 401, "{path}: {head}");
+    }
 }

@@ -84,6 +84,11 @@ pub struct GatewaySection {
     pub token_ttl: Option<ConfigDuration>,
     /// The Xpra HTML5 client's files, served under /client/ (default /usr/share/xpra/www).
     pub html5_client: Option<PathBuf>,
+    /// Load balancers or TLS-passthrough ingresses in front of the gateway: a connection from
+    /// one of these addresses must begin with a PROXY protocol v2 header, whose client address
+    /// is then the connection's (for the per-source cap, the sign-in throttle and the logs).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// `[[gateway.target]]`.

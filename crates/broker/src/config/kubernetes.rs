@@ -273,6 +273,7 @@ pub(super) fn gateway(
         html5_client: g
             .html5_client
             .unwrap_or_else(|| PathBuf::from("/usr/share/xpra/www")),
+        trusted_proxies: g.trusted_proxies,
     }))
 }
 

@@ -15,6 +15,14 @@
 //! - **Descriptors.** An accept that fails for want of descriptors sheds an idle connection too,
 //!   and backs off instead of spinning.
 //!
+//! - **Proxies.** Addresses in [`Proxies::forwarding`] name their clients in a header (the HTTP
+//!   listener's `X-Forwarded-For`) and are exempt from the per-source cap. A connection from an
+//!   address in [`Proxies::proxy_protocol`] (the gateway's load balancer) must begin with a
+//!   PROXY protocol v2 header, read within [`Limits::header_timeout`] and never a byte further;
+//!   its client address then takes the proxy's place everywhere: the slot is taken again under
+//!   that address (so the per-source cap applies to it), and handlers see it as the peer. A
+//!   `LOCAL` header (the proxy's own health check) keeps the proxy's address.
+//!
 //! A connection upgraded to a WebSocket leaves this accounting when hyper hands it over (the
 //! gateway's relays are authenticated and bounded by their sessions).
 
@@ -333,15 +341,25 @@ impl HttpBody for Deadline {
     }
 }
 
+/// The proxies a listener trusts, by how they name their clients.
+#[derive(Debug, Clone, Default)]
+pub struct Proxies {
+    /// Proxies that name the client in a request header (`X-Forwarded-For`): exempt from the
+    /// per-source cap, since many clients arrive through them.
+    pub forwarding: Arc<Vec<IpAddr>>,
+    /// Proxies whose connections begin with a PROXY protocol v2 header (required from them).
+    pub proxy_protocol: Arc<Vec<IpAddr>>,
+}
+
 /// Serves `router` on `listener` (HTTPS with `tls`) within `slots` until `shutdown`; then the
-/// connections in flight finish. `exempt` are the addresses the per-source cap does not apply
-/// to (trusted proxies). `name` names the listener in logs and metrics.
+/// connections in flight finish. `proxies` are the trusted proxies (see the module's
+/// documentation). `name` names the listener in logs and metrics.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<ServerConfig>>,
     slots: Slots,
-    exempt: Arc<Vec<IpAddr>>,
+    proxies: Proxies,
     name: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -367,15 +385,12 @@ pub async fn serve(
             },
         };
         let source = canonical(peer.ip());
-        let slot = match slots.admit(source, exempt.contains(&source)) {
+        let proxied = proxies.proxy_protocol.contains(&source);
+        let exempt = proxied || proxies.forwarding.contains(&source);
+        let slot = match slots.admit(source, exempt) {
             Ok(s) => s,
             Err(why) => {
-                let reason = match why {
-                    Refused::PerSource => "per_source",
-                    Refused::Full => "full",
-                };
-                metrics::counter!("switchboard_http_connections_refused_total", "listener" => name, "reason" => reason).increment(1);
-                tracing::debug!(listener = name, %peer, reason, "connection refused");
+                refused(name, peer, why);
                 continue;
             }
         };
@@ -384,6 +399,7 @@ pub async fn serve(
         tasks.spawn(connection(
             tcp,
             peer,
+            proxied.then_some(name),
             acceptor.clone(),
             router.clone(),
             slot,
@@ -404,6 +420,48 @@ pub async fn serve(
     Ok(())
 }
 
+fn refused(name: &'static str, peer: SocketAddr, why: Refused) {
+    let reason = match why {
+        Refused::PerSource => "per_source",
+        Refused::Full => "full",
+    };
+    metrics::counter!("switchboard_http_connections_refused_total", "listener" => name, "reason" => reason).increment(1);
+    tracing::debug!(listener = name, %peer, reason, "connection refused");
+}
+
+/// Reads a PROXY protocol v2 header, exactly its bytes: the 16 fixed ones, then the length they
+/// declare. The client's address, or `None` for `LOCAL` (and families without one).
+async fn read_proxy_header(tcp: &mut tokio::net::TcpStream) -> Result<Option<SocketAddr>, String> {
+    use switchboard_proto::proxy::{MAX_HEADER, Parsed, parse};
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; MAX_HEADER];
+    let mut have = 0;
+    let mut want = 16;
+    loop {
+        let n = tcp
+            .read(&mut buf[have..want])
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the end of the PROXY header".into());
+        }
+        have += n;
+        match parse(&buf[..have]).map_err(|e| e.to_string())? {
+            Parsed::Header { source, .. } => {
+                return Ok(source.map(|s| SocketAddr::new(canonical(s.ip()), s.port())));
+            }
+            Parsed::Incomplete if have < want => {}
+            Parsed::Incomplete => {
+                // The fixed part is in: it says how long the rest is (checked by `parse`).
+                want = 16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+                if want <= have || want > MAX_HEADER {
+                    return Err("bad PROXY header length".into());
+                }
+            }
+        }
+    }
+}
+
 /// An IPv4 client seen through an IPv6 socket is that IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -412,15 +470,49 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Serves one connection. `proxied` (the listener's name) when it comes from a proxy that must
+/// send a PROXY protocol v2 header first.
 async fn connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
+    mut tcp: tokio::net::TcpStream,
+    mut peer: SocketAddr,
+    proxied: Option<&'static str>,
     acceptor: Option<TlsAcceptor>,
     router: Router,
-    slot: Slot,
+    mut slot: Slot,
     shutdown: CancellationToken,
 ) {
     let limits = slot.slots.limits;
+    if let Some(name) = proxied {
+        let header = tokio::select! {
+            _ = slot.conn.shed.cancelled() => return,
+            r = tokio::time::timeout(limits.header_timeout, read_proxy_header(&mut tcp)) => r,
+        };
+        match header {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(client))) => {
+                // The client takes the proxy's place, per-source cap included.
+                let slots = slot.slots.clone();
+                drop(slot);
+                slot = match slots.admit(client.ip(), false) {
+                    Ok(s) => s,
+                    Err(why) => return refused(name, client, why),
+                };
+                peer = client;
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("switchboard_http_proxy_header_errors_total", "listener" => name)
+                    .increment(1);
+                tracing::debug!(listener = name, %peer, error = %e, "connection from a trusted proxy without a valid PROXY v2 header");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("switchboard_http_proxy_header_errors_total", "listener" => name)
+                    .increment(1);
+                tracing::debug!(listener = name, %peer, "no PROXY v2 header in time");
+                return;
+            }
+        }
+    }
     let shed = slot.conn.shed.clone();
     match acceptor {
         None => run(TokioIo::new(tcp), peer, router, &slot, shutdown).await,

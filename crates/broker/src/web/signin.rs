@@ -80,6 +80,23 @@ impl<T> SignIns<T> {
             .map(|(v, _)| v)
     }
 
+    /// The value of a live secret, to change it.
+    pub fn get_mut(&mut self, secret: &str) -> Option<&mut T> {
+        let now = Instant::now();
+        self.map
+            .get_mut(secret)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v)
+    }
+
+    /// Forgets every entry whose value matches (the connect tokens of a sign-in that ended);
+    /// how many were forgotten. Their places in the queue are skipped when reached.
+    pub fn remove_where(&mut self, matches: impl Fn(&T) -> bool) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, (v, _)| !matches(v));
+        before - self.map.len()
+    }
+
     /// Forgets a secret (signing out); its value if it was live.
     pub fn remove(&mut self, secret: &str) -> Option<T> {
         let now = Instant::now();
