@@ -4,7 +4,6 @@
 //! events in the audit log and a profile reload.
 #![allow(clippy::unwrap_used)]
 
-use std::net::IpAddr;
 use std::path::Path;
 use switchboard_broker::Broker;
 use switchboard_broker::config::Config;
@@ -94,12 +93,7 @@ impl H {
     }
 
     async fn post_from(&self, from: &str, path: &str, body: &str) -> (u16, String, String) {
-        switchboard_testkit::install_crypto();
-        let client = reqwest::Client::builder()
-            .local_address(from.parse::<IpAddr>().unwrap())
-            .build()
-            .unwrap();
-        let r = client
+        let r = switchboard_testkit::client_from(from)
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body.to_owned())
@@ -693,12 +687,7 @@ async fn method_none_takes_the_user_from_the_trusted_proxys_header_only() {
     let post = |from: &'static str, header: Option<&'static str>, user: &'static str| {
         let base = b.base.clone();
         async move {
-            switchboard_testkit::install_crypto();
-            let client = reqwest::Client::builder()
-                .local_address(from.parse::<IpAddr>().unwrap())
-                .build()
-                .unwrap();
-            let mut r = client
+            let mut r = switchboard_testkit::client_from(from)
                 .post(format!("{base}/plain/"))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(format!("task=listsessions&user={user}&password=&authid="));
@@ -752,16 +741,8 @@ async fn a_client_event_flood_is_answered_but_not_all_written() {
         .json()
         .await
         .unwrap();
-    let written = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| {
-            r["action"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("clientevent FLOOD"))
-        })
-        .count();
+    assert!(v.is_array(), "{v}");
+    let written = switchboard_testkit::audit_count(&v, "clientevent FLOOD");
     let burst = switchboard_broker::http::x2go::EVENT_BURST as usize;
     assert!(
         (burst..=burst + 5).contains(&written),

@@ -531,16 +531,8 @@ async fn a_client_event_flood_leaves_placements_answering_and_the_audit_log_unfl
     // Let the admitted writes land, then count them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let audit = b.ok("GET", "/api/v1/audit?limit=1000", None).await;
-    let written = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| {
-            r["action"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("clientevent FLOOD"))
-        })
-        .count();
+    assert!(audit.is_array(), "{audit}");
+    let written = switchboard_testkit::audit_count(&audit, "clientevent FLOOD");
     let burst = switchboard_broker::http::x2go::EVENT_BURST as usize;
     let every = switchboard_broker::http::x2go::EVENT_EVERY;
     let allowance = CLIENTS * (burst + (took.as_millis() / every.as_millis()) as usize + 1);

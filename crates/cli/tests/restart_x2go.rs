@@ -8,66 +8,22 @@
 #![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USER: &str = "sbtest-x2gosrv";
 
-/// `switchboard up`, stopped with SIGTERM (and killed if the test fails half-way).
-struct Up(std::process::Child);
+use switchboard_testkit::process::Up;
 
-impl Up {
-    fn start(data: &Path, port: u16) -> (Up, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["up", "--data-dir", data.to_str().unwrap()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--agents-listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let up = Up(child);
-        let mut lines = Vec::new();
-        for line in BufReader::new(out).lines() {
-            let line = line.unwrap();
-            let done = line.trim_start().starts_with("Try");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        (up, lines.join("\n"))
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "switchboard up exited with {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "switchboard up did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+fn start_up(data: &Path, port: u16) -> (Up, String) {
+    let (up, lines) = Up::start(
+        Path::new(env!("CARGO_BIN_EXE_switchboard")),
+        data,
+        port,
+        &[],
+    );
+    (up, lines.join("\n"))
 }
 
 /// The test user, created once (home `/tmp/sbtest-x2gosrv-home`).
@@ -220,7 +176,7 @@ async fn a_real_x2go_session_keeps_its_id_across_a_restart_of_up() {
     let data = dir.path().join("data");
     let port = switchboard_testkit::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let (up, text) = Up::start(&data, port);
+    let (up, text) = start_up(&data, port);
     assert!(
         text.lines()
             .any(|l| l.contains("local agent linked") && l.contains("x2go")),
@@ -250,7 +206,7 @@ async fn a_real_x2go_session_keeps_its_id_across_a_restart_of_up() {
 
     up.stop();
     let (second, second_pid) = x2go.start();
-    let (up, _) = Up::start(&data, port);
+    let (up, _) = start_up(&data, port);
     wait_for(
         "the session started while up was down",
         Duration::from_secs(20),

@@ -5,50 +5,19 @@
 #![allow(clippy::disallowed_types)] // std Instant: this measures real processes and sockets, not our timers
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills the process if the test fails half-way.
-struct Guard(std::process::Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 use switchboard_testkit::free_port;
+use switchboard_testkit::process::Up;
 
-fn start(data: &std::path::Path, port: u16, simulate: usize) -> (Guard, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "up",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--agents-listen",
-            "127.0.0.1:0",
-            "--simulate",
-            &simulate.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let mut lines = Vec::new();
-    for line in BufReader::new(out).lines() {
-        let line = line.unwrap();
-        let done = line.trim_start().starts_with("Try");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    (guard, lines)
+fn start(data: &std::path::Path, port: u16, simulate: usize) -> (Up, Vec<String>) {
+    Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_switchboard")),
+        data,
+        port,
+        &["--simulate", &simulate.to_string()],
+    )
 }
 
 async fn hosts(base: &str, token: &str) -> Vec<Value> {

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`broker`] (feature `broker`): a broker started in-process from a typed builder, with an
 //!   HTTP client, a management-socket client and in-process agents on request.
-//! - [`http_client`]: an HTTP client for talking to a broker under test.
+//! - [`http_client`]: an HTTP client for talking to a broker under test; [`client_from`] one
+//!   whose connections come from a given loopback address; [`audit_count`] counts audit records.
 //! - [`kubeapi`]: a fake Kubernetes API server (pods, claims, watches, scripted phases).
 //! - [`layers`]: a check that a crate's `crate::` and `super::` imports keep a layer order.
 //! - [`store`]: a fresh SQLite store in a temp dir, and a fresh PostgreSQL database on the server
@@ -17,6 +18,30 @@ pub mod kubeapi;
 pub mod layers;
 pub mod process;
 pub mod store;
+
+/// An HTTP client whose connections come from `from` (a loopback address such as
+/// `127.0.3.1`), to be another client to the per-source limits.
+pub fn client_from(from: &str) -> reqwest::Client {
+    install_crypto();
+    let ip: std::net::IpAddr = from
+        .parse()
+        .unwrap_or_else(|e| panic!("{from:?} is not an address: {e}"));
+    reqwest::Client::builder()
+        .local_address(ip)
+        .build()
+        .unwrap_or_else(|e| panic!("no HTTP client: {e}"))
+}
+
+/// How many records of an audit page (`GET /api/v1/audit`'s JSON array) have an action that
+/// starts with `prefix` (such as `"clientevent FLOOD"`).
+pub fn audit_count(page: &serde_json::Value, prefix: &str) -> usize {
+    page.as_array().map_or(0, |records| {
+        records
+            .iter()
+            .filter(|r| r["action"].as_str().is_some_and(|a| a.starts_with(prefix)))
+            .count()
+    })
+}
 
 /// Installs rustls' ring provider for the process (reqwest is built without one, so that the
 /// whole tree uses ring only). Safe to call many times.

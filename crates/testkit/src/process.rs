@@ -74,3 +74,67 @@ impl RealBroker {
         }
     }
 }
+
+/// A running `switchboard up`, killed when dropped unless [`Up::stop`]ped.
+#[derive(Debug)]
+pub struct Up {
+    child: Child,
+}
+
+impl Drop for Up {
+    /// A failing test must not leave `up` running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Up {
+    /// Runs `bin up --data-dir DATA --listen 127.0.0.1:PORT --agents-listen 127.0.0.1:0 EXTRA…`
+    /// and reads its banner up to the line that starts with "Try" (the last one): the banner's
+    /// lines.
+    pub fn start(bin: &Path, data: &Path, port: u16, extra: &[&str]) -> (Up, Vec<String>) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(bin)
+            .args(["up", "--data-dir", data.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--agents-listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let up = Up { child };
+        let mut lines = Vec::new();
+        for line in BufReader::new(out).lines() {
+            let line = line.unwrap();
+            let done = line.trim_start().starts_with("Try");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        (up, lines)
+    }
+
+    /// SIGTERM, then waits (at most 20 s) for a clean exit; panics otherwise.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "switchboard up exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchboard up did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
