@@ -1,4 +1,5 @@
 //! Agent links as an agent speaks them, frame by frame over real TLS: what the broker does with
+//! an empty first inventory (held for a grace when the host has live sessions) and with
 //! inventory rows the core refuses (skipped and counted). The metrics these tests read are
 //! process-wide; each test uses hosts of its own, so their counters do not mix.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
@@ -150,6 +151,203 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Links `host`, reports alice's running and bob's disconnected session, and returns the
+/// credential and the two sessions as the broker lists them.
+async fn two_live_sessions(b: &TestBroker, host: &str) -> (String, Vec<(String, u64, String)>) {
+    let cred = enroll(b, host).await;
+    let mut first = link(b, host, &cred).await;
+    inventory(
+        &mut first,
+        vec![
+            row("s-1", "alice", ReportedState::Running),
+            row("s-2", "bob", ReportedState::Disconnected),
+        ],
+    )
+    .await;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            sessions(b, host).await.len() == 2
+        })
+        .await,
+        "the first link's sessions are adopted"
+    );
+    let before = sessions(b, host).await;
+    assert_eq!(before[0].2, "running", "{before:?}");
+    assert_eq!(before[1].2, "disconnected", "{before:?}");
+    // The agent restarts: its old link goes, and the new one starts with an empty inventory.
+    drop(first);
+    (cred, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_first_inventory_is_held_and_a_later_inventory_replaces_it() {
+    let b = broker(&["held-a"]).start().await;
+    let (cred, before) = two_live_sessions(&b, "held-a").await;
+    let mut second = link(&b, "held-a", &cred).await;
+    inventory(&mut second, vec![]).await;
+    let series = "switchboard_agent_empty_inventory_held_total{host=\"held-a\"}";
+    // Either the broker says it holds the inventory, or (wrongly) the sessions end.
+    within(Duration::from_secs(5), || async {
+        metric(&b, series).await.is_some() || sessions(&b, "held-a").await != before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sessions(&b, "held-a").await,
+        before,
+        "an empty first inventory ends nothing during the grace: same ids, same states"
+    );
+    assert_eq!(metric(&b, series).await, Some(1.0));
+    // The agent's real inventory: alice's session only. Bob's ends; alice's keeps its id.
+    inventory(
+        &mut second,
+        vec![row("s-1", "alice", ReportedState::Running)],
+    )
+    .await;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            sessions(&b, "held-a").await.len() == 1
+        })
+        .await,
+        "the later inventory is applied"
+    );
+    assert_eq!(sessions(&b, "held-a").await, before[..1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_empty_inventory_is_applied_when_its_grace_runs_out() {
+    let b = broker(&["held-b"])
+        .set("agents", "empty_inventory_grace = \"1s\"")
+        .start()
+        .await;
+    let (cred, before) = two_live_sessions(&b, "held-b").await;
+    let mut second = link(&b, "held-b", &cred).await;
+    let sent = Instant::now();
+    inventory(&mut second, vec![]).await;
+    assert!(
+        within(Duration::from_secs(5), || async {
+            metric(
+                &b,
+                "switchboard_agent_empty_inventory_held_total{host=\"held-b\"}",
+            )
+            .await
+            .is_some()
+        })
+        .await,
+        "the inventory is held"
+    );
+    assert_eq!(sessions(&b, "held-b").await, before, "not during the grace");
+    assert!(
+        within(Duration::from_secs(10), || async {
+            sessions(&b, "held-b").await.is_empty()
+        })
+        .await,
+        "the empty inventory is applied after the grace"
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_secs(1),
+        "not before the grace: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        metric(
+            &b,
+            "switchboard_agent_empty_inventory_expired_total{host=\"held-b\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    // The link goes on as usual.
+    second
+        .send(AgentMessage::SessionChanged(row(
+            "s-3",
+            "carol",
+            ReportedState::Running,
+        )))
+        .await
+        .unwrap();
+    assert!(
+        within(Duration::from_secs(10), || async {
+            sessions(&b, "held-b").await.len() == 1
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_reported_during_the_grace_survive_its_end() {
+    let b = broker(&["held-c"])
+        .set("agents", "empty_inventory_grace = \"1s\"")
+        .start()
+        .await;
+    let (cred, before) = two_live_sessions(&b, "held-c").await;
+    let mut second = link(&b, "held-c", &cred).await;
+    inventory(&mut second, vec![]).await;
+    // During the grace: alice's session disconnects, a new one of carol's appears and goes.
+    for msg in [
+        AgentMessage::SessionChanged(row("s-1", "alice", ReportedState::Disconnected)),
+        AgentMessage::SessionChanged(row("s-3", "carol", ReportedState::Running)),
+        AgentMessage::SessionGone {
+            backend_id: "s-3".into(),
+        },
+    ] {
+        second.send(msg).await.unwrap();
+    }
+    assert!(
+        within(Duration::from_secs(10), || async {
+            sessions(&b, "held-c").await.len() == 1
+        })
+        .await,
+        "the grace ends"
+    );
+    let after = sessions(&b, "held-c").await;
+    assert_eq!(
+        after,
+        [("s-1".to_owned(), before[0].1, "disconnected".to_owned())],
+        "alice's session, reported during the grace, keeps its id; bob's ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_first_inventory_from_a_host_without_sessions_is_applied_at_once() {
+    let b = broker(&["held-d"]).start().await;
+    let cred = enroll(&b, "held-d").await;
+    let mut l = link(&b, "held-d", &cred).await;
+    inventory(&mut l, vec![]).await;
+    // Messages of a link are applied in order: once this session is listed, the inventory
+    // before it was handled.
+    l.send(AgentMessage::SessionChanged(row(
+        "s-1",
+        "alice",
+        ReportedState::Running,
+    )))
+    .await
+    .unwrap();
+    assert!(
+        within(Duration::from_secs(10), || async {
+            sessions(&b, "held-d").await.len() == 1
+        })
+        .await
+    );
+    assert_eq!(
+        metric(
+            &b,
+            "switchboard_agent_empty_inventory_held_total{host=\"held-d\"}"
+        )
+        .await,
+        None,
+        "nothing to protect, nothing held"
+    );
+    // And an empty inventory later on the link is applied as it comes.
+    inventory(&mut l, vec![]).await;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            sessions(&b, "held-d").await.is_empty()
+        })
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
