@@ -17,6 +17,15 @@
 //! that release's) decide which commands the link carries: [`AgentHub::command`] refuses one the
 //! agent did not announce without sending it. Message types of a newer agent are ignored.
 //!
+//! An empty first inventory on a new link, from a host where the broker knows live sessions, is
+//! not applied at once: it is what an agent whose sources all failed at start-up, or an agent of
+//! an earlier release that did not wait for its first listing, sends, and applying it would end
+//! every session on the host. It is held for `[agents] empty_inventory_grace` (default 60 s;
+//! `FirstInventory`), on the link's own task, so nothing the link reports can overtake it. Session changes from the link are applied meanwhile, and a later
+//! inventory replaces the held one. If the grace runs out on the same link with nothing newer,
+//! the inventory applied is the sessions the link reported since it started (none: every session
+//! on the host ends, as the empty inventory said). A link that ends during the grace drops it.
+//!
 //! Rejected agents (unknown host, wrong or revoked credential, other protocol version) get a
 //! `refused` message with the reason, are logged, and are slowed down per source address: each
 //! failure from an address doubles the wait before its next refusal, up to 10 s.
@@ -72,6 +81,10 @@ pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
 /// How long a link over its address's share waits for a place before it is dropped (shorter
 /// than [`TLS_TIMEOUT`]: places held by silent peers are not waited for).
 pub const SOURCE_WAIT: Duration = Duration::from_secs(2);
+/// How long an empty first inventory from a host with live sessions is held by default.
+pub const DEFAULT_EMPTY_INVENTORY_GRACE: Duration = Duration::from_secs(60);
+/// Most sessions a link's reports are remembered for until its first inventory is settled.
+const MAX_REMEMBERED: usize = 65_536;
 /// After a broker start, how long hosts whose agents have not linked yet are given before the
 /// silence counts: agents back off up to 30 s between attempts, plus a 10 s connect timeout.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(45);
@@ -131,6 +144,8 @@ struct Inner {
     per_source: Mutex<HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
     /// Report intervals of silence after which a host is unreachable (reloadable).
     missed_now: std::sync::atomic::AtomicU32,
+    /// How long an empty first inventory is held, in milliseconds (reloadable; 0: not held).
+    empty_grace_ms: AtomicU64,
     /// What each host's agent last reported about its sessions beyond their state, by backend
     /// id: X2Go's `SESSION_INFO` line, and idleness for the idle log-off policy.
     infos: Mutex<HashMap<Arc<str>, HashMap<String, Extra>>>,
@@ -201,6 +216,7 @@ impl AgentHub {
                 unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
                 per_source: Mutex::new(HashMap::new()),
                 missed_now: std::sync::atomic::AtomicU32::new(missed.max(1)),
+                empty_grace_ms: AtomicU64::new(millis(DEFAULT_EMPTY_INVENTORY_GRACE)),
                 infos: Mutex::new(HashMap::new()),
             }),
         }
@@ -227,6 +243,18 @@ impl AgentHub {
     /// Changes how many silent report intervals make a host unreachable (after a reload).
     pub fn set_missed(&self, n: u32) {
         self.inner.missed_now.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Sets how long an empty first inventory from a host with live sessions is held
+    /// (`[agents] empty_inventory_grace`; zero applies it at once). Links from then on use it.
+    pub fn set_empty_inventory_grace(&self, grace: Duration) {
+        self.inner
+            .empty_grace_ms
+            .store(millis(grace), Ordering::Relaxed);
+    }
+
+    fn empty_inventory_grace(&self) -> Duration {
+        Duration::from_millis(self.inner.empty_grace_ms.load(Ordering::Relaxed))
     }
 
     /// The `info` line a host's agent last reported for a session (X2Go: its
@@ -682,10 +710,19 @@ impl AgentHub {
         });
         let closed = close.cancelled();
         tokio::pin!(closed);
+        let mut first = FirstInventory::new(self.empty_inventory_grace());
         let why = loop {
+            let held_until = first.held_until();
             let frame = tokio::select! {
                 biased;
                 _ = &mut closed => break "closed by the broker".to_owned(),
+                () = until(held_until) => {
+                    // On this link's own task: nothing it reports can overtake the inventory.
+                    if let Err(e) = self.grace_over(&host, conn, &mut first).await {
+                        break e;
+                    }
+                    continue;
+                }
                 f = stream.next() => f,
             };
             match frame {
@@ -700,7 +737,7 @@ impl AgentHub {
                 Some(Ok(msg)) => {
                     let received = Instant::now();
                     seen.store(self.since_start(received), Ordering::Relaxed);
-                    if let Err(e) = self.handle(&host, conn, msg, received).await {
+                    if let Err(e) = self.handle(&host, conn, msg, received, &mut first).await {
                         break e;
                     }
                 }
@@ -801,7 +838,25 @@ impl AgentHub {
         conn: u64,
         msg: AgentMessage,
         received: Instant,
+        first: &mut FirstInventory,
     ) -> Result<(), String> {
+        if let AgentMessage::Inventory { sessions } = &msg
+            && sessions.is_empty()
+            && first.may_hold()
+            && self.has_sessions(host).await?
+        {
+            self.inner.messages.increment(1);
+            let grace = first.hold();
+            metrics::counter!("switchboard_agent_empty_inventory_held_total", "host" => host.to_string())
+                .increment(1);
+            tracing::warn!(
+                host = %host,
+                grace_ms = millis(grace),
+                "the agent's first inventory is empty but the host has live sessions: held for \
+                 the grace (sessions the agent reports meanwhile are applied)"
+            );
+            return Ok(());
+        }
         if matches!(
             msg,
             AgentMessage::Inventory { .. }
@@ -834,27 +889,41 @@ impl AgentHub {
                 host: host.to_string(),
                 report,
             },
-            AgentMessage::Inventory { sessions } => Command::ReportInventory {
-                host: host.to_string(),
-                sessions,
-            },
-            AgentMessage::SessionChanged(session) => Command::ReportSession {
-                host: host.to_string(),
-                session,
-            },
-            AgentMessage::SessionGone { backend_id } => Command::ReportSessionGone {
-                host: host.to_string(),
-                backend_id,
-            },
+            AgentMessage::Inventory { sessions } => {
+                first.settled();
+                Command::ReportInventory {
+                    host: host.to_string(),
+                    sessions,
+                }
+            }
+            AgentMessage::SessionChanged(session) => {
+                first.changed(&session);
+                Command::ReportSession {
+                    host: host.to_string(),
+                    session,
+                }
+            }
+            AgentMessage::SessionGone { backend_id } => {
+                first.gone(&backend_id);
+                Command::ReportSessionGone {
+                    host: host.to_string(),
+                    backend_id,
+                }
+            }
         };
         self.inner.messages.increment(1);
         if let Command::ReportLoad { .. } = command {
             self.inner.engine.report(command, received);
             return Ok(());
         }
+        self.apply_news(host, conn, command).await
+    }
+
+    /// Applies session news of link `conn`. An error ends the link.
+    async fn apply_news(&self, host: &str, conn: u64, command: Command) -> Result<(), String> {
         // Session news from a link that a newer one replaced is stale: drop it and end the link.
         let current = lock(&self.inner.links)
-            .get(&**host)
+            .get(host)
             .and_then(|l| l.live.as_ref())
             .is_some_and(|v| v.conn == conn);
         if !current {
@@ -872,4 +941,150 @@ impl AgentHub {
             }
         }
     }
+
+    /// Whether the core knows live sessions on `host`.
+    async fn has_sessions(&self, host: &Arc<str>) -> Result<bool, String> {
+        let name = host.clone();
+        match self
+            .inner
+            .engine
+            .query(move |s| s.host(&name).is_some_and(|h| h.sessions > 0))
+            .await
+        {
+            Ok(b) => Ok(b),
+            Err(EngineError::ShuttingDown) => Err("the broker is shutting down".into()),
+            Err(e) => Err(format!(
+                "the broker cannot check the host's sessions now: {e}"
+            )),
+        }
+    }
+
+    /// The grace of a held empty inventory ran out on link `conn` with nothing newer: applies the
+    /// sessions the link reported since it started.
+    async fn grace_over(
+        &self,
+        host: &Arc<str>,
+        conn: u64,
+        first: &mut FirstInventory,
+    ) -> Result<(), String> {
+        let sessions = first.expire();
+        metrics::counter!("switchboard_agent_empty_inventory_expired_total", "host" => host.to_string())
+            .increment(1);
+        tracing::warn!(
+            host = %host,
+            sessions = sessions.len(),
+            "the grace for the agent's empty first inventory ran out with no newer inventory: \
+             applying the sessions it reported since, the others on the host end"
+        );
+        self.apply_news(
+            host,
+            conn,
+            Command::ReportInventory {
+                host: host.to_string(),
+                sessions,
+            },
+        )
+        .await
+    }
+}
+
+/// A link's first inventory, as far as [`AgentHub::handle`] holding an empty one goes.
+#[derive(Debug)]
+enum FirstInventory {
+    /// No inventory yet; the sessions reported so far, by backend id.
+    Waiting {
+        grace: Duration,
+        reported: HashMap<String, ReportedSession>,
+    },
+    /// An empty inventory is held until `until`; the sessions reported since the link started.
+    Held {
+        until: Instant,
+        reported: HashMap<String, ReportedSession>,
+    },
+    /// An inventory was applied: everything is applied as it comes.
+    Settled,
+}
+
+impl FirstInventory {
+    fn new(grace: Duration) -> FirstInventory {
+        FirstInventory::Waiting {
+            grace,
+            reported: HashMap::new(),
+        }
+    }
+
+    /// Whether an empty inventory now would be held: it is the link's first and there is a
+    /// grace.
+    fn may_hold(&self) -> bool {
+        matches!(self, FirstInventory::Waiting { grace, .. } if !grace.is_zero())
+    }
+
+    /// Holds it; returns the grace.
+    fn hold(&mut self) -> Duration {
+        match std::mem::replace(self, FirstInventory::Settled) {
+            FirstInventory::Waiting { grace, reported } => {
+                *self = FirstInventory::Held {
+                    until: Instant::now() + grace,
+                    reported,
+                };
+                grace
+            }
+            other => {
+                *self = other;
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn held_until(&self) -> Option<Instant> {
+        match self {
+            FirstInventory::Held { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// An inventory is applied (it replaces a held one).
+    fn settled(&mut self) {
+        *self = FirstInventory::Settled;
+    }
+
+    /// The held inventory's grace ran out: the sessions to apply instead.
+    fn expire(&mut self) -> Vec<ReportedSession> {
+        match std::mem::replace(self, FirstInventory::Settled) {
+            FirstInventory::Held { reported, .. } | FirstInventory::Waiting { reported, .. } => {
+                reported.into_values().collect()
+            }
+            FirstInventory::Settled => Vec::new(),
+        }
+    }
+
+    fn changed(&mut self, s: &ReportedSession) {
+        if let FirstInventory::Waiting { reported, .. } | FirstInventory::Held { reported, .. } =
+            self
+            && (reported.len() < MAX_REMEMBERED || reported.contains_key(&s.backend_id))
+        {
+            reported.insert(s.backend_id.clone(), s.clone());
+        }
+    }
+
+    fn gone(&mut self, backend_id: &str) {
+        if let FirstInventory::Waiting { reported, .. } | FirstInventory::Held { reported, .. } =
+            self
+        {
+            reported.remove(backend_id);
+        }
+    }
+}
+
+/// Waits until `t`, or for ever without one.
+async fn until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -543,6 +543,29 @@ fn refuse(r: Request) {
     }
 }
 
+/// Logs (one warning per inventory, counts and the first reason only) and counts the inventory
+/// rows the core skipped.
+fn refused_rows(events: &[Event]) {
+    for e in events {
+        if let Event::InventoryRowsRefused {
+            host,
+            invalid,
+            duplicate,
+            first,
+        } = e
+        {
+            tracing::warn!(
+                host = %host,
+                invalid,
+                duplicate,
+                first = %first,
+                "inventory rows skipped (the rest of the inventory was applied)"
+            );
+            crate::metrics::inventory_rows_refused(*invalid, *duplicate);
+        }
+    }
+}
+
 /// Events after which readers must see the change at once (operators act on what they see).
 fn changes_hosts(e: &Event) -> bool {
     matches!(
@@ -629,6 +652,7 @@ impl<S: Store> Engine<S> {
                             if let Some(h) = weight_host {
                                 self.weight_overrides.insert(h);
                             }
+                            refused_rows(&events);
                             urgent |= events.iter().any(changes_hosts);
                             self.views.note(&events);
                             self.dirty |= !is_tick || !events.is_empty();

@@ -142,6 +142,7 @@ impl Broker {
             engine.clone(),
             config.cluster.settings.stale_after_intervals,
         );
+        hub.set_empty_inventory_grace(config.agent_empty_inventory_grace);
         let kube = kubernetes::KubePools::start(
             &config.kube_pools,
             engine.clone(),
@@ -377,6 +378,8 @@ impl Reloader {
         self.agents.expect(agent_hosts);
         self.agents
             .set_missed(c.cluster.settings.stale_after_intervals);
+        self.agents
+            .set_empty_inventory_grace(c.agent_empty_inventory_grace);
         match &self.x2go {
             Some(x) => x.reload(c.x2go, c.auth),
             None if c.x2go.is_some() => {

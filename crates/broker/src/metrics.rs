@@ -81,6 +81,17 @@ pub fn placement_failed(e: &CoreError, took: Duration) {
     histogram!("switchboard_placement_duration_seconds").record(took.as_secs_f64());
 }
 
+/// Counts the rows of an inventory that the core skipped: `invalid` (a backend id or user name
+/// it refuses) and `duplicate` (a backend id listed again).
+pub fn inventory_rows_refused(invalid: u32, duplicate: u32) {
+    for (reason, n) in [("invalid", invalid), ("duplicate", duplicate)] {
+        if n > 0 {
+            counter!("switchboard_inventory_rows_refused_total", "reason" => reason)
+                .increment(u64::from(n));
+        }
+    }
+}
+
 /// Records one store commit.
 pub fn commit(took: Duration, ok: bool) {
     histogram!("switchboard_store_commit_duration_seconds").record(took.as_secs_f64());

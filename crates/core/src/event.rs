@@ -122,6 +122,20 @@ pub enum Event {
         /// The host.
         host: Arc<str>,
     },
+    /// Rows of a host's inventory were skipped: `invalid` ones (a backend id or user name the
+    /// name check refuses) and `duplicate` ones (a backend id listed again; the first row with it
+    /// was applied). The rest of the inventory was applied. For logs and metrics only.
+    InventoryRowsRefused {
+        /// The host.
+        host: Arc<str>,
+        /// Rows refused by the name check.
+        invalid: u32,
+        /// Rows repeating a backend id.
+        duplicate: u32,
+        /// Why the first skipped row was skipped (bounded: names are at most
+        /// [`crate::model::MAX_NAME_LEN`] bytes).
+        first: Arc<str>,
+    },
     /// Time changed how a host looks without anything else happening to it: its load report
     /// went stale, or its failure penalty ended. (For readers that cache host views.)
     HostChanged {
@@ -147,6 +161,7 @@ impl Event {
             | Event::SessionEnded { host, .. }
             | Event::CredentialIssued { host, .. }
             | Event::CredentialRevoked { host }
+            | Event::InventoryRowsRefused { host, .. }
             | Event::HostChanged { host } => Some(host),
             Event::Placed(p) => Some(&p.host),
             Event::SessionStarted(s) => Some(&s.host),
@@ -183,6 +198,7 @@ impl Event {
             | Event::HostChanged { .. }
             | Event::HostPenalized { .. }
             | Event::LoadReported { .. }
+            | Event::InventoryRowsRefused { .. }
             | Event::Placed(_)
             | Event::ReservationEnded { .. } => false,
         }

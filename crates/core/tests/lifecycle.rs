@@ -185,19 +185,119 @@ fn inventory_restores_unknown_sessions_after_the_agent_returns() {
 }
 
 #[test]
-fn duplicate_backend_ids_in_an_inventory_are_refused_whole() {
+fn duplicate_backend_ids_in_an_inventory_keep_the_first_row_and_are_counted() {
     let mut c = agent_cluster();
+    let events = c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![
+            reported("s-1", "alice", ReportedState::Running),
+            reported("s-1", "bob", ReportedState::Disconnected),
+            reported("s-2", "carol", ReportedState::Running),
+            reported("s-2", "dave", ReportedState::Running),
+        ],
+    });
+    assert_eq!(c.sessions_on("a1"), 2);
+    let alice = &c.state.sessions_of_user("alice")[0];
+    assert_eq!(alice.backend_id.as_deref(), Some("s-1"));
+    assert_eq!(alice.state, SessionState::Running);
+    assert!(c.state.sessions_of_user("bob").is_empty());
+    assert!(c.state.sessions_of_user("dave").is_empty());
+    assert_eq!(c.state.sessions_of_user("carol").len(), 1);
+    let refused: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::InventoryRowsRefused {
+                host,
+                invalid,
+                duplicate,
+                first,
+            } => Some((host.to_string(), *invalid, *duplicate, first.to_string())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "one event per inventory: {events:?}");
+    let (host, invalid, duplicate, first) = &refused[0];
+    assert_eq!((host.as_str(), *invalid, *duplicate), ("a1", 0, 2));
+    assert!(
+        first.contains("\"s-1\"") && first.contains("twice"),
+        "{first}"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::InventoryRowsRefused { .. }))
+            .all(|e| !e.is_durable()),
+        "for logs and metrics only, never committed"
+    );
+}
+
+#[test]
+fn an_invalid_row_is_skipped_and_counted_and_the_rest_of_the_inventory_applies() {
+    let mut c = agent_cluster();
+    c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![
+            reported("s-1", "alice", ReportedState::Running),
+            reported("s-2", "bob", ReportedState::Running),
+        ],
+    });
+    let alice = c.state.sessions_of_user("alice")[0].id;
+    // bob's session is gone; alice's is disconnected; one row has a user name the core refuses
+    // (a control character) and one an empty backend id.
+    let events = c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![
+            reported("s-3", "eve\nil", ReportedState::Running),
+            reported("s-1", "alice", ReportedState::Disconnected),
+            reported("", "mallory", ReportedState::Running),
+        ],
+    });
+    assert_eq!(c.sessions_on("a1"), 1);
+    let s = c
+        .state
+        .session(alice)
+        .expect("alice's session keeps its id");
+    assert_eq!(s.state, SessionState::Disconnected);
+    assert!(c.state.sessions_of_user("bob").is_empty(), "missing: ended");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::SessionEnded { .. }))
+    );
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, Event::InventoryRowsRefused { .. }))
+        .collect();
+    assert!(
+        matches!(
+            refused[..],
+            [Event::InventoryRowsRefused {
+                invalid: 2,
+                duplicate: 0,
+                ..
+            }]
+        ),
+        "{refused:?}"
+    );
+    assert!(refused.iter().all(|e| !e.is_durable()));
+    // An inventory with nothing wrong says nothing about refused rows.
+    let events = c.apply(Command::ReportInventory {
+        host: "a1".into(),
+        sessions: vec![reported("s-1", "alice", ReportedState::Running)],
+    });
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::InventoryRowsRefused { .. }))
+    );
+    // A single session report with an invalid row is still refused (it is the whole message).
     let e = c
-        .try_apply(Command::ReportInventory {
+        .try_apply(Command::ReportSession {
             host: "a1".into(),
-            sessions: vec![
-                reported("s-1", "alice", ReportedState::Running),
-                reported("s-1", "bob", ReportedState::Running),
-            ],
+            session: reported("s-4", "eve\nil", ReportedState::Running),
         })
         .unwrap_err();
-    assert!(e.to_string().contains("twice"), "{e}");
-    assert_eq!(c.state.session_count(), 0);
+    assert!(matches!(e, CoreError::Invalid { .. }), "{e}");
 }
 
 #[test]

@@ -239,6 +239,9 @@ pub struct AgentsSection {
     /// and this machine's host name): the names agents use to reach the broker.
     #[serde(default)]
     pub names: Vec<String>,
+    /// How long an empty first inventory on a new link is held when the host has live sessions
+    /// (default 60s; `"0"` applies it at once; at most 1h).
+    pub empty_inventory_grace: Option<ConfigDuration>,
 }
 
 /// `[management]`.

@@ -57,6 +57,9 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 /// Default agent listen address.
 pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:7443";
 
+/// Longest `[agents] empty_inventory_grace`.
+const MAX_EMPTY_INVENTORY_GRACE: Duration = Duration::from_secs(3600);
+
 /// A configuration error: where, and what.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -95,6 +98,8 @@ pub struct Config {
     pub agent_tls: Option<(PathBuf, PathBuf)>,
     /// Extra names for a generated agent listener certificate.
     pub agent_names: Vec<String>,
+    /// How long an empty first inventory from a host with live sessions is held (zero: not).
+    pub agent_empty_inventory_grace: Duration,
     /// Management socket path.
     pub management_socket: PathBuf,
     /// Its file mode (default 0660).
@@ -231,6 +236,17 @@ impl FileConfig {
             (None, None) => None,
             _ => return Err("keys `agents.tls_cert` and `agents.tls_key` go together".into()),
         };
+        let agent_empty_inventory_grace = self
+            .agents
+            .empty_inventory_grace
+            .map_or(crate::agents::DEFAULT_EMPTY_INVENTORY_GRACE, |d| d.0);
+        if agent_empty_inventory_grace > MAX_EMPTY_INVENTORY_GRACE {
+            return Err(format!(
+                "key `agents.empty_inventory_grace`: at most 1h (got {}); sessions a host no \
+                 longer has would be shown that long",
+                humantime::format_duration(agent_empty_inventory_grace)
+            ));
+        }
         let default_policy = self.placement.policy.unwrap_or_default();
         let defaults = Settings::default();
         let settings = Settings {
@@ -435,6 +451,7 @@ impl FileConfig {
             agent_listen_set: self.agents.listen.is_some(),
             agent_tls,
             agent_names: self.agents.names,
+            agent_empty_inventory_grace,
             cluster: Layout {
                 settings,
                 hosts,
@@ -598,6 +615,9 @@ max_sessions = 40
         assert_eq!(c.cluster.pools[1].policy, Policy::WeightedLeastSessions);
         assert_eq!(c.cluster.pools[1].hosts, vec!["x2go1".to_string()]);
         assert_eq!(c.tokens_file, Path::new("/var/lib/switchboard/tokens"));
+        assert_eq!(c.agent_empty_inventory_grace, Duration::from_secs(60));
+        let c = Config::parse("[agents]\nempty_inventory_grace = \"0\"\n", "b.toml").unwrap();
+        assert_eq!(c.agent_empty_inventory_grace, Duration::ZERO);
     }
 
     #[test]
@@ -639,6 +659,11 @@ max_sessions = 40
                 "above zero",
             ),
             ("[agents]\ntls_key = \"/x\"\n", "go together"),
+            (
+                "[agents]\nempty_inventory_grace = \"2h\"\n",
+                "agents.empty_inventory_grace",
+            ),
+            ("[agents]\nempty_inventory_grace = \"soon\"\n", "line 2"),
             (
                 "[[pool]]\nname=\"p\"\n[[pool.host]]\nname=\"a\"\naddress=\"127.0.0.2:22\"\nprobe = true\n",
                 "agent = false",

@@ -197,6 +197,11 @@ impl ClusterState {
         check_name("user", &rs.user)
     }
 
+    /// Reconciles a host's full inventory: sessions the broker knows there but the inventory
+    /// lacks end, the rest are applied. A row that is not acceptable (backend id or user name
+    /// refused by the name check) or repeats a backend id already listed is skipped, counts as
+    /// not reported, and is counted in one [`Event::InventoryRowsRefused`]; one bad row never
+    /// refuses the whole inventory (which would freeze the host's sessions).
     pub(super) fn report_inventory(
         &mut self,
         name: &str,
@@ -204,15 +209,25 @@ impl ClusterState {
         events: &mut Vec<Event>,
     ) -> Result<(), CoreError> {
         let hid = self.host_id(name)?;
-        let mut seen = std::collections::HashSet::new();
-        for rs in &reported {
-            Self::check_reported(rs)?;
-            if !seen.insert(rs.backend_id.as_str()) {
-                return Err(CoreError::Invalid {
-                    field: "inventory",
-                    reason: format!("backend id {:?} is reported twice", rs.backend_id),
-                });
+        let mut seen = std::collections::HashSet::with_capacity(reported.len());
+        let mut kept = Vec::with_capacity(reported.len());
+        let (mut invalid, mut duplicate) = (0u32, 0u32);
+        let mut first: Option<String> = None;
+        for rs in reported {
+            if let Err(e) = Self::check_reported(&rs) {
+                invalid = invalid.saturating_add(1);
+                first.get_or_insert_with(|| e.to_string());
+                continue;
             }
+            // The first occurrence of a backend id wins; later ones are skipped.
+            if !seen.insert(rs.backend_id.clone()) {
+                duplicate = duplicate.saturating_add(1);
+                first.get_or_insert_with(|| {
+                    format!("backend id {:?} is reported twice", rs.backend_id)
+                });
+                continue;
+            }
+            kept.push(rs);
         }
         let missing: Vec<SessionId> = self
             .host_ref(hid)
@@ -233,8 +248,19 @@ impl ClusterState {
         for id in missing {
             self.remove_session(id, events);
         }
-        for rs in reported {
+        for rs in kept {
             self.apply_reported(hid, rs, events);
+        }
+        if invalid > 0 || duplicate > 0 {
+            let host = self
+                .host_ref(hid)
+                .map_or_else(|| Arc::from(name), |h| h.name.clone());
+            events.push(Event::InventoryRowsRefused {
+                host,
+                invalid,
+                duplicate,
+                first: first.map(Arc::from).unwrap_or_else(|| Arc::from("")),
+            });
         }
         Ok(())
     }
