@@ -21,8 +21,9 @@
 //! not applied at once: it is what an agent whose sources all failed at start-up, or an agent of
 //! an earlier release that did not wait for its first listing, sends, and applying it would end
 //! every session on the host. It is held for `[agents] empty_inventory_grace` (default 60 s;
-//! `FirstInventory`), on the link's own task, so nothing the link reports can overtake it. Session changes from the link are applied meanwhile, and a later
-//! inventory replaces the held one. If the grace runs out on the same link with nothing newer,
+//! `FirstInventory`), on the link's own task, so nothing the link reports can overtake it.
+//! Session changes from the link are applied meanwhile, and a later inventory replaces the held
+//! one. If the grace runs out on the same link with nothing newer,
 //! the inventory applied is the sessions the link reported since it started (none: every session
 //! on the host ends, as the empty inventory said). A link that ends during the grace drops it.
 //!
