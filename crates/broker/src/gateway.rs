@@ -274,6 +274,17 @@ async fn login(
         Err(switchboard_auth::AuthError::Unavailable(_)) => {
             login_form(Some("Sign-in is unavailable; try again later."))
         }
+        Err(switchboard_auth::AuthError::Busy) => {
+            let mut r = login_form(Some(
+                "Too many sign-ins at once; try again in a few seconds.",
+            ));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(switchboard_auth::BUSY_RETRY_AFTER),
+            );
+            r
+        }
     }
 }
 

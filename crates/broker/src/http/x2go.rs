@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_auth::authid::AuthIds;
-use switchboard_auth::{AuthError, Authenticator, Method, printable, valid_user};
+use switchboard_auth::{AuthError, Authenticator, Settings, printable, valid_user};
 use switchboard_core::{CoreError, PlacementOutcome, SessionState};
 use switchboard_proto::agent::Action;
 use switchboard_proto::x2go::{self as wire, Form, Profile, Selected, dialect};
@@ -163,13 +163,13 @@ impl X2go {
 
     /// Applies a reloaded configuration. Live AUTHIDs and failure counts survive unless the
     /// token settings or the method changed. Without `[x2go]` the routes answer 404.
-    pub fn reload(&self, cfg: Option<X2goConfig>, method: Option<Method>) {
+    pub fn reload(&self, cfg: Option<X2goConfig>, method: Option<Settings>) {
         let old = self.current.load();
         let new = match (cfg, method) {
             (Some(cfg), Some(method)) => {
                 let (auth, ids) = match &**old {
                     Some(o) => {
-                        let auth = if *o.auth.method() == method {
+                        let auth = if *o.auth.settings() == method {
                             o.auth.clone()
                         } else {
                             Authenticator::new(method)
@@ -312,6 +312,7 @@ impl X2go {
                 Err(AuthError::Unavailable(_)) => {
                     return Err(html(StatusCode::SERVICE_UNAVAILABLE));
                 }
+                Err(AuthError::Busy) => return Err(busy()),
             }
         } else {
             match fe.ids.redeem(&form.authid, &form.user, client) {
@@ -390,14 +391,12 @@ impl X2go {
         if !fe.needs_groups {
             return Some(Vec::new());
         }
-        let (u, primary) = (user.to_owned(), fe.cfg.primary_groups);
-        match tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary)).await {
-            Ok(Ok(g)) => Some(g),
-            Ok(Err(e)) => {
+        match switchboard_auth::groups::lookup(user, fe.cfg.primary_groups).await {
+            Ok(g) => Some(g.to_vec()),
+            Err(e) => {
                 tracing::error!(error = %e, "x2go: group lookup failed; profiles with group rules are refused");
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -789,6 +788,17 @@ pub fn html(status: StatusCode) -> Response {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(dialect::HTML),
+    );
+    r
+}
+
+/// The answer when sign-in is busy ([`AuthError::Busy`]): tornado's 503 page, as for a store
+/// outage, with `Retry-After`.
+fn busy() -> Response {
+    let mut r = html(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(switchboard_auth::BUSY_RETRY_AFTER),
     );
     r
 }
