@@ -162,24 +162,24 @@ impl PasswordFile {
     }
 
     /// Checks a user's password on `pool` (`suspect`: from a source that has just failed);
-    /// refused at once with [`AuthError::Busy`] when the pool is full.
+    /// refused at once with [`AuthError::Busy`] when the pool is full. Returns the user as the
+    /// file writes it (names are compared exactly, so that is the name given).
     pub async fn verify(
         &self,
         pool: &Pool,
         user: &str,
         password: &str,
         suspect: bool,
-    ) -> Result<(), AuthError> {
+    ) -> Result<String, AuthError> {
         let this = self.clone();
         let (user, password) = (user.to_owned(), password.to_owned());
         let job = pool.run(suspect, move || {
             let entries = this.entries()?;
-            let known = entries.get(&user);
-            let ok = check(known.map_or(dummy(), String::as_str), &password);
-            if ok && known.is_some() {
-                Ok(())
-            } else {
-                Err(AuthError::Denied)
+            let known = entries.get_key_value(&user);
+            let ok = check(known.map_or(dummy(), |(_, h)| h.as_str()), &password);
+            match known {
+                Some((name, _)) if ok => Ok(name.clone()),
+                _ => Err(AuthError::Denied),
             }
         });
         match job.await {
@@ -330,7 +330,15 @@ mod tests {
         assert!(text.starts_with("# site users\nalice:$argon2id$"), "{text}");
         let f = PasswordFile::new(path.clone());
         let pool = Pool::new("file", crate::pool::Limits::default());
-        f.verify(&pool, "alice", "three", false).await.unwrap();
+        assert_eq!(
+            f.verify(&pool, "alice", "three", false).await.unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            f.verify(&pool, "ALICE", "three", false).await,
+            Err(AuthError::Denied),
+            "names are compared exactly"
+        );
         assert_eq!(
             f.verify(&pool, "alice", "one", false).await,
             Err(AuthError::Denied)

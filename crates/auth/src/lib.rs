@@ -9,6 +9,9 @@
 //!   bounded pool of its own;
 //! - `none`: every user is who they say they are (must be chosen explicitly).
 //!
+//! [`Authenticator::verify`] returns the user's canonical name (NSS's `pw_name` for PAM, the
+//! file's entry, or the name as given for `none`), which every frontend uses from then on.
+//!
 //! Both pools ([`pool`]) have a bounded queue: when every thread and waiting place is taken, a
 //! check is refused at once with [`AuthError::Busy`], which frontends answer with 503 and
 //! `Retry-After` in their own form, and which is not a failure on the source's record.
@@ -218,12 +221,16 @@ impl Authenticator {
     /// the source's failure delay, and one source has one check in flight at a time; other
     /// sources are not affected. [`AuthError::Busy`] (the method's pool is full) is answered at
     /// once and is not counted as a failure.
+    ///
+    /// Returns the authenticated user's canonical name, the one every later decision (ACLs,
+    /// limits, sessions, templates) must use: NSS's `pw_name` for PAM (a login whose name NSS
+    /// does not know is refused), the file's entry for `file:`, the name as given for `none`.
     pub async fn verify(
         &self,
         user: &str,
         password: &str,
         source: IpAddr,
-    ) -> Result<(), AuthError> {
+    ) -> Result<String, AuthError> {
         if !valid_user(user) || password.len() > MAX_PASSWORD || password.contains('\0') {
             let _turn = self.throttle.turn(source).await;
             self.throttle.failed(source).await;
@@ -233,7 +240,7 @@ impl Authenticator {
         let suspect = self.throttle.failures(source) > 0;
         let method = &self.settings.method;
         let result = match method {
-            Method::None => Ok(()),
+            Method::None => Ok(user.to_owned()),
             Method::File(_) => match &self.file {
                 Some((f, pool)) => f.verify(pool, user, password, suspect).await,
                 None => Err(AuthError::Unavailable("password file not set up".into())),
@@ -244,7 +251,7 @@ impl Authenticator {
             },
         };
         match &result {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(AuthError::Denied) => {
                 tracing::info!(user = %printable(user), %source, method = %method.name(), "wrong user name or password");
                 self.throttle.failed(source).await;
@@ -365,7 +372,7 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_millis(200));
         assert_eq!(throttle.failures(other), 0);
-        first.await.unwrap().unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), "alice");
         auth.verify("alice", "pw", other).await.unwrap();
     }
 
@@ -373,8 +380,11 @@ mod tests {
     async fn none_accepts_everyone() {
         let a = Authenticator::new(Method::None);
         assert!(!a.checks());
-        a.verify("bob", "", "127.0.0.1".parse().unwrap())
-            .await
-            .unwrap();
+        assert_eq!(
+            a.verify("bob", "", "127.0.0.1".parse().unwrap())
+                .await
+                .unwrap(),
+            "bob"
+        );
     }
 }

@@ -51,6 +51,30 @@ impl ConversationAdapter for Conversation {
     }
 }
 
+/// The account's name as NSS writes it (`getpwnam(user)->pw_name`): PAM stacks such as sssd's
+/// or winbind's accept aliases (`ALICE`, `alice@corp.example`, `CORP\alice`) for one account, and
+/// everything after sign-in (ACLs, limits, sessions, templates) must see one name. A name NSS
+/// does not know, or a failing lookup, refuses the login.
+pub fn canonical(user: &str) -> Result<String, AuthError> {
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.name),
+        Ok(None) => {
+            tracing::error!(user = %crate::printable(user), "PAM accepted a name that NSS does not know; sign-in refused (no canonical account name)");
+            Err(AuthError::Denied)
+        }
+        Err(e) => {
+            tracing::error!(user = %crate::printable(user), error = %e, "the NSS lookup of a name PAM accepted failed; sign-in refused (no canonical account name)");
+            Err(AuthError::Denied)
+        }
+    }
+}
+
+/// One PAM transaction, then the account's canonical name; blocking.
+fn authenticate_canonical(service: &str, user: &str, password: &str) -> Result<String, AuthError> {
+    authenticate(service, user, password)?;
+    canonical(user)
+}
+
 /// One PAM transaction, blocking.
 fn authenticate(service: &str, user: &str, password: &str) -> Result<(), AuthError> {
     let conversation = Conversation {
@@ -101,13 +125,19 @@ impl PamPool {
     /// Checks a password once a thread is free (a suspect's, for a suspect); refused at once
     /// with [`AuthError::Busy`] when every thread and waiting place is taken. The whole wait,
     /// thread included, is bounded by [`crate::PAM_TIMEOUT`]; a conversation that outlives it
-    /// keeps its thread until PAM returns, so the bound on threads holds.
-    pub async fn verify(&self, user: &str, password: &str, suspect: bool) -> Result<(), AuthError> {
+    /// keeps its thread until PAM returns, so the bound on threads holds. Returns the account's
+    /// canonical name ([`canonical`]).
+    pub async fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        suspect: bool,
+    ) -> Result<String, AuthError> {
         let service = self.service.clone();
         let (user, password) = (user.to_owned(), password.to_owned());
-        let job = self
-            .pool
-            .run(suspect, move || authenticate(&service, &user, &password));
+        let job = self.pool.run(suspect, move || {
+            authenticate_canonical(&service, &user, &password)
+        });
         match tokio::time::timeout(crate::PAM_TIMEOUT, job).await {
             Ok(Ok(r)) => r,
             Ok(Err(PoolError::Busy)) => Err(AuthError::Busy),

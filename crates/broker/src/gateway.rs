@@ -251,7 +251,8 @@ async fn login(
         return login_form(Some("Enter a user name."));
     };
     match gw.auth.verify(&user, &password, peer.ip()).await {
-        Ok(()) => {
+        // The authenticator's canonical name from here on (templates, pods, targets).
+        Ok(user) => {
             let c = match secret() {
                 Ok(c) => c,
                 Err(e) => {

@@ -923,3 +923,48 @@ async fn pyhoca_cli_reports_a_busy_broker_and_exits() {
         "no failure reported:\n{text}"
     );
 }
+
+/// A PAM stack that accepts an alias of an account (here: any name) cannot be used to get past
+/// a user ACL: the name after sign-in is NSS's, and a name NSS does not know is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_that_pam_accepts_does_not_get_past_a_user_acl() {
+    let (user, service) = switchboard_testkit::pam_permit_service();
+    let profiles = format!(
+        "[DEFAULT]\nbroker-agent-query-mode=NONE\n\n\
+         [open]\nname=Open\nhost=o (127.0.0.51)\n\n\
+         [not-for-them]\nname=Everyone but the test user\nhost=n (127.0.0.52)\n\
+         acl-users-allow=ALL\nacl-users-deny={user}\nacl-users-order=deny-allow\n"
+    );
+    let b = BrokerBuilder::new()
+        .x2go(&profiles)
+        .set(
+            "auth",
+            &format!("method = \"pam\"\npam_service = \"{service}\""),
+        )
+        .start()
+        .await;
+    let post = |body: String| {
+        let base = b.base.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/plain/"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(format!("task=listsessions&user={user}&password=x&authid=")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("[open]") && !body.contains("[not-for-them]"),
+        "{body}"
+    );
+    let alias = user.to_uppercase();
+    for task in ["listsessions", "selectsession&sid=not-for-them"] {
+        let (status, body) = post(format!("task={task}&user={alias}&password=x&authid=")).await;
+        assert_eq!(status, 401, "{alias} got in: {body}");
+    }
+}

@@ -329,8 +329,9 @@ async fn login(
         };
         let user = f.get("user").map(|u| u.trim()).unwrap_or("");
         let password = f.get("password").map(String::as_str).unwrap_or("");
-        match auth.verify(user, password, client).await {
-            Ok(()) => {}
+        // The authenticator's canonical name from here on.
+        let user = match auth.verify(user, password, client).await {
+            Ok(canonical) => canonical,
             Err(AuthError::Denied) => return refuse("Wrong user name or password."),
             Err(AuthError::Unavailable(_)) => {
                 return refuse("Password sign-in is unavailable right now; use a token.");
@@ -344,16 +345,16 @@ async fn login(
                 );
                 return r;
             }
-        }
-        let groups = match switchboard_auth::groups::lookup(user, true).await {
+        };
+        let groups = match switchboard_auth::groups::lookup(&user, true).await {
             Ok(g) => g,
             Err(_) => return refuse("Group membership cannot be checked right now; use a token."),
         };
         if !groups.iter().any(|g| g == group) {
-            tracing::warn!(user = %printable(user), %client, group, "dashboard: sign-in refused, not in the admin group");
+            tracing::warn!(user = %printable(&user), %client, group, "dashboard: sign-in refused, not in the admin group");
             return refuse("Not a dashboard administrator.");
         }
-        user.to_owned()
+        user
     };
     let Some((sid, _)) = ui.sign_in(who.clone(), token_hash) else {
         return refuse("No randomness available for a session; try again.");

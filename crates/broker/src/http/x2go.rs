@@ -281,7 +281,8 @@ impl X2go {
     }
 
     /// Checks the request's credentials: an AUTHID if one is sent, else the password. Returns
-    /// the user and the next AUTHID (none with `[auth] method = "none"`).
+    /// the user (the authenticator's canonical name) and the next AUTHID (none with `[auth]
+    /// method = "none"`).
     async fn authenticate(
         &self,
         fe: &Frontend,
@@ -305,9 +306,11 @@ impl X2go {
                 }
             };
         }
-        let origin = if form.authid.is_empty() {
+        // From here on the user is the authenticator's canonical name (NSS's for PAM), never
+        // an alias the client typed: ACLs, login_map, limits and sessions all see that one.
+        let (user, origin) = if form.authid.is_empty() {
             match fe.auth.verify(&form.user, &form.password, client).await {
-                Ok(()) => Instant::now(),
+                Ok(canonical) => (canonical, Instant::now()),
                 Err(AuthError::Denied) => return Err(html(StatusCode::UNAUTHORIZED)),
                 Err(AuthError::Unavailable(_)) => {
                     return Err(html(StatusCode::SERVICE_UNAVAILABLE));
@@ -316,7 +319,7 @@ impl X2go {
             }
         } else {
             match fe.ids.redeem(&form.authid, &form.user, client) {
-                Ok(r) => r.origin,
+                Ok(r) => (r.user.to_string(), r.origin),
                 Err(e) => {
                     // Tokens are 122 random bits: guessing needs no delay to be hopeless.
                     tracing::info!(user = %printable(&form.user), %client, reason = %e, "x2go: AUTHID refused");
@@ -324,8 +327,8 @@ impl X2go {
                 }
             }
         };
-        match fe.ids.issue(&form.user, client, origin) {
-            Ok(t) => Ok((form.user.clone(), Some(t))),
+        match fe.ids.issue_as(&user, &form.user, client, origin) {
+            Ok(t) => Ok((user, Some(t))),
             Err(e) => {
                 tracing::error!(error = %e, "x2go: cannot issue an AUTHID");
                 Err(html(StatusCode::SERVICE_UNAVAILABLE))
@@ -442,7 +445,13 @@ impl X2go {
             tracing::warn!(user = %printable(user), %client, profile = %profile.id, "x2go: select refused by the profile's ACL");
             return reply(&none);
         }
-        let login = form.login();
+        // The login the client asks for is its own typed name unless it says otherwise: that
+        // is the canonical user.
+        let login = if form.login() == form.user {
+            user
+        } else {
+            form.login()
+        };
         if !valid_user(login) {
             return bad_request("login is not a user name");
         }
