@@ -26,7 +26,10 @@ pub const DEFAULT_MAX: usize = 100_000;
 
 #[derive(Debug)]
 struct Entry {
+    /// The authenticated (canonical) user.
     user: Arc<str>,
+    /// The name the client signs its requests with (what it typed at the password login).
+    presented: Arc<str>,
     addr: IpAddr,
     /// When the password login that started this chain happened.
     origin: Instant,
@@ -124,7 +127,20 @@ impl AuthIds {
 
     /// Issues a token for `user` at `addr`, continuing a chain that began at `origin`.
     pub fn issue(&self, user: &str, addr: IpAddr, origin: Instant) -> Result<String, String> {
+        self.issue_as(user, user, addr, origin)
+    }
+
+    /// Issues a token for the authenticated `user`, who signs their requests as `presented`
+    /// (the name they typed, which the authenticator mapped to `user`).
+    pub fn issue_as(
+        &self,
+        user: &str,
+        presented: &str,
+        addr: IpAddr,
+        origin: Instant,
+    ) -> Result<String, String> {
         let token = random_uuid()?;
+        let presented: Arc<str> = presented.into();
         let user: Arc<str> = user.into();
         let mut g = lock(&self.inner);
         // This user's oldest first, then everyone's oldest.
@@ -153,6 +169,7 @@ impl AuthIds {
             token.clone(),
             Entry {
                 user: user.clone(),
+                presented,
                 addr,
                 origin,
             },
@@ -162,8 +179,9 @@ impl AuthIds {
         Ok(token)
     }
 
-    /// Redeems `token` presented by `user` from `addr`. The token is gone afterwards whatever
-    /// the result.
+    /// Redeems `token` presented by `user` (the name the chain's requests carry) from `addr`;
+    /// the result names the authenticated user. The token is gone afterwards whatever the
+    /// result.
     pub fn redeem(&self, token: &str, user: &str, addr: IpAddr) -> Result<Redeemed, TokenError> {
         let entry = {
             let mut g = lock(&self.inner);
@@ -171,7 +189,7 @@ impl AuthIds {
             g.unlist(&entry.user, token);
             entry
         };
-        if &*entry.user != user {
+        if &*entry.presented != user {
             return Err(TokenError::OtherUser);
         }
         if self.bind && entry.addr != addr {
@@ -221,6 +239,19 @@ mod tests {
         );
         let b = ids.issue("alice", ip("127.0.0.1"), r.origin).unwrap();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_chain_signed_with_an_alias_redeems_as_the_canonical_user() {
+        let ids = AuthIds::new(Duration::from_secs(60), true, 10);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let t = ids.issue_as("alice", "ALICE", ip, Instant::now()).unwrap();
+        assert_eq!(&*ids.redeem(&t, "ALICE", ip).unwrap().user, "alice");
+        let t = ids.issue_as("alice", "ALICE", ip, Instant::now()).unwrap();
+        assert_eq!(
+            ids.redeem(&t, "alice", ip).unwrap_err(),
+            TokenError::OtherUser
+        );
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! and empty lines are ignored.
 //!
 //! The file is read again when its modification time or size changes, so `switchboard passwd`
-//! takes effect on the next login without a reload. Hash checks run on the blocking pool (argon2
-//! is deliberately slow), and an unknown user costs the same as a wrong password.
+//! takes effect on the next login without a reload. Hash checks run on the authenticator's bounded
+//! [`crate::pool::Pool`] (argon2 is deliberately slow: `[auth] workers` at once, `[auth] queue`
+//! waiting, the rest refused), and an unknown user costs the same as a wrong password.
 
 use crate::AuthError;
+use crate::pool::{Pool, PoolError};
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use std::collections::HashMap;
@@ -97,11 +99,23 @@ pub fn check(hash: &str, password: &str) -> bool {
     }
 }
 
-/// An argon2id hash of `password` with a fresh salt.
+/// An argon2id hash of `password` with a fresh salt and argon2's default cost (19 MiB, two
+/// passes).
 pub fn hash(password: &str) -> Result<String, String> {
+    hash_with(password, argon2::Params::default())
+}
+
+/// An argon2id hash of `password` with a fresh salt, costing `memory_kib` KiB of memory and
+/// `passes` passes over it (one lane). Checking it costs the same.
+pub fn hash_costing(password: &str, memory_kib: u32, passes: u32) -> Result<String, String> {
+    let params = argon2::Params::new(memory_kib, passes, 1, None).map_err(|e| e.to_string())?;
+    hash_with(password, params)
+}
+
+fn hash_with(password: &str, params: argon2::Params) -> Result<String, String> {
     let salt = crate::secret::random_bytes::<16>().map_err(|e| e.to_string())?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
@@ -147,22 +161,34 @@ impl PasswordFile {
         Ok(entries)
     }
 
-    /// Checks a user's password.
-    pub async fn verify(&self, user: &str, password: &str) -> Result<(), AuthError> {
+    /// Checks a user's password on `pool` (`suspect`: from a source that has just failed);
+    /// refused at once with [`AuthError::Busy`] when the pool is full. Returns the user as the
+    /// file writes it (names are compared exactly, so that is the name given).
+    pub async fn verify(
+        &self,
+        pool: &Pool,
+        user: &str,
+        password: &str,
+        suspect: bool,
+    ) -> Result<String, AuthError> {
         let this = self.clone();
         let (user, password) = (user.to_owned(), password.to_owned());
-        tokio::task::spawn_blocking(move || {
+        let job = pool.run(suspect, move || {
             let entries = this.entries()?;
-            let known = entries.get(&user);
-            let ok = check(known.map_or(dummy(), String::as_str), &password);
-            if ok && known.is_some() {
-                Ok(())
-            } else {
-                Err(AuthError::Denied)
+            let known = entries.get_key_value(&user);
+            let ok = check(known.map_or(dummy(), |(_, h)| h.as_str()), &password);
+            match known {
+                Some((name, _)) if ok => Ok(name.clone()),
+                _ => Err(AuthError::Denied),
             }
-        })
-        .await
-        .map_err(|e| AuthError::Unavailable(format!("password check panicked: {e}")))?
+        });
+        match job.await {
+            Ok(r) => r,
+            Err(PoolError::Busy) => Err(AuthError::Busy),
+            Err(PoolError::Panicked(e)) => Err(AuthError::Unavailable(format!(
+                "password check panicked: {e}"
+            ))),
+        }
     }
 }
 
@@ -303,10 +329,25 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# site users\nalice:$argon2id$"), "{text}");
         let f = PasswordFile::new(path.clone());
-        f.verify("alice", "three").await.unwrap();
-        assert_eq!(f.verify("alice", "one").await, Err(AuthError::Denied));
-        f.verify("bob", "two").await.unwrap();
-        assert_eq!(f.verify("carol", "two").await, Err(AuthError::Denied));
+        let pool = Pool::new("file", crate::pool::Limits::default());
+        assert_eq!(
+            f.verify(&pool, "alice", "three", false).await.unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            f.verify(&pool, "ALICE", "three", false).await,
+            Err(AuthError::Denied),
+            "names are compared exactly"
+        );
+        assert_eq!(
+            f.verify(&pool, "alice", "one", false).await,
+            Err(AuthError::Denied)
+        );
+        f.verify(&pool, "bob", "two", false).await.unwrap();
+        assert_eq!(
+            f.verify(&pool, "carol", "two", false).await,
+            Err(AuthError::Denied)
+        );
         assert!(set_password(&path, "x:y", "p").is_err());
         assert!(set_password(&path, "x", "").is_err());
     }
@@ -316,12 +357,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("passwd");
         let f = PasswordFile::new(path.clone());
+        let pool = Pool::new("file", crate::pool::Limits::default());
         assert!(matches!(
-            f.verify("alice", "x").await,
+            f.verify(&pool, "alice", "x", false).await,
             Err(AuthError::Unavailable(_))
         ));
         std::fs::write(&path, "alice:cleartext\n").unwrap();
-        let e = f.verify("alice", "x").await.unwrap_err();
+        let e = f.verify(&pool, "alice", "x", false).await.unwrap_err();
         assert!(
             matches!(&e, AuthError::Unavailable(m) if m.contains("line 1")),
             "{e}"

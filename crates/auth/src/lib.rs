@@ -5,20 +5,30 @@
 //! - `pam`: the system's PAM stack through libpam ([`pam`]), on a bounded pool of blocking
 //!   threads so a slow module (pam_unix's failure delay, an LDAP server that hangs) never stalls
 //!   the request path;
-//! - `file:PATH`: a file of `user:hash` lines with argon2 or bcrypt hashes ([`file`]);
+//! - `file:PATH`: a file of `user:hash` lines with argon2 or bcrypt hashes ([`file`]), on a
+//!   bounded pool of its own;
 //! - `none`: every user is who they say they are (must be chosen explicitly).
+//!
+//! [`Authenticator::verify`] returns the user's canonical name (NSS's `pw_name` for PAM, the
+//! file's entry, or the name as given for `none`), which every frontend uses from then on.
+//!
+//! Both pools ([`pool`]) have a bounded queue: when every thread and waiting place is taken, a
+//! check is refused at once with [`AuthError::Busy`], which frontends answer with 503 and
+//! `Retry-After` in their own form, and which is not a failure on the source's record.
 //!
 //! Around every method, [`throttle`] delays wrong passwords per source address and per account;
 //! only the failing answer waits, so nobody else's sign-in is held up; an address that has just
-//! failed may not take the last PAM slot, so users with clean records always get one. [`authid`] holds X2Go's AUTHID tokens
+//! failed may not take the last places of a pool, so users with clean records always get one.
+//! [`authid`] holds X2Go's AUTHID tokens
 //! (random, single-use, rotating, bound to an address, expiring, bounded in number). [`groups`]
-//! looks up a user's groups through NSS for group ACLs.
+//! looks up a user's groups through NSS for group ACLs, a few at a time and cached briefly.
 //!
 //! # Layout
 //! - [`authid`]: X2Go's AUTHID tokens.
 //! - [`file`]: the `file:PATH` password file (argon2, bcrypt).
 //! - [`groups`]: a user's groups through NSS.
 //! - [`pam`]: the PAM method on its pool of blocking threads.
+//! - [`pool`]: the bounded pool of blocking threads that checks run on.
 //! - [`secret`]: random secrets (bytes, hex, prefixed base64url tokens), SHA-256 hex and
 //!   constant-time comparison: the one place in Switchboard where secrets are drawn and compared.
 //! - [`throttle`]: per-source and per-account failure delays.
@@ -27,6 +37,7 @@ pub mod authid;
 pub mod file;
 pub mod groups;
 pub mod pam;
+pub mod pool;
 pub mod secret;
 pub mod throttle;
 
@@ -113,35 +124,79 @@ pub enum AuthError {
     /// The method itself is broken (unreadable password file, PAM misconfigured).
     #[error("authentication unavailable: {0}")]
     Unavailable(String),
+    /// Too many checks at once: every thread and waiting place of the method's pool is taken.
+    /// Refused without waiting; try again shortly. Not a failure on the source's record.
+    #[error("authentication busy: too many sign-ins at once")]
+    Busy,
+}
+
+/// The `Retry-After` frontends send with a [`AuthError::Busy`] refusal, in seconds.
+pub const BUSY_RETRY_AFTER: u64 = 2;
+
+/// A method and the size of the pool its checks run on (`[auth]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How users are checked.
+    pub method: Method,
+    /// Password-file checks running at once (`[auth] workers`; PAM's is its `pool`).
+    pub workers: usize,
+    /// Checks waiting for a thread, beyond which they are refused (`[auth] queue`).
+    pub queue: usize,
+}
+
+impl From<Method> for Settings {
+    /// `method` with the default pool ([`pool::default_workers`], [`pool::DEFAULT_QUEUE`]).
+    fn from(method: Method) -> Settings {
+        Settings {
+            method,
+            workers: pool::default_workers(),
+            queue: pool::DEFAULT_QUEUE,
+        }
+    }
 }
 
 /// Checks passwords by one [`Method`], with per-source and per-account failure delays.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
-    method: Arc<Method>,
+    settings: Arc<Settings>,
     pam: Option<pam::PamPool>,
-    file: Option<file::PasswordFile>,
+    file: Option<(file::PasswordFile, pool::Pool)>,
     throttle: throttle::Throttle,
 }
 
 impl Authenticator {
-    /// An authenticator for `method` with the default throttle.
-    pub fn new(method: Method) -> Authenticator {
-        Authenticator::with_throttle(method, throttle::Throttle::default())
+    /// An authenticator for `settings` (or a bare [`Method`]) with the default throttle.
+    pub fn new(settings: impl Into<Settings>) -> Authenticator {
+        Authenticator::with_throttle(settings, throttle::Throttle::default())
     }
 
     /// An authenticator with a given throttle (tests use short delays).
-    pub fn with_throttle(method: Method, throttle: throttle::Throttle) -> Authenticator {
-        let pam = match &method {
-            Method::Pam { service, pool } => Some(pam::PamPool::new(service, *pool)),
+    pub fn with_throttle(
+        settings: impl Into<Settings>,
+        throttle: throttle::Throttle,
+    ) -> Authenticator {
+        let settings = settings.into();
+        let pam = match &settings.method {
+            Method::Pam { service, pool } => {
+                Some(pam::PamPool::new(service, *pool, settings.queue))
+            }
             _ => None,
         };
-        let file = match &method {
-            Method::File(p) => Some(file::PasswordFile::new(p.clone())),
+        let file = match &settings.method {
+            Method::File(p) => Some((
+                file::PasswordFile::new(p.clone()),
+                pool::Pool::new(
+                    "file",
+                    pool::Limits {
+                        workers: settings.workers,
+                        queue: settings.queue,
+                    },
+                ),
+            )),
             _ => None,
         };
         Authenticator {
-            method: Arc::new(method),
+            settings: Arc::new(settings),
             pam,
             file,
             throttle,
@@ -150,24 +205,34 @@ impl Authenticator {
 
     /// The method in use.
     pub fn method(&self) -> &Method {
-        &self.method
+        &self.settings.method
+    }
+
+    /// The method and pool size in use.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Whether the method checks anything (`none` does not).
     pub fn checks(&self) -> bool {
-        !matches!(*self.method, Method::None)
+        !matches!(self.settings.method, Method::None)
     }
 
     /// Checks `user`'s `password`, asked from `source`. A wrong password is answered only after
-    /// the longer of the source's and the account's failure delays; one account has one check
-    /// in flight at a time, one source a few ([`throttle::SOURCE_CHECKS`]); other sources and
-    /// accounts are not affected.
+    /// the longer of the source's and the account's failure delays; one client has one check
+    /// in flight at a time per account, one source a few ([`throttle::SOURCE_CHECKS`]); other
+    /// sources and accounts are not affected. [`AuthError::Busy`] (the method's pool is full) is
+    /// answered at once and is not counted as a failure.
+    ///
+    /// Returns the authenticated user's canonical name, the one every later decision (ACLs,
+    /// limits, sessions, templates) must use: NSS's `pw_name` for PAM (a login whose name NSS
+    /// does not know is refused), the file's entry for `file:`, the name as given for `none`.
     pub async fn verify(
         &self,
         user: &str,
         password: &str,
         source: IpAddr,
-    ) -> Result<(), AuthError> {
+    ) -> Result<String, AuthError> {
         if !valid_user(user) || password.len() > MAX_PASSWORD || password.contains('\0') {
             let turn = self.throttle.turn(source, None).await;
             self.throttle.failed(turn, source, None).await;
@@ -175,10 +240,11 @@ impl Authenticator {
         }
         let turn = self.throttle.turn(source, Some(user)).await;
         let suspect = self.throttle.suspect(source);
-        let result = match &*self.method {
-            Method::None => Ok(()),
+        let method = &self.settings.method;
+        let result = match method {
+            Method::None => Ok(user.to_owned()),
             Method::File(_) => match &self.file {
-                Some(f) => f.verify(user, password).await,
+                Some((f, pool)) => f.verify(pool, user, password, suspect).await,
                 None => Err(AuthError::Unavailable("password file not set up".into())),
             },
             Method::Pam { .. } => match &self.pam {
@@ -187,14 +253,18 @@ impl Authenticator {
             },
         };
         match &result {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(AuthError::Denied) => {
-                tracing::info!(user = %printable(user), %source, method = %self.method.name(), "wrong user name or password");
+                tracing::info!(user = %printable(user), %source, method = %method.name(), "wrong user name or password");
                 self.throttle.failed(turn, source, Some(user)).await;
                 return result;
             }
+            Err(AuthError::Busy) => {
+                // Counted in switchboard_auth_busy_total; a flood would drown the log.
+                tracing::debug!(user = %printable(user), %source, method = %method.name(), "sign-in refused: every authentication thread and waiting place is taken");
+            }
             Err(AuthError::Unavailable(m)) => {
-                tracing::error!(method = %self.method.name(), error = %m, "authentication is unavailable");
+                tracing::error!(method = %method.name(), error = %m, "authentication is unavailable");
             }
         }
         drop(turn);
@@ -266,12 +336,58 @@ mod tests {
         assert_eq!(printable("a\nb"), "a\\nb");
     }
 
+    /// A password file whose one hash takes about `check` to verify.
+    fn slow_file(dir: &std::path::Path, check: Duration) -> PathBuf {
+        let one = file::hash_costing("pw", 8192, 1).unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(file::check(&one, "pw"));
+        let per_pass = started.elapsed().max(Duration::from_micros(100));
+        let passes = (check.as_secs_f64() / per_pass.as_secs_f64()).ceil() as u32;
+        let path = dir.join("passwd");
+        let hash = file::hash_costing("pw", 8192, passes.clamp(1, 10_000)).unwrap();
+        std::fs::write(&path, format!("alice:{hash}\n")).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_pool_is_busy_at_once_and_no_failure_on_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let throttle = throttle::Throttle::default();
+        let auth = Authenticator::with_throttle(
+            Settings {
+                method: Method::File(slow_file(dir.path(), Duration::from_millis(600))),
+                workers: 1,
+                queue: 0,
+            },
+            throttle.clone(),
+        );
+        let a = auth.clone();
+        let first =
+            tokio::spawn(
+                async move { a.verify("alice", "pw", "127.0.0.2".parse().unwrap()).await },
+            );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let other: IpAddr = "127.0.0.3".parse().unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            auth.verify("alice", "pw", other).await,
+            Err(AuthError::Busy)
+        );
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert_eq!(throttle.failures(other), 0);
+        assert_eq!(first.await.unwrap().unwrap(), "alice");
+        auth.verify("alice", "pw", other).await.unwrap();
+    }
+
     #[tokio::test]
     async fn none_accepts_everyone() {
         let a = Authenticator::new(Method::None);
         assert!(!a.checks());
-        a.verify("bob", "", "127.0.0.1".parse().unwrap())
-            .await
-            .unwrap();
+        assert_eq!(
+            a.verify("bob", "", "127.0.0.1".parse().unwrap())
+                .await
+                .unwrap(),
+            "bob"
+        );
     }
 }

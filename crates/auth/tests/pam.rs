@@ -29,7 +29,10 @@ async fn pam_accepts_the_right_password_and_refuses_a_wrong_one() {
             Duration::from_secs(60),
         ),
     );
-    auth.verify(user, password, ip("127.0.0.1")).await.unwrap();
+    assert_eq!(
+        auth.verify(user, password, ip("127.0.0.1")).await.unwrap(),
+        user
+    );
     assert_eq!(
         auth.verify(user, "wrong", ip("127.0.0.1")).await,
         Err(AuthError::Denied)
@@ -101,4 +104,31 @@ async fn wrong_passwords_from_many_sources_leave_a_pam_slot_for_others() {
     for b in bad {
         b.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_pam_accepts_is_signed_in_under_its_nss_name_or_not_at_all() {
+    // A stack that accepts any name, as sssd or winbind accept aliases of one account.
+    let (user, service) = switchboard_testkit::pam_permit_service();
+    let auth = Authenticator::new(Method::Pam {
+        service: service.into(),
+        pool: 2,
+    });
+    assert_eq!(
+        auth.verify(user, "anything", ip("127.0.0.1"))
+            .await
+            .unwrap(),
+        user
+    );
+    // PAM says yes, but NSS knows no such account: no canonical name, so no sign-in.
+    let alias = user.to_uppercase();
+    assert_eq!(
+        auth.verify(&alias, "anything", ip("127.0.0.2")).await,
+        Err(AuthError::Denied)
+    );
+    assert_eq!(switchboard_auth::pam::canonical("root").unwrap(), "root");
+    assert_eq!(
+        switchboard_auth::pam::canonical("sbtest-no-such-user"),
+        Err(AuthError::Denied)
+    );
 }

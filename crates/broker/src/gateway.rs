@@ -303,7 +303,8 @@ async fn login(
         return login_form(Some("Enter a user name."));
     };
     match gw.auth.verify(&user, &password, peer.ip()).await {
-        Ok(()) => {
+        // The authenticator's canonical name from here on (templates, pods, targets).
+        Ok(user) => {
             let made = secret().and_then(|c| Ok((c, crate::web::signin::new_secret(32)?)));
             let (c, csrf) = match made {
                 Ok(c) => c,
@@ -332,6 +333,17 @@ async fn login(
         }
         Err(switchboard_auth::AuthError::Unavailable(_)) => {
             login_form(Some("Sign-in is unavailable; try again later."))
+        }
+        Err(switchboard_auth::AuthError::Busy) => {
+            let mut r = login_form(Some(
+                "Too many sign-ins at once; try again in a few seconds.",
+            ));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(switchboard_auth::BUSY_RETRY_AFTER),
+            );
+            r
         }
     }
 }

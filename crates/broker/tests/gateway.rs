@@ -757,3 +757,58 @@ async fn sign_out_needs_its_csrf_token_and_ends_the_connect_tokens() {
         assert_eq!(status, 401, "{path}: {head}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_while_every_password_check_is_taken_is_a_503_form_with_retry_after() {
+    let b = BrokerBuilder::new();
+    let passwd = b.path().join("slow-passwd");
+    switchboard_testkit::broker::slow_password_file(
+        &passwd,
+        "alice",
+        "alice-pw",
+        Duration::from_millis(700),
+    );
+    let b = b
+        .set(
+            "auth",
+            &format!(
+                "method = \"file:{}\"\nworkers = 1\nqueue = 0",
+                passwd.display()
+            ),
+        )
+        .set(
+            "gateway",
+            "listen = \"127.0.0.1:0\"\n[[gateway.target]]\ntype = \"desktop\"\naddress = \"127.0.0.1:9\"",
+        )
+        .start()
+        .await;
+    let gw = b.broker().gateway_addr.unwrap();
+    let sign_in = |i: u8| async move {
+        let client = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 9, i]))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = client
+            .post(format!("http://{gw}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("user=alice&password=alice-pw")
+            .send()
+            .await
+            .unwrap();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (r.status().as_u16(), retry, r.text().await.unwrap())
+    };
+    let first = tokio::spawn(sign_in(1));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, retry, body) = sign_in(2).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry.as_deref(), Some("2"));
+    assert!(body.contains("Too many sign-ins at once"), "{body}");
+    assert_eq!(first.await.unwrap().0, 303, "the check that ran signs in");
+    // Nothing held against the refused address: it signs in now.
+    assert_eq!(sign_in(2).await.0, 303);
+}

@@ -297,3 +297,51 @@ async fn the_dashboard_drains_a_host_then_takes_it_offline_once_empty() {
         "{audit}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_sign_in_while_every_check_is_taken_is_a_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("slow-passwd");
+    switchboard_testkit::broker::slow_password_file(
+        &passwd,
+        "root",
+        "root-pw",
+        std::time::Duration::from_millis(700),
+    );
+    let h = start(&format!(
+        "[auth]\nmethod = \"file:{}\"\nworkers = 1\nqueue = 0\n[ui]\nadmin_group = \"root\"\n",
+        passwd.display()
+    ))
+    .await;
+    let base = h.base.clone();
+    let sign_in_from = |i: u8| {
+        let base = base.clone();
+        async move {
+            switchboard_testkit::install_crypto();
+            let r = reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 10, i]))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+                .post(format!("{base}/ui/login"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("user=root&password=root-pw")
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry, r.text().await.unwrap())
+        }
+    };
+    let first = tokio::spawn(sign_in_from(1));
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (status, retry, body) = sign_in_from(2).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry.as_deref(), Some("2"));
+    assert!(body.contains("Too many sign-ins at once"), "{body}");
+    assert_eq!(first.await.unwrap().0, 303, "the check that ran signs in");
+    assert_eq!(sign_in_from(2).await.0, 303);
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::sync::Arc;
 use switchboard_broker::Broker;
 use switchboard_broker::config::Config;
 use switchboard_testkit::broker::{BrokerBuilder, TestBroker};
@@ -748,4 +749,198 @@ async fn a_client_event_flood_is_answered_but_not_all_written() {
         (burst..=burst + 5).contains(&written),
         "{written} of 200 client events written"
     );
+}
+
+/// A broker whose password checks run on one worker with one waiting place, with alice's hash
+/// taking about `check` to verify.
+async fn busy_broker(check: std::time::Duration) -> H {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.keep().join("slow-passwd");
+    switchboard_testkit::broker::slow_password_file(&path, "alice", "alice-pw", check);
+    H::start_auth(
+        &format!(
+            "method = \"file:{}\"\nworkers = 1\nqueue = 1\n",
+            path.display()
+        ),
+        "",
+    )
+    .await
+}
+
+/// One password login from `from`: (status, Retry-After, body, how long it took).
+async fn timed_login(
+    h: &H,
+    from: String,
+    path: &'static str,
+) -> (u16, Option<String>, String, std::time::Duration) {
+    let started = tokio::time::Instant::now();
+    let r = switchboard_testkit::client_from(&from)
+        .post(format!("{}{path}", h.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("task=listsessions&user=alice&password=alice-pw&authid=")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = r.text().await.unwrap();
+    (status, retry, body, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_password_logins_is_bounded_and_the_rest_are_refused_at_once() {
+    let check = std::time::Duration::from_millis(700);
+    let h = busy_broker(check).await;
+    // Eight logins at once from eight addresses, in both dialects: one runs, one waits, the
+    // others are refused at once with tornado's 503 page and Retry-After.
+    let mut burst = Vec::new();
+    for i in 0..8u8 {
+        let path = if i % 2 == 0 { "/plain/" } else { "/json/" };
+        burst.push(timed_login(&h, format!("127.0.6.{}", i + 1), path));
+    }
+    let results = futures_util::future::join_all(burst).await;
+    let granted: Vec<_> = results.iter().filter(|r| r.0 == 200).collect();
+    let busy: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert!(
+        (1..=2).contains(&granted.len()) && granted.len() + busy.len() == results.len(),
+        "at most one running and one waiting: {:?}",
+        results.iter().map(|r| (r.0, r.3)).collect::<Vec<_>>()
+    );
+    for (status, retry, body, took) in &busy {
+        assert_eq!(*status, 503);
+        assert_eq!(retry.as_deref(), Some("2"));
+        assert!(body.contains("503: Service Unavailable"), "{body}");
+        assert!(
+            *took < check / 2,
+            "a refusal came only after {took:?}: it waited for a worker"
+        );
+    }
+    // The refusals left no failure on their sources' records: a login from one of them right
+    // after the burst is checked at once and succeeds.
+    let refused_from = results
+        .iter()
+        .position(|r| r.0 == 503)
+        .map(|i| format!("127.0.6.{}", i + 1))
+        .unwrap();
+    let (status, _, body, _) = timed_login(&h, refused_from, "/plain/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Access granted"), "{body}");
+    let metrics = reqwest::get(format!("{}/metrics", h.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("switchboard_auth_busy_total{work=\"file\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no busy counter in:\n{metrics}"));
+    assert_eq!(refused, busy.len() as f64);
+}
+
+/// pyhoca-cli against a broker whose password checks are all taken: it gets the 503 and
+/// reports that it has no such profile (its answer to any refused broker request), without
+/// hanging or crashing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyhoca_cli_reports_a_busy_broker_and_exits() {
+    let h = Arc::new(busy_broker(std::time::Duration::from_millis(800)).await);
+    // Four clients keep the worker and the waiting place taken while pyhoca-cli runs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for i in 0..4u8 {
+        let (h, stop) = (h.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, ..) = timed_login(&h, format!("127.0.7.{}", i + 1), "/plain/").await;
+                if status == 503 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let url = format!("{}/json/", h.base).replace("http://", "http://alice@");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new("pyhoca-cli")
+            .args(["--broker-url", &url, "--broker-password", "alice-pw"])
+            .args(["-P", "clients", "--add-to-known-hosts"])
+            .env("PATH", DEBIAN_PATH)
+            .env("HOME", h.b.path())
+            .env("DISPLAY", ":99")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("pyhoca-cli does not hang on a busy broker")
+    .expect("pyhoca-cli is installed (./scripts/test installs it)");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Refused, pyhoca-cli sees no profiles (as for the store's 503) and says so; it does not go
+    // to the server it would otherwise have been sent to.
+    assert!(!text.contains("Traceback"), "pyhoca-cli crashed:\n{text}");
+    assert!(
+        !text.contains("connecting to [127.0.0.41]:2"),
+        "connected although refused:\n{text}"
+    );
+    assert!(
+        text.contains("error: no such session profile of name: clients"),
+        "no failure reported:\n{text}"
+    );
+}
+
+/// A PAM stack that accepts an alias of an account (here: any name) cannot be used to get past
+/// a user ACL: the name after sign-in is NSS's, and a name NSS does not know is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_that_pam_accepts_does_not_get_past_a_user_acl() {
+    let (user, service) = switchboard_testkit::pam_permit_service();
+    let profiles = format!(
+        "[DEFAULT]\nbroker-agent-query-mode=NONE\n\n\
+         [open]\nname=Open\nhost=o (127.0.0.51)\n\n\
+         [not-for-them]\nname=Everyone but the test user\nhost=n (127.0.0.52)\n\
+         acl-users-allow=ALL\nacl-users-deny={user}\nacl-users-order=deny-allow\n"
+    );
+    let b = BrokerBuilder::new()
+        .x2go(&profiles)
+        .set(
+            "auth",
+            &format!("method = \"pam\"\npam_service = \"{service}\""),
+        )
+        .start()
+        .await;
+    let post = |body: String| {
+        let base = b.base.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/plain/"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(format!("task=listsessions&user={user}&password=x&authid=")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("[open]") && !body.contains("[not-for-them]"),
+        "{body}"
+    );
+    let alias = user.to_uppercase();
+    for task in ["listsessions", "selectsession&sid=not-for-them"] {
+        let (status, body) = post(format!("task={task}&user={alias}&password=x&authid=")).await;
+        assert_eq!(status, 401, "{alias} got in: {body}");
+    }
 }

@@ -532,6 +532,21 @@ impl Drop for AgentGuard {
     }
 }
 
+/// Writes a password file at `path` with one user whose argon2 hash takes at least `check`
+/// to verify (16 MiB, as many passes as that takes on this machine), for tests of the bounded
+/// authentication pool.
+pub fn slow_password_file(path: &Path, user: &str, password: &str, check: Duration) {
+    const MEMORY_KIB: u32 = 16 * 1024;
+    let one = switchboard_auth::file::hash_costing(password, MEMORY_KIB, 1).unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(switchboard_auth::file::check(&one, password));
+    let per_pass = started.elapsed().max(Duration::from_micros(100));
+    let passes = (check.as_secs_f64() / per_pass.as_secs_f64()).ceil() as u32;
+    let hash = switchboard_auth::file::hash_costing(password, MEMORY_KIB, passes.clamp(1, 10_000))
+        .unwrap();
+    std::fs::write(path, format!("{user}:{hash}\n")).unwrap();
+}
+
 /// Asserts a JSON error with this status and code.
 pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "{}", got.1);

@@ -96,3 +96,17 @@ pub fn pam_test_user() -> (&'static str, &'static str, &'static str) {
     std::fs::write(format!("/etc/pam.d/{SERVICE}"), shipped).expect("write the PAM service");
     (USER, PASSWORD, SERVICE)
 }
+
+/// A PAM service, `switchboard-test-permit`, that accepts any user name and password
+/// (`pam_permit` for authentication and account): a stand-in for stacks that accept aliases of
+/// an account (sssd, winbind). Also sets up [`pam_test_user`]'s user; returns (user, service).
+pub fn pam_permit_service() -> (&'static str, &'static str) {
+    const SERVICE: &str = "switchboard-test-permit";
+    let (user, _, _) = pam_test_user();
+    std::fs::write(
+        format!("/etc/pam.d/{SERVICE}"),
+        "# Switchboard's tests: accepts every name and password.\nauth required pam_permit.so\naccount required pam_permit.so\n",
+    )
+    .expect("write the PAM service");
+    (user, SERVICE)
+}

@@ -141,6 +141,12 @@ pub struct AuthSection {
     pub pam_service: Option<String>,
     /// Most PAM conversations at once (default 2).
     pub pam_pool: Option<usize>,
+    /// Most password-file checks at once (default: one per CPU, at most 4). For `pam` the
+    /// number of threads is `pam_pool`.
+    pub workers: Option<usize>,
+    /// Most checks waiting for a thread (default 64); beyond it a sign-in is refused at once
+    /// with 503 and `Retry-After`.
+    pub queue: Option<usize>,
     /// With `method = "none"`: the request header that names the user, set by a proxy in
     /// `[http] trusted_proxies` that has signed the user in (for example `X-Remote-User`).
     /// Needed for `none` on a listener that is not on loopback.

@@ -116,8 +116,8 @@ pub struct Config {
     pub audit_keep: Option<Duration>,
     /// TCP probes of agentless hosts.
     pub probe: crate::probe::Config,
-    /// `[auth]`, if configured.
-    pub auth: Option<switchboard_auth::Method>,
+    /// `[auth]`, if configured: the method and the size of its pool.
+    pub auth: Option<switchboard_auth::Settings>,
     /// The X2Go frontend, if configured.
     pub x2go: Option<X2goConfig>,
     /// Group whose members may sign in to the dashboard with a password.
@@ -368,16 +368,22 @@ impl FileConfig {
             pools.push(pool);
         }
         let auth = match &self.auth.method {
-            Some(m) => Some(
+            Some(m) => Some(auth_settings(
                 switchboard_auth::Method::parse(
                     m,
                     self.auth.pam_service.as_deref(),
                     self.auth.pam_pool,
                 )
                 .map_err(|e| format!("key `auth.method`: {e}"))?,
-            ),
+                self.auth.workers,
+                self.auth.queue,
+            )?),
             None => {
-                if self.auth.pam_service.is_some() || self.auth.pam_pool.is_some() {
+                if self.auth.pam_service.is_some()
+                    || self.auth.pam_pool.is_some()
+                    || self.auth.workers.is_some()
+                    || self.auth.queue.is_some()
+                {
                     return Err("key `auth.method`: missing (pam, file:PATH or none)".into());
                 }
                 None
@@ -417,7 +423,7 @@ impl FileConfig {
         }
         let gateway = kubernetes::gateway(self.gateway, &kube_pools, self.auth.method.is_some())?;
         let user_header = none_auth(
-            auth.as_ref(),
+            auth.as_ref().map(|a| &a.method),
             self.auth.user_header.as_deref(),
             x2go.as_ref(),
             http_listen,
@@ -486,6 +492,39 @@ impl FileConfig {
             kube_pools,
         })
     }
+}
+
+/// `[auth] workers` and `queue` for `method`, with their defaults.
+fn auth_settings(
+    method: switchboard_auth::Method,
+    workers: Option<usize>,
+    queue: Option<usize>,
+) -> Result<switchboard_auth::Settings, String> {
+    use switchboard_auth::pool::{DEFAULT_QUEUE, MAX_QUEUE, MAX_WORKERS, default_workers};
+    if let Some(w) = workers {
+        if matches!(method, switchboard_auth::Method::Pam { .. }) {
+            return Err(
+                "key `auth.workers`: with method = \"pam\" the number of threads is `auth.pam_pool`"
+                    .into(),
+            );
+        }
+        if w == 0 || w > MAX_WORKERS {
+            return Err(format!(
+                "key `auth.workers`: must be 1..={MAX_WORKERS} (got {w})"
+            ));
+        }
+    }
+    let queue = queue.unwrap_or(DEFAULT_QUEUE);
+    if queue > MAX_QUEUE {
+        return Err(format!(
+            "key `auth.queue`: must be 0..={MAX_QUEUE} (got {queue})"
+        ));
+    }
+    Ok(switchboard_auth::Settings {
+        method,
+        workers: workers.unwrap_or_else(default_workers),
+        queue,
+    })
 }
 
 /// The checks `[auth] method = "none"` needs, which trusts whatever user name a request
@@ -741,7 +780,10 @@ max_sessions = 40
             + &text[text.find("[probe]").unwrap()..];
         let c = Config::parse(&without, "examples/broker.toml").unwrap();
         assert!(c.x2go.is_none());
-        assert!(matches!(c.auth, Some(switchboard_auth::Method::Pam { .. })));
+        assert!(matches!(
+            c.auth.map(|a| a.method),
+            Some(switchboard_auth::Method::Pam { .. })
+        ));
         assert_eq!(c.cluster.pools.len(), 2);
         assert_eq!(c.cluster.hosts.len(), 2);
         assert_eq!(c.cluster.pools[1].policy, Policy::RoundRobin);
@@ -847,6 +889,38 @@ max_sessions = 40
             .unwrap_err()
             .to_string();
         assert!(e.contains("auth.method"), "{e}");
+    }
+
+    #[test]
+    fn the_auth_pool_has_defaults_and_its_keys_are_checked() {
+        let c = Config::parse("[auth]\nmethod = \"file:/p\"\n", "b.toml").unwrap();
+        let a = c.auth.unwrap();
+        assert_eq!(a.queue, switchboard_auth::pool::DEFAULT_QUEUE);
+        assert_eq!(a.workers, switchboard_auth::pool::default_workers());
+        assert!((1..=4).contains(&a.workers));
+        let c = Config::parse(
+            "[auth]\nmethod = \"file:/p\"\nworkers = 1\nqueue = 0\n",
+            "b.toml",
+        )
+        .unwrap();
+        assert_eq!(c.auth.map(|a| (a.workers, a.queue)), Some((1, 0)));
+        let c = Config::parse("[auth]\nmethod = \"pam\"\nqueue = 8\n", "b.toml").unwrap();
+        assert_eq!(c.auth.map(|a| a.queue), Some(8));
+        for (text, key) in [
+            ("method = \"file:/p\"\nworkers = 0\n", "auth.workers"),
+            ("method = \"file:/p\"\nqueue = 100000\n", "auth.queue"),
+            ("method = \"pam\"\nworkers = 2\n", "auth.pam_pool"),
+            ("queue = 2\n", "auth.method"),
+        ] {
+            let e = Config::parse(&format!("[auth]\n{text}"), "b.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("b.toml: ") && e.contains(key), "{text}: {e}");
+        }
+        let e = Config::parse("[auth]\nmethod = \"pam\"\nqueue = -1\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]

@@ -329,26 +329,32 @@ async fn login(
         };
         let user = f.get("user").map(|u| u.trim()).unwrap_or("");
         let password = f.get("password").map(String::as_str).unwrap_or("");
-        match auth.verify(user, password, client).await {
-            Ok(()) => {}
+        // The authenticator's canonical name from here on.
+        let user = match auth.verify(user, password, client).await {
+            Ok(canonical) => canonical,
             Err(AuthError::Denied) => return refuse("Wrong user name or password."),
             Err(AuthError::Unavailable(_)) => {
                 return refuse("Password sign-in is unavailable right now; use a token.");
             }
-        }
-        let (u, primary) = (user.to_owned(), true);
-        let groups =
-            match tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary))
-                .await
-            {
-                Ok(Ok(g)) => g,
-                _ => return refuse("Group membership cannot be checked right now; use a token."),
-            };
+            Err(AuthError::Busy) => {
+                let mut r = refuse("Too many sign-ins at once; try again in a few seconds.");
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(switchboard_auth::BUSY_RETRY_AFTER),
+                );
+                return r;
+            }
+        };
+        let groups = match switchboard_auth::groups::lookup(&user, true).await {
+            Ok(g) => g,
+            Err(_) => return refuse("Group membership cannot be checked right now; use a token."),
+        };
         if !groups.iter().any(|g| g == group) {
-            tracing::warn!(user = %printable(user), %client, group, "dashboard: sign-in refused, not in the admin group");
+            tracing::warn!(user = %printable(&user), %client, group, "dashboard: sign-in refused, not in the admin group");
             return refuse("Not a dashboard administrator.");
         }
-        user.to_owned()
+        user
     };
     let Some((sid, _)) = ui.sign_in(who.clone(), token_hash) else {
         return refuse("No randomness available for a session; try again.");

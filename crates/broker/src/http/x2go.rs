@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_auth::authid::AuthIds;
-use switchboard_auth::{AuthError, Authenticator, Method, printable, valid_user};
+use switchboard_auth::{AuthError, Authenticator, Settings, printable, valid_user};
 use switchboard_core::{CoreError, PlacementOutcome, SessionState};
 use switchboard_proto::agent::Action;
 use switchboard_proto::x2go::{self as wire, Form, Profile, Selected, dialect};
@@ -163,13 +163,13 @@ impl X2go {
 
     /// Applies a reloaded configuration. Live AUTHIDs and failure counts survive unless the
     /// token settings or the method changed. Without `[x2go]` the routes answer 404.
-    pub fn reload(&self, cfg: Option<X2goConfig>, method: Option<Method>) {
+    pub fn reload(&self, cfg: Option<X2goConfig>, method: Option<Settings>) {
         let old = self.current.load();
         let new = match (cfg, method) {
             (Some(cfg), Some(method)) => {
                 let (auth, ids) = match &**old {
                     Some(o) => {
-                        let auth = if *o.auth.method() == method {
+                        let auth = if *o.auth.settings() == method {
                             o.auth.clone()
                         } else {
                             Authenticator::new(method)
@@ -281,7 +281,8 @@ impl X2go {
     }
 
     /// Checks the request's credentials: an AUTHID if one is sent, else the password. Returns
-    /// the user and the next AUTHID (none with `[auth] method = "none"`).
+    /// the user (the authenticator's canonical name) and the next AUTHID (none with `[auth]
+    /// method = "none"`).
     async fn authenticate(
         &self,
         fe: &Frontend,
@@ -305,17 +306,20 @@ impl X2go {
                 }
             };
         }
-        let origin = if form.authid.is_empty() {
+        // From here on the user is the authenticator's canonical name (NSS's for PAM), never
+        // an alias the client typed: ACLs, login_map, limits and sessions all see that one.
+        let (user, origin) = if form.authid.is_empty() {
             match fe.auth.verify(&form.user, &form.password, client).await {
-                Ok(()) => Instant::now(),
+                Ok(canonical) => (canonical, Instant::now()),
                 Err(AuthError::Denied) => return Err(html(StatusCode::UNAUTHORIZED)),
                 Err(AuthError::Unavailable(_)) => {
                     return Err(html(StatusCode::SERVICE_UNAVAILABLE));
                 }
+                Err(AuthError::Busy) => return Err(busy()),
             }
         } else {
             match fe.ids.redeem(&form.authid, &form.user, client) {
-                Ok(r) => r.origin,
+                Ok(r) => (r.user.to_string(), r.origin),
                 Err(e) => {
                     // Tokens are 122 random bits: guessing needs no delay to be hopeless.
                     tracing::info!(user = %printable(&form.user), %client, reason = %e, "x2go: AUTHID refused");
@@ -323,8 +327,8 @@ impl X2go {
                 }
             }
         };
-        match fe.ids.issue(&form.user, client, origin) {
-            Ok(t) => Ok((form.user.clone(), Some(t))),
+        match fe.ids.issue_as(&user, &form.user, client, origin) {
+            Ok(t) => Ok((user, Some(t))),
             Err(e) => {
                 tracing::error!(error = %e, "x2go: cannot issue an AUTHID");
                 Err(html(StatusCode::SERVICE_UNAVAILABLE))
@@ -390,14 +394,12 @@ impl X2go {
         if !fe.needs_groups {
             return Some(Vec::new());
         }
-        let (u, primary) = (user.to_owned(), fe.cfg.primary_groups);
-        match tokio::task::spawn_blocking(move || switchboard_auth::groups::of(&u, primary)).await {
-            Ok(Ok(g)) => Some(g),
-            Ok(Err(e)) => {
+        match switchboard_auth::groups::lookup(user, fe.cfg.primary_groups).await {
+            Ok(g) => Some(g.to_vec()),
+            Err(e) => {
                 tracing::error!(error = %e, "x2go: group lookup failed; profiles with group rules are refused");
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -443,7 +445,13 @@ impl X2go {
             tracing::warn!(user = %printable(user), %client, profile = %profile.id, "x2go: select refused by the profile's ACL");
             return reply(&none);
         }
-        let login = form.login();
+        // The login the client asks for is its own typed name unless it says otherwise: that
+        // is the canonical user.
+        let login = if form.login() == form.user {
+            user
+        } else {
+            form.login()
+        };
         if !valid_user(login) {
             return bad_request("login is not a user name");
         }
@@ -789,6 +797,17 @@ pub fn html(status: StatusCode) -> Response {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(dialect::HTML),
+    );
+    r
+}
+
+/// The answer when sign-in is busy ([`AuthError::Busy`]): tornado's 503 page, as for a store
+/// outage, with `Retry-After`.
+fn busy() -> Response {
+    let mut r = html(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(switchboard_auth::BUSY_RETRY_AFTER),
     );
     r
 }
